@@ -1,0 +1,591 @@
+//! The bounded, bidirectional flow table.
+//!
+//! A flow is keyed by the canonical 5-tuple plus the outer VLAN: the lower (address, port) end
+//! first, so both directions of a conversation land on one entry. The entry remembers which end
+//! started it (the initiator): that end is `src` in every record and "forward" in every feature.
+//!
+//! Flows end on an idle timeout (per protocol), an active timeout (long flows are cut into
+//! records), TCP termination (both FINs, or a RST, after a short linger that absorbs the last
+//! ACKs), a new SYN on a closed tuple, eviction when the table is full, or a flush at the end of
+//! input. Every ending is counted by reason in [`FlowCounters`]; no flow disappears unrecorded.
+//!
+//! Capacity is fixed at compile time (`heapless`), so memory is known before the first packet.
+
+use crate::wire::{IpInfo, PacketMeta, TcpFlags, L4};
+use crate::{Duration, Instant, RunningStats};
+use core::net::IpAddr;
+use heapless::index_map::FnvIndexMap;
+
+/// Timeouts of the flow table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowConfig {
+    /// A TCP flow with no packet for this long ends (Zeek's default: 5 minutes).
+    pub tcp_idle_timeout: Duration,
+    /// Any other flow with no packet for this long ends.
+    pub idle_timeout: Duration,
+    /// A flow older than this is recorded and continues in a new record.
+    pub active_timeout: Duration,
+    /// How long a TCP flow closed by FIN or RST waits for its last packets before it is recorded.
+    pub closed_linger: Duration,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            tcp_idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+            active_timeout: Duration::from_secs(300),
+            closed_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The canonical key: lower endpoint first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub lo: IpAddr,
+    pub hi: IpAddr,
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub protocol: u8,
+    pub vlan: u16,
+}
+
+impl FlowKey {
+    pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, protocol: u8, vlan: u16) -> Self {
+        if (src, sport) <= (dst, dport) {
+            FlowKey { lo: src, hi: dst, lo_port: sport, hi_port: dport, protocol, vlan }
+        } else {
+            FlowKey { lo: dst, hi: src, lo_port: dport, hi_port: sport, protocol, vlan }
+        }
+    }
+}
+
+/// Why a flow record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum EndReason {
+    IdleTimeout,
+    ActiveTimeout,
+    /// Both sides sent FIN.
+    Fin,
+    /// A RST was seen.
+    Rst,
+    /// A new SYN arrived on a closed tuple.
+    Reused,
+    /// The table was full and this flow was the least recently seen.
+    Evicted,
+    /// End of input (capture file done, daemon stopping).
+    Flush,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 7] = [
+        EndReason::IdleTimeout,
+        EndReason::ActiveTimeout,
+        EndReason::Fin,
+        EndReason::Rst,
+        EndReason::Reused,
+        EndReason::Evicted,
+        EndReason::Flush,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::ActiveTimeout => "active_timeout",
+            EndReason::Fin => "fin",
+            EndReason::Rst => "rst",
+            EndReason::Reused => "reused",
+            EndReason::Evicted => "evicted",
+            EndReason::Flush => "flush",
+        }
+    }
+}
+
+/// Per-direction accumulators.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DirStats {
+    pub packets: u32,
+    /// Frame bytes on the wire (what tshark's conversation table counts).
+    pub wire_bytes: u64,
+    /// IP bytes (header and payload).
+    pub ip_bytes: u64,
+    /// Upper-layer payload size per packet.
+    pub payload: RunningStats,
+    /// Inter-arrival times in this direction, microseconds.
+    pub iat: RunningStats,
+    pub last: Option<Instant>,
+    /// Transport header bytes.
+    pub header_bytes: u64,
+    pub psh: u32,
+    pub urg: u32,
+    /// Advertised window of the first TCP segment in this direction.
+    pub init_window: Option<u16>,
+    /// Packets with at least one byte of payload.
+    pub data_packets: u32,
+    /// Smallest transport header seen.
+    pub min_header: u16,
+}
+
+impl DirStats {
+    fn add(&mut self, ts: Instant, wire_len: u32, ip: &IpInfo) {
+        if let Some(last) = self.last {
+            self.iat.push(micros_between(last, ts));
+        }
+        self.last = Some(ts);
+        let payload = ip.l4.payload_len();
+        let header = ip.l4.header_len();
+        self.packets = self.packets.saturating_add(1);
+        self.wire_bytes += u64::from(wire_len);
+        self.ip_bytes += u64::from(ip.ip_len);
+        self.payload.push(f64::from(payload));
+        self.header_bytes += u64::from(header);
+        if payload > 0 {
+            self.data_packets += 1;
+        }
+        if self.packets == 1 || (header as u16) < self.min_header {
+            self.min_header = header as u16;
+        }
+        if let L4::Tcp(t) = ip.l4 {
+            if t.flags.has(TcpFlags::PSH) {
+                self.psh += 1;
+            }
+            if t.flags.has(TcpFlags::URG) {
+                self.urg += 1;
+            }
+            if self.init_window.is_none() {
+                self.init_window = Some(t.window);
+            }
+        }
+    }
+}
+
+/// TCP handshake and teardown as seen from the tap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpState {
+    pub syn: bool,
+    pub syn_ack: bool,
+    /// The initiator acknowledged the SYN-ACK: the three-way handshake completed.
+    pub established: bool,
+    pub fin_fwd: bool,
+    pub fin_bwd: bool,
+    pub rst: bool,
+    /// MSS and window scale from the initiator's SYN.
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+}
+
+impl TcpState {
+    pub fn closed(&self) -> bool {
+        self.rst || (self.fin_fwd && self.fin_bwd)
+    }
+}
+
+/// DNS facts aggregated over a flow's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DnsStats {
+    pub queries: u32,
+    pub responses: u32,
+    pub nxdomain: u32,
+    /// TXT, NULL, ANY and other types that carry data rather than addresses.
+    pub data_qtypes: u32,
+    pub qname_len: RunningStats,
+    pub longest_label: u8,
+    pub max_entropy_millibits: u16,
+}
+
+/// How many leading packets' sizes are kept.
+pub const FIRST_PACKETS: usize = 8;
+
+/// One flow's state: both endpoints and everything the features need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flow {
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub vlan: u16,
+    pub start: Instant,
+    pub last: Instant,
+    pub fwd: DirStats,
+    pub bwd: DirStats,
+    /// Inter-arrival times over both directions, microseconds.
+    pub iat: RunningStats,
+    /// Counts of FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, both directions.
+    pub flag_counts: [u32; 8],
+    pub tcp: TcpState,
+    /// Upper-layer payload sizes of the first packets, negative for the responder's.
+    pub first_sizes: [i32; FIRST_PACKETS],
+    pub dns: DnsStats,
+    /// ICMP type and code of the first ICMP packet (+1, so 0 means none).
+    pub icmp_type: u16,
+    pub icmp_code: u16,
+    pub fragments: u32,
+    pub truncated: u32,
+}
+
+/// Whether a packet went from the initiator (forward) or to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+impl Flow {
+    fn new(meta: &PacketMeta, ip: &IpInfo) -> Flow {
+        let (mut sport, mut dport) = ip.l4.ports();
+        let (mut src, mut dst) = (ip.src, ip.dst);
+        // The initiator is whoever sent the first packet, except when that packet is plainly a
+        // reply: a SYN-ACK, or (picked up mid-stream) a segment from a well-known port to an
+        // ephemeral one.
+        let reply = match ip.l4 {
+            L4::Tcp(t) if t.flags.syn() => t.flags.ack(),
+            L4::Tcp(_) | L4::Udp(_) => sport < 1024 && dport >= 1024,
+            _ => false,
+        };
+        if reply {
+            core::mem::swap(&mut src, &mut dst);
+            core::mem::swap(&mut sport, &mut dport);
+        }
+        Flow {
+            src,
+            src_port: sport,
+            dst,
+            dst_port: dport,
+            protocol: ip.protocol,
+            vlan: meta.vlan,
+            start: meta.ts,
+            last: meta.ts,
+            fwd: DirStats::default(),
+            bwd: DirStats::default(),
+            iat: RunningStats::new(),
+            flag_counts: [0; 8],
+            tcp: TcpState::default(),
+            first_sizes: [0; FIRST_PACKETS],
+            dns: DnsStats::default(),
+            icmp_type: 0,
+            icmp_code: 0,
+            fragments: 0,
+            truncated: 0,
+        }
+    }
+
+    /// Direction of a packet of this flow.
+    pub fn direction(&self, ip: &IpInfo) -> Direction {
+        let (sport, _) = ip.l4.ports();
+        if ip.src == self.src && (sport == self.src_port || self.src == self.dst) {
+            Direction::Forward
+        } else {
+            Direction::Backward
+        }
+    }
+
+    pub fn packets(&self) -> u32 {
+        self.fwd.packets + self.bwd.packets
+    }
+
+    fn add(&mut self, meta: &PacketMeta, ip: &IpInfo) -> Direction {
+        let dir = self.direction(ip);
+        let n = self.packets() as usize;
+        if n > 0 {
+            self.iat.push(micros_between(self.last, meta.ts));
+        }
+        if meta.ts > self.last {
+            self.last = meta.ts;
+        }
+        let payload = ip.l4.payload_len() as i32;
+        if n < FIRST_PACKETS {
+            self.first_sizes[n] = if dir == Direction::Forward { payload } else { -payload };
+        }
+        match dir {
+            Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
+            Direction::Backward => self.bwd.add(meta.ts, meta.wire_len, ip),
+        }
+        if ip.fragment {
+            self.fragments += 1;
+        }
+        if meta.truncated {
+            self.truncated += 1;
+        }
+        match ip.l4 {
+            L4::Tcp(t) => {
+                for (i, c) in self.flag_counts.iter_mut().enumerate() {
+                    if t.flags.0 & (1 << i) != 0 {
+                        *c += 1;
+                    }
+                }
+                let s = &mut self.tcp;
+                match dir {
+                    Direction::Forward => {
+                        if t.flags.syn() && !t.flags.ack() {
+                            s.syn = true;
+                            s.mss = s.mss.or(t.mss);
+                            s.window_scale = s.window_scale.or(t.window_scale);
+                        } else if s.syn_ack && t.flags.ack() && !t.flags.rst() {
+                            s.established = true;
+                        }
+                        s.fin_fwd |= t.flags.fin();
+                    }
+                    Direction::Backward => {
+                        if t.flags.syn() && t.flags.ack() {
+                            s.syn_ack = true;
+                        }
+                        s.fin_bwd |= t.flags.fin();
+                    }
+                }
+                s.rst |= t.flags.rst();
+            }
+            L4::Udp(u) => {
+                if let Some(d) = u.dns {
+                    let s = &mut self.dns;
+                    if d.response {
+                        s.responses += 1;
+                        if d.rcode == 3 {
+                            s.nxdomain += 1;
+                        }
+                    } else {
+                        s.queries += 1;
+                        if d.qname_len > 0 {
+                            s.qname_len.push(f64::from(d.qname_len));
+                        }
+                        // TXT, NULL, ANY, and anything above the address types.
+                        if matches!(d.qtype, 10 | 16 | 255) {
+                            s.data_qtypes += 1;
+                        }
+                        s.longest_label = s.longest_label.max(d.longest_label);
+                        s.max_entropy_millibits = s.max_entropy_millibits.max(d.entropy_millibits);
+                    }
+                }
+            }
+            L4::Icmpv4 { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => {
+                if self.icmp_type == 0 {
+                    self.icmp_type = u16::from(icmp_type) + 1;
+                    self.icmp_code = u16::from(code) + 1;
+                }
+            }
+            L4::None => {}
+        }
+        dir
+    }
+}
+
+fn micros_between(a: Instant, b: Instant) -> f64 {
+    let d = b.total_micros() - a.total_micros();
+    if d > 0 {
+        d as f64
+    } else {
+        0.0
+    }
+}
+
+/// A finished flow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowRecord {
+    pub flow: Flow,
+    pub reason: EndReason,
+}
+
+/// Counters of the flow table, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowCounters {
+    pub created: u64,
+    /// Flows ended, by [`EndReason`] in the order of [`EndReason::ALL`].
+    pub ended: [u64; 7],
+    /// Packets that updated an existing flow.
+    pub updates: u64,
+}
+
+impl FlowCounters {
+    pub fn ended_total(&self) -> u64 {
+        self.ended.iter().sum()
+    }
+    pub fn evicted(&self) -> u64 {
+        self.ended[EndReason::Evicted as usize]
+    }
+}
+
+/// What [`FlowTable::ingest`] did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub direction: Direction,
+    /// The packet opened a new flow.
+    pub new_flow: bool,
+}
+
+/// The table itself: `N` flows at most (a power of two).
+#[derive(Debug)]
+pub struct FlowTable<const N: usize> {
+    map: FnvIndexMap<FlowKey, Flow, N>,
+    config: FlowConfig,
+    counters: FlowCounters,
+    /// Latest timestamp seen; time never goes back for expiry, whatever the packets say.
+    now: Instant,
+}
+
+impl<const N: usize> Default for FlowTable<N> {
+    fn default() -> Self {
+        Self::new(FlowConfig::default())
+    }
+}
+
+impl<const N: usize> FlowTable<N> {
+    pub fn new(config: FlowConfig) -> Self {
+        FlowTable {
+            map: FnvIndexMap::new(),
+            config,
+            counters: FlowCounters::default(),
+            now: Instant::from_micros(0),
+        }
+    }
+
+    pub fn config(&self) -> &FlowConfig {
+        &self.config
+    }
+    pub fn set_config(&mut self, config: FlowConfig) {
+        self.config = config;
+    }
+    pub fn counters(&self) -> &FlowCounters {
+        &self.counters
+    }
+    /// Flows in progress.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub const fn capacity(&self) -> usize {
+        N
+    }
+    /// Flows in progress, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.map.values()
+    }
+
+    fn end(&mut self, flow: Flow, reason: EndReason, out: &mut impl FnMut(FlowRecord)) {
+        self.counters.ended[reason as usize] += 1;
+        out(FlowRecord { flow, reason });
+    }
+
+    /// Why a flow that has seen no packet since `flow.last` should end at `now`, if it should.
+    fn expiry(config: &FlowConfig, flow: &Flow, now: Instant) -> Option<EndReason> {
+        let idle = now - flow.last;
+        if flow.tcp.closed() && idle >= config.closed_linger {
+            return Some(if flow.tcp.rst { EndReason::Rst } else { EndReason::Fin });
+        }
+        let limit = if flow.protocol == 6 { config.tcp_idle_timeout } else { config.idle_timeout };
+        if idle >= limit {
+            return Some(EndReason::IdleTimeout);
+        }
+        if now - flow.start >= config.active_timeout {
+            return Some(EndReason::ActiveTimeout);
+        }
+        None
+    }
+
+    /// Account one IP packet. Flows it ends or evicts are passed to `out`.
+    pub fn ingest(
+        &mut self,
+        meta: &PacketMeta,
+        ip: &IpInfo,
+        out: &mut impl FnMut(FlowRecord),
+    ) -> Ingested {
+        if meta.ts > self.now {
+            self.now = meta.ts;
+        }
+        let (sport, dport) = ip.l4.ports();
+        let key = FlowKey::new(ip.src, sport, ip.dst, dport, ip.protocol, meta.vlan);
+        if let Some(flow) = self.map.get_mut(&key) {
+            let fresh_syn = matches!(ip.l4, L4::Tcp(t) if t.flags.syn() && !t.flags.ack());
+            let ended = if flow.tcp.closed() && fresh_syn {
+                Some(EndReason::Reused)
+            } else {
+                Self::expiry(&self.config, flow, meta.ts)
+            };
+            match ended {
+                None => {
+                    let direction = flow.add(meta, ip);
+                    self.counters.updates += 1;
+                    return Ingested { direction, new_flow: false };
+                }
+                Some(reason) => {
+                    let old = *flow;
+                    if let Some(slot) = self.map.get_mut(&key) {
+                        *slot = Flow::new(meta, ip);
+                        let direction = slot.add(meta, ip);
+                        self.counters.created += 1;
+                        self.end(old, reason, out);
+                        return Ingested { direction, new_flow: true };
+                    }
+                }
+            }
+        }
+        if self.map.is_full() {
+            self.make_room(out);
+        }
+        let mut flow = Flow::new(meta, ip);
+        let direction = flow.add(meta, ip);
+        self.counters.created += 1;
+        if let Err((_, flow)) = self.map.insert(key, flow) {
+            // make_room always frees at least one slot; should it ever not, the flow is still
+            // recorded rather than lost.
+            self.end(flow, EndReason::Evicted, out);
+        }
+        Ingested { direction, new_flow: true }
+    }
+
+    /// End every flow that has timed out by `now`.
+    pub fn expire(&mut self, now: Instant, out: &mut impl FnMut(FlowRecord)) {
+        if now > self.now {
+            self.now = now;
+        }
+        let config = self.config;
+        let counters = &mut self.counters;
+        self.map.retain(|_, flow| match Self::expiry(&config, flow, now) {
+            Some(reason) => {
+                counters.ended[reason as usize] += 1;
+                out(FlowRecord { flow: *flow, reason });
+                false
+            }
+            None => true,
+        });
+    }
+
+    /// End every flow (end of input).
+    pub fn flush(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        let counters = &mut self.counters;
+        self.map.retain(|_, flow| {
+            counters.ended[EndReason::Flush as usize] += 1;
+            out(FlowRecord { flow: *flow, reason: EndReason::Flush });
+            false
+        });
+    }
+
+    /// The table is full: expire what has timed out; if nothing has, evict the least recently
+    /// seen flows, at most an eighth of the table, in one pass, so a flood costs one scan per N/8 new flows, not one
+    /// per packet.
+    fn make_room(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        let now = self.now;
+        self.expire(now, out);
+        if !self.map.is_full() {
+            return;
+        }
+        let oldest = self.map.values().map(|f| f.last.total_micros()).min().unwrap_or(0);
+        let span = now.total_micros() - oldest;
+        let cutoff = oldest + span / 8;
+        let mut budget = (N / 8).max(1);
+        let counters = &mut self.counters;
+        self.map.retain(|_, flow| {
+            if budget > 0 && flow.last.total_micros() <= cutoff {
+                budget -= 1;
+                counters.ended[EndReason::Evicted as usize] += 1;
+                out(FlowRecord { flow: *flow, reason: EndReason::Evicted });
+                false
+            } else {
+                true
+            }
+        });
+    }
+}

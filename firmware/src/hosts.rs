@@ -1,0 +1,353 @@
+//! Per-source-host counters over a sliding window: what one flow cannot show (scans, sweeps,
+//! floods, ARP and DHCP abuse).
+//!
+//! Each host keeps two tumbling windows, the current one and the one before. Counts are read as a
+//! sliding window the usual way (the previous window weighted by how much of it still overlaps,
+//! plus the current one); distinct destinations are counted with a 512-bit linear-counting sketch
+//! per window, read over the union of both (so over the last one to two windows). A sketch has a
+//! fixed size, so a scan of 60,000 ports costs the same memory as one of 6; it reads accurately
+//! to a few hundred distinct values and saturates near 3,200.
+
+use crate::{Duration, Instant};
+use core::net::IpAddr;
+use heapless::index_map::FnvIndexMap;
+
+/// Length of one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostConfig {
+    pub window: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig { window: Duration::from_secs(10) }
+    }
+}
+
+/// A 512-bit linear-counting sketch of distinct values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sketch([u64; 8]);
+
+impl Sketch {
+    const BITS: u32 = 512;
+
+    pub fn insert(&mut self, value: u64) {
+        let h = mix(value) % u64::from(Self::BITS);
+        self.0[(h / 64) as usize] |= 1 << (h % 64);
+    }
+
+    pub fn union(&self, other: &Sketch) -> Sketch {
+        let mut s = *self;
+        for (a, b) in s.0.iter_mut().zip(other.0.iter()) {
+            *a |= *b;
+        }
+        s
+    }
+
+    /// Estimated number of distinct values: m ln(m / zeros).
+    pub fn estimate(&self) -> f32 {
+        let m = Self::BITS as f32;
+        let ones: u32 = self.0.iter().map(|w| w.count_ones()).sum();
+        let zeros = (Self::BITS - ones).max(1) as f32;
+        m * libm::logf(m / zeros)
+    }
+}
+
+/// A 64-bit finaliser (splitmix64's) that spreads small, similar values over the sketch.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn ip_bits(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => u64::from(a.to_bits()),
+        IpAddr::V6(a) => {
+            let b = a.to_bits();
+            (b as u64) ^ ((b >> 64) as u64).rotate_left(17)
+        }
+    }
+}
+
+/// One tumbling window of a host's activity.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Window {
+    pub start: Option<Instant>,
+    pub packets: u32,
+    pub bytes: u64,
+    /// Flows this host initiated.
+    pub flows: u32,
+    /// TCP SYNs (without ACK) it sent.
+    pub syns: u32,
+    /// SYN-ACKs it received.
+    pub syn_acks: u32,
+    /// Flows it initiated that ended without a reply, or refused (RST before a handshake).
+    pub failed: u32,
+    pub icmp_echo: u32,
+    pub arp: u32,
+    /// ARP replies it sent that nobody on this tap asked for in this window.
+    pub arp_replies: u32,
+    pub arp_requests: u32,
+    pub dhcp: u32,
+    pub dst_ports: Sketch,
+    pub dst_hosts: Sketch,
+    pub dhcp_macs: Sketch,
+}
+
+/// A host's two windows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HostWindow {
+    pub cur: Window,
+    pub prev: Window,
+    pub last: Option<Instant>,
+}
+
+/// The window features of one host, in the units of `models/features.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HostFeatures {
+    pub dst_ports: f32,
+    pub dst_hosts: f32,
+    pub flows: f32,
+    pub failed: f32,
+    pub syn_synack_ratio: f32,
+    pub pkt_rate: f32,
+    pub icmp_echo_rate: f32,
+    pub arp_rate: f32,
+    pub arp_reply_ratio: f32,
+    pub dhcp_rate: f32,
+    pub dhcp_macs: f32,
+}
+
+impl HostWindow {
+    fn roll(&mut self, now: Instant, window: Duration) {
+        match self.cur.start {
+            None => self.cur.start = Some(now),
+            Some(start) if now - start >= window => {
+                // A gap of two windows or more leaves nothing that overlaps.
+                self.prev = if now - start < window * 2 { self.cur } else { Window::default() };
+                self.cur = Window { start: Some(now), ..Window::default() };
+            }
+            Some(_) => {}
+        }
+        if self.last.is_none_or(|l| now > l) {
+            self.last = Some(now);
+        }
+    }
+
+    /// Features at `now`.
+    pub fn features(&self, now: Instant, window: Duration) -> HostFeatures {
+        let w = window.total_micros().max(1) as f32;
+        let into = self.cur.start.map_or(0.0, |s| (now - s).total_micros() as f32);
+        let weight = (1.0 - into / w).clamp(0.0, 1.0);
+        let (c, p) = (&self.cur, &self.prev);
+        let slide = |a: u32, b: u32| a as f32 + b as f32 * weight;
+        let secs = window.total_micros() as f32 / 1e6;
+        let syns = slide(c.syns, p.syns);
+        let arp = slide(c.arp, p.arp);
+        HostFeatures {
+            dst_ports: c.dst_ports.union(&p.dst_ports).estimate(),
+            dst_hosts: c.dst_hosts.union(&p.dst_hosts).estimate(),
+            flows: slide(c.flows, p.flows),
+            failed: slide(c.failed, p.failed),
+            syn_synack_ratio: syns / (slide(c.syn_acks, p.syn_acks) + 1.0),
+            pkt_rate: slide(c.packets, p.packets) / secs,
+            icmp_echo_rate: slide(c.icmp_echo, p.icmp_echo) / secs,
+            arp_rate: arp / secs,
+            arp_reply_ratio: slide(c.arp_replies, p.arp_replies) / (arp + 1.0),
+            dhcp_rate: slide(c.dhcp, p.dhcp) / secs,
+            dhcp_macs: c.dhcp_macs.union(&p.dhcp_macs).estimate(),
+        }
+    }
+}
+
+/// Counters of the host table, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostCounters {
+    pub created: u64,
+    pub expired: u64,
+    pub evicted: u64,
+}
+
+/// Up to `N` hosts (a power of two).
+#[derive(Debug)]
+pub struct HostTable<const N: usize> {
+    map: FnvIndexMap<IpAddr, HostWindow, N>,
+    config: HostConfig,
+    counters: HostCounters,
+}
+
+impl<const N: usize> Default for HostTable<N> {
+    fn default() -> Self {
+        Self::new(HostConfig::default())
+    }
+}
+
+impl<const N: usize> HostTable<N> {
+    pub fn new(config: HostConfig) -> Self {
+        HostTable { map: FnvIndexMap::new(), config, counters: HostCounters::default() }
+    }
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+    pub fn counters(&self) -> &HostCounters {
+        &self.counters
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn get(&self, host: &IpAddr) -> Option<&HostWindow> {
+        self.map.get(host)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &HostWindow)> {
+        self.map.iter()
+    }
+
+    /// Features of `host` at `now`; zeros for a host not seen.
+    pub fn features(&self, host: &IpAddr, now: Instant) -> HostFeatures {
+        self.map.get(host).map(|h| h.features(now, self.config.window)).unwrap_or_default()
+    }
+
+    /// The host's current window, made room for and rolled forward to `now`. `None` only if the
+    /// table cannot hold the host (capacity 0), counted as an eviction.
+    pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut Window> {
+        if !self.map.contains_key(&host) && self.map.is_full() {
+            self.make_room(now);
+        }
+        let window = self.config.window;
+        let created = &mut self.counters.created;
+        match self.map.entry(host).or_insert_with(|| {
+            *created += 1;
+            HostWindow::default()
+        }) {
+            Ok(h) => {
+                h.roll(now, window);
+                Some(&mut h.cur)
+            }
+            Err(_) => {
+                self.counters.evicted += 1;
+                None
+            }
+        }
+    }
+
+    /// Forget hosts with nothing in either window.
+    pub fn expire(&mut self, now: Instant) {
+        let limit = self.config.window * 2;
+        let counters = &mut self.counters;
+        self.map.retain(|_, h| {
+            let keep = h.last.is_some_and(|l| now - l < limit);
+            if !keep {
+                counters.expired += 1;
+            }
+            keep
+        });
+    }
+
+    fn make_room(&mut self, now: Instant) {
+        self.expire(now);
+        if !self.map.is_full() {
+            return;
+        }
+        let key = |h: &HostWindow| h.last.map_or(0, |l| l.total_micros());
+        let oldest = self.map.values().map(key).min().unwrap_or(0);
+        let cutoff = oldest + (now.total_micros() - oldest) / 8;
+        let mut budget = (N / 8).max(1);
+        let counters = &mut self.counters;
+        self.map.retain(|_, h| {
+            if budget > 0 && key(h) <= cutoff {
+                budget -= 1;
+                counters.evicted += 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Record a port and host this host reached for the first time in a flow.
+    pub fn note_flow(&mut self, host: IpAddr, now: Instant, dst: IpAddr, dst_port: u16) {
+        if let Some(w) = self.window_mut(host, now) {
+            w.flows += 1;
+            w.dst_ports.insert(u64::from(dst_port));
+            w.dst_hosts.insert(ip_bits(dst));
+        }
+    }
+
+    /// Record a DHCP client hardware address.
+    pub fn note_dhcp(&mut self, host: IpAddr, now: Instant, mac: [u8; 6]) {
+        if let Some(w) = self.window_mut(host, now) {
+            w.dhcp += 1;
+            let mut b = [0u8; 8];
+            b[..6].copy_from_slice(&mac);
+            w.dhcp_macs.insert(u64::from_le_bytes(b));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_sketch_estimates() {
+        let mut s = Sketch::default();
+        assert_eq!(s.estimate(), 0.0);
+        for p in 0..100u64 {
+            s.insert(p);
+            s.insert(p); // duplicates do not count
+        }
+        let e = s.estimate();
+        assert!((90.0..110.0).contains(&e), "{e}");
+        let mut big = Sketch::default();
+        for p in 0..1000u64 {
+            big.insert(p);
+        }
+        let e = big.estimate();
+        assert!((850.0..1150.0).contains(&e), "{e}");
+    }
+
+    #[test]
+    fn test_sliding_window() {
+        let mut t = HostTable::<16>::default();
+        let h: IpAddr = [10, 0, 0, 1].into();
+        let t0 = Instant::from_secs(100);
+        for i in 0..50u16 {
+            t.note_flow(h, t0, [10, 0, 0, 2].into(), i);
+            if let Some(w) = t.window_mut(h, t0) {
+                w.syns += 1;
+            }
+        }
+        let f = t.features(&h, t0);
+        assert_eq!(f.flows, 50.0);
+        assert_eq!(f.syn_synack_ratio, 50.0);
+        assert!((45.0..55.0).contains(&f.dst_ports));
+        assert!(f.dst_hosts < 2.0);
+        // Half-way through the next window the old one counts half.
+        let t1 = t0 + Duration::from_secs(10);
+        t.window_mut(h, t1);
+        let f = t.features(&h, t1 + Duration::from_secs(5));
+        assert_eq!(f.flows, 25.0);
+        // Two windows later nothing is left, and the host expires.
+        t.window_mut(h, t1 + Duration::from_secs(25));
+        assert_eq!(t.features(&h, t1 + Duration::from_secs(25)).flows, 0.0);
+        t.expire(t1 + Duration::from_secs(60));
+        assert!(t.is_empty());
+        assert_eq!(t.counters().expired, 1);
+    }
+
+    #[test]
+    fn test_full_table_evicts_oldest() {
+        let mut t = HostTable::<8>::default();
+        for i in 0..8u8 {
+            t.window_mut([10, 0, 0, i].into(), Instant::from_secs(i64::from(i)));
+        }
+        t.window_mut([10, 0, 1, 0].into(), Instant::from_secs(9));
+        assert_eq!(t.len(), 8);
+        assert_eq!(t.counters().evicted, 1);
+        assert!(t.get(&[10, 0, 0, 0].into()).is_none());
+    }
+}

@@ -1,0 +1,141 @@
+//! The first bytes of DNS and DHCP: the header fields that detectors of tunnelling and starvation
+//! need, through smoltcp's `DnsPacket` and `DhcpPacket`. A payload that is not what its port says
+//! is not an error: the packet is still a UDP packet, it just has no DNS or DHCP facts.
+
+use smoltcp::wire::{DhcpPacket, DnsFlags, DnsPacket, DnsQuestion};
+
+/// DNS header facts and the shape of the first question's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsInfo {
+    pub id: u16,
+    pub response: bool,
+    pub opcode: u8,
+    pub rcode: u8,
+    pub questions: u16,
+    pub answers: u16,
+    /// Query type of the first question (16 = TXT, 10 = NULL are tunnellers' favourites).
+    pub qtype: u16,
+    /// Length of the first question's name in presentation form (labels and dots).
+    pub qname_len: u16,
+    pub labels: u8,
+    pub longest_label: u8,
+    /// Shannon entropy of the name's characters, in millibits per character.
+    pub entropy_millibits: u16,
+}
+
+/// DHCP facts for starvation and rogue-server detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpInfo {
+    /// 1 BOOTREQUEST, 2 BOOTREPLY.
+    pub op: u8,
+    /// Option 53: 1 DISCOVER, 2 OFFER, 3 REQUEST, 5 ACK, ...
+    pub message_type: Option<u8>,
+    pub client_mac: [u8; 6],
+}
+
+pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
+    let p = DnsPacket::new_checked(bytes).ok()?;
+    let mut info = DnsInfo {
+        id: p.transaction_id(),
+        response: p.flags().contains(DnsFlags::RESPONSE),
+        opcode: p.opcode().into(),
+        rcode: p.rcode().into(),
+        questions: p.question_count(),
+        answers: p.answer_record_count(),
+        qtype: 0,
+        qname_len: 0,
+        labels: 0,
+        longest_label: 0,
+        entropy_millibits: 0,
+    };
+    if info.questions == 0 {
+        return Some(info);
+    }
+    let name = match DnsQuestion::parse(p.payload()) {
+        Ok((_, q)) => {
+            info.qtype = q.type_.into();
+            q.name
+        }
+        Err(_) => p.payload(),
+    };
+    let mut counts = [0u16; 256];
+    let mut total = 0u32;
+    for label in p.parse_name(name) {
+        let Ok(label) = label else { break };
+        info.labels = info.labels.saturating_add(1);
+        info.longest_label = info.longest_label.max(label.len().min(255) as u8);
+        for &c in label {
+            counts[usize::from(c.to_ascii_lowercase())] += 1;
+        }
+        total += label.len() as u32;
+        if total > 1024 {
+            break; // Names are at most 255 bytes; pointers cannot loop, but stay bounded anyway.
+        }
+    }
+    info.qname_len = (total + u32::from(info.labels.saturating_sub(1))).min(u32::from(u16::MAX))
+        as u16;
+    if total > 0 {
+        let n = total as f32;
+        let h: f32 = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = f32::from(c) / n;
+                -p * libm::log2f(p)
+            })
+            .sum();
+        info.entropy_millibits = (h * 1000.0) as u16;
+    }
+    Some(info)
+}
+
+pub(crate) fn dhcp(bytes: &[u8]) -> Option<DhcpInfo> {
+    let p = DhcpPacket::new_checked(bytes).ok()?;
+    if p.magic_number() != 0x6382_5363 {
+        return None;
+    }
+    let message_type = p.options().find(|o| o.kind == 53).and_then(|o| o.data.first().copied());
+    Some(DhcpInfo {
+        op: u8::from(p.opcode()),
+        message_type,
+        client_mac: p.client_hardware_address().0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testdata::{DHCP_DISCOVER, DNS_TXT_QUERY};
+    use super::*;
+
+    #[test]
+    fn test_parse_dns_query() {
+        let d = dns(&DNS_TXT_QUERY).unwrap();
+        assert_eq!(d.id, 0xbeef);
+        assert!(!d.response);
+        assert_eq!(d.questions, 1);
+        assert_eq!(d.qtype, 16);
+        // "aGVsbG8.t.example.com": labels 7+1+7+3, 3 dots
+        assert_eq!(d.labels, 4);
+        assert_eq!(d.qname_len, 21);
+        assert_eq!(d.longest_label, 7);
+        assert!(d.entropy_millibits > 2500, "{}", d.entropy_millibits);
+    }
+
+    #[test]
+    fn test_dns_short_is_none() {
+        assert_eq!(dns(&DNS_TXT_QUERY[..11]), None);
+        // Header only, question cut: header facts, no name.
+        let d = dns(&DNS_TXT_QUERY[..14]).unwrap();
+        assert_eq!(d.questions, 1);
+        assert_eq!(d.qtype, 0);
+    }
+
+    #[test]
+    fn test_parse_dhcp_discover() {
+        let d = dhcp(&DHCP_DISCOVER).unwrap();
+        assert_eq!(d.op, 1);
+        assert_eq!(d.message_type, Some(1));
+        assert_eq!(d.client_mac, [0x02, 0xde, 0xad, 0, 0, 1]);
+        assert_eq!(dhcp(&DHCP_DISCOVER[..200]), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! TCP (flags, MSS and window-scale options), UDP, ICMPv4 and ICMPv6 through smoltcp's views.
+
+use super::{app, DissectError, DhcpInfo, DnsInfo, L4};
+use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, TcpPacket, UdpPacket};
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// The eight TCP flag bits, in header order (FIN is bit 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+
+    pub const fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+    pub const fn fin(self) -> bool {
+        self.has(Self::FIN)
+    }
+    pub const fn syn(self) -> bool {
+        self.has(Self::SYN)
+    }
+    pub const fn rst(self) -> bool {
+        self.has(Self::RST)
+    }
+    pub const fn ack(self) -> bool {
+        self.has(Self::ACK)
+    }
+}
+
+/// The TCP header fields the flow table and the features use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub flags: TcpFlags,
+    /// Advertised receive window (unscaled).
+    pub window: u16,
+    /// Header length including options.
+    pub header_len: u8,
+    /// Segment payload bytes as sent (from the IP length, not from what was captured).
+    pub payload_len: u16,
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+}
+
+/// The UDP header fields, and what we read of DNS and DHCP above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpInfo {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload_len: u16,
+    pub dns: Option<DnsInfo>,
+    pub dhcp: Option<DhcpInfo>,
+}
+
+/// `bytes` is what we hold of the IP payload; `wire_len` what the IP header says it holds.
+pub(crate) fn parse(
+    protocol: u8,
+    bytes: &[u8],
+    wire_len: usize,
+    _v6: bool,
+) -> Result<L4, DissectError> {
+    match protocol {
+        IPPROTO_TCP => tcp(bytes, wire_len),
+        IPPROTO_UDP => udp(bytes, wire_len),
+        IPPROTO_ICMP => {
+            let p = Icmpv4Packet::new_checked(bytes).map_err(|_| DissectError::IcmpMalformed)?;
+            let icmp_type: u8 = p.msg_type().into();
+            let ident = matches!(icmp_type, 0 | 8).then(|| p.echo_ident());
+            let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
+            Ok(L4::Icmpv4 { icmp_type, code: p.msg_code(), ident, payload_len })
+        }
+        IPPROTO_ICMPV6 => {
+            let p = Icmpv6Packet::new_checked(bytes).map_err(|_| DissectError::IcmpMalformed)?;
+            let icmp_type: u8 = p.msg_type().into();
+            let ident = matches!(icmp_type, 128 | 129).then(|| p.echo_ident());
+            let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
+            Ok(L4::Icmpv6 { icmp_type, code: p.msg_code(), ident, payload_len })
+        }
+        _ => Ok(L4::None),
+    }
+}
+
+fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
+    let p = TcpPacket::new_checked(bytes).map_err(|_| DissectError::TcpMalformed)?;
+    let header_len = p.header_len();
+    let mut flags = 0u8;
+    for (set, bit) in [
+        (p.fin(), TcpFlags::FIN),
+        (p.syn(), TcpFlags::SYN),
+        (p.rst(), TcpFlags::RST),
+        (p.psh(), TcpFlags::PSH),
+        (p.ack(), TcpFlags::ACK),
+        (p.urg(), TcpFlags::URG),
+        (p.ece(), TcpFlags::ECE),
+        (p.cwr(), TcpFlags::CWR),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    // Garbage in the options is what some scanners send; the segment still counts.
+    let opts = p.options_summary().unwrap_or_default();
+    Ok(L4::Tcp(TcpInfo {
+        src_port: p.src_port(),
+        dst_port: p.dst_port(),
+        flags: TcpFlags(flags),
+        window: p.window_len(),
+        header_len,
+        payload_len: wire_len.saturating_sub(usize::from(header_len)).min(usize::from(u16::MAX))
+            as u16,
+        mss: opts.max_segment_size,
+        window_scale: opts.window_scale,
+    }))
+}
+
+fn udp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
+    if bytes.len() < smoltcp::wire::UDP_HEADER_LEN {
+        return Err(DissectError::UdpMalformed);
+    }
+    // `new_checked` also wants the whole datagram; a snap length may have cut it, so check the
+    // fixed 8-byte header ourselves and the length field against what the IP header says.
+    let p = UdpPacket::new_unchecked(bytes);
+    let len = usize::from(p.len());
+    if len < smoltcp::wire::UDP_HEADER_LEN || len > wire_len {
+        return Err(DissectError::UdpMalformed);
+    }
+    let (src_port, dst_port) = (p.src_port(), p.dst_port());
+    let body = &bytes[8..len.min(bytes.len())];
+    let dns = (src_port == 53 || dst_port == 53).then(|| app::dns(body)).flatten();
+    let dhcp = (matches!(src_port, 67 | 68) && matches!(dst_port, 67 | 68))
+        .then(|| app::dhcp(body))
+        .flatten();
+    Ok(L4::Udp(UdpInfo { src_port, dst_port, payload_len: (len - 8) as u16, dns, dhcp }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_tcp_bad_data_offset() {
+        let mut t = [0u8; 20];
+        t[12] = 0x30; // 12-byte header: below the minimum
+        assert_eq!(tcp(&t, 20), Err(DissectError::TcpMalformed));
+        t[12] = 0xf0; // 60-byte header in 20 bytes
+        assert_eq!(tcp(&t, 20), Err(DissectError::TcpMalformed));
+    }
+
+    #[test]
+    fn test_tcp_garbage_options_still_parse() {
+        let mut t = [0u8; 24];
+        t[12] = 0x60;
+        t[13] = TcpFlags::SYN;
+        t[20] = 2; // MSS kind with an impossible length
+        t[21] = 9;
+        let L4::Tcp(info) = tcp(&t, 24).unwrap() else { panic!() };
+        assert_eq!(info.mss, None);
+        assert!(info.flags.syn());
+    }
+
+    #[test]
+    fn test_udp_length_field() {
+        let mut u = [0u8; 12];
+        u[4..6].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(udp(&u, 12), Err(DissectError::UdpMalformed));
+        u[4..6].copy_from_slice(&100u16.to_be_bytes());
+        assert_eq!(udp(&u, 12), Err(DissectError::UdpMalformed));
+        // Cut by the snap length but consistent with the IP header: fine.
+        let L4::Udp(info) = udp(&u, 100).unwrap() else { panic!() };
+        assert_eq!(info.payload_len, 92);
+    }
+
+    #[test]
+    fn test_icmp_too_short() {
+        assert_eq!(parse(1, &[8, 0, 0], 3, false), Err(DissectError::IcmpMalformed));
+        assert_eq!(parse(58, &[128, 0], 2, true), Err(DissectError::IcmpMalformed));
+    }
+}
