@@ -34,7 +34,14 @@ fn ratio(a: f64, b: f64) -> f32 {
     }
 }
 
-fn put_stats(v: &mut FeatureVector, s: &RunningStats, max: usize, min: usize, mean: usize, std: usize) {
+fn put_stats(
+    v: &mut FeatureVector,
+    s: &RunningStats,
+    max: usize,
+    min: usize,
+    mean: usize,
+    std: usize,
+) {
     v[max] = s.max() as f32;
     v[min] = s.min() as f32;
     v[mean] = s.mean() as f32;
@@ -60,15 +67,50 @@ pub fn compute(flow: &Flow, host: &HostFeatures) -> FeatureVector {
     v[TOT_BWD_PKTS] = b.packets as f32;
     v[TOTLEN_FWD_PKTS] = fwd_payload as f32;
     v[TOTLEN_BWD_PKTS] = bwd_payload as f32;
-    put_stats(&mut v, &f.payload, FWD_PKT_LEN_MAX, FWD_PKT_LEN_MIN, FWD_PKT_LEN_MEAN, FWD_PKT_LEN_STD);
-    put_stats(&mut v, &b.payload, BWD_PKT_LEN_MAX, BWD_PKT_LEN_MIN, BWD_PKT_LEN_MEAN, BWD_PKT_LEN_STD);
+    put_stats(
+        &mut v,
+        &f.payload,
+        FWD_PKT_LEN_MAX,
+        FWD_PKT_LEN_MIN,
+        FWD_PKT_LEN_MEAN,
+        FWD_PKT_LEN_STD,
+    );
+    put_stats(
+        &mut v,
+        &b.payload,
+        BWD_PKT_LEN_MAX,
+        BWD_PKT_LEN_MIN,
+        BWD_PKT_LEN_MEAN,
+        BWD_PKT_LEN_STD,
+    );
     v[FLOW_BYTS_S] = per_sec(fwd_payload + bwd_payload, duration);
     v[FLOW_PKTS_S] = per_sec(packets, duration);
-    put_stats(&mut v, &flow.iat, FLOW_IAT_MAX, FLOW_IAT_MIN, FLOW_IAT_MEAN, FLOW_IAT_STD);
+    put_stats(
+        &mut v,
+        &flow.iat,
+        FLOW_IAT_MAX,
+        FLOW_IAT_MIN,
+        FLOW_IAT_MEAN,
+        FLOW_IAT_STD,
+    );
     v[FWD_IAT_TOT] = f.iat.sum() as f32;
-    put_stats(&mut v, &f.iat, FWD_IAT_MAX, FWD_IAT_MIN, FWD_IAT_MEAN, FWD_IAT_STD);
+    put_stats(
+        &mut v,
+        &f.iat,
+        FWD_IAT_MAX,
+        FWD_IAT_MIN,
+        FWD_IAT_MEAN,
+        FWD_IAT_STD,
+    );
     v[BWD_IAT_TOT] = b.iat.sum() as f32;
-    put_stats(&mut v, &b.iat, BWD_IAT_MAX, BWD_IAT_MIN, BWD_IAT_MEAN, BWD_IAT_STD);
+    put_stats(
+        &mut v,
+        &b.iat,
+        BWD_IAT_MAX,
+        BWD_IAT_MIN,
+        BWD_IAT_MEAN,
+        BWD_IAT_STD,
+    );
     v[FWD_PSH_FLAGS] = f.psh as f32;
     v[BWD_PSH_FLAGS] = b.psh as f32;
     v[FWD_URG_FLAGS] = f.urg as f32;
@@ -212,7 +254,10 @@ mod tests {
         let rec = ended.unwrap();
         let v = compute(&rec.flow, &HostFeatures::default());
         for (name, x) in NAMES.iter().zip(v.iter()) {
-            assert!(x.is_finite(), "feature {name} is in models/features.json but not computed");
+            assert!(
+                x.is_finite(),
+                "feature {name} is in models/features.json but not computed"
+            );
         }
         assert_eq!(v[idx::PROTOCOL], 6.0);
         assert_eq!(v[idx::DST_PORT], 80.0);

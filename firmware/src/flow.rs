@@ -54,9 +54,23 @@ pub struct FlowKey {
 impl FlowKey {
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, protocol: u8, vlan: u16) -> Self {
         if (src, sport) <= (dst, dport) {
-            FlowKey { lo: src, hi: dst, lo_port: sport, hi_port: dport, protocol, vlan }
+            FlowKey {
+                lo: src,
+                hi: dst,
+                lo_port: sport,
+                hi_port: dport,
+                protocol,
+                vlan,
+            }
         } else {
-            FlowKey { lo: dst, hi: src, lo_port: dport, hi_port: sport, protocol, vlan }
+            FlowKey {
+                lo: dst,
+                hi: src,
+                lo_port: dport,
+                hi_port: sport,
+                protocol,
+                vlan,
+            }
         }
     }
 }
@@ -297,7 +311,11 @@ impl Flow {
         }
         let payload = ip.l4.payload_len() as i32;
         if n < FIRST_PACKETS {
-            self.first_sizes[n] = if dir == Direction::Forward { payload } else { -payload };
+            self.first_sizes[n] = if dir == Direction::Forward {
+                payload
+            } else {
+                -payload
+            };
         }
         match dir {
             Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
@@ -359,7 +377,12 @@ impl Flow {
                     }
                 }
             }
-            L4::Icmpv4 { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => {
+            L4::Icmpv4 {
+                icmp_type, code, ..
+            }
+            | L4::Icmpv6 {
+                icmp_type, code, ..
+            } => {
                 if self.icmp_type == 0 {
                     self.icmp_type = u16::from(icmp_type) + 1;
                     self.icmp_code = u16::from(code) + 1;
@@ -473,9 +496,17 @@ impl<const N: usize> FlowTable<N> {
     fn expiry(config: &FlowConfig, flow: &Flow, now: Instant) -> Option<EndReason> {
         let idle = now - flow.last;
         if flow.tcp.closed() && idle >= config.closed_linger {
-            return Some(if flow.tcp.rst { EndReason::Rst } else { EndReason::Fin });
+            return Some(if flow.tcp.rst {
+                EndReason::Rst
+            } else {
+                EndReason::Fin
+            });
         }
-        let limit = if flow.protocol == 6 { config.tcp_idle_timeout } else { config.idle_timeout };
+        let limit = if flow.protocol == 6 {
+            config.tcp_idle_timeout
+        } else {
+            config.idle_timeout
+        };
         if idle >= limit {
             return Some(EndReason::IdleTimeout);
         }
@@ -508,7 +539,10 @@ impl<const N: usize> FlowTable<N> {
                 None => {
                     let direction = flow.add(meta, ip);
                     self.counters.updates += 1;
-                    return Ingested { direction, new_flow: false };
+                    return Ingested {
+                        direction,
+                        new_flow: false,
+                    };
                 }
                 Some(reason) => {
                     let old = *flow;
@@ -517,7 +551,10 @@ impl<const N: usize> FlowTable<N> {
                         let direction = slot.add(meta, ip);
                         self.counters.created += 1;
                         self.end(old, reason, out);
-                        return Ingested { direction, new_flow: true };
+                        return Ingested {
+                            direction,
+                            new_flow: true,
+                        };
                     }
                 }
             }
@@ -533,7 +570,10 @@ impl<const N: usize> FlowTable<N> {
             // recorded rather than lost.
             self.end(flow, EndReason::Evicted, out);
         }
-        Ingested { direction, new_flow: true }
+        Ingested {
+            direction,
+            new_flow: true,
+        }
     }
 
     /// End every flow that has timed out by `now`.
@@ -543,14 +583,18 @@ impl<const N: usize> FlowTable<N> {
         }
         let config = self.config;
         let counters = &mut self.counters;
-        self.map.retain(|_, flow| match Self::expiry(&config, flow, now) {
-            Some(reason) => {
-                counters.ended[reason as usize] += 1;
-                out(FlowRecord { flow: *flow, reason });
-                false
-            }
-            None => true,
-        });
+        self.map
+            .retain(|_, flow| match Self::expiry(&config, flow, now) {
+                Some(reason) => {
+                    counters.ended[reason as usize] += 1;
+                    out(FlowRecord {
+                        flow: *flow,
+                        reason,
+                    });
+                    false
+                }
+                None => true,
+            });
     }
 
     /// End every flow (end of input).
@@ -558,7 +602,10 @@ impl<const N: usize> FlowTable<N> {
         let counters = &mut self.counters;
         self.map.retain(|_, flow| {
             counters.ended[EndReason::Flush as usize] += 1;
-            out(FlowRecord { flow: *flow, reason: EndReason::Flush });
+            out(FlowRecord {
+                flow: *flow,
+                reason: EndReason::Flush,
+            });
             false
         });
     }
@@ -572,7 +619,12 @@ impl<const N: usize> FlowTable<N> {
         if !self.map.is_full() {
             return;
         }
-        let oldest = self.map.values().map(|f| f.last.total_micros()).min().unwrap_or(0);
+        let oldest = self
+            .map
+            .values()
+            .map(|f| f.last.total_micros())
+            .min()
+            .unwrap_or(0);
         let span = now.total_micros() - oldest;
         let cutoff = oldest + span / 8;
         let mut budget = (N / 8).max(1);
@@ -581,11 +633,230 @@ impl<const N: usize> FlowTable<N> {
             if budget > 0 && flow.last.total_micros() <= cutoff {
                 budget -= 1;
                 counters.ended[EndReason::Evicted as usize] += 1;
-                out(FlowRecord { flow: *flow, reason: EndReason::Evicted });
+                out(FlowRecord {
+                    flow: *flow,
+                    reason: EndReason::Evicted,
+                });
                 false
             } else {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Ipv6Ext, TcpInfo, UdpInfo, L3};
+    use std::vec::Vec;
+
+    fn tcp(ts: i64, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> PacketMeta {
+        let l4 = L4::Tcp(TcpInfo {
+            src_port: sport,
+            dst_port: dport,
+            flags: TcpFlags(flags),
+            window: 1000,
+            header_len: 20,
+            payload_len: 10,
+            mss: None,
+            window_scale: None,
+        });
+        meta(ts, src, dst, 6, l4)
+    }
+
+    fn udp(ts: i64, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> PacketMeta {
+        let l4 = L4::Udp(UdpInfo {
+            src_port: sport,
+            dst_port: dport,
+            payload_len: 4,
+            dns: None,
+            dhcp: None,
+        });
+        meta(ts, src, dst, 17, l4)
+    }
+
+    fn meta(ts: i64, src: [u8; 4], dst: [u8; 4], protocol: u8, l4: L4) -> PacketMeta {
+        PacketMeta {
+            ts: Instant::from_millis(ts),
+            wire_len: 64,
+            truncated: false,
+            vlan: 0,
+            vlan_depth: 0,
+            src_mac: None,
+            l3: L3::Ip(IpInfo {
+                src: src.into(),
+                dst: dst.into(),
+                ip_len: 50,
+                ttl: 64,
+                protocol,
+                ipv4_options_len: 0,
+                fragment: false,
+                fragment_tail: false,
+                ipv6_ext: Ipv6Ext::default(),
+                l4,
+            }),
+        }
+    }
+
+    fn feed<const N: usize>(
+        t: &mut FlowTable<N>,
+        m: PacketMeta,
+        out: &mut Vec<FlowRecord>,
+    ) -> Ingested {
+        let L3::Ip(ip) = m.l3 else { unreachable!() };
+        t.ingest(&m, &ip, &mut |r| out.push(r))
+    }
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+    const SYN: u8 = TcpFlags::SYN;
+    const SYNACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
+    const ACK: u8 = TcpFlags::ACK;
+    const FINACK: u8 = TcpFlags::FIN | TcpFlags::ACK;
+
+    #[test]
+    fn test_both_directions_one_flow_initiator_first() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        // The server's address sorts lower, so the canonical key puts it first; the record still
+        // names the client as source.
+        let i = feed(&mut t, tcp(0, B, 40000, A, 22, SYN), &mut out);
+        assert_eq!(
+            i,
+            Ingested {
+                direction: Direction::Forward,
+                new_flow: true
+            }
+        );
+        let i = feed(&mut t, tcp(1, A, 22, B, 40000, SYNACK), &mut out);
+        assert_eq!(
+            i,
+            Ingested {
+                direction: Direction::Backward,
+                new_flow: false
+            }
+        );
+        feed(&mut t, tcp(2, B, 40000, A, 22, ACK), &mut out);
+        assert_eq!(t.len(), 1);
+        let f = t.iter().next().unwrap();
+        assert_eq!(
+            (f.src, f.src_port, f.dst, f.dst_port),
+            (B.into(), 40000, A.into(), 22)
+        );
+        assert_eq!((f.fwd.packets, f.bwd.packets), (2, 1));
+        assert!(f.tcp.established);
+    }
+
+    #[test]
+    fn test_synack_first_names_the_client() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        feed(&mut t, tcp(0, A, 80, B, 50000, SYNACK), &mut out);
+        let f = t.iter().next().unwrap();
+        assert_eq!((f.src, f.src_port, f.dst_port), (B.into(), 50000, 80));
+    }
+
+    #[test]
+    fn test_fin_closes_after_linger_and_trailing_ack_joins() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        for m in [
+            tcp(0, A, 40000, B, 80, SYN),
+            tcp(1, B, 80, A, 40000, SYNACK),
+            tcp(2, A, 40000, B, 80, ACK),
+            tcp(3, A, 40000, B, 80, FINACK),
+            tcp(4, B, 80, A, 40000, FINACK),
+            tcp(5, A, 40000, B, 80, ACK),
+        ] {
+            feed(&mut t, m, &mut out);
+        }
+        assert!(out.is_empty());
+        t.expire(Instant::from_millis(1000), &mut |r| out.push(r));
+        assert!(out.is_empty(), "still lingering");
+        t.expire(Instant::from_millis(2005), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, EndReason::Fin);
+        assert_eq!(out[0].flow.packets(), 6);
+        assert_eq!(t.counters().ended[EndReason::Fin as usize], 1);
+    }
+
+    #[test]
+    fn test_rst_then_new_syn_reuses_tuple() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        feed(&mut t, tcp(0, A, 40000, B, 80, SYN), &mut out);
+        feed(
+            &mut t,
+            tcp(1, B, 80, A, 40000, TcpFlags::RST | ACK),
+            &mut out,
+        );
+        let i = feed(&mut t, tcp(100, A, 40000, B, 80, SYN), &mut out);
+        assert!(i.new_flow);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, EndReason::Reused);
+        assert_eq!(out[0].flow.packets(), 2);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn test_idle_and_active_timeouts() {
+        let cfg = FlowConfig {
+            idle_timeout: Duration::from_secs(10),
+            active_timeout: Duration::from_secs(30),
+            ..FlowConfig::default()
+        };
+        let mut t = FlowTable::<16>::new(cfg);
+        let mut out = Vec::new();
+        feed(&mut t, udp(0, A, 5000, B, 53), &mut out);
+        // A packet after the idle timeout starts a new flow and records the old one.
+        let i = feed(&mut t, udp(11_000, A, 5000, B, 53), &mut out);
+        assert!(i.new_flow);
+        assert_eq!(out.pop().map(|r| r.reason), Some(EndReason::IdleTimeout));
+        // Steady traffic past the active timeout is cut into records.
+        for s in 12..45 {
+            feed(&mut t, udp(s * 1000, A, 5000, B, 53), &mut out);
+        }
+        assert_eq!(out.pop().map(|r| r.reason), Some(EndReason::ActiveTimeout));
+        t.flush(&mut |r| out.push(r));
+        assert_eq!(out.pop().map(|r| r.reason), Some(EndReason::Flush));
+        assert!(t.is_empty());
+        let c = t.counters();
+        assert_eq!(c.created, c.ended_total());
+    }
+
+    #[test]
+    fn test_full_table_evicts_and_counts() {
+        let mut t = FlowTable::<8>::default();
+        let mut out = Vec::new();
+        for p in 0..8u16 {
+            feed(&mut t, udp(i64::from(p), A, 1000 + p, B, 53), &mut out);
+        }
+        assert_eq!(t.len(), 8);
+        feed(&mut t, udp(100, A, 2000, B, 53), &mut out);
+        assert_eq!(t.len(), 8);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, EndReason::Evicted);
+        assert_eq!(
+            out[0].flow.src_port, 1000,
+            "the least recently seen goes first"
+        );
+        assert_eq!(t.counters().evicted(), 1);
+        // Nothing lost: every flow created is either in the table or recorded.
+        assert_eq!(
+            t.counters().created,
+            t.len() as u64 + t.counters().ended_total()
+        );
+    }
+
+    #[test]
+    fn test_vlan_separates_flows() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        let mut m = udp(0, A, 1, B, 2);
+        feed(&mut t, m, &mut out);
+        m.vlan = 7;
+        feed(&mut t, m, &mut out);
+        assert_eq!(t.len(), 2);
     }
 }

@@ -19,6 +19,9 @@ pub mod engine;
 pub mod features;
 pub mod flow;
 pub mod hosts;
+#[cfg(feature = "serde")]
+pub mod platform;
+pub mod proto;
 mod stats;
 pub mod wire;
 

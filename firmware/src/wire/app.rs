@@ -72,8 +72,8 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
             break; // Names are at most 255 bytes; pointers cannot loop, but stay bounded anyway.
         }
     }
-    info.qname_len = (total + u32::from(info.labels.saturating_sub(1))).min(u32::from(u16::MAX))
-        as u16;
+    info.qname_len =
+        (total + u32::from(info.labels.saturating_sub(1))).min(u32::from(u16::MAX)) as u16;
     if total > 0 {
         let n = total as f32;
         let h: f32 = counts
@@ -94,7 +94,10 @@ pub(crate) fn dhcp(bytes: &[u8]) -> Option<DhcpInfo> {
     if p.magic_number() != 0x6382_5363 {
         return None;
     }
-    let message_type = p.options().find(|o| o.kind == 53).and_then(|o| o.data.first().copied());
+    let message_type = p
+        .options()
+        .find(|o| o.kind == 53)
+        .and_then(|o| o.data.first().copied());
     Some(DhcpInfo {
         op: u8::from(p.opcode()),
         message_type,

@@ -93,7 +93,8 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
     loop {
         let len = match IpProtocol::from(nh) {
             IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route => {
-                let h = Ipv6ExtHeader::new_checked(payload).map_err(|_| DissectError::Ipv6Malformed)?;
+                let h =
+                    Ipv6ExtHeader::new_checked(payload).map_err(|_| DissectError::Ipv6Malformed)?;
                 match IpProtocol::from(nh) {
                     IpProtocol::HopByHop => ext.hop_by_hop = true,
                     IpProtocol::Ipv6Opts => ext.destination_options = true,
@@ -141,7 +142,11 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
         }
     }
 
-    let l4 = if fragment_tail { L4::None } else { transport::parse(nh, payload, remaining, true)? };
+    let l4 = if fragment_tail {
+        L4::None
+    } else {
+        transport::parse(nh, payload, remaining, true)?
+    };
     Ok((
         IpInfo {
             src: IpAddr::V6(pkt.src_addr()),

@@ -97,9 +97,19 @@ pub enum L4 {
     Tcp(TcpInfo),
     Udp(UdpInfo),
     /// ICMPv4 type and code; `ident` is the echo identifier for echo request and reply.
-    Icmpv4 { icmp_type: u8, code: u8, ident: Option<u16>, payload_len: u16 },
+    Icmpv4 {
+        icmp_type: u8,
+        code: u8,
+        ident: Option<u16>,
+        payload_len: u16,
+    },
     /// ICMPv6 type and code; `ident` as for ICMPv4.
-    Icmpv6 { icmp_type: u8, code: u8, ident: Option<u16>, payload_len: u16 },
+    Icmpv6 {
+        icmp_type: u8,
+        code: u8,
+        ident: Option<u16>,
+        payload_len: u16,
+    },
     /// A later fragment, or a protocol without ports (GRE, ESP, SCTP, ...).
     None,
 }
@@ -110,7 +120,12 @@ impl L4 {
         match *self {
             L4::Tcp(t) => (t.src_port, t.dst_port),
             L4::Udp(u) => (u.src_port, u.dst_port),
-            L4::Icmpv4 { ident: Some(id), .. } | L4::Icmpv6 { ident: Some(id), .. } => (id, id),
+            L4::Icmpv4 {
+                ident: Some(id), ..
+            }
+            | L4::Icmpv6 {
+                ident: Some(id), ..
+            } => (id, id),
             _ => (0, 0),
         }
     }
@@ -224,7 +239,11 @@ pub fn dissect(
     };
     match frame.ethertype {
         link::ETHERTYPE_IPV4 | link::ETHERTYPE_IPV6 => {
-            let version = if frame.ethertype == link::ETHERTYPE_IPV4 { 4 } else { 6 };
+            let version = if frame.ethertype == link::ETHERTYPE_IPV4 {
+                4
+            } else {
+                6
+            };
             let (info, cut) = ip::parse(frame.payload, version)?;
             meta.truncated |= cut;
             meta.l3 = L3::Ip(info);
@@ -252,7 +271,9 @@ mod tests {
         let m = dissect(LinkType::Ethernet, ts(), SYN_ETH.len() as u32, &SYN_ETH).unwrap();
         assert!(!m.truncated);
         assert_eq!(m.vlan, 0);
-        let L3::Ip(ip) = m.l3 else { panic!("not IP: {m:?}") };
+        let L3::Ip(ip) = m.l3 else {
+            panic!("not IP: {m:?}")
+        };
         assert_eq!(ip.src, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10)));
         assert_eq!(ip.dst, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)));
         assert_eq!(ip.ip_len, 60);
@@ -295,8 +316,16 @@ mod tests {
     fn test_impossible_len() {
         for n in 0..SYN_ETH.len() {
             // Every prefix gives a typed error or a truncated packet, never a panic.
-            if let Ok(m) = dissect(LinkType::Ethernet, ts(), SYN_ETH.len() as u32, &SYN_ETH[..n]) {
-                assert!(m.truncated || matches!(m.l3, L3::Other(_)), "prefix {n}: {m:?}");
+            if let Ok(m) = dissect(
+                LinkType::Ethernet,
+                ts(),
+                SYN_ETH.len() as u32,
+                &SYN_ETH[..n],
+            ) {
+                assert!(
+                    m.truncated || matches!(m.l3, L3::Other(_)),
+                    "prefix {n}: {m:?}"
+                );
             }
         }
         assert_eq!(
@@ -315,8 +344,13 @@ mod tests {
 
     #[test]
     fn test_parse_ipv6_extension_chain() {
-        let m = dissect(LinkType::Raw, ts(), IPV6_HBH_FRAG_UDP.len() as u32, &IPV6_HBH_FRAG_UDP)
-            .unwrap();
+        let m = dissect(
+            LinkType::Raw,
+            ts(),
+            IPV6_HBH_FRAG_UDP.len() as u32,
+            &IPV6_HBH_FRAG_UDP,
+        )
+        .unwrap();
         let L3::Ip(ip) = m.l3 else { panic!() };
         assert!(ip.ipv6_ext.hop_by_hop);
         assert!(ip.ipv6_ext.fragment);
@@ -339,13 +373,20 @@ mod tests {
 
     #[test]
     fn test_parse_sll_and_sll2() {
-        for (lt, bytes) in [(LinkType::LinuxSll, &SLL_ICMP[..]), (LinkType::LinuxSll2, &SLL2_ICMP[..])]
-        {
+        for (lt, bytes) in [
+            (LinkType::LinuxSll, &SLL_ICMP[..]),
+            (LinkType::LinuxSll2, &SLL2_ICMP[..]),
+        ] {
             let m = dissect(lt, ts(), bytes.len() as u32, bytes).unwrap();
             let L3::Ip(ip) = m.l3 else { panic!("{lt:?}") };
             assert_eq!(
                 ip.l4,
-                L4::Icmpv4 { icmp_type: 8, code: 0, ident: Some(0x1234), payload_len: 4 },
+                L4::Icmpv4 {
+                    icmp_type: 8,
+                    code: 0,
+                    ident: Some(0x1234),
+                    payload_len: 4
+                },
                 "{lt:?}"
             );
             assert_eq!(m.src_mac, Some([0x02, 0, 0, 0, 0, 9]));
@@ -374,7 +415,13 @@ mod tests {
     fn test_error_names_are_unique_and_indexed() {
         for (i, e) in DissectError::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);
-            assert_eq!(DissectError::ALL.iter().filter(|o| o.name() == e.name()).count(), 1);
+            assert_eq!(
+                DissectError::ALL
+                    .iter()
+                    .filter(|o| o.name() == e.name())
+                    .count(),
+                1
+            );
         }
     }
 }

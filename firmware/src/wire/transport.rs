@@ -1,6 +1,6 @@
 //! TCP (flags, MSS and window-scale options), UDP, ICMPv4 and ICMPv6 through smoltcp's views.
 
-use super::{app, DissectError, DhcpInfo, DnsInfo, L4};
+use super::{app, DhcpInfo, DissectError, DnsInfo, L4};
 use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, TcpPacket, UdpPacket};
 
 const IPPROTO_ICMP: u8 = 1;
@@ -80,14 +80,24 @@ pub(crate) fn parse(
             let icmp_type: u8 = p.msg_type().into();
             let ident = matches!(icmp_type, 0 | 8).then(|| p.echo_ident());
             let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
-            Ok(L4::Icmpv4 { icmp_type, code: p.msg_code(), ident, payload_len })
+            Ok(L4::Icmpv4 {
+                icmp_type,
+                code: p.msg_code(),
+                ident,
+                payload_len,
+            })
         }
         IPPROTO_ICMPV6 => {
             let p = Icmpv6Packet::new_checked(bytes).map_err(|_| DissectError::IcmpMalformed)?;
             let icmp_type: u8 = p.msg_type().into();
             let ident = matches!(icmp_type, 128 | 129).then(|| p.echo_ident());
             let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
-            Ok(L4::Icmpv6 { icmp_type, code: p.msg_code(), ident, payload_len })
+            Ok(L4::Icmpv6 {
+                icmp_type,
+                code: p.msg_code(),
+                ident,
+                payload_len,
+            })
         }
         _ => Ok(L4::None),
     }
@@ -119,8 +129,9 @@ fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
         flags: TcpFlags(flags),
         window: p.window_len(),
         header_len,
-        payload_len: wire_len.saturating_sub(usize::from(header_len)).min(usize::from(u16::MAX))
-            as u16,
+        payload_len: wire_len
+            .saturating_sub(usize::from(header_len))
+            .min(usize::from(u16::MAX)) as u16,
         mss: opts.max_segment_size,
         window_scale: opts.window_scale,
     }))
@@ -139,11 +150,19 @@ fn udp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
     }
     let (src_port, dst_port) = (p.src_port(), p.dst_port());
     let body = &bytes[8..len.min(bytes.len())];
-    let dns = (src_port == 53 || dst_port == 53).then(|| app::dns(body)).flatten();
+    let dns = (src_port == 53 || dst_port == 53)
+        .then(|| app::dns(body))
+        .flatten();
     let dhcp = (matches!(src_port, 67 | 68) && matches!(dst_port, 67 | 68))
         .then(|| app::dhcp(body))
         .flatten();
-    Ok(L4::Udp(UdpInfo { src_port, dst_port, payload_len: (len - 8) as u16, dns, dhcp }))
+    Ok(L4::Udp(UdpInfo {
+        src_port,
+        dst_port,
+        payload_len: (len - 8) as u16,
+        dns,
+        dhcp,
+    }))
 }
 
 #[cfg(test)]
@@ -166,7 +185,9 @@ mod tests {
         t[13] = TcpFlags::SYN;
         t[20] = 2; // MSS kind with an impossible length
         t[21] = 9;
-        let L4::Tcp(info) = tcp(&t, 24).unwrap() else { panic!() };
+        let L4::Tcp(info) = tcp(&t, 24).unwrap() else {
+            panic!()
+        };
         assert_eq!(info.mss, None);
         assert!(info.flags.syn());
     }
@@ -179,13 +200,21 @@ mod tests {
         u[4..6].copy_from_slice(&100u16.to_be_bytes());
         assert_eq!(udp(&u, 12), Err(DissectError::UdpMalformed));
         // Cut by the snap length but consistent with the IP header: fine.
-        let L4::Udp(info) = udp(&u, 100).unwrap() else { panic!() };
+        let L4::Udp(info) = udp(&u, 100).unwrap() else {
+            panic!()
+        };
         assert_eq!(info.payload_len, 92);
     }
 
     #[test]
     fn test_icmp_too_short() {
-        assert_eq!(parse(1, &[8, 0, 0], 3, false), Err(DissectError::IcmpMalformed));
-        assert_eq!(parse(58, &[128, 0], 2, true), Err(DissectError::IcmpMalformed));
+        assert_eq!(
+            parse(1, &[8, 0, 0], 3, false),
+            Err(DissectError::IcmpMalformed)
+        );
+        assert_eq!(
+            parse(58, &[128, 0], 2, true),
+            Err(DissectError::IcmpMalformed)
+        );
     }
 }

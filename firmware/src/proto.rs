@@ -1,0 +1,639 @@
+//! The edge-to-hub contract: versioned messages, one per MQTT stream.
+//!
+//! Topics are `tapwatch/v1/{device}/{stream}` ([`topic`]). Every payload is a JSON object that
+//! starts with the same [`Header`]: `schema` (this contract's version, [`SCHEMA_VERSION`]),
+//! `device`, `seq` (monotonic per device and stream; the hub deduplicates on the triple) and `ts`
+//! (Unix microseconds at the edge). The types use `heapless` containers, so an MCU build encodes
+//! them without a heap (`serde-json-core`); the daemon and the hub use `serde_json`.
+//!
+//! A JSON Schema of each message is generated from these types (`--features schema`) into
+//! `firmware/schema/`; a test fails when the files are stale.
+
+use crate::flow::EndReason;
+use core::fmt::Write as _;
+use core::net::IpAddr;
+use heapless::{String, Vec};
+
+/// Version of this contract, in every payload's `schema` field and the topic's `v1`.
+pub const SCHEMA_VERSION: u16 = 1;
+/// Longest device id.
+pub const DEVICE_ID_MAX: usize = 64;
+/// Flows per batch message.
+pub const FLOW_BATCH_MAX: usize = 32;
+/// Features per flow the contract can carry.
+pub const FEATURES_MAX: usize = 128;
+
+/// A device id: `[A-Za-z0-9_.-]`, 1 to 64 characters (it is a topic level).
+pub type DeviceId = String<DEVICE_ID_MAX>;
+/// Short names (model, detector, interface, version).
+pub type Name = String<32>;
+
+/// The streams an edge publishes, the last level of the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum Stream {
+    Anomalies,
+    Flows,
+    Stats,
+    Metrics,
+    Analyses,
+    Status,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 6] = [
+        Stream::Anomalies,
+        Stream::Flows,
+        Stream::Stats,
+        Stream::Metrics,
+        Stream::Analyses,
+        Stream::Status,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stream::Anomalies => "anomalies",
+            Stream::Flows => "flows",
+            Stream::Stats => "stats",
+            Stream::Metrics => "metrics",
+            Stream::Analyses => "analyses",
+            Stream::Status => "status",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Whether a string may be a device id (and so a topic level).
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= DEVICE_ID_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The topic a device publishes a stream on; `None` if the device id is not valid.
+pub fn topic(device: &str, stream: Stream) -> Option<String<128>> {
+    if !valid_device_id(device) {
+        return None;
+    }
+    let mut t = String::new();
+    write!(t, "tapwatch/v1/{}/{}", device, stream.name()).ok()?;
+    Some(t)
+}
+
+/// Split a topic into device and stream; `None` if it is not one of ours.
+pub fn parse_topic(topic: &str) -> Option<(&str, Stream)> {
+    let rest = topic.strip_prefix("tapwatch/v1/")?;
+    let (device, stream) = rest.split_once('/')?;
+    if !valid_device_id(device) {
+        return None;
+    }
+    Some((device, Stream::from_name(stream)?))
+}
+
+/// The fields every message starts with (`schema`, `device`, `seq`, `ts`), as a view.
+///
+/// They are written out in each message rather than flattened from one struct: serde's `flatten`
+/// needs a heap to deserialize, and the contract must build without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub schema: u16,
+    pub device: &'a str,
+    pub seq: u64,
+    pub ts: i64,
+}
+
+/// A contract message: which stream it goes on, and its header.
+pub trait Message {
+    const STREAM: Stream;
+    fn header(&self) -> Header<'_>;
+}
+
+macro_rules! message {
+    ($($t:ty => $stream:ident),* $(,)?) => {$(
+        impl Message for $t {
+            const STREAM: Stream = Stream::$stream;
+            fn header(&self) -> Header<'_> {
+                Header { schema: self.schema, device: self.device.as_str(), seq: self.seq, ts: self.ts }
+            }
+        }
+    )*};
+}
+
+message!(
+    FlowBatch => Flows,
+    AnomalyMsg => Anomalies,
+    StatsMsg => Stats,
+    MetricsMsg => Metrics,
+    AnalysisMsg => Analyses,
+    StatusMsg => Status,
+);
+
+/// One finished flow and its feature vector.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FlowMsg {
+    /// The initiator.
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub vlan: u16,
+    /// First and last packet, Unix microseconds.
+    pub start: i64,
+    pub end: i64,
+    pub end_reason: EndReasonMsg,
+    /// Values in the order of models/features.json (version `feature_set` of the batch).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<f32>", length(max = 128))
+    )]
+    pub features: Vec<f32, FEATURES_MAX>,
+}
+
+/// Why a flow record was written (see `firmware::flow::EndReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum EndReasonMsg {
+    IdleTimeout,
+    ActiveTimeout,
+    Fin,
+    Rst,
+    Reused,
+    Evicted,
+    Flush,
+}
+
+impl From<EndReason> for EndReasonMsg {
+    fn from(r: EndReason) -> Self {
+        match r {
+            EndReason::IdleTimeout => EndReasonMsg::IdleTimeout,
+            EndReason::ActiveTimeout => EndReasonMsg::ActiveTimeout,
+            EndReason::Fin => EndReasonMsg::Fin,
+            EndReason::Rst => EndReasonMsg::Rst,
+            EndReason::Reused => EndReasonMsg::Reused,
+            EndReason::Evicted => EndReasonMsg::Evicted,
+            EndReason::Flush => EndReasonMsg::Flush,
+        }
+    }
+}
+
+/// `flows` stream: finished flows in batches.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FlowBatch {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    /// `version` of models/features.json the vectors follow.
+    pub feature_set: u32,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<FlowMsg>", length(max = 32))
+    )]
+    pub flows: Vec<FlowMsg, FLOW_BATCH_MAX>,
+}
+
+/// What kind of attack or anomaly was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum AnomalyKind {
+    PortScan,
+    HostSweep,
+    SynFlood,
+    UdpFlood,
+    IcmpFlood,
+    Reflection,
+    BruteForce,
+    DnsTunnel,
+    ArpSpoof,
+    DhcpStarvation,
+    /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
+    AnomalousFlow,
+}
+
+/// How urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// One thing that drove a detection: a feature and its value, or a window counter that tripped.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Reason {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub feature: Name,
+    pub value: f32,
+    /// The feature's share of the score (autoencoder error) or the threshold it crossed.
+    pub contribution: f32,
+}
+
+/// `anomalies` stream: one anomaly episode (one source and kind while it lasts).
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AnomalyMsg {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    /// The edge's id of the episode; later messages with the same id update it.
+    pub id: u64,
+    pub kind: AnomalyKind,
+    pub severity: Severity,
+    /// 0 to 1.
+    pub confidence: f32,
+    pub score: f32,
+    pub threshold: f32,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub detector: Name,
+    pub src_ip: IpAddr,
+    pub dst_ip: Option<IpAddr>,
+    pub dst_port: Option<u16>,
+    pub protocol: Option<u8>,
+    /// Unix microseconds.
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Flows or packets the episode covers so far.
+    pub count: u64,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<Reason>", length(max = 8))
+    )]
+    pub reasons: Vec<Reason, 8>,
+}
+
+/// Packets and bytes of one port, or of one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PortCount {
+    pub protocol: u8,
+    pub port: u16,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct HostCount {
+    pub ip: IpAddr,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `stats` stream: traffic over one interval.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StatsMsg {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    /// Unix microseconds; the interval is [start, end).
+    pub interval_start: i64,
+    pub interval_end: i64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_packets: u64,
+    pub udp_packets: u64,
+    pub icmp_packets: u64,
+    pub other_packets: u64,
+    pub flows_started: u64,
+    pub flows_ended: u64,
+    pub parse_errors: u64,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<PortCount>", length(max = 10))
+    )]
+    pub top_ports: Vec<PortCount, 10>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<HostCount>", length(max = 10))
+    )]
+    pub top_talkers: Vec<HostCount, 10>,
+}
+
+/// Capture counters of one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CaptureCounters {
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub interface: Name,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Dropped by the kernel (libpcap's ps_drop + ps_ifdrop).
+    pub kernel_drops: u64,
+    /// Dropped because the pipeline's queue was full.
+    pub queue_drops: u64,
+    pub parse_errors: u64,
+}
+
+/// `metrics` stream: the host and the pipeline.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct MetricsMsg {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    /// 0 to 100, all cores.
+    pub cpu_percent: f32,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub flows_active: u64,
+    /// Records dropped by store retention or outbox limits since start.
+    pub store_dropped: u64,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::vec::Vec<CaptureCounters>", length(max = 8))
+    )]
+    pub capture: Vec<CaptureCounters, 8>,
+}
+
+/// `analyses` stream: one detection run over a batch of flows.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AnalysisMsg {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub model: Name,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub model_version: Name,
+    pub rows: u32,
+    pub score_min: f32,
+    pub score_mean: f32,
+    pub score_max: f32,
+    pub threshold: f32,
+    pub flagged: u32,
+    pub latency_us: u64,
+}
+
+/// Online or going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum DeviceState {
+    Online,
+    Offline,
+}
+
+/// `status` stream (retained; the last will says `offline`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StatusMsg {
+    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+    pub schema: u16,
+    /// The publishing device; must match the topic's device level.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// Monotonic per device and stream, from 1.
+    pub seq: u64,
+    /// When the edge wrote the message, Unix microseconds.
+    pub ts: i64,
+    pub state: DeviceState,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "std::string::String", length(max = 32))
+    )]
+    pub version: Name,
+    pub uptime_s: u64,
+}
+
+/// The JSON Schema of each stream's message, by stream name.
+#[cfg(feature = "schema")]
+pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
+    fn one<T: schemars::JsonSchema + Message>() -> (&'static str, serde_json::Value) {
+        let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+        schema["$id"] = format!(
+            "https://tapwatch.invalid/schema/v1/{}.json",
+            T::STREAM.name()
+        )
+        .into();
+        (T::STREAM.name(), schema)
+    }
+    std::vec![
+        one::<AnomalyMsg>(),
+        one::<FlowBatch>(),
+        one::<StatsMsg>(),
+        one::<MetricsMsg>(),
+        one::<AnalysisMsg>(),
+        one::<StatusMsg>(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed schemas in firmware/schema/ must be what the types generate. Run with
+    /// `TAPWATCH_BLESS=1` to rewrite them after changing the contract.
+    #[cfg(feature = "schema")]
+    #[test]
+    fn test_json_schema_is_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
+        let bless = std::env::var_os("TAPWATCH_BLESS").is_some();
+        for (name, schema) in json_schemas() {
+            let path = dir.join(format!("{name}.schema.json"));
+            let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+            if bless {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &text).unwrap();
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == text,
+                "{} is stale: run `TAPWATCH_BLESS=1 cargo test -p tapwatch-firmware --features schema` and commit it",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn test_topics() {
+        assert_eq!(
+            topic("tap-01", Stream::Flows).unwrap().as_str(),
+            "tapwatch/v1/tap-01/flows"
+        );
+        assert!(topic("bad/id", Stream::Flows).is_none());
+        assert!(topic("", Stream::Flows).is_none());
+        assert!(topic("+", Stream::Flows).is_none());
+        assert_eq!(
+            parse_topic("tapwatch/v1/tap-01/anomalies"),
+            Some(("tap-01", Stream::Anomalies))
+        );
+        assert_eq!(parse_topic("tapwatch/v1/tap-01/nope"), None);
+        assert_eq!(parse_topic("tapwatch/v2/tap-01/flows"), None);
+        assert_eq!(parse_topic("tapwatch/v1/a/b/flows"), None);
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn test_roundtrip_json() {
+        let mut reasons = Vec::new();
+        reasons
+            .push(Reason {
+                feature: "host_dst_ports".try_into().unwrap(),
+                value: 1000.0,
+                contribution: 100.0,
+            })
+            .unwrap();
+        let msg = AnomalyMsg {
+            schema: SCHEMA_VERSION,
+            device: "tap-01".try_into().unwrap(),
+            seq: 7,
+            ts: 1,
+            id: 3,
+            kind: AnomalyKind::PortScan,
+            severity: Severity::High,
+            confidence: 0.9,
+            score: 1000.0,
+            threshold: 100.0,
+            detector: "window".try_into().unwrap(),
+            src_ip: [10, 0, 0, 1].into(),
+            dst_ip: None,
+            dst_port: None,
+            protocol: Some(6),
+            first_seen: 1,
+            last_seen: 2,
+            count: 1000,
+            reasons,
+        };
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(json["device"], "tap-01");
+        assert_eq!(json["kind"], "port_scan");
+        assert_eq!(json["src_ip"], "10.0.0.1");
+        let back: AnomalyMsg = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(
+            back.header(),
+            Header {
+                schema: 1,
+                device: "tap-01",
+                seq: 7,
+                ts: 1
+            }
+        );
+        // A device id longer than the contract allows is refused, not truncated.
+        let mut long = json;
+        long["device"] = serde_json::Value::String("x".repeat(65));
+        assert!(serde_json::from_value::<AnomalyMsg>(long).is_err());
+    }
+}
