@@ -12,40 +12,24 @@ fn main() {
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let doc: serde_json::Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let version = doc["version"]
-        .as_u64()
-        .expect("features.json: version must be a number");
-    let features = doc["features"]
-        .as_array()
-        .expect("features.json: features must be a list");
+    let version = doc["version"].as_u64().expect("features.json: version must be a number");
+    let features = doc["features"].as_array().expect("features.json: features must be a list");
     let mut names = Vec::new();
     let mut units = Vec::new();
     let mut idx = String::new();
     for (i, f) in features.iter().enumerate() {
-        let name = f["name"]
-            .as_str()
-            .expect("features.json: every feature needs a name");
-        let unit = f["unit"]
-            .as_str()
-            .expect("features.json: every feature needs a unit");
+        let name = f["name"].as_str().expect("features.json: every feature needs a name");
+        let unit = f["unit"].as_str().expect("features.json: every feature needs a unit");
         assert!(
             f["definition"].as_str().is_some_and(|d| !d.is_empty()),
             "features.json: {name} needs a definition"
         );
-        assert_eq!(
-            f["index"].as_u64(),
-            Some(i as u64),
-            "features.json: {name} index out of order"
-        );
+        assert_eq!(f["index"].as_u64(), Some(i as u64), "features.json: {name} index out of order");
         assert!(
-            name.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "features.json: {name} must be snake_case"
         );
-        idx.push_str(&format!(
-            "    pub const {}: usize = {i};\n",
-            name.to_uppercase()
-        ));
+        idx.push_str(&format!("    pub const {}: usize = {i};\n", name.to_uppercase()));
         names.push(format!("{name:?}"));
         units.push(format!("{unit:?}"));
     }

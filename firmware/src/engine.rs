@@ -189,9 +189,8 @@ impl<const F: usize, const H: usize> Engine<F, H> {
                     _ => {}
                 }
                 let hosts = &mut self.hosts;
-                let ingested = self
-                    .flows
-                    .ingest(meta, &ip, &mut |rec| Self::finish(hosts, rec, now, out));
+                let ingested =
+                    self.flows.ingest(meta, &ip, &mut |rec| Self::finish(hosts, rec, now, out));
                 if ingested.new_flow {
                     let (sport, dport) = ip.l4.ports();
                     let (initiator, responder, port) = match ingested.direction {
@@ -218,16 +217,13 @@ impl<const F: usize, const H: usize> Engine<F, H> {
 
     /// Advance time without a packet: sweep timed-out flows and hosts if a sweep is due.
     pub fn tick(&mut self, now: Instant, out: &mut impl FnMut(&FinishedFlow)) {
-        let due = self
-            .last_sweep
-            .is_none_or(|l| now - l >= self.config.sweep_interval);
+        let due = self.last_sweep.is_none_or(|l| now - l >= self.config.sweep_interval);
         if !due {
             return;
         }
         if self.last_sweep.is_some() {
             let hosts = &mut self.hosts;
-            self.flows
-                .expire(now, &mut |rec| Self::finish(hosts, rec, now, out));
+            self.flows.expire(now, &mut |rec| Self::finish(hosts, rec, now, out));
             self.hosts.expire(now);
         }
         self.last_sweep = Some(now);
@@ -237,13 +233,16 @@ impl<const F: usize, const H: usize> Engine<F, H> {
     pub fn flush(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
         let hosts = &mut self.hosts;
         let now = self.last_sweep.unwrap_or(Instant::from_micros(0));
-        let now = self
-            .flows
-            .iter()
-            .map(|f| f.last)
-            .fold(now, |a, b| if b > a { b } else { a });
-        self.flows
-            .flush(&mut |rec| Self::finish(hosts, rec, now, out));
+        let now = self.flows.iter().map(|f| f.last).fold(now, |a, b| if b > a { b } else { a });
+        self.flows.flush(&mut |rec| Self::finish(hosts, rec, now, out));
+    }
+
+    /// End every flow and forget every host, keeping the counters: the next packets come from an
+    /// unrelated input (the next capture file).
+    pub fn reset(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
+        self.flush(out);
+        self.hosts.clear();
+        self.last_sweep = None;
     }
 
     fn finish(
@@ -264,10 +263,6 @@ impl<const F: usize, const H: usize> Engine<F, H> {
             }
         }
         let host = hosts.features(&f.src, now);
-        out(&FinishedFlow {
-            record,
-            features: features::compute(f, &host),
-            failed,
-        });
+        out(&FinishedFlow { record, features: features::compute(f, &host), failed });
     }
 }

@@ -85,32 +85,11 @@ pub fn compute(flow: &Flow, host: &HostFeatures) -> FeatureVector {
     );
     v[FLOW_BYTS_S] = per_sec(fwd_payload + bwd_payload, duration);
     v[FLOW_PKTS_S] = per_sec(packets, duration);
-    put_stats(
-        &mut v,
-        &flow.iat,
-        FLOW_IAT_MAX,
-        FLOW_IAT_MIN,
-        FLOW_IAT_MEAN,
-        FLOW_IAT_STD,
-    );
+    put_stats(&mut v, &flow.iat, FLOW_IAT_MAX, FLOW_IAT_MIN, FLOW_IAT_MEAN, FLOW_IAT_STD);
     v[FWD_IAT_TOT] = f.iat.sum() as f32;
-    put_stats(
-        &mut v,
-        &f.iat,
-        FWD_IAT_MAX,
-        FWD_IAT_MIN,
-        FWD_IAT_MEAN,
-        FWD_IAT_STD,
-    );
+    put_stats(&mut v, &f.iat, FWD_IAT_MAX, FWD_IAT_MIN, FWD_IAT_MEAN, FWD_IAT_STD);
     v[BWD_IAT_TOT] = b.iat.sum() as f32;
-    put_stats(
-        &mut v,
-        &b.iat,
-        BWD_IAT_MAX,
-        BWD_IAT_MIN,
-        BWD_IAT_MEAN,
-        BWD_IAT_STD,
-    );
+    put_stats(&mut v, &b.iat, BWD_IAT_MAX, BWD_IAT_MIN, BWD_IAT_MEAN, BWD_IAT_STD);
     v[FWD_PSH_FLAGS] = f.psh as f32;
     v[BWD_PSH_FLAGS] = b.psh as f32;
     v[FWD_URG_FLAGS] = f.urg as f32;
@@ -254,10 +233,7 @@ mod tests {
         let rec = ended.unwrap();
         let v = compute(&rec.flow, &HostFeatures::default());
         for (name, x) in NAMES.iter().zip(v.iter()) {
-            assert!(
-                x.is_finite(),
-                "feature {name} is in models/features.json but not computed"
-            );
+            assert!(x.is_finite(), "feature {name} is in models/features.json but not computed");
         }
         assert_eq!(v[idx::PROTOCOL], 6.0);
         assert_eq!(v[idx::DST_PORT], 80.0);

@@ -54,23 +54,9 @@ pub struct FlowKey {
 impl FlowKey {
     pub fn new(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, protocol: u8, vlan: u16) -> Self {
         if (src, sport) <= (dst, dport) {
-            FlowKey {
-                lo: src,
-                hi: dst,
-                lo_port: sport,
-                hi_port: dport,
-                protocol,
-                vlan,
-            }
+            FlowKey { lo: src, hi: dst, lo_port: sport, hi_port: dport, protocol, vlan }
         } else {
-            FlowKey {
-                lo: dst,
-                hi: src,
-                lo_port: dport,
-                hi_port: sport,
-                protocol,
-                vlan,
-            }
+            FlowKey { lo: dst, hi: src, lo_port: dport, hi_port: sport, protocol, vlan }
         }
     }
 }
@@ -311,11 +297,7 @@ impl Flow {
         }
         let payload = ip.l4.payload_len() as i32;
         if n < FIRST_PACKETS {
-            self.first_sizes[n] = if dir == Direction::Forward {
-                payload
-            } else {
-                -payload
-            };
+            self.first_sizes[n] = if dir == Direction::Forward { payload } else { -payload };
         }
         match dir {
             Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
@@ -377,12 +359,7 @@ impl Flow {
                     }
                 }
             }
-            L4::Icmpv4 {
-                icmp_type, code, ..
-            }
-            | L4::Icmpv6 {
-                icmp_type, code, ..
-            } => {
+            L4::Icmpv4 { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => {
                 if self.icmp_type == 0 {
                     self.icmp_type = u16::from(icmp_type) + 1;
                     self.icmp_code = u16::from(code) + 1;
@@ -496,17 +473,9 @@ impl<const N: usize> FlowTable<N> {
     fn expiry(config: &FlowConfig, flow: &Flow, now: Instant) -> Option<EndReason> {
         let idle = now - flow.last;
         if flow.tcp.closed() && idle >= config.closed_linger {
-            return Some(if flow.tcp.rst {
-                EndReason::Rst
-            } else {
-                EndReason::Fin
-            });
+            return Some(if flow.tcp.rst { EndReason::Rst } else { EndReason::Fin });
         }
-        let limit = if flow.protocol == 6 {
-            config.tcp_idle_timeout
-        } else {
-            config.idle_timeout
-        };
+        let limit = if flow.protocol == 6 { config.tcp_idle_timeout } else { config.idle_timeout };
         if idle >= limit {
             return Some(EndReason::IdleTimeout);
         }
@@ -539,10 +508,7 @@ impl<const N: usize> FlowTable<N> {
                 None => {
                     let direction = flow.add(meta, ip);
                     self.counters.updates += 1;
-                    return Ingested {
-                        direction,
-                        new_flow: false,
-                    };
+                    return Ingested { direction, new_flow: false };
                 }
                 Some(reason) => {
                     let old = *flow;
@@ -551,10 +517,7 @@ impl<const N: usize> FlowTable<N> {
                         let direction = slot.add(meta, ip);
                         self.counters.created += 1;
                         self.end(old, reason, out);
-                        return Ingested {
-                            direction,
-                            new_flow: true,
-                        };
+                        return Ingested { direction, new_flow: true };
                     }
                 }
             }
@@ -570,10 +533,7 @@ impl<const N: usize> FlowTable<N> {
             // recorded rather than lost.
             self.end(flow, EndReason::Evicted, out);
         }
-        Ingested {
-            direction,
-            new_flow: true,
-        }
+        Ingested { direction, new_flow: true }
     }
 
     /// End every flow that has timed out by `now`.
@@ -583,18 +543,14 @@ impl<const N: usize> FlowTable<N> {
         }
         let config = self.config;
         let counters = &mut self.counters;
-        self.map
-            .retain(|_, flow| match Self::expiry(&config, flow, now) {
-                Some(reason) => {
-                    counters.ended[reason as usize] += 1;
-                    out(FlowRecord {
-                        flow: *flow,
-                        reason,
-                    });
-                    false
-                }
-                None => true,
-            });
+        self.map.retain(|_, flow| match Self::expiry(&config, flow, now) {
+            Some(reason) => {
+                counters.ended[reason as usize] += 1;
+                out(FlowRecord { flow: *flow, reason });
+                false
+            }
+            None => true,
+        });
     }
 
     /// End every flow (end of input).
@@ -602,10 +558,7 @@ impl<const N: usize> FlowTable<N> {
         let counters = &mut self.counters;
         self.map.retain(|_, flow| {
             counters.ended[EndReason::Flush as usize] += 1;
-            out(FlowRecord {
-                flow: *flow,
-                reason: EndReason::Flush,
-            });
+            out(FlowRecord { flow: *flow, reason: EndReason::Flush });
             false
         });
     }
@@ -619,12 +572,7 @@ impl<const N: usize> FlowTable<N> {
         if !self.map.is_full() {
             return;
         }
-        let oldest = self
-            .map
-            .values()
-            .map(|f| f.last.total_micros())
-            .min()
-            .unwrap_or(0);
+        let oldest = self.map.values().map(|f| f.last.total_micros()).min().unwrap_or(0);
         let span = now.total_micros() - oldest;
         let cutoff = oldest + span / 8;
         let mut budget = (N / 8).max(1);
@@ -633,10 +581,7 @@ impl<const N: usize> FlowTable<N> {
             if budget > 0 && flow.last.total_micros() <= cutoff {
                 budget -= 1;
                 counters.ended[EndReason::Evicted as usize] += 1;
-                out(FlowRecord {
-                    flow: *flow,
-                    reason: EndReason::Evicted,
-                });
+                out(FlowRecord { flow: *flow, reason: EndReason::Evicted });
                 false
             } else {
                 true
@@ -722,28 +667,13 @@ mod tests {
         // The server's address sorts lower, so the canonical key puts it first; the record still
         // names the client as source.
         let i = feed(&mut t, tcp(0, B, 40000, A, 22, SYN), &mut out);
-        assert_eq!(
-            i,
-            Ingested {
-                direction: Direction::Forward,
-                new_flow: true
-            }
-        );
+        assert_eq!(i, Ingested { direction: Direction::Forward, new_flow: true });
         let i = feed(&mut t, tcp(1, A, 22, B, 40000, SYNACK), &mut out);
-        assert_eq!(
-            i,
-            Ingested {
-                direction: Direction::Backward,
-                new_flow: false
-            }
-        );
+        assert_eq!(i, Ingested { direction: Direction::Backward, new_flow: false });
         feed(&mut t, tcp(2, B, 40000, A, 22, ACK), &mut out);
         assert_eq!(t.len(), 1);
         let f = t.iter().next().unwrap();
-        assert_eq!(
-            (f.src, f.src_port, f.dst, f.dst_port),
-            (B.into(), 40000, A.into(), 22)
-        );
+        assert_eq!((f.src, f.src_port, f.dst, f.dst_port), (B.into(), 40000, A.into(), 22));
         assert_eq!((f.fwd.packets, f.bwd.packets), (2, 1));
         assert!(f.tcp.established);
     }
@@ -786,11 +716,7 @@ mod tests {
         let mut t = FlowTable::<16>::default();
         let mut out = Vec::new();
         feed(&mut t, tcp(0, A, 40000, B, 80, SYN), &mut out);
-        feed(
-            &mut t,
-            tcp(1, B, 80, A, 40000, TcpFlags::RST | ACK),
-            &mut out,
-        );
+        feed(&mut t, tcp(1, B, 80, A, 40000, TcpFlags::RST | ACK), &mut out);
         let i = feed(&mut t, tcp(100, A, 40000, B, 80, SYN), &mut out);
         assert!(i.new_flow);
         assert_eq!(out.len(), 1);
@@ -837,16 +763,10 @@ mod tests {
         assert_eq!(t.len(), 8);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].reason, EndReason::Evicted);
-        assert_eq!(
-            out[0].flow.src_port, 1000,
-            "the least recently seen goes first"
-        );
+        assert_eq!(out[0].flow.src_port, 1000, "the least recently seen goes first");
         assert_eq!(t.counters().evicted(), 1);
         // Nothing lost: every flow created is either in the table or recorded.
-        assert_eq!(
-            t.counters().created,
-            t.len() as u64 + t.counters().ended_total()
-        );
+        assert_eq!(t.counters().created, t.len() as u64 + t.counters().ended_total());
     }
 
     #[test]

@@ -20,9 +20,7 @@ pub struct HostConfig {
 
 impl Default for HostConfig {
     fn default() -> Self {
-        HostConfig {
-            window: Duration::from_secs(10),
-        }
+        HostConfig { window: Duration::from_secs(10) }
     }
 }
 
@@ -127,15 +125,8 @@ impl HostWindow {
             None => self.cur.start = Some(now),
             Some(start) if now - start >= window => {
                 // A gap of two windows or more leaves nothing that overlaps.
-                self.prev = if now - start < window * 2 {
-                    self.cur
-                } else {
-                    Window::default()
-                };
-                self.cur = Window {
-                    start: Some(now),
-                    ..Window::default()
-                };
+                self.prev = if now - start < window * 2 { self.cur } else { Window::default() };
+                self.cur = Window { start: Some(now), ..Window::default() };
             }
             Some(_) => {}
         }
@@ -147,10 +138,7 @@ impl HostWindow {
     /// Features at `now`.
     pub fn features(&self, now: Instant, window: Duration) -> HostFeatures {
         let w = window.total_micros().max(1) as f32;
-        let into = self
-            .cur
-            .start
-            .map_or(0.0, |s| (now - s).total_micros() as f32);
+        let into = self.cur.start.map_or(0.0, |s| (now - s).total_micros() as f32);
         let weight = (1.0 - into / w).clamp(0.0, 1.0);
         let (c, p) = (&self.cur, &self.prev);
         let slide = |a: u32, b: u32| a as f32 + b as f32 * weight;
@@ -197,11 +185,7 @@ impl<const N: usize> Default for HostTable<N> {
 
 impl<const N: usize> HostTable<N> {
     pub fn new(config: HostConfig) -> Self {
-        HostTable {
-            map: FnvIndexMap::new(),
-            config,
-            counters: HostCounters::default(),
-        }
+        HostTable { map: FnvIndexMap::new(), config, counters: HostCounters::default() }
     }
     pub fn config(&self) -> &HostConfig {
         &self.config
@@ -222,12 +206,14 @@ impl<const N: usize> HostTable<N> {
         self.map.iter()
     }
 
+    /// Forget every host (a new, unrelated input follows); counters stay.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     /// Features of `host` at `now`; zeros for a host not seen.
     pub fn features(&self, host: &IpAddr, now: Instant) -> HostFeatures {
-        self.map
-            .get(host)
-            .map(|h| h.features(now, self.config.window))
-            .unwrap_or_default()
+        self.map.get(host).map(|h| h.features(now, self.config.window)).unwrap_or_default()
     }
 
     /// The host's current window, made room for and rolled forward to `now`. `None` only if the

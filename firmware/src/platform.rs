@@ -35,12 +35,7 @@ where
     let topic = topic(device, stream).ok_or(UplinkError::DeviceId)?;
     let n = serde_json_core::to_slice(msg, buf).map_err(|_| UplinkError::Encode)?;
     client
-        .publish(
-            &topic,
-            QoS::AtLeastOnce,
-            stream == Stream::Status,
-            &buf[..n],
-        )
+        .publish(&topic, QoS::AtLeastOnce, stream == Stream::Status, &buf[..n])
         .map(|_| ())
         .map_err(UplinkError::Client)
 }

@@ -69,9 +69,7 @@ impl Stream {
 pub fn valid_device_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= DEVICE_ID_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// The topic a device publishes a stream on; `None` if the device id is not valid.
@@ -150,10 +148,7 @@ pub struct FlowMsg {
     pub end: i64,
     pub end_reason: EndReasonMsg,
     /// Values in the order of models/features.json (version `feature_set` of the batch).
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<f32>", length(max = 128))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<f32>", length(max = 128)))]
     pub features: Vec<f32, FEATURES_MAX>,
 }
 
@@ -209,10 +204,7 @@ pub struct FlowBatch {
     pub ts: i64,
     /// `version` of models/features.json the vectors follow.
     pub feature_set: u32,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<FlowMsg>", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<FlowMsg>", length(max = 32)))]
     pub flows: Vec<FlowMsg, FLOW_BATCH_MAX>,
 }
 
@@ -253,10 +245,7 @@ pub enum Severity {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Reason {
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub feature: Name,
     pub value: f32,
     /// The feature's share of the score (autoencoder error) or the threshold it crossed.
@@ -292,10 +281,7 @@ pub struct AnomalyMsg {
     pub confidence: f32,
     pub score: f32,
     pub threshold: f32,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub detector: Name,
     pub src_ip: IpAddr,
     pub dst_ip: Option<IpAddr>,
@@ -306,10 +292,7 @@ pub struct AnomalyMsg {
     pub last_seen: i64,
     /// Flows or packets the episode covers so far.
     pub count: u64,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<Reason>", length(max = 8))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<Reason>", length(max = 8)))]
     pub reasons: Vec<Reason, 8>,
 }
 
@@ -366,15 +349,9 @@ pub struct StatsMsg {
     pub flows_started: u64,
     pub flows_ended: u64,
     pub parse_errors: u64,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<PortCount>", length(max = 10))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<PortCount>", length(max = 10)))]
     pub top_ports: Vec<PortCount, 10>,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<HostCount>", length(max = 10))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<HostCount>", length(max = 10)))]
     pub top_talkers: Vec<HostCount, 10>,
 }
 
@@ -383,10 +360,7 @@ pub struct StatsMsg {
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CaptureCounters {
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub interface: Name,
     pub packets: u64,
     pub bytes: u64,
@@ -457,15 +431,9 @@ pub struct AnalysisMsg {
     pub seq: u64,
     /// When the edge wrote the message, Unix microseconds.
     pub ts: i64,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub model: Name,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub model_version: Name,
     pub rows: u32,
     pub score_min: f32,
@@ -508,10 +476,7 @@ pub struct StatusMsg {
     /// When the edge wrote the message, Unix microseconds.
     pub ts: i64,
     pub state: DeviceState,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::string::String", length(max = 32))
-    )]
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
     pub version: Name,
     pub uptime_s: u64,
 }
@@ -521,11 +486,8 @@ pub struct StatusMsg {
 pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
     fn one<T: schemars::JsonSchema + Message>() -> (&'static str, serde_json::Value) {
         let mut schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
-        schema["$id"] = format!(
-            "https://tapwatch.invalid/schema/v1/{}.json",
-            T::STREAM.name()
-        )
-        .into();
+        schema["$id"] =
+            format!("https://tapwatch.invalid/schema/v1/{}.json", T::STREAM.name()).into();
         (T::STREAM.name(), schema)
     }
     std::vec![
@@ -567,10 +529,7 @@ mod tests {
 
     #[test]
     fn test_topics() {
-        assert_eq!(
-            topic("tap-01", Stream::Flows).unwrap().as_str(),
-            "tapwatch/v1/tap-01/flows"
-        );
+        assert_eq!(topic("tap-01", Stream::Flows).unwrap().as_str(), "tapwatch/v1/tap-01/flows");
         assert!(topic("bad/id", Stream::Flows).is_none());
         assert!(topic("", Stream::Flows).is_none());
         assert!(topic("+", Stream::Flows).is_none());
@@ -622,15 +581,7 @@ mod tests {
         assert_eq!(json["src_ip"], "10.0.0.1");
         let back: AnomalyMsg = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, msg);
-        assert_eq!(
-            back.header(),
-            Header {
-                schema: 1,
-                device: "tap-01",
-                seq: 7,
-                ts: 1
-            }
-        );
+        assert_eq!(back.header(), Header { schema: 1, device: "tap-01", seq: 7, ts: 1 });
         // A device id longer than the contract allows is refused, not truncated.
         let mut long = json;
         long["device"] = serde_json::Value::String("x".repeat(65));

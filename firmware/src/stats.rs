@@ -15,13 +15,7 @@ pub struct RunningStats {
 
 impl RunningStats {
     pub const fn new() -> Self {
-        RunningStats {
-            n: 0,
-            min: 0.0,
-            max: 0.0,
-            sum: 0.0,
-            sum_sq: 0.0,
-        }
+        RunningStats { n: 0, min: 0.0, max: 0.0, sum: 0.0, sum_sq: 0.0 }
     }
 
     #[inline]

@@ -94,10 +94,7 @@ pub(crate) fn dhcp(bytes: &[u8]) -> Option<DhcpInfo> {
     if p.magic_number() != 0x6382_5363 {
         return None;
     }
-    let message_type = p
-        .options()
-        .find(|o| o.kind == 53)
-        .and_then(|o| o.data.first().copied());
+    let message_type = p.options().find(|o| o.kind == 53).and_then(|o| o.data.first().copied());
     Some(DhcpInfo {
         op: u8::from(p.opcode()),
         message_type,

@@ -51,7 +51,7 @@ fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
     let l4 = if fragment_tail {
         L4::None
     } else {
-        transport::parse(protocol, payload, total - hl, false)?
+        transport::parse(protocol, payload, total - hl, fragment || cut)?
     };
     Ok((
         IpInfo {
@@ -145,7 +145,7 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
     let l4 = if fragment_tail {
         L4::None
     } else {
-        transport::parse(nh, payload, remaining, true)?
+        transport::parse(nh, payload, remaining, ext.fragment || cut)?
     };
     Ok((
         IpInfo {

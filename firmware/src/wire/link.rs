@@ -82,10 +82,8 @@ fn ethernet(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
     let mut payload = &bytes[smoltcp::wire::ETHERNET_HEADER_LEN..];
     let mut vlan = 0;
     let mut depth = 0;
-    while matches!(
-        ethertype,
-        ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD
-    ) && depth < MAX_VLAN_TAGS
+    while matches!(ethertype, ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD)
+        && depth < MAX_VLAN_TAGS
     {
         if payload.len() < 4 {
             return Err(DissectError::LinkTruncated);
@@ -97,13 +95,7 @@ fn ethernet(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
         payload = &payload[4..];
         depth += 1;
     }
-    Ok(Frame {
-        ethertype,
-        vlan,
-        vlan_depth: depth,
-        src_mac: Some(eth.src_addr().0),
-        payload,
-    })
+    Ok(Frame { ethertype, vlan, vlan_depth: depth, src_mac: Some(eth.src_addr().0), payload })
 }
 
 fn raw(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
@@ -113,13 +105,7 @@ fn raw(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
         6 => ETHERTYPE_IPV6,
         _ => return Err(DissectError::IpVersion),
     };
-    Ok(Frame {
-        ethertype,
-        vlan: 0,
-        vlan_depth: 0,
-        src_mac: None,
-        payload: bytes,
-    })
+    Ok(Frame { ethertype, vlan: 0, vlan_depth: 0, src_mac: None, payload: bytes })
 }
 
 /// Linux cooked v1: packet type (2), ARPHRD (2), address length (2), address (8), protocol (2).
@@ -146,13 +132,7 @@ fn sll2(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
         return Err(DissectError::LinkTruncated);
     }
     let src_mac = (bytes[11] == 6).then(|| mac(&bytes[12..]));
-    Ok(Frame {
-        ethertype: be16(bytes, 0),
-        vlan: 0,
-        vlan_depth: 0,
-        src_mac,
-        payload: &bytes[LEN..],
-    })
+    Ok(Frame { ethertype: be16(bytes, 0), vlan: 0, vlan_depth: 0, src_mac, payload: &bytes[LEN..] })
 }
 
 /// BSD loopback: a 4-byte address family, in the capturing host's byte order (DLT_NULL) or in
@@ -170,13 +150,7 @@ fn null(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
         10 | 24 | 28 | 30 => ETHERTYPE_IPV6,
         other => other as u16,
     };
-    Ok(Frame {
-        ethertype,
-        vlan: 0,
-        vlan_depth: 0,
-        src_mac: None,
-        payload: &bytes[4..],
-    })
+    Ok(Frame { ethertype, vlan: 0, vlan_depth: 0, src_mac: None, payload: &bytes[4..] })
 }
 
 pub(crate) fn parse_arp(bytes: &[u8]) -> Result<ArpInfo, DissectError> {

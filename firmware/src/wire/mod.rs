@@ -120,12 +120,7 @@ impl L4 {
         match *self {
             L4::Tcp(t) => (t.src_port, t.dst_port),
             L4::Udp(u) => (u.src_port, u.dst_port),
-            L4::Icmpv4 {
-                ident: Some(id), ..
-            }
-            | L4::Icmpv6 {
-                ident: Some(id), ..
-            } => (id, id),
+            L4::Icmpv4 { ident: Some(id), .. } | L4::Icmpv6 { ident: Some(id), .. } => (id, id),
             _ => (0, 0),
         }
     }
@@ -239,11 +234,7 @@ pub fn dissect(
     };
     match frame.ethertype {
         link::ETHERTYPE_IPV4 | link::ETHERTYPE_IPV6 => {
-            let version = if frame.ethertype == link::ETHERTYPE_IPV4 {
-                4
-            } else {
-                6
-            };
+            let version = if frame.ethertype == link::ETHERTYPE_IPV4 { 4 } else { 6 };
             let (info, cut) = ip::parse(frame.payload, version)?;
             meta.truncated |= cut;
             meta.l3 = L3::Ip(info);
@@ -271,9 +262,7 @@ mod tests {
         let m = dissect(LinkType::Ethernet, ts(), SYN_ETH.len() as u32, &SYN_ETH).unwrap();
         assert!(!m.truncated);
         assert_eq!(m.vlan, 0);
-        let L3::Ip(ip) = m.l3 else {
-            panic!("not IP: {m:?}")
-        };
+        let L3::Ip(ip) = m.l3 else { panic!("not IP: {m:?}") };
         assert_eq!(ip.src, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10)));
         assert_eq!(ip.dst, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 20)));
         assert_eq!(ip.ip_len, 60);
@@ -316,16 +305,8 @@ mod tests {
     fn test_impossible_len() {
         for n in 0..SYN_ETH.len() {
             // Every prefix gives a typed error or a truncated packet, never a panic.
-            if let Ok(m) = dissect(
-                LinkType::Ethernet,
-                ts(),
-                SYN_ETH.len() as u32,
-                &SYN_ETH[..n],
-            ) {
-                assert!(
-                    m.truncated || matches!(m.l3, L3::Other(_)),
-                    "prefix {n}: {m:?}"
-                );
+            if let Ok(m) = dissect(LinkType::Ethernet, ts(), SYN_ETH.len() as u32, &SYN_ETH[..n]) {
+                assert!(m.truncated || matches!(m.l3, L3::Other(_)), "prefix {n}: {m:?}");
             }
         }
         assert_eq!(
@@ -344,13 +325,8 @@ mod tests {
 
     #[test]
     fn test_parse_ipv6_extension_chain() {
-        let m = dissect(
-            LinkType::Raw,
-            ts(),
-            IPV6_HBH_FRAG_UDP.len() as u32,
-            &IPV6_HBH_FRAG_UDP,
-        )
-        .unwrap();
+        let m = dissect(LinkType::Raw, ts(), IPV6_HBH_FRAG_UDP.len() as u32, &IPV6_HBH_FRAG_UDP)
+            .unwrap();
         let L3::Ip(ip) = m.l3 else { panic!() };
         assert!(ip.ipv6_ext.hop_by_hop);
         assert!(ip.ipv6_ext.fragment);
@@ -373,20 +349,14 @@ mod tests {
 
     #[test]
     fn test_parse_sll_and_sll2() {
-        for (lt, bytes) in [
-            (LinkType::LinuxSll, &SLL_ICMP[..]),
-            (LinkType::LinuxSll2, &SLL2_ICMP[..]),
-        ] {
+        for (lt, bytes) in
+            [(LinkType::LinuxSll, &SLL_ICMP[..]), (LinkType::LinuxSll2, &SLL2_ICMP[..])]
+        {
             let m = dissect(lt, ts(), bytes.len() as u32, bytes).unwrap();
             let L3::Ip(ip) = m.l3 else { panic!("{lt:?}") };
             assert_eq!(
                 ip.l4,
-                L4::Icmpv4 {
-                    icmp_type: 8,
-                    code: 0,
-                    ident: Some(0x1234),
-                    payload_len: 4
-                },
+                L4::Icmpv4 { icmp_type: 8, code: 0, ident: Some(0x1234), payload_len: 4 },
                 "{lt:?}"
             );
             assert_eq!(m.src_mac, Some([0x02, 0, 0, 0, 0, 9]));
@@ -415,13 +385,7 @@ mod tests {
     fn test_error_names_are_unique_and_indexed() {
         for (i, e) in DissectError::ALL.iter().enumerate() {
             assert_eq!(e.index(), i);
-            assert_eq!(
-                DissectError::ALL
-                    .iter()
-                    .filter(|o| o.name() == e.name())
-                    .count(),
-                1
-            );
+            assert_eq!(DissectError::ALL.iter().filter(|o| o.name() == e.name()).count(), 1);
         }
     }
 }

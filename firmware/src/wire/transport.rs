@@ -66,40 +66,54 @@ pub struct UdpInfo {
 }
 
 /// `bytes` is what we hold of the IP payload; `wire_len` what the IP header says it holds.
+/// `partial` says the datagram is not whole here: a first fragment, or cut by the snap length.
+/// Length fields may then point past what we hold, and that is not an error.
 pub(crate) fn parse(
     protocol: u8,
     bytes: &[u8],
     wire_len: usize,
-    _v6: bool,
+    partial: bool,
 ) -> Result<L4, DissectError> {
+    let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
     match protocol {
         IPPROTO_TCP => tcp(bytes, wire_len),
-        IPPROTO_UDP => udp(bytes, wire_len),
-        IPPROTO_ICMP => {
-            let p = Icmpv4Packet::new_checked(bytes).map_err(|_| DissectError::IcmpMalformed)?;
-            let icmp_type: u8 = p.msg_type().into();
-            let ident = matches!(icmp_type, 0 | 8).then(|| p.echo_ident());
-            let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
-            Ok(L4::Icmpv4 {
+        IPPROTO_UDP => udp(bytes, wire_len, partial),
+        IPPROTO_ICMP => match Icmpv4Packet::new_checked(bytes) {
+            Ok(p) => {
+                let icmp_type: u8 = p.msg_type().into();
+                let ident = matches!(icmp_type, 0 | 8).then(|| p.echo_ident());
+                Ok(L4::Icmpv4 { icmp_type, code: p.msg_code(), ident, payload_len })
+            }
+            Err(_) => icmp_head(bytes, partial).map(|(icmp_type, code)| L4::Icmpv4 {
                 icmp_type,
-                code: p.msg_code(),
-                ident,
+                code,
+                ident: None,
                 payload_len,
-            })
-        }
-        IPPROTO_ICMPV6 => {
-            let p = Icmpv6Packet::new_checked(bytes).map_err(|_| DissectError::IcmpMalformed)?;
-            let icmp_type: u8 = p.msg_type().into();
-            let ident = matches!(icmp_type, 128 | 129).then(|| p.echo_ident());
-            let payload_len = wire_len.saturating_sub(8).min(usize::from(u16::MAX)) as u16;
-            Ok(L4::Icmpv6 {
+            }),
+        },
+        IPPROTO_ICMPV6 => match Icmpv6Packet::new_checked(bytes) {
+            Ok(p) => {
+                let icmp_type: u8 = p.msg_type().into();
+                let ident = matches!(icmp_type, 128 | 129).then(|| p.echo_ident());
+                Ok(L4::Icmpv6 { icmp_type, code: p.msg_code(), ident, payload_len })
+            }
+            Err(_) => icmp_head(bytes, partial).map(|(icmp_type, code)| L4::Icmpv6 {
                 icmp_type,
-                code: p.msg_code(),
-                ident,
+                code,
+                ident: None,
                 payload_len,
-            })
-        }
+            }),
+        },
         _ => Ok(L4::None),
+    }
+}
+
+/// Type and code of an ICMP message whose body smoltcp cannot check because the datagram is
+/// partial here (a first fragment, or cut by the snap length): both sit in the first two bytes.
+fn icmp_head(bytes: &[u8], partial: bool) -> Result<(u8, u8), DissectError> {
+    match bytes {
+        [t, c, _, _, ..] if partial => Ok((*t, *c)),
+        _ => Err(DissectError::IcmpMalformed),
     }
 }
 
@@ -129,15 +143,14 @@ fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
         flags: TcpFlags(flags),
         window: p.window_len(),
         header_len,
-        payload_len: wire_len
-            .saturating_sub(usize::from(header_len))
-            .min(usize::from(u16::MAX)) as u16,
+        payload_len: wire_len.saturating_sub(usize::from(header_len)).min(usize::from(u16::MAX))
+            as u16,
         mss: opts.max_segment_size,
         window_scale: opts.window_scale,
     }))
 }
 
-fn udp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
+fn udp(bytes: &[u8], wire_len: usize, partial: bool) -> Result<L4, DissectError> {
     if bytes.len() < smoltcp::wire::UDP_HEADER_LEN {
         return Err(DissectError::UdpMalformed);
     }
@@ -145,24 +158,17 @@ fn udp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
     // fixed 8-byte header ourselves and the length field against what the IP header says.
     let p = UdpPacket::new_unchecked(bytes);
     let len = usize::from(p.len());
-    if len < smoltcp::wire::UDP_HEADER_LEN || len > wire_len {
+    // A first fragment's UDP length covers the whole datagram, beyond this fragment.
+    if len < smoltcp::wire::UDP_HEADER_LEN || (len > wire_len && !partial) {
         return Err(DissectError::UdpMalformed);
     }
     let (src_port, dst_port) = (p.src_port(), p.dst_port());
     let body = &bytes[8..len.min(bytes.len())];
-    let dns = (src_port == 53 || dst_port == 53)
-        .then(|| app::dns(body))
-        .flatten();
+    let dns = (src_port == 53 || dst_port == 53).then(|| app::dns(body)).flatten();
     let dhcp = (matches!(src_port, 67 | 68) && matches!(dst_port, 67 | 68))
         .then(|| app::dhcp(body))
         .flatten();
-    Ok(L4::Udp(UdpInfo {
-        src_port,
-        dst_port,
-        payload_len: (len - 8) as u16,
-        dns,
-        dhcp,
-    }))
+    Ok(L4::Udp(UdpInfo { src_port, dst_port, payload_len: (len - 8) as u16, dns, dhcp }))
 }
 
 #[cfg(test)]
@@ -185,9 +191,7 @@ mod tests {
         t[13] = TcpFlags::SYN;
         t[20] = 2; // MSS kind with an impossible length
         t[21] = 9;
-        let L4::Tcp(info) = tcp(&t, 24).unwrap() else {
-            panic!()
-        };
+        let L4::Tcp(info) = tcp(&t, 24).unwrap() else { panic!() };
         assert_eq!(info.mss, None);
         assert!(info.flags.syn());
     }
@@ -196,25 +200,24 @@ mod tests {
     fn test_udp_length_field() {
         let mut u = [0u8; 12];
         u[4..6].copy_from_slice(&4u16.to_be_bytes());
-        assert_eq!(udp(&u, 12), Err(DissectError::UdpMalformed));
+        assert_eq!(udp(&u, 12, false), Err(DissectError::UdpMalformed));
         u[4..6].copy_from_slice(&100u16.to_be_bytes());
-        assert_eq!(udp(&u, 12), Err(DissectError::UdpMalformed));
+        assert_eq!(udp(&u, 12, false), Err(DissectError::UdpMalformed));
         // Cut by the snap length but consistent with the IP header: fine.
-        let L4::Udp(info) = udp(&u, 100).unwrap() else {
-            panic!()
-        };
+        let L4::Udp(info) = udp(&u, 100, false).unwrap() else { panic!() };
+        assert_eq!(info.payload_len, 92);
+        // A first fragment: the UDP length covers fragments we do not have here.
+        let L4::Udp(info) = udp(&u, 12, true).unwrap() else { panic!() };
         assert_eq!(info.payload_len, 92);
     }
 
     #[test]
     fn test_icmp_too_short() {
-        assert_eq!(
-            parse(1, &[8, 0, 0], 3, false),
-            Err(DissectError::IcmpMalformed)
-        );
-        assert_eq!(
-            parse(58, &[128, 0], 2, true),
-            Err(DissectError::IcmpMalformed)
-        );
+        // An MLD report cut by fragmentation: type and code still read.
+        let mld = [131, 0, 0xb0, 0x0b, 0, 0];
+        assert_eq!(parse(58, &mld, 6, false), Err(DissectError::IcmpMalformed));
+        assert!(matches!(parse(58, &mld, 6, true), Ok(L4::Icmpv6 { icmp_type: 131, .. })));
+        assert_eq!(parse(1, &[8, 0, 0], 3, false), Err(DissectError::IcmpMalformed));
+        assert_eq!(parse(58, &[128, 0], 2, true), Err(DissectError::IcmpMalformed));
     }
 }

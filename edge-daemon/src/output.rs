@@ -1,0 +1,176 @@
+//! The JSON-lines records of `tapwatch-edge analyze`: one object per line, each with a `record`
+//! field saying what it is (`flow`, `stats`).
+
+use firmware::engine::{EngineCounters, FinishedFlow};
+use firmware::features::{FeatureVector, NAMES};
+use firmware::flow::{EndReason, FlowCounters};
+use firmware::wire::DissectError;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::net::IpAddr;
+
+/// A protocol's usual lower-case name, or its number.
+pub fn protocol_name(p: u8) -> std::borrow::Cow<'static, str> {
+    match p {
+        1 => "icmp".into(),
+        2 => "igmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
+        51 => "ah".into(),
+        58 => "icmpv6".into(),
+        89 => "ospf".into(),
+        103 => "pim".into(),
+        112 => "vrrp".into(),
+        132 => "sctp".into(),
+        other => other.to_string().into(),
+    }
+}
+
+/// Features as a JSON object, names from models/features.json, in vector order.
+#[derive(Debug)]
+struct Features<'a>(&'a FeatureVector);
+
+impl Serialize for Features<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(NAMES.len()))?;
+        for (name, v) in NAMES.iter().zip(self.0.iter()) {
+            m.serialize_entry(name, v)?;
+        }
+        m.end()
+    }
+}
+
+/// One `flow` record.
+#[derive(Debug, Serialize)]
+pub struct FlowRecordOut<'a> {
+    record: &'static str,
+    src_ip: IpAddr,
+    src_port: u16,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    protocol: std::borrow::Cow<'static, str>,
+    vlan: u16,
+    /// Unix microseconds of the first and last packet.
+    start_us: i64,
+    end_us: i64,
+    end_reason: &'static str,
+    packets: u32,
+    bytes: u64,
+    features: Features<'a>,
+}
+
+impl<'a> FlowRecordOut<'a> {
+    pub fn new(f: &'a FinishedFlow) -> Self {
+        let flow = &f.record.flow;
+        FlowRecordOut {
+            record: "flow",
+            src_ip: flow.src,
+            src_port: flow.src_port,
+            dst_ip: flow.dst,
+            dst_port: flow.dst_port,
+            protocol: protocol_name(flow.protocol),
+            vlan: flow.vlan,
+            start_us: flow.start.total_micros(),
+            end_us: flow.last.total_micros(),
+            end_reason: f.record.reason.name(),
+            packets: flow.packets(),
+            bytes: flow.fwd.wire_bytes + flow.bwd.wire_bytes,
+            features: Features(&f.features),
+        }
+    }
+}
+
+/// Counts by name, as a JSON object.
+#[derive(Debug)]
+struct Named<'a>(&'a [(&'static str, u64)]);
+
+impl Serialize for Named<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Totals of a run, for the `stats` record and the summary line.
+#[derive(Debug, Clone, Default)]
+pub struct RunTotals {
+    pub files: u64,
+    pub files_failed: u64,
+    pub engine: EngineCounters,
+    pub flows: FlowCounters,
+    pub seconds: f64,
+}
+
+impl RunTotals {
+    pub fn packets_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.engine.packets as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    fn errors(&self) -> Vec<(&'static str, u64)> {
+        DissectError::ALL.iter().map(|e| (e.name(), self.engine.errors[e.index()])).collect()
+    }
+
+    fn ended(&self) -> Vec<(&'static str, u64)> {
+        EndReason::ALL.iter().map(|r| (r.name(), self.flows.ended[*r as usize])).collect()
+    }
+
+    /// The `stats` record.
+    pub fn to_json(&self) -> serde_json::Value {
+        let e = &self.engine;
+        serde_json::json!({
+            "record": "stats",
+            "files": self.files,
+            "files_failed": self.files_failed,
+            "packets": e.packets,
+            "bytes": e.bytes,
+            "ipv4": e.ipv4,
+            "ipv6": e.ipv6,
+            "tcp": e.tcp,
+            "udp": e.udp,
+            "icmp": e.icmp,
+            "other_ip": e.other_ip,
+            "arp": e.arp,
+            "other_l3": e.other_l3,
+            "truncated": e.truncated,
+            "fragments": e.fragments,
+            "parse_errors": e.errors_total(),
+            "parse_errors_by_kind": serde_json::to_value(Named(&self.errors())).unwrap_or_default(),
+            "flows": self.flows.created,
+            "flows_ended": serde_json::to_value(Named(&self.ended())).unwrap_or_default(),
+            "seconds": self.seconds,
+            "packets_per_second": self.packets_per_second(),
+        })
+    }
+
+    /// One human line for stderr.
+    pub fn summary(&self) -> String {
+        let e = &self.engine;
+        let errors: Vec<String> = self
+            .errors()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!(
+            "tapwatch-edge: {} file(s){}, {} packets, {} bytes, {} flows, {} parse errors{}, {:.3} s ({:.2} Mpps)",
+            self.files,
+            if self.files_failed > 0 { format!(" ({} with errors)", self.files_failed) } else { String::new() },
+            e.packets,
+            e.bytes,
+            self.flows.created,
+            e.errors_total(),
+            if errors.is_empty() { String::new() } else { format!(" ({})", errors.join(", ")) },
+            self.seconds,
+            self.packets_per_second() / 1e6,
+        )
+    }
+}
