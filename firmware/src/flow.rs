@@ -13,8 +13,9 @@
 
 use crate::wire::{IpInfo, PacketMeta, TcpFlags, L4};
 use crate::{Duration, Instant, RunningStats};
+use core::hash::{Hash, Hasher};
 use core::net::IpAddr;
-use heapless::index_map::FnvIndexMap;
+use heapless::index_map::IndexMap;
 
 /// Timeouts of the flow table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +41,56 @@ impl Default for FlowConfig {
     }
 }
 
+/// The tables' hash map: heapless's open-addressing map with rustc's Fx hash, which takes whole
+/// words (FNV, heapless's default, takes one byte at a time and was a fifth of the per-packet cost).
+///
+/// Neither is keyed: a sender who knows the function can aim flows at one probe chain. The
+/// chains are bounded by the table's capacity, so that costs time, never memory or correctness.
+pub(crate) type Map<K, V, const N: usize> =
+    IndexMap<K, V, hash32::BuildHasherDefault<WordHasher>, N>;
+
+/// rustc's Fx hash, with the 32-bit finish heapless asks for.
+#[derive(Default, Clone)]
+pub(crate) struct WordHasher(rustc_hash::FxHasher);
+
+impl core::fmt::Debug for WordHasher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("WordHasher")
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes)
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0.write_u64(i)
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0.write_u128(i)
+    }
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+impl hash32::Hasher for WordHasher {
+    fn finish32(&self) -> u32 {
+        let h = self.0.finish();
+        (h >> 32) as u32 ^ h as u32
+    }
+}
+
+/// An address as one 128-bit word for hashing (v4 mapped into the low bits).
+pub(crate) fn ip_word(ip: &IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits() ^ (1 << 127),
+    }
+}
+
 /// The canonical key: lower endpoint first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub lo: IpAddr,
     pub hi: IpAddr,
@@ -49,6 +98,19 @@ pub struct FlowKey {
     pub hi_port: u16,
     pub protocol: u8,
     pub vlan: u16,
+}
+
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(ip_word(&self.lo));
+        h.write_u128(ip_word(&self.hi));
+        h.write_u64(
+            u64::from(self.lo_port) << 48
+                | u64::from(self.hi_port) << 32
+                | u64::from(self.protocol) << 16
+                | u64::from(self.vlan),
+        );
+    }
 }
 
 impl FlowKey {
@@ -417,7 +479,7 @@ pub struct Ingested {
 /// The table itself: `N` flows at most (a power of two).
 #[derive(Debug)]
 pub struct FlowTable<const N: usize> {
-    map: FnvIndexMap<FlowKey, Flow, N>,
+    map: Map<FlowKey, Flow, N>,
     config: FlowConfig,
     counters: FlowCounters,
     /// Latest timestamp seen; time never goes back for expiry, whatever the packets say.
@@ -433,7 +495,7 @@ impl<const N: usize> Default for FlowTable<N> {
 impl<const N: usize> FlowTable<N> {
     pub fn new(config: FlowConfig) -> Self {
         FlowTable {
-            map: FnvIndexMap::new(),
+            map: Map::new(),
             config,
             counters: FlowCounters::default(),
             now: Instant::from_micros(0),
@@ -542,30 +604,43 @@ impl<const N: usize> FlowTable<N> {
             self.now = now;
         }
         let config = self.config;
-        let counters = &mut self.counters;
-        self.map.retain(|_, flow| match Self::expiry(&config, flow, now) {
-            Some(reason) => {
-                counters.ended[reason as usize] += 1;
-                out(FlowRecord { flow: *flow, reason });
-                false
-            }
-            None => true,
-        });
+        self.remove_where(usize::MAX, |flow| Self::expiry(&config, flow, now), out);
     }
 
     /// End every flow (end of input).
     pub fn flush(&mut self, out: &mut impl FnMut(FlowRecord)) {
-        let counters = &mut self.counters;
-        self.map.retain(|_, flow| {
-            counters.ended[EndReason::Flush as usize] += 1;
-            out(FlowRecord { flow: *flow, reason: EndReason::Flush });
-            false
-        });
+        self.remove_where(usize::MAX, |_| Some(EndReason::Flush), out);
+    }
+
+    /// One pass over the flows, last to first, ending those `reason` names, at most `limit`.
+    ///
+    /// heapless's `retain` rebuilds the whole index on every call, even when it keeps everything;
+    /// walking backwards with `swap_remove` touches only what it removes: the entry moved into a
+    /// freed slot comes from behind and has already been looked at.
+    fn remove_where(
+        &mut self,
+        limit: usize,
+        mut reason: impl FnMut(&Flow) -> Option<EndReason>,
+        out: &mut impl FnMut(FlowRecord),
+    ) -> usize {
+        let mut removed = 0;
+        let mut i = self.map.len();
+        while i > 0 && removed < limit {
+            i -= 1;
+            let Some((key, flow)) = self.map.get_index(i) else { continue };
+            let Some(why) = reason(flow) else { continue };
+            let key = *key;
+            if let Some(flow) = self.map.swap_remove(&key) {
+                removed += 1;
+                self.end(flow, why, out);
+            }
+        }
+        removed
     }
 
     /// The table is full: expire what has timed out; if nothing has, evict the least recently
-    /// seen flows, at most an eighth of the table, in one pass, so a flood costs one scan per N/8 new flows, not one
-    /// per packet.
+    /// seen flows (those in the oldest eighth of the time span), at most an eighth of the table,
+    /// in one pass, so a flood costs one scan per N/8 new flows, not one per packet.
     fn make_room(&mut self, out: &mut impl FnMut(FlowRecord)) {
         let now = self.now;
         self.expire(now, out);
@@ -573,20 +648,12 @@ impl<const N: usize> FlowTable<N> {
             return;
         }
         let oldest = self.map.values().map(|f| f.last.total_micros()).min().unwrap_or(0);
-        let span = now.total_micros() - oldest;
-        let cutoff = oldest + span / 8;
-        let mut budget = (N / 8).max(1);
-        let counters = &mut self.counters;
-        self.map.retain(|_, flow| {
-            if budget > 0 && flow.last.total_micros() <= cutoff {
-                budget -= 1;
-                counters.ended[EndReason::Evicted as usize] += 1;
-                out(FlowRecord { flow: *flow, reason: EndReason::Evicted });
-                false
-            } else {
-                true
-            }
-        });
+        let cutoff = oldest + (now.total_micros() - oldest) / 8;
+        self.remove_where(
+            (N / 8).max(1),
+            |flow| (flow.last.total_micros() <= cutoff).then_some(EndReason::Evicted),
+            out,
+        );
     }
 }
 
@@ -763,7 +830,7 @@ mod tests {
         assert_eq!(t.len(), 8);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].reason, EndReason::Evicted);
-        assert_eq!(out[0].flow.src_port, 1000, "the least recently seen goes first");
+        assert_eq!(out[0].flow.src_port, 1007, "one of the least recently seen");
         assert_eq!(t.counters().evicted(), 1);
         // Nothing lost: every flow created is either in the table or recorded.
         assert_eq!(t.counters().created, t.len() as u64 + t.counters().ended_total());

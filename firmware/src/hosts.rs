@@ -8,9 +8,10 @@
 //! fixed size, so a scan of 60,000 ports costs the same memory as one of 6; it reads accurately
 //! to a few hundred distinct values and saturates near 3,200.
 
+use crate::flow::{ip_word, Map};
 use crate::{Duration, Instant};
+use core::hash::{Hash, Hasher};
 use core::net::IpAddr;
-use heapless::index_map::FnvIndexMap;
 
 /// Length of one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +62,17 @@ fn mix(mut z: u64) -> u64 {
 }
 
 fn ip_bits(ip: IpAddr) -> u64 {
-    match ip {
-        IpAddr::V4(a) => u64::from(a.to_bits()),
-        IpAddr::V6(a) => {
-            let b = a.to_bits();
-            (b as u64) ^ ((b >> 64) as u64).rotate_left(17)
-        }
+    let w = ip_word(&ip);
+    (w as u64) ^ ((w >> 64) as u64).rotate_left(17)
+}
+
+/// A host address as a map key, hashed as one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HostKey(IpAddr);
+
+impl Hash for HostKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(ip_word(&self.0));
     }
 }
 
@@ -172,7 +178,7 @@ pub struct HostCounters {
 /// Up to `N` hosts (a power of two).
 #[derive(Debug)]
 pub struct HostTable<const N: usize> {
-    map: FnvIndexMap<IpAddr, HostWindow, N>,
+    map: Map<HostKey, HostWindow, N>,
     config: HostConfig,
     counters: HostCounters,
 }
@@ -185,7 +191,7 @@ impl<const N: usize> Default for HostTable<N> {
 
 impl<const N: usize> HostTable<N> {
     pub fn new(config: HostConfig) -> Self {
-        HostTable { map: FnvIndexMap::new(), config, counters: HostCounters::default() }
+        HostTable { map: Map::new(), config, counters: HostCounters::default() }
     }
     pub fn config(&self) -> &HostConfig {
         &self.config
@@ -200,10 +206,10 @@ impl<const N: usize> HostTable<N> {
         self.map.is_empty()
     }
     pub fn get(&self, host: &IpAddr) -> Option<&HostWindow> {
-        self.map.get(host)
+        self.map.get(&HostKey(*host))
     }
     pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &HostWindow)> {
-        self.map.iter()
+        self.map.iter().map(|(k, v)| (&k.0, v))
     }
 
     /// Forget every host (a new, unrelated input follows); counters stay.
@@ -213,12 +219,16 @@ impl<const N: usize> HostTable<N> {
 
     /// Features of `host` at `now`; zeros for a host not seen.
     pub fn features(&self, host: &IpAddr, now: Instant) -> HostFeatures {
-        self.map.get(host).map(|h| h.features(now, self.config.window)).unwrap_or_default()
+        self.map
+            .get(&HostKey(*host))
+            .map(|h| h.features(now, self.config.window))
+            .unwrap_or_default()
     }
 
     /// The host's current window, made room for and rolled forward to `now`. `None` only if the
     /// table cannot hold the host (capacity 0), counted as an eviction.
     pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut Window> {
+        let host = HostKey(host);
         if !self.map.contains_key(&host) && self.map.is_full() {
             self.make_room(now);
         }
@@ -242,14 +252,26 @@ impl<const N: usize> HostTable<N> {
     /// Forget hosts with nothing in either window.
     pub fn expire(&mut self, now: Instant) {
         let limit = self.config.window * 2;
-        let counters = &mut self.counters;
-        self.map.retain(|_, h| {
-            let keep = h.last.is_some_and(|l| now - l < limit);
-            if !keep {
-                counters.expired += 1;
+        let n = self.remove_where(usize::MAX, |h| h.last.is_none_or(|l| now - l >= limit));
+        self.counters.expired += n as u64;
+    }
+
+    /// One pass, last to first, removing at most `limit` hosts that `gone` picks (see
+    /// `FlowTable::remove_where` for why not `retain`).
+    fn remove_where(&mut self, limit: usize, mut gone: impl FnMut(&HostWindow) -> bool) -> usize {
+        let mut removed = 0;
+        let mut i = self.map.len();
+        while i > 0 && removed < limit {
+            i -= 1;
+            let Some((key, h)) = self.map.get_index(i) else { continue };
+            if gone(h) {
+                let key = *key;
+                if self.map.swap_remove(&key).is_some() {
+                    removed += 1;
+                }
             }
-            keep
-        });
+        }
+        removed
     }
 
     fn make_room(&mut self, now: Instant) {
@@ -260,17 +282,8 @@ impl<const N: usize> HostTable<N> {
         let key = |h: &HostWindow| h.last.map_or(0, |l| l.total_micros());
         let oldest = self.map.values().map(key).min().unwrap_or(0);
         let cutoff = oldest + (now.total_micros() - oldest) / 8;
-        let mut budget = (N / 8).max(1);
-        let counters = &mut self.counters;
-        self.map.retain(|_, h| {
-            if budget > 0 && key(h) <= cutoff {
-                budget -= 1;
-                counters.evicted += 1;
-                false
-            } else {
-                true
-            }
-        });
+        let n = self.remove_where((N / 8).max(1), |h| key(h) <= cutoff);
+        self.counters.evicted += n as u64;
     }
 
     /// Record a port and host this host reached for the first time in a flow.
@@ -353,6 +366,10 @@ mod tests {
         t.window_mut([10, 0, 1, 0].into(), Instant::from_secs(9));
         assert_eq!(t.len(), 8);
         assert_eq!(t.counters().evicted, 1);
-        assert!(t.get(&[10, 0, 0, 0].into()).is_none());
+        // One of the hosts in the oldest eighth of the time span (0 s and 1 s) made room.
+        let gone = (0..8u8)
+            .filter(|i| t.get(&[10, 0, 0, *i].into()).is_none())
+            .collect::<std::vec::Vec<_>>();
+        assert!(gone == [0] || gone == [1], "{gone:?}");
     }
 }
