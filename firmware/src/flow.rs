@@ -484,6 +484,10 @@ pub struct FlowTable<const N: usize> {
     counters: FlowCounters,
     /// Latest timestamp seen; time never goes back for expiry, whatever the packets say.
     now: Instant,
+    /// No flow can time out before this (Unix microseconds): sweeps before it are skipped.
+    next_deadline: i64,
+    /// Where the last packet's flow sits: runs of packets of one flow skip the hash lookup.
+    last_hit: Option<(FlowKey, usize)>,
 }
 
 impl<const N: usize> Default for FlowTable<N> {
@@ -499,6 +503,8 @@ impl<const N: usize> FlowTable<N> {
             config,
             counters: FlowCounters::default(),
             now: Instant::from_micros(0),
+            next_deadline: i64::MAX,
+            last_hit: None,
         }
     }
 
@@ -547,6 +553,29 @@ impl<const N: usize> FlowTable<N> {
         None
     }
 
+    /// When `flow` times out if no packet comes (Unix microseconds).
+    fn deadline(config: &FlowConfig, flow: &Flow) -> i64 {
+        let last = flow.last.total_micros();
+        if flow.tcp.closed() {
+            return last + config.closed_linger.total_micros() as i64;
+        }
+        let limit = if flow.protocol == 6 { config.tcp_idle_timeout } else { config.idle_timeout };
+        (last + limit.total_micros() as i64)
+            .min(flow.start.total_micros() + config.active_timeout.total_micros() as i64)
+    }
+
+    /// Index of `key`'s flow, if it has one.
+    fn find(&mut self, key: &FlowKey) -> Option<usize> {
+        if let Some((k, i)) = self.last_hit {
+            if k == *key && self.map.get_index(i).is_some_and(|(at, _)| at == key) {
+                return Some(i);
+            }
+        }
+        let i = self.map.get_index_of(key)?;
+        self.last_hit = Some((*key, i));
+        Some(i)
+    }
+
     /// Account one IP packet. Flows it ends or evicts are passed to `out`.
     pub fn ingest(
         &mut self,
@@ -559,29 +588,35 @@ impl<const N: usize> FlowTable<N> {
         }
         let (sport, dport) = ip.l4.ports();
         let key = FlowKey::new(ip.src, sport, ip.dst, dport, ip.protocol, meta.vlan);
-        if let Some(flow) = self.map.get_mut(&key) {
-            let fresh_syn = matches!(ip.l4, L4::Tcp(t) if t.flags.syn() && !t.flags.ack());
-            let ended = if flow.tcp.closed() && fresh_syn {
-                Some(EndReason::Reused)
-            } else {
-                Self::expiry(&self.config, flow, meta.ts)
-            };
-            match ended {
-                None => {
-                    let direction = flow.add(meta, ip);
-                    self.counters.updates += 1;
-                    return Ingested { direction, new_flow: false };
-                }
-                Some(reason) => {
-                    let old = *flow;
-                    if let Some(slot) = self.map.get_mut(&key) {
-                        *slot = Flow::new(meta, ip);
-                        let direction = slot.add(meta, ip);
+        let config = self.config;
+        if let Some(i) = self.find(&key) {
+            if let Some((_, flow)) = self.map.get_index_mut(i) {
+                let fresh_syn = matches!(ip.l4, L4::Tcp(t) if t.flags.syn() && !t.flags.ack());
+                let ended = if flow.tcp.closed() && fresh_syn {
+                    Some(EndReason::Reused)
+                } else {
+                    Self::expiry(&config, flow, meta.ts)
+                };
+                let (direction, old) = match ended {
+                    None => (flow.add(meta, ip), None),
+                    Some(reason) => {
+                        let old = *flow;
+                        *flow = Flow::new(meta, ip);
+                        (flow.add(meta, ip), Some((old, reason)))
+                    }
+                };
+                self.next_deadline = self.next_deadline.min(Self::deadline(&config, flow));
+                return match old {
+                    None => {
+                        self.counters.updates += 1;
+                        Ingested { direction, new_flow: false }
+                    }
+                    Some((old, reason)) => {
                         self.counters.created += 1;
                         self.end(old, reason, out);
-                        return Ingested { direction, new_flow: true };
+                        Ingested { direction, new_flow: true }
                     }
-                }
+                };
             }
         }
         if self.map.is_full() {
@@ -590,10 +625,12 @@ impl<const N: usize> FlowTable<N> {
         let mut flow = Flow::new(meta, ip);
         let direction = flow.add(meta, ip);
         self.counters.created += 1;
-        if let Err((_, flow)) = self.map.insert(key, flow) {
+        self.next_deadline = self.next_deadline.min(Self::deadline(&config, &flow));
+        match self.map.insert(key, flow) {
+            Ok(_) => self.last_hit = Some((key, self.map.len() - 1)),
             // make_room always frees at least one slot; should it ever not, the flow is still
             // recorded rather than lost.
-            self.end(flow, EndReason::Evicted, out);
+            Err((_, flow)) => self.end(flow, EndReason::Evicted, out),
         }
         Ingested { direction, new_flow: true }
     }
@@ -603,8 +640,23 @@ impl<const N: usize> FlowTable<N> {
         if now > self.now {
             self.now = now;
         }
+        if now.total_micros() < self.next_deadline {
+            return;
+        }
         let config = self.config;
-        self.remove_where(usize::MAX, |flow| Self::expiry(&config, flow, now), out);
+        let mut next = i64::MAX;
+        self.remove_where(
+            usize::MAX,
+            |flow| {
+                let why = Self::expiry(&config, flow, now);
+                if why.is_none() {
+                    next = next.min(Self::deadline(&config, flow));
+                }
+                why
+            },
+            out,
+        );
+        self.next_deadline = next;
     }
 
     /// End every flow (end of input).

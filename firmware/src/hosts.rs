@@ -181,6 +181,8 @@ pub struct HostTable<const N: usize> {
     map: Map<HostKey, HostWindow, N>,
     config: HostConfig,
     counters: HostCounters,
+    /// Where the last host looked up sits: runs of one sender skip the hash lookup.
+    last_hit: Option<(HostKey, usize)>,
 }
 
 impl<const N: usize> Default for HostTable<N> {
@@ -191,7 +193,7 @@ impl<const N: usize> Default for HostTable<N> {
 
 impl<const N: usize> HostTable<N> {
     pub fn new(config: HostConfig) -> Self {
-        HostTable { map: Map::new(), config, counters: HostCounters::default() }
+        HostTable { map: Map::new(), config, counters: HostCounters::default(), last_hit: None }
     }
     pub fn config(&self) -> &HostConfig {
         &self.config
@@ -228,25 +230,32 @@ impl<const N: usize> HostTable<N> {
     /// The host's current window, made room for and rolled forward to `now`. `None` only if the
     /// table cannot hold the host (capacity 0), counted as an eviction.
     pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut Window> {
-        let host = HostKey(host);
-        if !self.map.contains_key(&host) && self.map.is_full() {
-            self.make_room(now);
-        }
+        let key = HostKey(host);
         let window = self.config.window;
-        let created = &mut self.counters.created;
-        match self.map.entry(host).or_insert_with(|| {
-            *created += 1;
-            HostWindow::default()
-        }) {
-            Ok(h) => {
-                h.roll(now, window);
-                Some(&mut h.cur)
+        let found = match self.last_hit {
+            Some((k, i)) if k == key && self.map.get_index(i).is_some_and(|(at, _)| *at == key) => {
+                Some(i)
             }
-            Err(_) => {
-                self.counters.evicted += 1;
-                None
+            _ => self.map.get_index_of(&key),
+        };
+        let i = match found {
+            Some(i) => i,
+            None => {
+                if self.map.is_full() {
+                    self.make_room(now);
+                }
+                if self.map.insert(key, HostWindow::default()).is_err() {
+                    self.counters.evicted += 1;
+                    return None;
+                }
+                self.counters.created += 1;
+                self.map.len() - 1
             }
-        }
+        };
+        self.last_hit = Some((key, i));
+        let (_, h) = self.map.get_index_mut(i)?;
+        h.roll(now, window);
+        Some(&mut h.cur)
     }
 
     /// Forget hosts with nothing in either window.
