@@ -29,4 +29,4 @@ pub fn new_engine(config: firmware::engine::EngineConfig) -> Box<EdgeEngine> {
 }
 
 /// Stack size of the pipeline thread: room for an [`EdgeEngine`] built in place in a debug build.
-pub const PIPELINE_STACK: usize = 2 * std::mem::size_of::<EdgeEngine>() + (16 << 20);
+pub const PIPELINE_STACK: usize = 8 * std::mem::size_of::<EdgeEngine>() + (64 << 20);

@@ -334,10 +334,16 @@ impl Flow {
         }
     }
 
-    /// Direction of a packet of this flow.
+    /// Direction of a packet of this flow: forward when it goes from the initiator's endpoint to
+    /// the responder's. Both ends are compared, so a conversation of a host with itself (loopback)
+    /// is told apart by its ports.
     pub fn direction(&self, ip: &IpInfo) -> Direction {
-        let (sport, _) = ip.l4.ports();
-        if ip.src == self.src && (sport == self.src_port || self.src == self.dst) {
+        let (sport, dport) = ip.l4.ports();
+        if ip.src == self.src
+            && sport == self.src_port
+            && ip.dst == self.dst
+            && dport == self.dst_port
+        {
             Direction::Forward
         } else {
             Direction::Backward
@@ -795,6 +801,18 @@ mod tests {
         assert_eq!((f.src, f.src_port, f.dst, f.dst_port), (B.into(), 40000, A.into(), 22));
         assert_eq!((f.fwd.packets, f.bwd.packets), (2, 1));
         assert!(f.tcp.established);
+    }
+
+    #[test]
+    fn test_loopback_directions_by_port() {
+        let mut t = FlowTable::<16>::default();
+        let mut out = Vec::new();
+        const LO: [u8; 4] = [127, 0, 0, 1];
+        feed(&mut t, tcp(0, LO, 54820, LO, 4222, SYN), &mut out);
+        let i = feed(&mut t, tcp(1, LO, 4222, LO, 54820, SYNACK), &mut out);
+        assert_eq!(i.direction, Direction::Backward);
+        let f = t.iter().next().unwrap();
+        assert_eq!((f.fwd.packets, f.bwd.packets, f.src_port), (1, 1, 54820));
     }
 
     #[test]

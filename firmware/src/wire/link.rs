@@ -13,6 +13,9 @@ pub(crate) const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
+const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 /// More tags than this and we stop: no real network stacks deeper.
 const MAX_VLAN_TAGS: u8 = 4;
 
@@ -94,6 +97,21 @@ fn ethernet(bytes: &[u8]) -> Result<Frame<'_>, DissectError> {
         ethertype = be16(payload, 2);
         payload = &payload[4..];
         depth += 1;
+    }
+    if ethertype == ETHERTYPE_PPPOE_SESSION {
+        // PPPoE session (ISP access links): version/type, code, session id, length, then the PPP
+        // protocol. IP inside is tracked like any IP; other PPP protocols stay "other".
+        if payload.len() < 8 {
+            return Err(DissectError::LinkTruncated);
+        }
+        match be16(payload, 6) {
+            PPP_IPV4 => ethertype = ETHERTYPE_IPV4,
+            PPP_IPV6 => ethertype = ETHERTYPE_IPV6,
+            _ => {}
+        }
+        if ethertype != ETHERTYPE_PPPOE_SESSION {
+            payload = &payload[8..];
+        }
     }
     Ok(Frame { ethertype, vlan, vlan_depth: depth, src_mac: Some(eth.src_addr().0), payload })
 }
@@ -202,6 +220,26 @@ mod tests {
         let mut f = [0u8; 16];
         f[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
         assert!(matches!(ethernet(&f), Err(DissectError::LinkTruncated)));
+    }
+
+    #[test]
+    fn test_pppoe_session_over_qinq() {
+        let mut f = [0u8; 14 + 8 + 8 + 20];
+        f[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        f[14..16].copy_from_slice(&421u16.to_be_bytes());
+        f[16..18].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        f[18..20].copy_from_slice(&785u16.to_be_bytes());
+        f[20..22].copy_from_slice(&ETHERTYPE_PPPOE_SESSION.to_be_bytes());
+        f[22] = 0x11; // version 1, type 1
+        f[28..30].copy_from_slice(&PPP_IPV4.to_be_bytes());
+        f[30] = 0x45;
+        let frame = ethernet(&f).unwrap();
+        assert_eq!((frame.ethertype, frame.vlan, frame.vlan_depth), (ETHERTYPE_IPV4, 421, 2));
+        assert_eq!(frame.payload.first(), Some(&0x45));
+        // LCP inside PPPoE is not IP.
+        f[28..30].copy_from_slice(&0xc021u16.to_be_bytes());
+        assert_eq!(ethernet(&f).unwrap().ethertype, ETHERTYPE_PPPOE_SESSION);
+        assert!(matches!(ethernet(&f[..25]), Err(DissectError::LinkTruncated)));
     }
 
     #[test]

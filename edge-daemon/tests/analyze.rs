@@ -1,0 +1,344 @@
+//! `tapwatch-edge analyze` end to end on real captures (tests/data, see PROVENANCE.md): golden
+//! output, a cross-check against tshark's conversation table, and the errors a broken input gets.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data")
+}
+
+fn captures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir())
+        .expect("tests/data exists")
+        .map(|e| e.expect("readable dir entry").path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng")))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 7, "test captures missing from {}", data_dir().display());
+    v
+}
+
+fn analyze(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tapwatch-edge"))
+        .arg("analyze")
+        .args(args)
+        .output()
+        .expect("tapwatch-edge runs")
+}
+
+fn records(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Every capture's flows and stats, compared with tests/data/golden (rewritten with
+/// TAPWATCH_BLESS=1). `seconds` and `packets_per_second` vary run to run and are left out.
+#[test]
+fn golden_flows_and_stats() {
+    let bless = std::env::var_os("TAPWATCH_BLESS").is_some();
+    let golden_dir = data_dir().join("golden");
+    for cap in captures() {
+        let out = analyze(&["--emit", "flows,stats", cap.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            cap.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut text = String::new();
+        for mut r in records(&out) {
+            if let Some(o) = r.as_object_mut() {
+                o.remove("seconds");
+                o.remove("packets_per_second");
+            }
+            text.push_str(&serde_json::to_string(&r).expect("serializable"));
+            text.push('\n');
+        }
+        let name = cap.file_name().and_then(|n| n.to_str()).expect("file name");
+        let path = golden_dir.join(format!("{name}.jsonl"));
+        if bless {
+            std::fs::create_dir_all(&golden_dir).expect("golden dir");
+            std::fs::write(&path, &text).expect("golden written");
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            want == text,
+            "{} differs from {}; if the change is intended, rerun with TAPWATCH_BLESS=1 and review the diff",
+            cap.display(),
+            path.display()
+        );
+    }
+}
+
+/// Packets and bytes per direction of one conversation.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Conv {
+    frames_ab: u64,
+    bytes_ab: u64,
+    frames_ba: u64,
+    bytes_ba: u64,
+    flows: u64,
+}
+
+type Endpoint = (String, u16);
+
+fn split_endpoint(s: &str) -> Endpoint {
+    let (ip, port) = s.rsplit_once(':').unwrap_or_else(|| panic!("endpoint {s}"));
+    (ip.to_string(), port.parse().unwrap_or_else(|_| panic!("port in {s}")))
+}
+
+/// A tshark byte count: exact with "bytes", rounded with "kB" or "MB". Returns (value, tolerance).
+fn tshark_bytes(n: &str, unit: &str) -> (u64, u64) {
+    let v: f64 = n.replace(',', "").parse().unwrap_or_else(|_| panic!("number {n}"));
+    match unit {
+        "bytes" => (v as u64, 0),
+        "kB" => ((v * 1e3) as u64, 1_000),
+        "MB" => ((v * 1e6) as u64, 1_000_000),
+        other => panic!("unit {other}"),
+    }
+}
+
+/// `tshark -q -z conv,tcp -z conv,udp`: per conversation, frames and bytes each way. Column
+/// "->" is A to B and "<-" is B to A, A being the address tshark lists first.
+fn tshark_conversations(cap: &Path) -> BTreeMap<(String, Endpoint, Endpoint), (Conv, (u64, u64))> {
+    let out = Command::new("tshark")
+        .args(["-n", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r"])
+        .arg(cap)
+        .output()
+        .expect("tshark is installed (Debian package tshark; .ci/run installs it)");
+    assert!(out.status.success(), "tshark failed on {}", cap.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut proto = "";
+    let mut convs = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with("TCP Conversations") {
+            proto = "tcp";
+        } else if line.starts_with("UDP Conversations") {
+            proto = "udp";
+        }
+        let t: Vec<&str> = line.split_whitespace().collect();
+        if t.len() < 12 || t[1] != "<->" {
+            continue;
+        }
+        let (ba, tol_ba) = tshark_bytes(t[4], t[5]);
+        let (ab, tol_ab) = tshark_bytes(t[7], t[8]);
+        let conv = Conv {
+            frames_ba: t[3].parse().expect("frames"),
+            bytes_ba: ba,
+            frames_ab: t[6].parse().expect("frames"),
+            bytes_ab: ab,
+            flows: 0,
+        };
+        let key = (proto.to_string(), split_endpoint(t[0]), split_endpoint(t[2]));
+        convs.insert(key, (conv, (tol_ab, tol_ba)));
+    }
+    convs
+}
+
+/// Our flows summed per conversation (A, B as tshark orders them).
+fn our_conversation(flows: &[Value], proto: &str, a: &Endpoint, b: &Endpoint) -> Conv {
+    let mut c = Conv::default();
+    for f in flows {
+        if f["protocol"] != proto {
+            continue;
+        }
+        let src = (
+            f["src_ip"].as_str().unwrap_or("").to_string(),
+            f["src_port"].as_u64().unwrap_or(0) as u16,
+        );
+        let dst = (
+            f["dst_ip"].as_str().unwrap_or("").to_string(),
+            f["dst_port"].as_u64().unwrap_or(0) as u16,
+        );
+        let feat = &f["features"];
+        let n = |k: &str| feat[k].as_f64().unwrap_or_else(|| panic!("feature {k}")) as u64;
+        let (fwd, fwd_b, bwd, bwd_b) =
+            (n("tot_fwd_pkts"), n("fwd_wire_bytes"), n("tot_bwd_pkts"), n("bwd_wire_bytes"));
+        if (&src, &dst) == (a, b) {
+            c.frames_ab += fwd;
+            c.bytes_ab += fwd_b;
+            c.frames_ba += bwd;
+            c.bytes_ba += bwd_b;
+        } else if (&src, &dst) == (b, a) {
+            c.frames_ba += fwd;
+            c.bytes_ba += fwd_b;
+            c.frames_ab += bwd;
+            c.bytes_ab += bwd_b;
+        } else {
+            continue;
+        }
+        c.flows += 1;
+    }
+    c
+}
+
+/// Every TCP and UDP conversation tshark sees, we see with the same frames and bytes each way.
+///
+/// Differences a reader should expect, and why none shows here:
+/// - tshark keeps one conversation per address/port pair for the whole capture; we cut flows on
+///   timeouts, FIN and RST (and a SYN that reuses a closed tuple). So our flows are summed per pair
+///   before comparing.
+/// - tshark's conversation ignores VLAN tags; we key flows by the outer VLAN too. Summing per pair
+///   covers that as well.
+/// - tshark reassembles IP fragments and counts only the frame that completes a datagram in the
+///   UDP conversation; we count a first fragment in its UDP flow and later fragments in a flow with
+///   ports 0. Captures with fragmented UDP would differ; ipv6_fragments.pcapng fragments ICMPv6,
+///   which neither table counts as TCP or UDP.
+/// - tshark prints large byte counts rounded (kB, MB); those are compared within the rounding.
+#[test]
+fn conversations_match_tshark() {
+    let mut compared = 0;
+    for cap in captures() {
+        let out = analyze(&["--emit", "flows", cap.to_str().expect("utf-8 path")]);
+        assert!(out.status.success());
+        let flows = records(&out);
+        let theirs = tshark_conversations(&cap);
+        for ((proto, a, b), (conv, (tol_ab, tol_ba))) in &theirs {
+            let ours = our_conversation(&flows, proto, a, b);
+            let ctx = format!(
+                "{}: {proto} {a:?} <-> {b:?}: tshark {conv:?}, ours {ours:?}",
+                cap.display()
+            );
+            assert!(ours.flows > 0, "{ctx}: no flow");
+            assert_eq!((ours.frames_ab, ours.frames_ba), (conv.frames_ab, conv.frames_ba), "{ctx}");
+            assert!(ours.bytes_ab.abs_diff(conv.bytes_ab) <= *tol_ab, "{ctx}");
+            assert!(ours.bytes_ba.abs_diff(conv.bytes_ba) <= *tol_ba, "{ctx}");
+            compared += 1;
+        }
+        // And the other way: every TCP or UDP flow of ours is in tshark's table.
+        for f in flows.iter().filter(|f| f["protocol"] == "tcp" || f["protocol"] == "udp") {
+            let src = (
+                f["src_ip"].as_str().unwrap_or("").to_string(),
+                f["src_port"].as_u64().unwrap_or(0) as u16,
+            );
+            let dst = (
+                f["dst_ip"].as_str().unwrap_or("").to_string(),
+                f["dst_port"].as_u64().unwrap_or(0) as u16,
+            );
+            let proto = f["protocol"].as_str().unwrap_or("").to_string();
+            assert!(
+                theirs.contains_key(&(proto.clone(), src.clone(), dst.clone()))
+                    || theirs.contains_key(&(proto, dst, src)),
+                "{}: flow not in tshark's table: {f}",
+                cap.display()
+            );
+        }
+    }
+    assert!(compared >= 15, "only {compared} conversations compared");
+}
+
+/// The offset of record `n` (0-based) of a classic pcap file, read independently of the code
+/// under test: 24-byte file header, then 16-byte record headers with the captured length at 8..12.
+fn pcap_record_offset(bytes: &[u8], n: usize) -> usize {
+    let mut off = 24;
+    for _ in 0..n {
+        let caplen = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().expect("4 bytes"));
+        off += 16 + caplen as usize;
+    }
+    off
+}
+
+#[test]
+fn truncated_pcap_names_file_and_offset_and_keeps_what_was_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let whole = std::fs::read(data_dir().join("rawip_bjnp.pcap")).expect("capture");
+    let last = pcap_record_offset(&whole, 9);
+    // Cut the last record in the middle of its data.
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &whole[..last + 20]).expect("written");
+    let out = analyze(&["--emit", "flows,stats", cut.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(cut.to_str().expect("utf-8")), "{err}");
+    assert!(err.contains(&format!("byte offset {last}")), "{err}");
+    assert!(err.contains("after 9 packets read"), "{err}");
+    let recs = records(&out);
+    let stats = recs.last().expect("a stats record");
+    assert_eq!(stats["record"], "stats");
+    assert_eq!(stats["packets"], 9);
+    assert_eq!(stats["files_failed"], 1);
+    let flow_packets: u64 = recs
+        .iter()
+        .filter(|r| r["record"] == "flow")
+        .map(|r| r["packets"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(flow_packets, 9, "the nine packets read are all in flows");
+}
+
+#[test]
+fn truncated_pcapng_names_the_block_offset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let whole = std::fs::read(data_dir().join("http_post.pcapng")).expect("capture");
+    let cut = dir.path().join("cut.pcapng");
+    std::fs::write(&cut, &whole[..whole.len() - 100]).expect("written");
+    let out = analyze(&["--emit", "stats", cut.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut.pcapng: truncated or corrupt at byte offset "), "{err}");
+    // The offset named is where a block starts, inside the file.
+    let off: usize = err
+        .split("byte offset ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {err}"));
+    assert!(off < whole.len() - 100, "{off}");
+    assert_eq!(&whole[off..off + 4], &6u32.to_le_bytes(), "an enhanced packet block starts there");
+    let stats = &records(&out)[0];
+    assert!(stats["packets"].as_u64().unwrap_or(0) >= 19, "{stats}");
+}
+
+#[test]
+fn unreadable_inputs_get_clear_errors_and_other_files_still_run() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a capture\n").expect("written");
+    // A pcap header with link type 127 (802.11 radiotap) and no packets.
+    let radiotap = dir.path().join("radiotap.pcap");
+    let mut h = Vec::new();
+    for v in [0xa1b2_c3d4u32, 0x0004_0002, 0, 0, 65535, 127] {
+        h.extend_from_slice(&v.to_le_bytes());
+    }
+    h.truncate(24);
+    h[20..24].copy_from_slice(&127u32.to_le_bytes());
+    std::fs::write(&radiotap, &h).expect("written");
+    let good = data_dir().join("http_post.pcapng");
+    let missing = dir.path().join("missing.pcap");
+    let out = analyze(&[
+        "--emit",
+        "stats",
+        missing.to_str().expect("utf-8"),
+        text.to_str().expect("utf-8"),
+        radiotap.to_str().expect("utf-8"),
+        good.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.pcap: cannot open capture file"), "{err}");
+    assert!(err.contains("notes.txt: cannot open capture file"), "{err}");
+    assert!(
+        err.contains("radiotap.pcap: link type 127 (IEEE802_11_RADIO) is not supported"),
+        "{err}"
+    );
+    let stats = &records(&out)[0];
+    assert_eq!(stats["files"], 4);
+    assert_eq!(stats["files_failed"], 3);
+    assert_eq!(stats["packets"], 21, "the good file is read whole");
+}
+
+#[test]
+fn bpf_filter_applies_and_a_bad_one_is_named() {
+    let cap = data_dir().join("qinq_pppoe_dns.pcap");
+    let out = analyze(&["--emit", "stats", "--filter", "vlan", cap.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    assert_eq!(records(&out)[0]["packets"], 2);
+    let out = analyze(&["--filter", "port nonsense", cap.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid capture filter \"port nonsense\""), "{err}");
+}
