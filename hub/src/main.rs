@@ -1,1 +1,5 @@
-fn main() {}
+//! `tapwatch-hub`: see the library, `tapwatch_hub`.
+
+fn main() -> std::process::ExitCode {
+    tapwatch_hub::cli::main()
+}

@@ -1,0 +1,175 @@
+//! Edge messages off the wire: topic and payload in, a typed message or a counted rejection out.
+//!
+//! Everything from the network is untrusted. A payload is checked in this order, and the first
+//! failure is the [`Reject`] reason: the topic is one of ours; the payload is no larger than
+//! [`MAX_PAYLOAD`]; it is JSON; its `schema` is a version we know; it has the shape of its stream's
+//! message; the `device` inside matches the topic's. Nothing is partially accepted.
+
+use firmware::proto::{
+    parse_topic, AnalysisMsg, AnomalyMsg, FlowBatch, Header, Message, MetricsMsg, StatsMsg,
+    StatusMsg, Stream, SCHEMA_VERSION,
+};
+
+/// Largest payload accepted. A full flow batch (32 flows of 128 features) is about 60 KiB.
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Anomaly(AnomalyMsg),
+    Flows(FlowBatch),
+    Stats(StatsMsg),
+    Metrics(MetricsMsg),
+    Analysis(AnalysisMsg),
+    Status(StatusMsg),
+}
+
+impl Decoded {
+    pub fn header(&self) -> Header<'_> {
+        match self {
+            Decoded::Anomaly(m) => m.header(),
+            Decoded::Flows(m) => m.header(),
+            Decoded::Stats(m) => m.header(),
+            Decoded::Metrics(m) => m.header(),
+            Decoded::Analysis(m) => m.header(),
+            Decoded::Status(m) => m.header(),
+        }
+    }
+    pub fn stream(&self) -> Stream {
+        match self {
+            Decoded::Anomaly(_) => AnomalyMsg::STREAM,
+            Decoded::Flows(_) => FlowBatch::STREAM,
+            Decoded::Stats(_) => StatsMsg::STREAM,
+            Decoded::Metrics(_) => MetricsMsg::STREAM,
+            Decoded::Analysis(_) => AnalysisMsg::STREAM,
+            Decoded::Status(_) => StatusMsg::STREAM,
+        }
+    }
+}
+
+/// Why a message was refused; each is counted by [`Reject::reason`] and the message kept in the
+/// dead-letter table by the ingest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("topic {0:?} is not tapwatch/v1/<device>/<stream>")]
+    Topic(String),
+    #[error("payload of {0} bytes is over the {MAX_PAYLOAD}-byte limit")]
+    Oversize(usize),
+    #[error("payload is not JSON: {0}")]
+    Malformed(String),
+    #[error("schema version {0} is not one this hub reads (it reads {SCHEMA_VERSION})")]
+    SchemaVersion(u64),
+    #[error("payload does not have the shape of a {stream} message: {message}")]
+    Shape { stream: &'static str, message: String },
+    #[error("device {inside:?} in the payload does not match {topic:?} in the topic")]
+    DeviceMismatch { topic: String, inside: String },
+}
+
+impl Reject {
+    /// A stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::Topic(_) => "topic",
+            Reject::Oversize(_) => "oversize",
+            Reject::Malformed(_) => "malformed_json",
+            Reject::SchemaVersion(_) => "schema_version",
+            Reject::Shape { .. } => "shape",
+            Reject::DeviceMismatch { .. } => "device_mismatch",
+        }
+    }
+}
+
+fn shape<T: serde::de::DeserializeOwned>(
+    stream: Stream,
+    v: serde_json::Value,
+) -> Result<T, Reject> {
+    serde_json::from_value(v)
+        .map_err(|e| Reject::Shape { stream: stream.name(), message: e.to_string() })
+}
+
+/// Decode one message received on `topic`.
+pub fn decode(topic: &str, payload: &[u8]) -> Result<Decoded, Reject> {
+    let (device, stream) = parse_topic(topic).ok_or_else(|| Reject::Topic(topic.into()))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(Reject::Oversize(payload.len()));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| Reject::Malformed(e.to_string()))?;
+    match v.get("schema").and_then(|s| s.as_u64()) {
+        Some(s) if s == u64::from(SCHEMA_VERSION) => {}
+        Some(s) => return Err(Reject::SchemaVersion(s)),
+        None => {
+            return Err(Reject::Shape {
+                stream: stream.name(),
+                message: "missing or non-integer field `schema`".into(),
+            })
+        }
+    }
+    let msg = match stream {
+        Stream::Anomalies => Decoded::Anomaly(shape(stream, v)?),
+        Stream::Flows => Decoded::Flows(shape(stream, v)?),
+        Stream::Stats => Decoded::Stats(shape(stream, v)?),
+        Stream::Metrics => Decoded::Metrics(shape(stream, v)?),
+        Stream::Analyses => Decoded::Analysis(shape(stream, v)?),
+        Stream::Status => Decoded::Status(shape(stream, v)?),
+    };
+    let inside = msg.header().device;
+    if inside != device {
+        return Err(Reject::DeviceMismatch { topic: device.into(), inside: inside.into() });
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn status(device: &str) -> serde_json::Value {
+        json!({"schema": 1, "device": device, "seq": 1, "ts": 5, "state": "online",
+               "version": "0.1.0", "uptime_s": 3})
+    }
+
+    #[test]
+    fn test_accepts_a_good_message() {
+        let m = decode("tapwatch/v1/tap-1/status", status("tap-1").to_string().as_bytes()).unwrap();
+        assert_eq!(m.stream(), Stream::Status);
+        assert_eq!(m.header(), Header { schema: 1, device: "tap-1", seq: 1, ts: 5 });
+    }
+
+    #[test]
+    fn test_every_rejection_has_its_reason() {
+        let ok = status("tap-1").to_string();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("tapwatch/v1/tap-1/nope", ok.clone().into_bytes(), "topic"),
+            ("tapwatch/v1/tap+1/status", ok.clone().into_bytes(), "topic"),
+            ("tapwatch/v1/tap-1/status", vec![b' '; MAX_PAYLOAD + 1], "oversize"),
+            ("tapwatch/v1/tap-1/status", b"{\"schema\": 1,".to_vec(), "malformed_json"),
+            ("tapwatch/v1/tap-1/status", b"\xff\xfe".to_vec(), "malformed_json"),
+            (
+                "tapwatch/v1/tap-1/status",
+                json!({"schema": 2}).to_string().into_bytes(),
+                "schema_version",
+            ),
+            (
+                "tapwatch/v1/tap-1/status",
+                json!({"device": "tap-1"}).to_string().into_bytes(),
+                "shape",
+            ),
+            ("tapwatch/v1/tap-1/flows", ok.clone().into_bytes(), "shape"),
+            ("tapwatch/v1/tap-2/status", ok.clone().into_bytes(), "device_mismatch"),
+        ];
+        for (topic, payload, reason) in cases {
+            let err = decode(topic, &payload).unwrap_err();
+            assert_eq!(err.reason(), reason, "{topic}: {err}");
+        }
+    }
+
+    #[test]
+    fn test_overlong_device_in_payload_is_shape_error() {
+        let mut v = status("tap-1");
+        v["device"] = json!("x".repeat(100));
+        let err = decode("tapwatch/v1/tap-1/status", v.to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.reason(), "shape");
+    }
+}
