@@ -60,6 +60,8 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
     };
     let mut counts = [0u16; 256];
     let mut total = 0u32;
+    // The labels, kept to walk them again for the entropy without a 256-entry pass.
+    let mut labels: heapless::Vec<&[u8], 128> = heapless::Vec::new();
     for label in p.parse_name(name) {
         let Ok(label) = label else { break };
         info.labels = info.labels.saturating_add(1);
@@ -68,7 +70,7 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
             counts[usize::from(c.to_ascii_lowercase())] += 1;
         }
         total += label.len() as u32;
-        if total > 1024 {
+        if labels.push(label).is_err() || total > 1024 {
             break; // Names are at most 255 bytes; pointers cannot loop, but stay bounded anyway.
         }
     }
@@ -76,14 +78,17 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
         (total + u32::from(info.labels.saturating_sub(1))).min(u32::from(u16::MAX)) as u16;
     if total > 0 {
         let n = total as f32;
-        let h: f32 = counts
-            .iter()
-            .filter(|&&c| c > 0)
-            .map(|&c| {
-                let p = f32::from(c) / n;
-                -p * libm::log2f(p)
-            })
-            .sum();
+        let mut h = 0f32;
+        for label in &labels {
+            for &c in *label {
+                let slot = &mut counts[usize::from(c.to_ascii_lowercase())];
+                if *slot > 0 {
+                    let p = f32::from(*slot) / n;
+                    h -= p * libm::log2f(p);
+                    *slot = 0; // each distinct character once
+                }
+            }
+        }
         info.entropy_millibits = (h * 1000.0) as u16;
     }
     Some(info)
