@@ -79,9 +79,7 @@ pub fn read_file(
         match cap.next_packet() {
             Ok(p) => {
                 let h = p.header;
-                let ts = Instant::from_micros(
-                    i64::from(h.ts.tv_sec) * 1_000_000 + i64::from(h.ts.tv_usec),
-                );
+                let ts = Instant::from_micros(timeval_micros(h.ts));
                 summary.packets += 1;
                 summary.bytes += u64::from(h.len);
                 // A dissection error is counted by the engine by kind; the packet is accounted.
@@ -103,6 +101,13 @@ pub fn read_file(
             }
         }
     }
+}
+
+/// A capture timestamp in Unix microseconds.
+// `time_t` and `suseconds_t` are 32 bits wide on some targets (32-bit ARM), 64 on others.
+#[allow(clippy::useless_conversion)]
+pub fn timeval_micros(tv: libc::timeval) -> i64 {
+    i64::from(tv.tv_sec) * 1_000_000 + i64::from(tv.tv_usec)
 }
 
 /// Byte offset at which record number `index` (0-based) of a pcap or pcapng file starts, walking

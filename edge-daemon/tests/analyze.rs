@@ -103,9 +103,12 @@ fn tshark_bytes(n: &str, unit: &str) -> (u64, u64) {
     }
 }
 
+/// Conversations by (protocol, A, B), with byte tolerances (A to B, B to A).
+type Conversations = BTreeMap<(String, Endpoint, Endpoint), (Conv, (u64, u64))>;
+
 /// `tshark -q -z conv,tcp -z conv,udp`: per conversation, frames and bytes each way. Column
 /// "->" is A to B and "<-" is B to A, A being the address tshark lists first.
-fn tshark_conversations(cap: &Path) -> BTreeMap<(String, Endpoint, Endpoint), (Conv, (u64, u64))> {
+fn tshark_conversations(cap: &Path) -> Conversations {
     let out = Command::new("tshark")
         .args(["-n", "-q", "-z", "conv,tcp", "-z", "conv,udp", "-r"])
         .arg(cap)

@@ -62,6 +62,8 @@ fn load() -> Vec<Pkt> {
         let mut cap = pcap::Capture::from_file(&f).expect("capture opens");
         let Some(link) = LinkType::from_dlt(cap.get_datalink().0) else { continue };
         while let Ok(p) = cap.next_packet() {
+            // time_t is 32 bits wide on some targets.
+            #[allow(clippy::useless_conversion)]
             let ts = i64::from(p.header.ts.tv_sec) * 1_000_000 + i64::from(p.header.ts.tv_usec);
             once.push(Pkt {
                 link,

@@ -17,7 +17,8 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     Anomaly(AnomalyMsg),
-    Flows(FlowBatch),
+    /// Boxed: a batch is ~18 KiB inline (heapless), the others well under 1 KiB.
+    Flows(Box<FlowBatch>),
     Stats(StatsMsg),
     Metrics(MetricsMsg),
     Analysis(AnalysisMsg),

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tapwatch needs on a Debian 12 machine, as root. Idempotent:
+# what is there already is left alone, so a second run takes seconds.
+set -euo pipefail
+
+apt_packages=(
+  build-essential pkg-config libpcap-dev        # the pcap crate
+  tshark tcpdump wireshark-common bc            # tests cross-check tshark; bench/offline.sh
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
+  iproute2 curl ca-certificates
+)
+arm64_packages=(libpcap-dev:arm64)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/setup.sh: run as root (it installs Debian packages)" >&2
+  exit 1
+fi
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  dpkg --add-architecture arm64
+  missing+=(__update)
+fi
+for p in "${arm64_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/setup.sh: installing ${missing[*]}" >&2
+  apt-get update -q
+  pkgs=()
+  for p in "${missing[@]}"; do [ "$p" = __update ] || pkgs+=("$p"); done
+  # tshark asks whether non-root users may capture; the default (no) is right for us.
+  [ ${#pkgs[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
+fi
+
+if ! command -v cargo > /dev/null; then
+  echo "scripts/setup.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+installed=$(rustup target list --installed)
+for t in thumbv7em-none-eabihf aarch64-unknown-linux-gnu; do
+  grep -qx "$t" <<< "$installed" || rustup target add "$t"
+done
+components=$(rustup component list --installed)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<< "$components" || rustup component add "$c"
+done

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, formatting, lints, the no_std and ARM builds, the firmware's
+# tests under qemu-aarch64, and every workspace test. Run from anywhere; exits non-zero on the
+# first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "set-up"
+bash scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "firmware builds for a Cortex-M4F with no default features (no_std, no alloc)"
+cargo build -p tapwatch-firmware --no-default-features --target thumbv7em-none-eabihf
+cargo build -p tapwatch-firmware --no-default-features --features serde --target thumbv7em-none-eabihf
+
+step "tapwatch-edge for aarch64, and the firmware's tests under qemu-aarch64"
+cargo build --release -p tapwatch-edge --target aarch64-unknown-linux-gnu
+cargo test -p tapwatch-firmware --target aarch64-unknown-linux-gnu
+
+step "workspace tests"
+cargo test --workspace --all-features
