@@ -49,6 +49,9 @@ impl Sketch {
     pub fn estimate(&self) -> f32 {
         let m = Self::BITS as f32;
         let ones: u32 = self.0.iter().map(|w| w.count_ones()).sum();
+        if ones == 0 {
+            return 0.0;
+        }
         let zeros = (Self::BITS - ones).max(1) as f32;
         m * libm::logf(m / zeros)
     }

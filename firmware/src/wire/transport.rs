@@ -120,27 +120,18 @@ fn icmp_head(bytes: &[u8], partial: bool) -> Result<(u8, u8), DissectError> {
 fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
     let p = TcpPacket::new_checked(bytes).map_err(|_| DissectError::TcpMalformed)?;
     let header_len = p.header_len();
-    let mut flags = 0u8;
-    for (set, bit) in [
-        (p.fin(), TcpFlags::FIN),
-        (p.syn(), TcpFlags::SYN),
-        (p.rst(), TcpFlags::RST),
-        (p.psh(), TcpFlags::PSH),
-        (p.ack(), TcpFlags::ACK),
-        (p.urg(), TcpFlags::URG),
-        (p.ece(), TcpFlags::ECE),
-        (p.cwr(), TcpFlags::CWR),
-    ] {
-        if set {
-            flags |= bit;
-        }
-    }
-    // Garbage in the options is what some scanners send; the segment still counts.
-    let opts = p.options_summary().unwrap_or_default();
+    // The eight flag bits are byte 13 of the header, FIN in bit 0: the same bits smoltcp's eight
+    // getters read one by one (`new_checked` has made sure the byte is there).
+    let flags = TcpFlags(bytes[13]);
+    // MSS and window scale are only meaningful on a SYN; other segments' options (timestamps,
+    // SACK) are not needed, so they are not parsed. Garbage in a SYN's options is what some
+    // scanners send: the segment still counts.
+    let opts =
+        if flags.syn() { p.options_summary().unwrap_or_default() } else { Default::default() };
     Ok(L4::Tcp(TcpInfo {
         src_port: p.src_port(),
         dst_port: p.dst_port(),
-        flags: TcpFlags(flags),
+        flags,
         window: p.window_len(),
         header_len,
         payload_len: wire_len.saturating_sub(usize::from(header_len)).min(usize::from(u16::MAX))
@@ -182,6 +173,31 @@ mod tests {
         assert_eq!(tcp(&t, 20), Err(DissectError::TcpMalformed));
         t[12] = 0xf0; // 60-byte header in 20 bytes
         assert_eq!(tcp(&t, 20), Err(DissectError::TcpMalformed));
+    }
+
+    #[test]
+    fn test_tcp_flags_byte_matches_smoltcp() {
+        for bits in 0..=255u8 {
+            let mut t = [0u8; 20];
+            t[12] = 0x50;
+            t[13] = bits;
+            let p = TcpPacket::new_checked(&t[..]).unwrap();
+            let L4::Tcp(info) = tcp(&t, 20).unwrap() else { panic!() };
+            let f = info.flags;
+            assert_eq!(
+                [
+                    f.fin(),
+                    f.syn(),
+                    f.rst(),
+                    f.has(TcpFlags::PSH),
+                    f.ack(),
+                    f.has(TcpFlags::URG),
+                    f.has(TcpFlags::ECE),
+                    f.has(TcpFlags::CWR)
+                ],
+                [p.fin(), p.syn(), p.rst(), p.psh(), p.ack(), p.urg(), p.ece(), p.cwr()]
+            );
+        }
     }
 
     #[test]
