@@ -6,6 +6,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod config;
 pub mod offline;
 pub mod output;
 

@@ -1,0 +1,605 @@
+//! `edge.toml`: what the daemon captures, how it keeps it, where it listens.
+//!
+//! Every field is documented in `edge.example.toml` (printed by `tapwatch-edge config example`; a
+//! test keeps it equal to the defaults and complete). Unknown fields are refused, and
+//! [`Config::load`] reports every problem it finds at once, each naming its field.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The commented default configuration.
+pub const EXAMPLE: &str = include_str!("../edge.example.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub device: DeviceConfig,
+    /// Interfaces to capture on; `[[interface]]` tables.
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+    #[serde(default)]
+    pub flows: FlowsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// This tap's id: 1-64 of `A-Z a-z 0-9 _ . -`; it is the device level of its MQTT topics.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    /// Interface name as the system knows it (`ip link`).
+    pub name: String,
+    /// Bytes captured of each packet.
+    #[serde(default = "default_snaplen")]
+    pub snaplen: u32,
+    /// Kernel capture buffer, MiB.
+    #[serde(default = "default_buffer_mb")]
+    pub buffer_mb: u32,
+    #[serde(default = "yes")]
+    pub promiscuous: bool,
+    /// Hand each packet over as it arrives rather than when the kernel buffer block fills.
+    #[serde(default = "yes")]
+    pub immediate: bool,
+    /// Packets the queue from capture to the pipeline holds; when full, packets are dropped and
+    /// counted (`tapwatch_queue_drops_total`), capture never waits.
+    #[serde(default = "default_queue_packets")]
+    pub queue_packets: usize,
+    /// Keep one packet in N of those the rules let through (1 keeps all).
+    #[serde(default = "one")]
+    pub sample: u32,
+    /// Capture rules, `[[interface.rule]]` tables.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Include or exclude.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    #[default]
+    Include,
+    Exclude,
+}
+
+/// Which side of a packet a preset matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    #[default]
+    Any,
+    Src,
+    Dst,
+}
+
+/// Protocols a preset can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmp6,
+    Arp,
+    Ip,
+    Ip6,
+}
+
+/// One named capture rule: BPF text, or presets that compile to BPF.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    #[serde(default)]
+    pub action: Action,
+    /// A BPF expression (tcpdump syntax); not together with the presets below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// A network in CIDR form, `10.0.0.0/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Side `host`, `net` and `port` match on.
+    #[serde(default)]
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowsConfig {
+    pub tcp_idle_timeout_s: u32,
+    pub idle_timeout_s: u32,
+    pub active_timeout_s: u32,
+    pub closed_linger_s: u32,
+    /// Length of a host window (scan, sweep and flood counters).
+    pub host_window_s: u32,
+}
+
+impl Default for FlowsConfig {
+    fn default() -> Self {
+        FlowsConfig {
+            tcp_idle_timeout_s: 300,
+            idle_timeout_s: 60,
+            active_timeout_s: 300,
+            closed_linger_s: 2,
+            host_window_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database.
+    pub path: PathBuf,
+    /// Size the database is kept under, MiB; the oldest rows go first, each counted.
+    pub max_size_mb: u64,
+    /// Rows older than this go, each counted.
+    pub max_age_hours: u64,
+    /// Packets kept per interface in the rolling evidence ring.
+    pub evidence_ring_packets: u64,
+    /// Rows written per transaction at most.
+    pub batch_rows: usize,
+    /// A batch is written at least this often.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/tapwatch/edge.db"),
+            max_size_mb: 1024,
+            max_age_hours: 168,
+            evidence_ring_packets: 10_000,
+            batch_rows: 2_000,
+            flush_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Length of a traffic-statistics interval.
+    pub interval_s: u32,
+    /// Ports and talkers kept per interval.
+    pub top_n: usize,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig { interval_s: 60, top_n: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and the local admin endpoints. Keep it on loopback or a
+    /// management network: the admin endpoints change capture rules.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9187)) }
+    }
+}
+
+fn default_snaplen() -> u32 {
+    262_144
+}
+fn default_buffer_mb() -> u32 {
+    64
+}
+fn default_queue_packets() -> usize {
+    65_536
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+
+/// Problems found in a configuration, every one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.source)?;
+        if self.problems.len() == 1 {
+            return f.write_str(&self.problems[0]);
+        }
+        writeln!(f, "{} problems", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read, parse and check a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        Self::parse(&text, &source)
+    }
+
+    /// Parse and check configuration text; `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            source: source.into(),
+            problems: vec![e.to_string().trim_end().replace('\n', "\n    ")],
+        })?;
+        let problems = config.check();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { source: source.into(), problems })
+        }
+    }
+
+    /// Every problem with the values (the shape was checked by parsing).
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !firmware::proto::valid_device_id(&self.device.id) {
+            p.push(format!(
+                "device.id {:?}: must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                self.device.id
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            let at = format!("interface[{i}] ({})", iface.name);
+            if iface.name.is_empty() {
+                p.push(format!("interface[{i}].name: must not be empty"));
+            }
+            if !names.insert(iface.name.clone()) {
+                p.push(format!("{at}: the interface is listed twice"));
+            }
+            if !(64..=262_144).contains(&iface.snaplen) {
+                p.push(format!("{at}.snaplen {}: must be 64 to 262144", iface.snaplen));
+            }
+            if iface.buffer_mb == 0 || iface.buffer_mb > 4096 {
+                p.push(format!("{at}.buffer_mb {}: must be 1 to 4096", iface.buffer_mb));
+            }
+            if iface.queue_packets < 1024 {
+                p.push(format!(
+                    "{at}.queue_packets {}: must be at least 1024",
+                    iface.queue_packets
+                ));
+            }
+            if iface.sample == 0 {
+                p.push(format!("{at}.sample: must be at least 1 (1 keeps every packet)"));
+            }
+            let mut rule_names = std::collections::HashSet::new();
+            for (j, rule) in iface.rules.iter().enumerate() {
+                let at = format!("{at}.rule[{j}] ({:?})", rule.name);
+                if rule.name.is_empty() {
+                    p.push(format!("{at}.name: must not be empty"));
+                }
+                if !rule_names.insert(rule.name.clone()) {
+                    p.push(format!("{at}: another rule of this interface has the same name"));
+                }
+                match rule.to_bpf() {
+                    Ok(bpf) => {
+                        if let Err(e) = validate_bpf(&bpf) {
+                            p.push(format!("{at}: BPF {bpf:?} does not compile: {e}"));
+                        }
+                    }
+                    Err(e) => p.push(format!("{at}: {e}")),
+                }
+            }
+        }
+        let f = &self.flows;
+        for (name, v) in [
+            ("flows.tcp_idle_timeout_s", f.tcp_idle_timeout_s),
+            ("flows.idle_timeout_s", f.idle_timeout_s),
+            ("flows.active_timeout_s", f.active_timeout_s),
+            ("flows.host_window_s", f.host_window_s),
+        ] {
+            if v == 0 {
+                p.push(format!("{name}: must be at least 1"));
+            }
+        }
+        let s = &self.store;
+        if s.max_size_mb < 8 {
+            p.push(format!("store.max_size_mb {}: must be at least 8", s.max_size_mb));
+        }
+        if s.max_age_hours == 0 {
+            p.push("store.max_age_hours: must be at least 1".into());
+        }
+        if s.batch_rows == 0 {
+            p.push("store.batch_rows: must be at least 1".into());
+        }
+        if s.flush_interval_ms == 0 {
+            p.push("store.flush_interval_ms: must be at least 1".into());
+        }
+        if self.stats.interval_s == 0 {
+            p.push("stats.interval_s: must be at least 1".into());
+        }
+        p
+    }
+
+    /// The engine settings these flow settings make.
+    pub fn engine(&self) -> firmware::engine::EngineConfig {
+        use firmware::Duration;
+        let f = &self.flows;
+        firmware::engine::EngineConfig {
+            flow: firmware::flow::FlowConfig {
+                tcp_idle_timeout: Duration::from_secs(f.tcp_idle_timeout_s.into()),
+                idle_timeout: Duration::from_secs(f.idle_timeout_s.into()),
+                active_timeout: Duration::from_secs(f.active_timeout_s.into()),
+                closed_linger: Duration::from_secs(f.closed_linger_s.into()),
+            },
+            hosts: firmware::hosts::HostConfig {
+                window: Duration::from_secs(f.host_window_s.into()),
+            },
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RuleConfig {
+    /// The rule as one BPF expression.
+    pub fn to_bpf(&self) -> Result<String, String> {
+        let presets = self.host.is_some()
+            || self.net.is_some()
+            || self.port.is_some()
+            || self.protocol.is_some();
+        match (&self.bpf, presets) {
+            (Some(_), true) => {
+                return Err(
+                    "give either bpf or presets (host, net, port, protocol), not both".into()
+                )
+            }
+            (None, false) => {
+                return Err("says nothing to match: give bpf, or host, net, port or protocol".into())
+            }
+            (Some(b), false) => {
+                if b.trim().is_empty() {
+                    return Err("bpf must not be empty".into());
+                }
+                return Ok(b.trim().to_string());
+            }
+            (None, true) => {}
+        }
+        let dir = match self.direction {
+            Direction::Any => "",
+            Direction::Src => "src ",
+            Direction::Dst => "dst ",
+        };
+        let mut parts = Vec::new();
+        if let Some(p) = self.protocol {
+            parts.push(
+                match p {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                    Protocol::Icmp => "icmp",
+                    Protocol::Icmp6 => "icmp6",
+                    Protocol::Arp => "arp",
+                    Protocol::Ip => "ip",
+                    Protocol::Ip6 => "ip6",
+                }
+                .to_string(),
+            );
+        }
+        if let Some(h) = self.host {
+            parts.push(format!("{dir}host {h}"));
+        }
+        if let Some(n) = &self.net {
+            let (addr, len) = n
+                .split_once('/')
+                .ok_or_else(|| format!("net {n:?}: expected CIDR form, as 10.0.0.0/8"))?;
+            let addr: IpAddr =
+                addr.parse().map_err(|_| format!("net {n:?}: {addr:?} is not an address"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            match len.parse::<u8>() {
+                Ok(l) if l <= max => parts.push(format!("{dir}net {addr}/{l}")),
+                _ => return Err(format!("net {n:?}: prefix length must be 0 to {max}")),
+            }
+        }
+        if let Some(port) = self.port {
+            parts.push(format!("{dir}port {port}"));
+        }
+        Ok(parts.join(" and "))
+    }
+}
+
+/// Compile a BPF expression for Ethernet to see that it is valid.
+pub fn validate_bpf(bpf: &str) -> Result<(), String> {
+    let cap = pcap::Capture::dead(pcap::Linktype::ETHERNET).map_err(|e| e.to_string())?;
+    cap.compile(bpf, true).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// One interface's rules as one filter: the include rules OR'ed (everything when there are none),
+/// then each exclude rule AND NOT'ed. `None` captures everything.
+pub fn interface_filter(rules: &[RuleConfig]) -> Result<Option<String>, String> {
+    let mut inc = Vec::new();
+    let mut exc = Vec::new();
+    for r in rules {
+        let b = r.to_bpf().map_err(|e| format!("rule {:?}: {e}", r.name))?;
+        match r.action {
+            Action::Include => inc.push(format!("({b})")),
+            Action::Exclude => exc.push(format!("not ({b})")),
+        }
+    }
+    let mut parts = Vec::new();
+    if !inc.is_empty() {
+        parts.push(format!("({})", inc.join(" or ")));
+    }
+    parts.extend(exc);
+    Ok(if parts.is_empty() { None } else { Some(parts.join(" and ")) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example is the defaults, and it documents every field the defaults have.
+    #[test]
+    fn test_example_is_current() {
+        let example = Config::parse(EXAMPLE, "edge.example.toml").unwrap();
+        let defaults = Config {
+            device: DeviceConfig { id: "tap-01".into() },
+            interfaces: vec![InterfaceConfig {
+                name: "eth1".into(),
+                snaplen: default_snaplen(),
+                buffer_mb: default_buffer_mb(),
+                promiscuous: true,
+                immediate: true,
+                queue_packets: default_queue_packets(),
+                sample: 1,
+                rules: vec![RuleConfig {
+                    name: "not-management-ssh".into(),
+                    action: Action::Exclude,
+                    bpf: None,
+                    host: None,
+                    net: None,
+                    port: Some(22),
+                    protocol: Some(Protocol::Tcp),
+                    direction: Direction::Any,
+                }],
+            }],
+            flows: FlowsConfig::default(),
+            store: StoreConfig::default(),
+            stats: StatsConfig::default(),
+            http: HttpConfig::default(),
+        };
+        assert_eq!(example, defaults);
+        // Every key the defaults serialize to is written out in the example, not left implicit.
+        let written: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let full: toml::Table = toml::from_str(&toml::to_string(&defaults).unwrap()).unwrap();
+        fn keys(t: &toml::Table, at: &str, out: &mut Vec<String>) {
+            for (k, v) in t {
+                let path = format!("{at}{k}");
+                match v {
+                    toml::Value::Table(t) => keys(t, &format!("{path}."), out),
+                    toml::Value::Array(a) => {
+                        for x in a {
+                            if let toml::Value::Table(t) = x {
+                                keys(t, &format!("{path}[]."), out)
+                            }
+                        }
+                    }
+                    _ => out.push(path),
+                }
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keys(&written, "", &mut a);
+        keys(&full, "", &mut b);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "edge.example.toml must write out every field");
+    }
+
+    #[test]
+    fn test_unknown_field_is_named() {
+        let err = Config::parse("[device]\nid = \"t\"\nnmae = 1\n", "x.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `nmae`"), "{text}");
+        assert!(text.contains("x.toml"), "{text}");
+    }
+
+    #[test]
+    fn test_every_problem_is_reported() {
+        let text = r#"
+            [device]
+            id = "bad id"
+            [[interface]]
+            name = "eth0"
+            snaplen = 10
+            sample = 0
+            [[interface.rule]]
+            name = "both"
+            bpf = "tcp"
+            port = 22
+            [[interface.rule]]
+            name = "broken"
+            bpf = "tcp prt 22"
+            [[interface.rule]]
+            name = "badnet"
+            net = "10.0.0.0/40"
+            [store]
+            path = "/tmp/x.db"
+            max_size_mb = 1
+            max_age_hours = 1
+            evidence_ring_packets = 1
+            batch_rows = 0
+            flush_interval_ms = 1
+        "#;
+        let err = Config::parse(text, "edge.toml").unwrap_err();
+        let all = err.problems.join("\n");
+        for needle in [
+            "device.id \"bad id\"",
+            "interface[0] (eth0).snaplen 10",
+            "interface[0] (eth0).sample",
+            "rule[0] (\"both\"): give either bpf or presets",
+            "rule[1] (\"broken\"): BPF \"tcp prt 22\" does not compile",
+            "rule[2] (\"badnet\"): net \"10.0.0.0/40\": prefix length must be 0 to 32",
+            "store.max_size_mb 1",
+            "store.batch_rows",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 8, "{all}");
+    }
+
+    #[test]
+    fn test_rules_compile_to_one_filter() {
+        let rule = |name: &str, action, bpf: Option<&str>, port, dir| RuleConfig {
+            name: name.into(),
+            action,
+            bpf: bpf.map(String::from),
+            host: None,
+            net: None,
+            port,
+            protocol: None,
+            direction: dir,
+        };
+        assert_eq!(interface_filter(&[]).unwrap(), None);
+        let rules = [
+            rule("web", Action::Include, None, Some(80), Direction::Dst),
+            rule("dns", Action::Include, Some("udp port 53"), None, Direction::Any),
+            rule("ssh", Action::Exclude, None, Some(22), Direction::Any),
+        ];
+        let f = interface_filter(&rules).unwrap().unwrap();
+        assert_eq!(f, "((dst port 80) or (udp port 53)) and not (port 22)");
+        validate_bpf(&f).unwrap();
+        let host = RuleConfig {
+            host: Some("2001:db8::1".parse().unwrap()),
+            protocol: Some(Protocol::Tcp),
+            ..rule("h", Action::Include, None, None, Direction::Src)
+        };
+        assert_eq!(host.to_bpf().unwrap(), "tcp and src host 2001:db8::1");
+        validate_bpf(&host.to_bpf().unwrap()).unwrap();
+    }
+}
