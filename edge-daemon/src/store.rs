@@ -1,0 +1,693 @@
+//! The edge's SQLite store: what the original design keeps (Packet, TrafficFeature, Analysis,
+//! Anomaly) plus traffic statistics.
+//!
+//! One connection, owned by one writer thread ([`spawn_writer`]); rows arrive over a bounded
+//! channel and are written in batched transactions (never one fsync per flow). The database runs
+//! in WAL mode with `synchronous = NORMAL`: a killed process loses no committed transaction.
+//! Schema changes are versioned migrations (`migrations/*.sql`). Retention by age and by size
+//! deletes the oldest rows first, and every deleted row is counted by table and reason.
+
+use crate::config::StoreConfig;
+use firmware::engine::FinishedFlow;
+use firmware::features::{FEATURE_SET_VERSION, N_FEATURES};
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../migrations/001_initial.sql"))];
+
+/// The tables, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Packets,
+    TrafficFeatures,
+    Analyses,
+    Anomalies,
+    TrafficStats,
+}
+
+impl Table {
+    pub const ALL: [Table; 5] = [
+        Table::Packets,
+        Table::TrafficFeatures,
+        Table::Analyses,
+        Table::Anomalies,
+        Table::TrafficStats,
+    ];
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Packets => "packets",
+            Table::TrafficFeatures => "traffic_features",
+            Table::Analyses => "analyses",
+            Table::Anomalies => "anomalies",
+            Table::TrafficStats => "traffic_stats",
+        }
+    }
+    /// The column that orders the table's rows by time.
+    const fn time_column(self) -> &'static str {
+        match self {
+            Table::Packets => "ts_us",
+            Table::TrafficFeatures => "end_us",
+            Table::Analyses => "ts_us",
+            Table::Anomalies => "last_seen_us",
+            Table::TrafficStats => "interval_start_us",
+        }
+    }
+}
+
+/// Counters shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Rows written, by table (order of [`Table::ALL`]).
+    pub written: [AtomicU64; 5],
+    /// Rows deleted because they were older than `max_age_hours`, by table.
+    pub evicted_age: [AtomicU64; 5],
+    /// Rows deleted to keep the database under `max_size_mb`, by table.
+    pub evicted_size: [AtomicU64; 5],
+    /// Ring packets replaced by newer ones (the ring keeps the last N per interface).
+    pub ring_rotated: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Batches that failed to write; their rows are lost and counted in `rows_lost`.
+    pub write_errors: AtomicU64,
+    pub rows_lost: AtomicU64,
+    /// Rows dropped because the writer's queue was full.
+    pub queue_drops: AtomicU64,
+    /// Bytes the database's live pages take.
+    pub size_bytes: AtomicU64,
+}
+
+impl StoreCounters {
+    pub fn evicted_total(&self) -> u64 {
+        self.evicted_age
+            .iter()
+            .chain(self.evicted_size.iter())
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: cannot open the database: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("{path}: cannot migrate the database schema: {source}")]
+    Migrate { path: String, source: rusqlite_migration::Error },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("anomaly {0} does not exist")]
+    NoAnomaly(i64),
+    #[error("anomaly {0} has no evidence packets")]
+    NoEvidence(i64),
+    #[error("cannot write the pcap file: {0}")]
+    Pcap(String),
+}
+
+/// A finished flow as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowRow {
+    pub start_us: i64,
+    pub end_us: i64,
+    pub src_ip: IpAddr,
+    pub src_port: u16,
+    pub dst_ip: IpAddr,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub vlan: u16,
+    pub end_reason: &'static str,
+    pub packets: u32,
+    pub bytes: u64,
+    pub features: [f32; N_FEATURES],
+}
+
+impl From<&FinishedFlow> for FlowRow {
+    fn from(f: &FinishedFlow) -> Self {
+        let flow = &f.record.flow;
+        FlowRow {
+            start_us: flow.start.total_micros(),
+            end_us: flow.last.total_micros(),
+            src_ip: flow.src,
+            src_port: flow.src_port,
+            dst_ip: flow.dst,
+            dst_port: flow.dst_port,
+            protocol: flow.protocol,
+            vlan: flow.vlan,
+            end_reason: f.record.reason.name(),
+            packets: flow.packets(),
+            bytes: flow.fwd.wire_bytes + flow.bwd.wire_bytes,
+            features: f.features,
+        }
+    }
+}
+
+/// One captured packet kept in the ring (or as evidence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacketRow {
+    pub ts_us: i64,
+    pub interface: Arc<str>,
+    pub link_type: i32,
+    pub wire_len: u32,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub data: Vec<u8>,
+}
+
+/// One statistics interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsRow {
+    pub interval_start_us: i64,
+    pub interval_end_us: i64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp_packets: u64,
+    pub udp_packets: u64,
+    pub icmp_packets: u64,
+    pub other_packets: u64,
+    pub flows_started: u64,
+    pub flows_ended: u64,
+    pub parse_errors: u64,
+    /// JSON lists.
+    pub top_ports: String,
+    pub top_talkers: String,
+}
+
+/// What the writer is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Flow(Box<FlowRow>),
+    Packet(Box<PacketRow>),
+    Stats(Box<StatsRow>),
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// An open store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    config: StoreConfig,
+    counters: Arc<StoreCounters>,
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database.
+    pub fn open(config: &StoreConfig, counters: Arc<StoreCounters>) -> Result<Store, StoreError> {
+        let path = config.path.display().to_string();
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        }
+        let mut conn = Connection::open(&config.path)
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|_| conn.busy_timeout(Duration::from_secs(5)))
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        Migrations::from_slice(MIGRATIONS)
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migrate { path, source })?;
+        let store = Store { conn, config: config.clone(), counters };
+        store.update_size()?;
+        Ok(store)
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+    pub fn counters(&self) -> &Arc<StoreCounters> {
+        &self.counters
+    }
+
+    /// Write rows in one transaction.
+    pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut n = [0u64; 5];
+        {
+            let mut flow = tx.prepare_cached(
+                "INSERT INTO traffic_features (start_us, end_us, src_ip, src_port, dst_ip, dst_port,
+                 protocol, vlan, end_reason, packets, bytes, feature_set, features)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            let mut packet = tx.prepare_cached(
+                "INSERT INTO packets (ts_us, interface, link_type, wire_len, src, dst, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            let mut stats = tx.prepare_cached(
+                "INSERT INTO traffic_stats (interval_start_us, interval_end_us, packets, bytes,
+                 tcp_packets, udp_packets, icmp_packets, other_packets, flows_started, flows_ended,
+                 parse_errors, top_ports, top_talkers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            let mut blob = Vec::with_capacity(N_FEATURES * 4);
+            for row in rows {
+                match row {
+                    Row::Flow(f) => {
+                        blob.clear();
+                        for v in &f.features {
+                            blob.extend_from_slice(&v.to_le_bytes());
+                        }
+                        flow.execute(params![
+                            f.start_us,
+                            f.end_us,
+                            f.src_ip.to_string(),
+                            f.src_port,
+                            f.dst_ip.to_string(),
+                            f.dst_port,
+                            f.protocol,
+                            f.vlan,
+                            f.end_reason,
+                            f.packets,
+                            f.bytes as i64,
+                            FEATURE_SET_VERSION,
+                            blob,
+                        ])?;
+                        n[Table::TrafficFeatures as usize] += 1;
+                    }
+                    Row::Packet(p) => {
+                        packet.execute(params![
+                            p.ts_us,
+                            &*p.interface,
+                            p.link_type,
+                            p.wire_len,
+                            p.src.as_ref().map(ip_bytes),
+                            p.dst.as_ref().map(ip_bytes),
+                            p.data,
+                        ])?;
+                        n[Table::Packets as usize] += 1;
+                    }
+                    Row::Stats(s) => {
+                        stats.execute(params![
+                            s.interval_start_us,
+                            s.interval_end_us,
+                            s.packets as i64,
+                            s.bytes as i64,
+                            s.tcp_packets as i64,
+                            s.udp_packets as i64,
+                            s.icmp_packets as i64,
+                            s.other_packets as i64,
+                            s.flows_started as i64,
+                            s.flows_ended as i64,
+                            s.parse_errors as i64,
+                            s.top_ports,
+                            s.top_talkers,
+                        ])?;
+                        n[Table::TrafficStats as usize] += 1;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        for (c, v) in self.counters.written.iter().zip(n) {
+            c.fetch_add(v, Ordering::Relaxed);
+        }
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            rows = rows.len(),
+            flows_total = self.count(Table::TrafficFeatures).unwrap_or(-1),
+            "store: committed"
+        );
+        Ok(())
+    }
+
+    /// Rows in a table.
+    pub fn count(&self, table: Table) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT count(*) FROM {}", table.name()), [], |r| r.get(0))?)
+    }
+
+    /// Keep the newest `keep` ring packets of `interface`; the rest are rotated out (counted).
+    pub fn trim_ring(&mut self, interface: &str, keep: u64) -> Result<u64, StoreError> {
+        let cutoff: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM packets WHERE interface = ?1 AND anomaly_id IS NULL
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+                params![interface, keep as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let n = self.conn.execute(
+            "DELETE FROM packets WHERE interface = ?1 AND anomaly_id IS NULL AND id <= ?2",
+            params![interface, cutoff],
+        )? as u64;
+        self.counters.ring_rotated.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn update_size(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let free: i64 = self.conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let bytes = ((pages - free).max(0) * size) as u64;
+        self.counters.size_bytes.store(bytes, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// Delete rows older than `max_age_hours` (relative to `now_us`), then the oldest rows until
+    /// the live pages fit `max_size_mb`: ring packets first, then flows, statistics, analyses,
+    /// and anomalies with their evidence last. Every deleted row is counted.
+    pub fn enforce_retention(&mut self, now_us: i64) -> Result<(), StoreError> {
+        let cutoff = now_us - (self.config.max_age_hours as i64) * 3_600_000_000;
+        for t in Table::ALL {
+            let n = self.conn.execute(
+                &format!("DELETE FROM {} WHERE {} < ?1", t.name(), t.time_column()),
+                [cutoff],
+            )? as u64;
+            self.counters.evicted_age[t as usize].fetch_add(n, Ordering::Relaxed);
+        }
+        let limit = self.config.max_size_mb * 1024 * 1024;
+        let order = [
+            Table::Packets,
+            Table::TrafficFeatures,
+            Table::TrafficStats,
+            Table::Analyses,
+            Table::Anomalies,
+        ];
+        let mut i = 0;
+        while self.update_size()? > limit && i < order.len() {
+            let t = order[i];
+            let extra = if t == Table::Packets { " AND anomaly_id IS NULL" } else { "" };
+            let n = self.conn.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE 1{extra} ORDER BY {col} LIMIT 2000)",
+                    table = t.name(),
+                    col = t.time_column()
+                ),
+                [],
+            )? as u64;
+            self.counters.evicted_size[t as usize].fetch_add(n, Ordering::Relaxed);
+            if n == 0 {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the evidence packets of an anomaly as a pcap file.
+    pub fn export_pcap(&self, anomaly: i64, path: &Path) -> Result<u64, StoreError> {
+        let exists: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM anomalies WHERE id = ?1", [anomaly], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::NoAnomaly(anomaly));
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT ts_us, link_type, wire_len, data FROM packets WHERE anomaly_id = ?1 ORDER BY ts_us, id",
+        )?;
+        let rows: Vec<(i64, i32, u32, Vec<u8>)> = stmt
+            .query_map([anomaly], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        write_pcap(path, &rows).and_then(|n| {
+            if n == 0 {
+                Err(StoreError::NoEvidence(anomaly))
+            } else {
+                Ok(n)
+            }
+        })
+    }
+}
+
+/// Write packets (Unix µs, DLT, wire length, bytes) as a pcap file; all must share a link type.
+pub fn write_pcap(path: &Path, rows: &[(i64, i32, u32, Vec<u8>)]) -> Result<u64, StoreError> {
+    let Some(first) = rows.first() else { return Ok(0) };
+    let cap = pcap::Capture::dead(pcap::Linktype(first.1))
+        .map_err(|e| StoreError::Pcap(e.to_string()))?;
+    let mut out =
+        cap.savefile(path).map_err(|e| StoreError::Pcap(format!("{}: {e}", path.display())))?;
+    let mut n = 0;
+    for (ts, link, len, data) in rows {
+        if *link != first.1 {
+            return Err(StoreError::Pcap(format!(
+                "packets of link types {} and {} cannot share one pcap file",
+                first.1, link
+            )));
+        }
+        let header = pcap::PacketHeader {
+            ts: libc::timeval {
+                tv_sec: (ts.div_euclid(1_000_000)) as _,
+                tv_usec: (ts.rem_euclid(1_000_000)) as _,
+            },
+            caplen: data.len() as u32,
+            len: (*len).max(data.len() as u32),
+        };
+        out.write(&pcap::Packet::new(&header, data));
+        n += 1;
+    }
+    out.flush().map_err(|e| StoreError::Pcap(e.to_string()))?;
+    Ok(n)
+}
+
+/// Handle of the writer thread.
+#[derive(Debug)]
+pub struct Writer {
+    pub tx: crossbeam_channel::Sender<Row>,
+    pub handle: std::thread::JoinHandle<()>,
+}
+
+/// Start the writer: rows from the returned sender are written in batches of `batch_rows`, at
+/// least every `flush_interval_ms`, with retention every ten seconds and the ring trimmed to
+/// `evidence_ring_packets` per interface. It ends when every sender is dropped, after a last
+/// flush. `queue` bounds the rows waiting; senders use `try_send` and count a full queue.
+pub fn spawn_writer(mut store: Store, queue: usize, interfaces: Vec<String>) -> Writer {
+    let (tx, rx) = crossbeam_channel::bounded::<Row>(queue);
+    let handle = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            let cfg = store.config.clone();
+            let interval = Duration::from_millis(cfg.flush_interval_ms);
+            let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_rows);
+            let mut last_flush = Instant::now();
+            let mut last_retention = Instant::now();
+            let mut latest_us = 0i64;
+            loop {
+                let timeout = interval.saturating_sub(last_flush.elapsed());
+                let (more, closed) = match rx.recv_timeout(timeout) {
+                    Ok(row) => {
+                        latest_us = latest_us.max(match &row {
+                            Row::Flow(f) => f.end_us,
+                            Row::Packet(p) => p.ts_us,
+                            Row::Stats(s) => s.interval_end_us,
+                        });
+                        batch.push(row);
+                        (true, false)
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => (false, false),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => (false, true),
+                };
+                let full = batch.len() >= cfg.batch_rows;
+                if (full || !more || closed || last_flush.elapsed() >= interval)
+                    && !batch.is_empty()
+                {
+                    if let Err(e) = store.write_batch(&batch) {
+                        tracing::error!(rows = batch.len(), "store: batch lost: {e}");
+                        store.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        store.counters.rows_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    }
+                    batch.clear();
+                    last_flush = Instant::now();
+                    for i in &interfaces {
+                        if let Err(e) = store.trim_ring(i, cfg.evidence_ring_packets) {
+                            tracing::error!("store: ring trim failed: {e}");
+                        }
+                    }
+                }
+                if closed || last_retention.elapsed() >= Duration::from_secs(10) {
+                    // Age is measured against the newest data seen (packet time), so an offline
+                    // analysis of an old capture is not deleted as it is written.
+                    let now = latest_us.max(0);
+                    if let Err(e) =
+                        store.enforce_retention(if now > 0 { now } else { i64::MAX / 2 })
+                    {
+                        tracing::error!("store: retention failed: {e}");
+                    }
+                    last_retention = Instant::now();
+                }
+                if closed {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the store thread");
+    Writer { tx, handle }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> StoreConfig {
+        StoreConfig { path: dir.join("edge.db"), max_size_mb: 8, ..StoreConfig::default() }
+    }
+
+    fn flow(end_us: i64) -> Row {
+        Row::Flow(Box::new(FlowRow {
+            start_us: end_us - 10,
+            end_us,
+            src_ip: [10, 0, 0, 1].into(),
+            src_port: 1234,
+            dst_ip: [10, 0, 0, 2].into(),
+            dst_port: 80,
+            protocol: 6,
+            vlan: 0,
+            end_reason: "fin",
+            packets: 3,
+            bytes: 180,
+            features: [1.5; N_FEATURES],
+        }))
+    }
+
+    #[test]
+    fn test_migrates_writes_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        s.write_batch(&[flow(100), flow(200)]).unwrap();
+        drop(s);
+        let s = Store::open(&cfg(dir.path()), Arc::new(StoreCounters::default())).unwrap();
+        assert_eq!(s.count(Table::TrafficFeatures).unwrap(), 2);
+        let blob: Vec<u8> = s
+            .connection()
+            .query_row("SELECT features FROM traffic_features LIMIT 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blob.len(), N_FEATURES * 4);
+        assert_eq!(f32::from_le_bytes(blob[..4].try_into().unwrap()), 1.5);
+        assert_eq!(c.written[Table::TrafficFeatures as usize].load(Ordering::Relaxed), 2);
+        let mode: String =
+            s.connection().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn test_retention_by_age_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let hour = 3_600_000_000i64;
+        let now = 1_000 * hour;
+        s.write_batch(&[flow(now - 200 * hour), flow(now - 169 * hour), flow(now - hour)]).unwrap();
+        s.enforce_retention(now).unwrap();
+        assert_eq!(s.count(Table::TrafficFeatures).unwrap(), 1);
+        assert_eq!(c.evicted_age[Table::TrafficFeatures as usize].load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn test_retention_by_size_evicts_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        // ~12 MiB of ring packets into an 8 MiB store.
+        for b in 0..12 {
+            let rows: Vec<Row> = (0..1024)
+                .map(|i| {
+                    Row::Packet(Box::new(PacketRow {
+                        ts_us: b * 10_000 + i,
+                        interface: "eth1".into(),
+                        link_type: 1,
+                        wire_len: 1000,
+                        src: None,
+                        dst: None,
+                        data: vec![0xab; 1000],
+                    }))
+                })
+                .collect();
+            s.write_batch(&rows).unwrap();
+        }
+        s.enforce_retention(200_000).unwrap();
+        let size = c.size_bytes.load(Ordering::Relaxed);
+        assert!(size <= 8 * 1024 * 1024, "{size}");
+        let evicted = c.evicted_size[Table::Packets as usize].load(Ordering::Relaxed);
+        assert!(evicted >= 3000, "{evicted}");
+        assert_eq!(s.count(Table::Packets).unwrap() as u64 + evicted, 12 * 1024);
+        let oldest: i64 =
+            s.connection().query_row("SELECT min(ts_us) FROM packets", [], |r| r.get(0)).unwrap();
+        assert!(oldest > 20_000, "the oldest went first: {oldest}");
+    }
+
+    #[test]
+    fn test_ring_keeps_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let rows: Vec<Row> = (0..50)
+            .map(|i| {
+                Row::Packet(Box::new(PacketRow {
+                    ts_us: i,
+                    interface: if i % 2 == 0 { "a".into() } else { "b".into() },
+                    link_type: 1,
+                    wire_len: 60,
+                    src: Some([10, 0, 0, 1].into()),
+                    dst: None,
+                    data: vec![0; 60],
+                }))
+            })
+            .collect();
+        s.write_batch(&rows).unwrap();
+        assert_eq!(s.trim_ring("a", 10).unwrap(), 15);
+        assert_eq!(s.count(Table::Packets).unwrap(), 35);
+        let min_a: i64 = s
+            .connection()
+            .query_row("SELECT min(ts_us) FROM packets WHERE interface = 'a'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(min_a, 30);
+        assert_eq!(c.ring_rotated.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn test_export_pcap_opens_in_libpcap() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&cfg(dir.path()), Arc::new(StoreCounters::default())).unwrap();
+        let frame = crate::store::tests::ethernet_udp();
+        s.write_batch(&[Row::Packet(Box::new(PacketRow {
+            ts_us: 1_700_000_000_123_456,
+            interface: "eth1".into(),
+            link_type: 1,
+            wire_len: frame.len() as u32,
+            src: None,
+            dst: None,
+            data: frame.clone(),
+        }))])
+        .unwrap();
+        s.connection()
+            .execute_batch(
+                "INSERT INTO anomalies (id, first_seen_us, last_seen_us, kind, severity, confidence,
+                 score, threshold, detector, src_ip, count, reasons)
+                 VALUES (7, 1, 2, 'port_scan', 'high', 0.9, 1, 1, 'window', '10.0.0.1', 1, '[]');
+                 UPDATE packets SET anomaly_id = 7;",
+            )
+            .unwrap();
+        let out = dir.path().join("a7.pcap");
+        assert_eq!(s.export_pcap(7, &out).unwrap(), 1);
+        let mut cap = pcap::Capture::from_file(&out).unwrap();
+        let p = cap.next_packet().unwrap();
+        assert_eq!(p.data, &frame[..]);
+        assert_eq!(p.header.ts.tv_sec, 1_700_000_000);
+        assert_eq!(p.header.ts.tv_usec, 123_456);
+        assert!(matches!(s.export_pcap(8, &out), Err(StoreError::NoAnomaly(8))));
+    }
+
+    pub(crate) fn ethernet_udp() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&32u16.to_be_bytes());
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[38..40].copy_from_slice(&12u16.to_be_bytes());
+        f
+    }
+}
