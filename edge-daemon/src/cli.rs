@@ -1,12 +1,16 @@
 //! The command line: `tapwatch-edge analyze FILE...`.
 
+use crate::config::Config;
 use crate::offline::read_file;
 use crate::output::{FlowRecordOut, RunTotals};
+use crate::pipeline::{PacketIn, Pipeline};
+use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
 use clap::{Parser, Subcommand, ValueEnum};
-use firmware::engine::{EngineConfig, FinishedFlow};
+use firmware::engine::FinishedFlow;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant as WallClock;
 
 #[derive(Debug, Parser)]
@@ -46,14 +50,34 @@ pub struct AnalyzeArgs {
     /// A BPF filter applied while reading (tcpdump syntax).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Keep flows, statistics and the evidence ring in this SQLite database, as the live
+    /// daemon does.
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// Flow and statistics settings from this edge.toml (its store path is replaced by --db).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Parse arguments and run; the exit code says whether every input was read whole.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
         Command::Analyze(args) => run_on_pipeline_thread(move || analyze(&args)),
     }
+}
+
+/// Logs go to stderr; `TAPWATCH_LOG` sets the filter (tracing's env-filter syntax, default
+/// `info`), e.g. `TAPWATCH_LOG=tapwatch_edge::store=debug`.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAPWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }
 
 /// Run `f` on a thread with a stack large enough for the engine (see [`crate::PIPELINE_STACK`]).
@@ -72,6 +96,43 @@ fn run_on_pipeline_thread(f: impl FnOnce() -> ExitCode + Send + 'static) -> Exit
 }
 
 fn analyze(args: &AnalyzeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tapwatch-edge: {e}");
+                return ExitCode::from(78);
+            }
+        },
+        None => Config::offline(args.db.as_deref()),
+    };
+    if let Some(db) = &args.db {
+        config.store.path = db.clone();
+    }
+    // Each file is an interface of its own for the evidence ring.
+    let names: Vec<Arc<str>> =
+        args.files.iter().map(|p| Arc::from(p.display().to_string())).collect();
+    let writer = match &args.db {
+        None => None,
+        Some(_) => {
+            let counters = Arc::new(StoreCounters::default());
+            match Store::open(&config.store, counters.clone()) {
+                Ok(store) => Some((
+                    spawn_writer(
+                        store,
+                        65_536,
+                        names.iter().map(|n| n.to_string()).collect(),
+                        AgeClock::Off,
+                    ),
+                    counters,
+                )),
+                Err(e) => {
+                    eprintln!("tapwatch-edge: {e}");
+                    return ExitCode::from(73);
+                }
+            }
+        }
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let emit_flows = args.emit.contains(&Emit::Flows);
@@ -79,10 +140,11 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     let mut write_error: Option<io::Error> = None;
     let started = WallClock::now();
 
-    // One engine for the run (its tables are large; building one per file would cost more than
-    // reading most files), reset between files so that flows never span two captures.
-    let mut engine = crate::new_engine(EngineConfig::default());
-    for path in &args.files {
+    // One pipeline for the run (its tables are large; building one per file would cost more than
+    // reading most files), finished between files so that flows never span two captures.
+    let store = writer.as_ref().map(|(w, c)| (w.tx.clone(), c.clone()));
+    let mut pipeline = Pipeline::new(&config, names, store).blocking();
+    for (iface, path) in args.files.iter().enumerate() {
         let mut sink = |f: &FinishedFlow| {
             if emit_flows && write_error.is_none() {
                 let r = serde_json::to_writer(&mut out, &FlowRecordOut::new(f))
@@ -93,9 +155,19 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
                 }
             }
         };
-        let result = read_file(path, args.filter.as_deref(), &mut engine, &mut sink);
+        let result = read_file(path, args.filter.as_deref(), |p| {
+            let input = PacketIn {
+                iface,
+                link: p.link,
+                dlt: p.dlt,
+                ts_us: p.ts_us,
+                wire_len: p.wire_len,
+                data: p.data,
+            };
+            pipeline.packet(input, &mut sink)
+        });
         // What was read before an error still becomes flows.
-        engine.reset(&mut sink);
+        pipeline.finish(&mut sink);
         totals.files += 1;
         if let Err(e) = result {
             totals.files_failed += 1;
@@ -105,9 +177,30 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
             break;
         }
     }
+    totals.engine = *pipeline.engine().counters();
+    totals.flows = *pipeline.engine().flow_counters();
+    drop(pipeline);
+    if let Some((w, counters)) = writer {
+        drop(w.tx);
+        if w.handle.join().is_err() {
+            eprintln!("tapwatch-edge: the store writer failed");
+            return ExitCode::from(74);
+        }
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let written: u64 = counters.written.iter().map(load).sum();
+        eprintln!(
+            "tapwatch-edge: database {}: {written} rows written, {} evicted (size limit), {} ring packets rotated",
+            config.store.path.display(),
+            counters.evicted_total(),
+            load(&counters.ring_rotated)
+        );
+        let lost = load(&counters.rows_lost);
+        if lost > 0 {
+            eprintln!("tapwatch-edge: {lost} rows could not be written to the database");
+            totals.files_failed += 1;
+        }
+    }
     totals.seconds = started.elapsed().as_secs_f64();
-    totals.engine = *engine.counters();
-    totals.flows = *engine.flow_counters();
 
     if write_error.is_none() && args.emit.contains(&Emit::Stats) {
         let r = serde_json::to_writer(&mut out, &totals.to_json())

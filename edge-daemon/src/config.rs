@@ -242,6 +242,21 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Settings for offline analysis: defaults, no interfaces, the store at `db` if given.
+    pub fn offline(db: Option<&Path>) -> Config {
+        Config {
+            device: DeviceConfig { id: "offline".into() },
+            interfaces: Vec::new(),
+            flows: FlowsConfig::default(),
+            store: StoreConfig {
+                path: db.map(Path::to_path_buf).unwrap_or_else(|| StoreConfig::default().path),
+                ..StoreConfig::default()
+            },
+            stats: StatsConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+
     /// Read, parse and check a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let source = path.display().to_string();

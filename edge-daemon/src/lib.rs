@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod offline;
 pub mod output;
+pub mod pipeline;
 pub mod store;
 
 use firmware::engine::Engine;

@@ -6,10 +6,7 @@
 //! record that failed and how many packets were read before it. What was read before the error
 //! stays in the engine: the caller still gets those flows.
 
-use crate::EdgeEngine;
-use firmware::engine::FinishedFlow;
 use firmware::wire::LinkType;
-use firmware::Instant;
 use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -48,14 +45,22 @@ pub struct FileSummary {
     pub bytes: u64,
 }
 
-/// Read every packet of `path` into `engine`, handing finished flows to `out`.
-///
-/// The engine is not flushed: the caller decides whether flows continue into the next file.
+/// One packet read from a file.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePacket<'a> {
+    pub link: LinkType,
+    /// libpcap data-link type.
+    pub dlt: i32,
+    pub ts_us: i64,
+    pub wire_len: u32,
+    pub data: &'a [u8],
+}
+
+/// Hand every packet of `path` to `each`, in file order.
 pub fn read_file(
     path: &Path,
     filter: Option<&str>,
-    engine: &mut EdgeEngine,
-    out: &mut impl FnMut(&FinishedFlow),
+    mut each: impl FnMut(FilePacket<'_>),
 ) -> Result<FileSummary, CaptureFileError> {
     let mut cap = pcap::Capture::from_file(path)
         .map_err(|e| CaptureFileError::Open { path: path.into(), message: e.to_string() })?;
@@ -79,11 +84,15 @@ pub fn read_file(
         match cap.next_packet() {
             Ok(p) => {
                 let h = p.header;
-                let ts = Instant::from_micros(timeval_micros(h.ts));
                 summary.packets += 1;
                 summary.bytes += u64::from(h.len);
-                // A dissection error is counted by the engine by kind; the packet is accounted.
-                let _ = engine.process(link, ts, h.len, p.data, out);
+                each(FilePacket {
+                    link,
+                    dlt: dlt.0,
+                    ts_us: timeval_micros(h.ts),
+                    wire_len: h.len,
+                    data: p.data,
+                });
             }
             Err(pcap::Error::NoMorePackets) => return Ok(summary),
             Err(e) => {

@@ -313,9 +313,9 @@ impl Store {
         }
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
-            rows = rows.len(),
-            flows_total = self.count(Table::TrafficFeatures).unwrap_or(-1),
-            "store: committed"
+            "store: committed {} rows, flows_total={}",
+            rows.len(),
+            self.counters.written[Table::TrafficFeatures as usize].load(Ordering::Relaxed)
         );
         Ok(())
     }
@@ -451,6 +451,15 @@ pub fn write_pcap(path: &Path, rows: &[(i64, i32, u32, Vec<u8>)]) -> Result<u64,
     Ok(n)
 }
 
+/// What "old" is measured against for age retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeClock {
+    /// The system clock: the live daemon.
+    Wall,
+    /// No age retention (size still applies): offline analysis of captures of any age.
+    Off,
+}
+
 /// Handle of the writer thread.
 #[derive(Debug)]
 pub struct Writer {
@@ -462,7 +471,12 @@ pub struct Writer {
 /// least every `flush_interval_ms`, with retention every ten seconds and the ring trimmed to
 /// `evidence_ring_packets` per interface. It ends when every sender is dropped, after a last
 /// flush. `queue` bounds the rows waiting; senders use `try_send` and count a full queue.
-pub fn spawn_writer(mut store: Store, queue: usize, interfaces: Vec<String>) -> Writer {
+pub fn spawn_writer(
+    mut store: Store,
+    queue: usize,
+    interfaces: Vec<String>,
+    age: AgeClock,
+) -> Writer {
     let (tx, rx) = crossbeam_channel::bounded::<Row>(queue);
     let handle = std::thread::Builder::new()
         .name("store".into())
@@ -472,16 +486,10 @@ pub fn spawn_writer(mut store: Store, queue: usize, interfaces: Vec<String>) -> 
             let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_rows);
             let mut last_flush = Instant::now();
             let mut last_retention = Instant::now();
-            let mut latest_us = 0i64;
             loop {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
                 let (more, closed) = match rx.recv_timeout(timeout) {
                     Ok(row) => {
-                        latest_us = latest_us.max(match &row {
-                            Row::Flow(f) => f.end_us,
-                            Row::Packet(p) => p.ts_us,
-                            Row::Stats(s) => s.interval_end_us,
-                        });
                         batch.push(row);
                         (true, false)
                     }
@@ -506,12 +514,13 @@ pub fn spawn_writer(mut store: Store, queue: usize, interfaces: Vec<String>) -> 
                     }
                 }
                 if closed || last_retention.elapsed() >= Duration::from_secs(10) {
-                    // Age is measured against the newest data seen (packet time), so an offline
-                    // analysis of an old capture is not deleted as it is written.
-                    let now = latest_us.max(0);
-                    if let Err(e) =
-                        store.enforce_retention(if now > 0 { now } else { i64::MAX / 2 })
-                    {
+                    let now = match age {
+                        AgeClock::Wall => std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_micros() as i64),
+                        AgeClock::Off => i64::MIN / 2,
+                    };
+                    if let Err(e) = store.enforce_retention(now) {
                         tracing::error!("store: retention failed: {e}");
                     }
                     last_retention = Instant::now();

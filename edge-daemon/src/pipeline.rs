@@ -1,0 +1,333 @@
+//! What happens to a packet after capture, live or offline: the engine (dissection, flows, host
+//! windows, features), traffic statistics per interval, the evidence ring, and the rows for the
+//! store. Synchronous and single-threaded: the live daemon runs it on its pipeline thread fed by
+//! the capture threads; `analyze` runs it directly.
+
+use crate::config::Config;
+use crate::store::{FlowRow, PacketRow, Row, StatsRow, StoreCounters};
+use crate::EdgeEngine;
+use firmware::engine::FinishedFlow;
+use firmware::wire::{LinkType, PacketMeta, L3, L4};
+use firmware::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Distinct ports or talkers one statistics interval tracks; beyond, packets still count in the
+/// totals and the overflow is counted.
+const STATS_KEYS_MAX: usize = 65_536;
+
+/// One captured packet handed to the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketIn<'a> {
+    /// Index into the pipeline's interfaces.
+    pub iface: usize,
+    pub link: LinkType,
+    /// libpcap data-link type, kept with evidence packets.
+    pub dlt: i32,
+    pub ts_us: i64,
+    pub wire_len: u32,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    packets: u64,
+    bytes: u64,
+}
+
+/// Traffic of the current interval.
+#[derive(Debug, Default)]
+struct Interval {
+    start_us: i64,
+    packets: u64,
+    bytes: u64,
+    tcp: u64,
+    udp: u64,
+    icmp: u64,
+    other: u64,
+    flows_started: u64,
+    flows_ended: u64,
+    parse_errors: u64,
+    ports: HashMap<(u8, u16), Count>,
+    talkers: HashMap<IpAddr, Count>,
+}
+
+/// Counters of the pipeline beyond the engine's.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineCounters {
+    /// Packets that could not be attributed to a port or talker in an interval's top lists
+    /// because the interval already tracked [`STATS_KEYS_MAX`] of them.
+    pub stats_overflow: u64,
+    /// Ring packets replaced in memory before they were written (the ring keeps the newest).
+    pub ring_rotated: u64,
+    pub stats_intervals: u64,
+}
+
+/// The `n` largest entries by bytes, then packets.
+fn top<K>(m: HashMap<K, Count>, n: usize) -> Vec<(K, Count)> {
+    let mut v: Vec<_> = m.into_iter().collect();
+    v.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(b.1.packets.cmp(&a.1.packets)));
+    v.truncate(n);
+    v
+}
+
+/// The pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    engine: Box<EdgeEngine>,
+    interfaces: Vec<Arc<str>>,
+    interval_us: i64,
+    top_n: usize,
+    stats: Option<Interval>,
+    /// Per interface: packets since the last ring write, newest last.
+    rings: Vec<VecDeque<PacketRow>>,
+    ring_cap: usize,
+    last_ring_write_us: i64,
+    store: Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>,
+    /// Offline, rows wait for the store rather than drop: there is no capture to protect.
+    blocking: bool,
+    counters: PipelineCounters,
+}
+
+impl Pipeline {
+    pub fn new(
+        config: &Config,
+        interfaces: Vec<Arc<str>>,
+        store: Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>,
+    ) -> Pipeline {
+        let ring_cap =
+            if store.is_some() { config.store.evidence_ring_packets as usize } else { 0 };
+        Pipeline {
+            engine: crate::new_engine(config.engine()),
+            rings: interfaces.iter().map(|_| VecDeque::new()).collect(),
+            interfaces,
+            interval_us: i64::from(config.stats.interval_s) * 1_000_000,
+            top_n: config.stats.top_n,
+            stats: None,
+            ring_cap,
+            last_ring_write_us: 0,
+            store,
+            blocking: false,
+            counters: PipelineCounters::default(),
+        }
+    }
+
+    /// Rows wait for room in the store's queue instead of being dropped (offline analysis).
+    pub fn blocking(mut self) -> Self {
+        self.blocking = true;
+        self
+    }
+
+    pub fn engine(&self) -> &EdgeEngine {
+        &self.engine
+    }
+    pub fn counters(&self) -> &PipelineCounters {
+        &self.counters
+    }
+
+    fn send(&mut self, row: Row) {
+        if let Some((tx, c)) = &self.store {
+            let sent = if self.blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
+            if !sent {
+                c.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Account one packet; finished flows go to `out` (and to the store).
+    pub fn packet(&mut self, p: PacketIn<'_>, out: &mut impl FnMut(&FinishedFlow)) {
+        self.roll_interval(p.ts_us);
+        let ts = Instant::from_micros(p.ts_us);
+        let mut ended = 0u64;
+        let mut finished: Vec<Row> = Vec::new();
+        let store = self.store.is_some();
+        let mut sink = |f: &FinishedFlow| {
+            ended += 1;
+            if store {
+                finished.push(Row::Flow(Box::new(FlowRow::from(f))));
+            }
+            out(f)
+        };
+        let started_before = self.engine.flow_counters().created;
+        let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
+        let started = self.engine.flow_counters().created - started_before;
+        for row in finished {
+            self.send(row);
+        }
+        let iv = self.stats.get_or_insert_with(Interval::default);
+        iv.packets += 1;
+        iv.bytes += u64::from(p.wire_len);
+        iv.flows_started += started;
+        iv.flows_ended += ended;
+        let (src, dst) = match &result {
+            Ok(meta) => {
+                Self::count_packet(iv, meta, p.wire_len, &mut self.counters);
+                match meta.l3 {
+                    L3::Ip(ref ip) => (Some(ip.src), Some(ip.dst)),
+                    _ => (None, None),
+                }
+            }
+            Err(_) => {
+                iv.parse_errors += 1;
+                (None, None)
+            }
+        };
+        if self.ring_cap > 0 {
+            let ring = &mut self.rings[p.iface];
+            if ring.len() >= self.ring_cap {
+                ring.pop_front();
+                self.counters.ring_rotated += 1;
+            }
+            ring.push_back(PacketRow {
+                ts_us: p.ts_us,
+                interface: self.interfaces[p.iface].clone(),
+                link_type: p.dlt,
+                wire_len: p.wire_len,
+                src,
+                dst,
+                data: p.data.to_vec(),
+            });
+            if p.ts_us - self.last_ring_write_us >= 1_000_000 {
+                self.write_rings(p.ts_us);
+            }
+        }
+    }
+
+    fn count_packet(iv: &mut Interval, meta: &PacketMeta, wire_len: u32, c: &mut PipelineCounters) {
+        let L3::Ip(ref ip) = meta.l3 else {
+            iv.other += 1;
+            return;
+        };
+        match ip.l4 {
+            L4::Tcp(_) => iv.tcp += 1,
+            L4::Udp(_) => iv.udp += 1,
+            L4::Icmpv4 { .. } | L4::Icmpv6 { .. } => iv.icmp += 1,
+            L4::None => iv.other += 1,
+        }
+        let bytes = u64::from(wire_len);
+        // The service port: the lower of the two for TCP and UDP (the well-known side, almost
+        // always the responder's).
+        if let L4::Tcp(_) | L4::Udp(_) = ip.l4 {
+            let (s, d) = ip.l4.ports();
+            let key = (ip.protocol, s.min(d));
+            if iv.ports.len() < STATS_KEYS_MAX || iv.ports.contains_key(&key) {
+                let e = iv.ports.entry(key).or_default();
+                e.packets += 1;
+                e.bytes += bytes;
+            } else {
+                c.stats_overflow += 1;
+            }
+        }
+        if iv.talkers.len() < STATS_KEYS_MAX || iv.talkers.contains_key(&ip.src) {
+            let e = iv.talkers.entry(ip.src).or_default();
+            e.packets += 1;
+            e.bytes += bytes;
+        } else {
+            c.stats_overflow += 1;
+        }
+    }
+
+    /// Start a new statistics interval if `ts_us` is past the current one, storing the old one.
+    fn roll_interval(&mut self, ts_us: i64) {
+        let start = ts_us - ts_us.rem_euclid(self.interval_us);
+        match &self.stats {
+            Some(iv) if iv.start_us == start || ts_us < iv.start_us => {}
+            Some(_) => {
+                if let Some(old) = self.stats.take() {
+                    self.store_interval(old);
+                }
+                self.stats = Some(Interval { start_us: start, ..Interval::default() });
+            }
+            None => self.stats = Some(Interval { start_us: start, ..Interval::default() }),
+        }
+    }
+
+    fn store_interval(&mut self, iv: Interval) {
+        self.counters.stats_intervals += 1;
+        let ports: Vec<serde_json::Value> = top(iv.ports, self.top_n)
+            .into_iter()
+            .map(|((proto, port), c)| {
+                serde_json::json!({"protocol": proto, "port": port, "packets": c.packets, "bytes": c.bytes})
+            })
+            .collect();
+        let talkers: Vec<serde_json::Value> = top(iv.talkers, self.top_n)
+            .into_iter()
+            .map(|(ip, c)| serde_json::json!({"ip": ip, "packets": c.packets, "bytes": c.bytes}))
+            .collect();
+        let row = StatsRow {
+            interval_start_us: iv.start_us,
+            interval_end_us: iv.start_us + self.interval_us,
+            packets: iv.packets,
+            bytes: iv.bytes,
+            tcp_packets: iv.tcp,
+            udp_packets: iv.udp,
+            icmp_packets: iv.icmp,
+            other_packets: iv.other,
+            flows_started: iv.flows_started,
+            flows_ended: iv.flows_ended,
+            parse_errors: iv.parse_errors,
+            top_ports: serde_json::Value::from(ports).to_string(),
+            top_talkers: serde_json::Value::from(talkers).to_string(),
+        };
+        self.send(Row::Stats(Box::new(row)));
+    }
+
+    fn write_rings(&mut self, now_us: i64) {
+        self.last_ring_write_us = now_us;
+        let rows: Vec<PacketRow> = self.rings.iter_mut().flat_map(|r| r.drain(..)).collect();
+        for r in rows {
+            self.send(Row::Packet(Box::new(r)));
+        }
+    }
+
+    /// Advance time with no packet (live capture on a quiet link): flows time out and the
+    /// interval rolls.
+    pub fn tick(&mut self, now_us: i64, out: &mut impl FnMut(&FinishedFlow)) {
+        let store = self.store.is_some();
+        let mut rows = Vec::new();
+        let mut ended = 0;
+        self.engine.tick(Instant::from_micros(now_us), &mut |f| {
+            ended += 1;
+            if store {
+                rows.push(Row::Flow(Box::new(FlowRow::from(f))));
+            }
+            out(f)
+        });
+        for r in rows {
+            self.send(r);
+        }
+        if let Some(iv) = self.stats.as_mut() {
+            iv.flows_ended += ended;
+        }
+        self.roll_interval(now_us);
+        if self.ring_cap > 0 && now_us - self.last_ring_write_us >= 1_000_000 {
+            self.write_rings(now_us);
+        }
+    }
+
+    /// End of input (end of a file, or shutdown): every flow, the last interval and the ring.
+    pub fn finish(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
+        let store = self.store.is_some();
+        let mut rows = Vec::new();
+        let mut ended = 0;
+        self.engine.reset(&mut |f| {
+            ended += 1;
+            if store {
+                rows.push(Row::Flow(Box::new(FlowRow::from(f))));
+            }
+            out(f)
+        });
+        for r in rows {
+            self.send(r);
+        }
+        if let Some(mut iv) = self.stats.take() {
+            iv.flows_ended += ended;
+            self.store_interval(iv);
+        }
+        if self.ring_cap > 0 {
+            self.write_rings(self.last_ring_write_us);
+        }
+    }
+}
