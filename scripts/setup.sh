@@ -7,7 +7,7 @@ apt_packages=(
   build-essential pkg-config libpcap-dev        # the pcap crate
   tshark tcpdump wireshark-common bc            # tests cross-check tshark; bench/offline.sh
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
-  iproute2 curl ca-certificates
+  iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3   # live-capture tests and benches
 )
 arm64_packages=(libpcap-dev:arm64)
 

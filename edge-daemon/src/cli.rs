@@ -28,6 +28,35 @@ pub struct Cli {
 pub enum Command {
     /// Analyse pcap or pcapng files offline and write JSON lines to stdout.
     Analyze(AnalyzeArgs),
+    /// Capture live on the configured interfaces until SIGTERM or SIGINT (SIGHUP reloads rules).
+    Run {
+        /// The configuration file (see `tapwatch-edge config example`).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write an anomaly's evidence packets as a pcap file.
+    ExportPcap {
+        /// The edge database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The anomaly's id (`anomalies.id`).
+        #[arg(long)]
+        anomaly: i64,
+        /// The pcap file to write.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the commented default configuration.
+    Example,
+    /// Check a configuration file and print every problem found.
+    Check { file: PathBuf },
 }
 
 /// What `analyze` writes.
@@ -65,6 +94,42 @@ pub fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Analyze(args) => run_on_pipeline_thread(move || analyze(&args)),
+        Command::Run { config } => match crate::daemon::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tapwatch-edge: {e}");
+                ExitCode::from(78)
+            }
+        },
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", crate::config::EXAMPLE);
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(78)
+            }
+        },
+        Command::ExportPcap { db, anomaly, output } => {
+            let cfg = crate::config::StoreConfig { path: db, ..Default::default() };
+            let result = Store::open(&cfg, Arc::new(StoreCounters::default()))
+                .and_then(|s| s.export_pcap(anomaly, &output));
+            match result {
+                Ok(n) => {
+                    eprintln!("tapwatch-edge: wrote {n} packets to {}", output.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tapwatch-edge: {e}");
+                    ExitCode::from(65)
+                }
+            }
+        }
     }
 }
 

@@ -5,8 +5,12 @@
 //! - [`output`]: the JSON-lines records `analyze` writes.
 //! - [`cli`]: the command line.
 
+pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod metrics;
 pub mod offline;
 pub mod output;
 pub mod pipeline;

@@ -89,6 +89,8 @@ pub struct Pipeline {
     /// Offline, rows wait for the store rather than drop: there is no capture to protect.
     blocking: bool,
     counters: PipelineCounters,
+    /// Parse errors per interface, by kind.
+    iface_errors: Vec<[u64; firmware::wire::DissectError::ALL.len()]>,
 }
 
 impl Pipeline {
@@ -102,6 +104,7 @@ impl Pipeline {
         Pipeline {
             engine: crate::new_engine(config.engine()),
             rings: interfaces.iter().map(|_| VecDeque::new()).collect(),
+            iface_errors: vec![[0; firmware::wire::DissectError::ALL.len()]; interfaces.len()],
             interfaces,
             interval_us: i64::from(config.stats.interval_s) * 1_000_000,
             top_n: config.stats.top_n,
@@ -125,6 +128,24 @@ impl Pipeline {
     }
     pub fn counters(&self) -> &PipelineCounters {
         &self.counters
+    }
+    /// Parse errors per interface, by kind (order of `DissectError::ALL`).
+    pub fn iface_errors(&self) -> &[[u64; firmware::wire::DissectError::ALL.len()]] {
+        &self.iface_errors
+    }
+
+    /// The counters `/metrics` shows.
+    pub fn snapshot(&self) -> crate::metrics::PipelineSnapshot {
+        crate::metrics::PipelineSnapshot {
+            engine: *self.engine.counters(),
+            flows: *self.engine.flow_counters(),
+            hosts: *self.engine.host_counters(),
+            pipeline: self.counters,
+            flows_active: self.engine.flows().len() as u64,
+            hosts_active: self.engine.hosts().len() as u64,
+            iface_errors: self.iface_errors.clone(),
+            updated: Some(std::time::Instant::now()),
+        }
     }
 
     fn send(&mut self, row: Row) {
@@ -169,8 +190,11 @@ impl Pipeline {
                     _ => (None, None),
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 iv.parse_errors += 1;
+                if let Some(row) = self.iface_errors.get_mut(p.iface) {
+                    row[e.index()] += 1;
+                }
                 (None, None)
             }
         };

@@ -1,0 +1,235 @@
+//! Live capture: one thread per interface reads libpcap and hands packets on in batches.
+//!
+//! Capture never waits on anything downstream: a batch is offered to a bounded queue with
+//! `try_send`, and when the queue is full the batch's packets are dropped and counted
+//! (`queue_drops`). The capture handle is non-blocking and waits for packets with `poll(2)` on
+//! its descriptor, so an idle interface does not hang the thread and control messages (a new
+//! filter, stop) are seen within 100 ms. Kernel drops come from libpcap's statistics.
+
+use crate::config::InterfaceConfig;
+use firmware::wire::LinkType;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Packets per batch at most.
+pub const BATCH_PACKETS: usize = 256;
+
+/// Packets read back to back, their bytes in one buffer.
+#[derive(Debug)]
+pub struct Batch {
+    pub iface: usize,
+    pub link: LinkType,
+    pub dlt: i32,
+    /// (timestamp µs, wire length, range in `bytes`).
+    pub packets: Vec<(i64, u32, std::ops::Range<usize>)>,
+    pub bytes: Vec<u8>,
+}
+
+impl Batch {
+    fn new(iface: usize, link: LinkType, dlt: i32) -> Batch {
+        Batch {
+            iface,
+            link,
+            dlt,
+            packets: Vec::with_capacity(BATCH_PACKETS),
+            bytes: Vec::with_capacity(BATCH_PACKETS * 256),
+        }
+    }
+}
+
+/// Counters of one interface, written by its capture thread.
+#[derive(Debug, Default)]
+pub struct InterfaceCounters {
+    pub name: String,
+    /// Packets captured (after the filter, before sampling).
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Packets left out by 1-in-N sampling (a choice, not a loss).
+    pub sampled_out: AtomicU64,
+    /// Dropped by the kernel: no room in the capture buffer (libpcap ps_drop).
+    pub kernel_drops: AtomicU64,
+    /// Dropped by the interface or its driver (libpcap ps_ifdrop).
+    pub interface_drops: AtomicU64,
+    /// Dropped because the queue to the pipeline was full.
+    pub queue_drops: AtomicU64,
+    /// Read errors from libpcap.
+    pub read_errors: AtomicU64,
+    /// 1 while the capture runs.
+    pub up: AtomicU64,
+    /// The BPF filter in force ("" for none).
+    pub filter: Mutex<String>,
+}
+
+/// Messages to a capture thread.
+#[derive(Debug)]
+pub enum Control {
+    /// Replace the BPF filter (`None` captures everything).
+    SetFilter(Option<String>, std::sync::mpsc::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// A running capture thread.
+#[derive(Debug)]
+pub struct CaptureThread {
+    pub control: std::sync::mpsc::Sender<Control>,
+    pub handle: std::thread::JoinHandle<()>,
+    pub counters: Arc<InterfaceCounters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("interface {name}: cannot open for capture: {message}")]
+    Open { name: String, message: String },
+    #[error("interface {name}: link type {dlt} is not supported")]
+    LinkType { name: String, dlt: i32 },
+    #[error("interface {name}: filter {filter:?} rejected: {message}")]
+    Filter { name: String, filter: String, message: String },
+}
+
+/// Open `config.name` and start its capture thread, sending batches to `tx`.
+pub fn start(
+    iface: usize,
+    config: &InterfaceConfig,
+    filter: Option<String>,
+    tx: crossbeam_channel::Sender<Batch>,
+) -> Result<CaptureThread, CaptureError> {
+    let name = config.name.clone();
+    let open_err =
+        |e: pcap::Error| CaptureError::Open { name: name.clone(), message: e.to_string() };
+    let mut cap = pcap::Capture::from_device(name.as_str())
+        .map_err(open_err)?
+        .promisc(config.promiscuous)
+        .snaplen(config.snaplen as i32)
+        .buffer_size((config.buffer_mb as i32).saturating_mul(1 << 20))
+        .immediate_mode(config.immediate)
+        .timeout(100)
+        .open()
+        .map_err(open_err)?
+        .setnonblock()
+        .map_err(open_err)?;
+    let dlt = cap.get_datalink().0;
+    let link = LinkType::from_dlt(dlt).ok_or(CaptureError::LinkType { name: name.clone(), dlt })?;
+    if let Some(f) = &filter {
+        cap.filter(f, true).map_err(|e| CaptureError::Filter {
+            name: name.clone(),
+            filter: f.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    let counters =
+        Arc::new(InterfaceCounters { name: name.clone(), ..InterfaceCounters::default() });
+    if let Ok(mut f) = counters.filter.lock() {
+        *f = filter.unwrap_or_default();
+    }
+    let (control, rx) = std::sync::mpsc::channel();
+    let c = counters.clone();
+    let sample = u64::from(config.sample.max(1));
+    let handle = std::thread::Builder::new()
+        .name(format!("capture-{name}"))
+        .spawn(move || run(iface, cap, link, dlt, sample, tx, rx, &c))
+        .map_err(|e| CaptureError::Open { name, message: e.to_string() })?;
+    counters.up.store(1, Ordering::Relaxed);
+    Ok(CaptureThread { control, handle, counters })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    iface: usize,
+    mut cap: pcap::Capture<pcap::Active>,
+    link: LinkType,
+    dlt: i32,
+    sample: u64,
+    tx: crossbeam_channel::Sender<Batch>,
+    control: std::sync::mpsc::Receiver<Control>,
+    c: &InterfaceCounters,
+) {
+    let mut batch = Batch::new(iface, link, dlt);
+    let mut seen = 0u64;
+    let mut last_stats = Instant::now();
+    let offer = |batch: Batch, tx: &crossbeam_channel::Sender<Batch>| {
+        let n = batch.packets.len() as u64;
+        match tx.try_send(batch) {
+            Ok(()) => true,
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                c.queue_drops.fetch_add(n, Ordering::Relaxed);
+                true
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
+        }
+    };
+    'outer: loop {
+        match control.try_recv() {
+            Ok(Control::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            Ok(Control::SetFilter(f, reply)) => {
+                let r = match &f {
+                    Some(text) => cap.filter(text, true).map_err(|e| e.to_string()),
+                    None => cap.filter("", true).map_err(|e| e.to_string()),
+                };
+                if r.is_ok() {
+                    if let Ok(mut cur) = c.filter.lock() {
+                        *cur = f.unwrap_or_default();
+                    }
+                }
+                let _ = reply.send(r);
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => {}
+        }
+        // Read what is there.
+        loop {
+            match cap.next_packet() {
+                Ok(p) => {
+                    c.packets.fetch_add(1, Ordering::Relaxed);
+                    c.bytes.fetch_add(u64::from(p.header.len), Ordering::Relaxed);
+                    seen += 1;
+                    if sample > 1 && seen % sample != 0 {
+                        c.sampled_out.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let start = batch.bytes.len();
+                    batch.bytes.extend_from_slice(p.data);
+                    let ts = crate::offline::timeval_micros(p.header.ts);
+                    batch.packets.push((ts, p.header.len, start..batch.bytes.len()));
+                    if batch.packets.len() >= BATCH_PACKETS {
+                        let full = std::mem::replace(&mut batch, Batch::new(iface, link, dlt));
+                        if !offer(full, &tx) {
+                            break 'outer;
+                        }
+                    }
+                }
+                Err(pcap::Error::TimeoutExpired) => break,
+                Err(pcap::Error::NoMorePackets) => break 'outer,
+                Err(e) => {
+                    c.read_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("capture {}: read error: {e}", c.name);
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+        // Nothing more for now: hand on what we have, then wait for the descriptor.
+        if !batch.packets.is_empty() {
+            let part = std::mem::replace(&mut batch, Batch::new(iface, link, dlt));
+            if !offer(part, &tx) {
+                break;
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(500) {
+            if let Ok(s) = cap.stats() {
+                c.kernel_drops.store(u64::from(s.dropped), Ordering::Relaxed);
+                c.interface_drops.store(u64::from(s.if_dropped), Ordering::Relaxed);
+            }
+            last_stats = Instant::now();
+        }
+        let fd = cap.as_fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        let _ = poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 100_000_000 }));
+    }
+    if let Ok(s) = cap.stats() {
+        c.kernel_drops.store(u64::from(s.dropped), Ordering::Relaxed);
+        c.interface_drops.store(u64::from(s.if_dropped), Ordering::Relaxed);
+    }
+    c.up.store(0, Ordering::Relaxed);
+}

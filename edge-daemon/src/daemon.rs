@@ -1,0 +1,247 @@
+//! `tapwatch-edge run`: the live daemon.
+//!
+//! Threads: one capture thread per interface (reads libpcap, hands batches on, never waits), one
+//! pipeline thread (engine, statistics, ring, rows for the store), one store writer, and a small
+//! tokio runtime for HTTP, signals and host metrics. SIGHUP or `POST /admin/reload` re-reads the
+//! configuration and replaces each interface's capture filter in place: the flow table is not
+//! touched, so flows in progress continue. SIGTERM or SIGINT stops capture, records every flow in
+//! progress, writes the last rows and exits.
+
+use crate::capture::{self, Batch, CaptureThread, Control};
+use crate::config::{interface_filter, Config};
+use crate::http::{AppState, ReloadReport};
+use crate::metrics::{HostProbe, Shared};
+use crate::pipeline::{PacketIn, Pipeline};
+use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Capture controls by interface name.
+type Controls = Arc<Mutex<Vec<(String, std::sync::mpsc::Sender<Control>)>>>;
+
+/// Re-read the configuration and apply each interface's rules.
+fn reload(
+    path: &Path,
+    running: &Config,
+    controls: &Controls,
+    shared: &Shared,
+) -> Result<ReloadReport, Vec<String>> {
+    let refuse = |problems: Vec<String>| {
+        shared.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!("reload refused, the rules in force stay: {}", problems.join("; "));
+        problems
+    };
+    let new = Config::load(path).map_err(|e| refuse(e.problems))?;
+    let mut filters = Vec::new();
+    for iface in &new.interfaces {
+        match interface_filter(&iface.rules) {
+            Ok(f) => filters.push((iface.name.clone(), f)),
+            Err(e) => return Err(refuse(vec![format!("interface {}: {e}", iface.name)])),
+        }
+    }
+    let mut report = ReloadReport { applied: Vec::new(), notes: Vec::new() };
+    let controls = controls.lock().map_err(|_| vec!["internal: controls poisoned".to_string()])?;
+    for (name, filter) in filters {
+        let Some((_, ctl)) = controls.iter().find(|(n, _)| *n == name) else {
+            report.notes.push(format!("interface {name} is new: it is captured after a restart"));
+            continue;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        if ctl.send(Control::SetFilter(filter.clone(), tx)).is_err() {
+            report.notes.push(format!("interface {name}: its capture has stopped"));
+            continue;
+        }
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => report.applied.push((name, filter.unwrap_or_default())),
+            Ok(Err(e)) => {
+                return Err(refuse(vec![format!("interface {name}: filter rejected: {e}")]))
+            }
+            Err(_) => report.notes.push(format!("interface {name}: no answer from its capture")),
+        }
+    }
+    for (name, _) in controls.iter() {
+        if !new.interfaces.iter().any(|i| &i.name == name) {
+            report
+                .notes
+                .push(format!("interface {name} is gone from the file: it stops after a restart"));
+        }
+    }
+    if new.flows != running.flows || new.store != running.store || new.stats != running.stats {
+        report.notes.push("flow, store and statistics settings take effect after a restart".into());
+    }
+    shared.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(applied = ?report.applied, notes = ?report.notes, "capture rules reloaded");
+    Ok(report)
+}
+
+/// Run until SIGTERM or SIGINT.
+pub fn run(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    if config.interfaces.is_empty() {
+        return Err(format!("{}: no [[interface]] to capture on", path.display()));
+    }
+    let names: Vec<Arc<str>> =
+        config.interfaces.iter().map(|i| Arc::from(i.name.as_str())).collect();
+    let store_counters = Arc::new(StoreCounters::default());
+    let store = Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;
+    let writer =
+        spawn_writer(store, 65_536, names.iter().map(|n| n.to_string()).collect(), AgeClock::Wall);
+    let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
+
+    // One queue for all interfaces, sized by the sum of their queue_packets.
+    let total: usize = config.interfaces.iter().map(|i| i.queue_packets).sum();
+    let (btx, brx) = crossbeam_channel::bounded::<Batch>((total / capture::BATCH_PACKETS).max(16));
+    let mut captures: Vec<CaptureThread> = Vec::new();
+    let controls: Controls = Arc::new(Mutex::new(Vec::new()));
+    for (i, iface) in config.interfaces.iter().enumerate() {
+        let filter =
+            interface_filter(&iface.rules).map_err(|e| format!("interface {}: {e}", iface.name))?;
+        let started = capture::start(i, iface, filter, btx.clone());
+        let c = match started {
+            Ok(c) => c,
+            Err(e) => {
+                for c in &captures {
+                    let _ = c.control.send(Control::Stop);
+                }
+                return Err(e.to_string());
+            }
+        };
+        if let (Ok(mut v), Ok(mut ctl)) = (shared.interfaces.write(), controls.lock()) {
+            v.push(c.counters.clone());
+            ctl.push((iface.name.clone(), c.control.clone()));
+        }
+        tracing::info!(interface = %iface.name, "capturing");
+        captures.push(c);
+    }
+    drop(btx);
+
+    let pipe_shared = shared.clone();
+    let pipe_config = config.clone();
+    let store_tx = writer.tx.clone();
+    let pipeline = std::thread::Builder::new()
+        .name("pipeline".into())
+        .stack_size(crate::PIPELINE_STACK)
+        .spawn(move || {
+            let mut p = Pipeline::new(&pipe_config, names, Some((store_tx, store_counters)));
+            let mut last_report = Instant::now();
+            let mut nothing = |_: &firmware::engine::FinishedFlow| {};
+            loop {
+                match brx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(b) => {
+                        for (ts, len, range) in &b.packets {
+                            let input = PacketIn {
+                                iface: b.iface,
+                                link: b.link,
+                                dlt: b.dlt,
+                                ts_us: *ts,
+                                wire_len: *len,
+                                data: &b.bytes[range.clone()],
+                            };
+                            p.packet(input, &mut nothing);
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        p.tick(now_us(), &mut nothing)
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                }
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    if let Ok(mut s) = pipe_shared.pipeline.lock() {
+                        *s = p.snapshot();
+                    }
+                    last_report = Instant::now();
+                }
+            }
+            p.finish(&mut nothing);
+            if let Ok(mut s) = pipe_shared.pipeline.lock() {
+                *s = p.snapshot();
+            }
+        })
+        .map_err(|e| format!("cannot start the pipeline thread: {e}"))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let result = runtime.block_on(serve(path, config, shared.clone(), controls.clone()));
+
+    // Shut down in order: capture, pipeline (records every flow), store.
+    for c in &captures {
+        let _ = c.control.send(Control::Stop);
+    }
+    for c in captures {
+        let _ = c.handle.join();
+    }
+    let _ = pipeline.join();
+    drop(writer.tx);
+    let _ = writer.handle.join();
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(
+    path: PathBuf,
+    config: Config,
+    shared: Arc<Shared>,
+    controls: Controls,
+) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("listening on http://{addr}");
+    let reload_fn = {
+        let (path, config, controls, shared) =
+            (path.clone(), config.clone(), controls.clone(), shared.clone());
+        Arc::new(move || reload(&path, &config, &controls, &shared))
+    };
+    let state = AppState {
+        shared: shared.clone(),
+        registry: Arc::new(crate::metrics::registry(shared.clone())),
+        reload: reload_fn.clone(),
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, crate::http::app(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+    let host_shared = shared.clone();
+    let host = tokio::spawn(async move {
+        let mut probe = HostProbe::new();
+        loop {
+            let snap = probe.read();
+            if let Ok(mut h) = host_shared.host.lock() {
+                *h = snap;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let f = reload_fn.clone();
+                let _ = tokio::task::spawn_blocking(move || f()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    host.abort();
+    let _ = server.await;
+    Ok(())
+}

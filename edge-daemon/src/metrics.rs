@@ -1,0 +1,488 @@
+//! What the daemon tells an operator: `/metrics` in Prometheus text, from counters the capture,
+//! pipeline and store threads keep, and the host's CPU, memory, disk and network.
+//!
+//! Each thread owns its counters (atomics, or a snapshot the pipeline publishes every second);
+//! the collector reads them at scrape time, so a scrape never takes a lock a packet path holds.
+
+use crate::capture::InterfaceCounters;
+use crate::pipeline::PipelineCounters;
+use crate::store::{StoreCounters, Table};
+use firmware::engine::EngineCounters;
+use firmware::flow::{EndReason, FlowCounters};
+use firmware::hosts::HostCounters;
+use firmware::wire::DissectError;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// What the pipeline thread publishes.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineSnapshot {
+    pub engine: EngineCounters,
+    pub flows: FlowCounters,
+    pub hosts: HostCounters,
+    pub pipeline: PipelineCounters,
+    pub flows_active: u64,
+    pub hosts_active: u64,
+    /// Parse errors per interface, by kind (order of `DissectError::ALL`).
+    pub iface_errors: Vec<[u64; DissectError::ALL.len()]>,
+    pub updated: Option<Instant>,
+}
+
+/// The host's resources.
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    /// 0 to 1, all cores.
+    pub cpu: f64,
+    pub mem_used: u64,
+    pub mem_total: u64,
+    /// (mount point, used, total) bytes.
+    pub disks: Vec<(String, u64, u64)>,
+    /// (device, received, transmitted) bytes since boot.
+    pub nets: Vec<(String, u64, u64)>,
+}
+
+/// State shared by the daemon's threads and the HTTP server.
+#[derive(Debug)]
+pub struct Shared {
+    pub device: String,
+    pub started: Instant,
+    pub interfaces: RwLock<Vec<Arc<InterfaceCounters>>>,
+    pub pipeline: Mutex<PipelineSnapshot>,
+    pub store: Arc<StoreCounters>,
+    pub host: Mutex<HostSnapshot>,
+    /// Reloads done, and refused (the old rules stay in force).
+    pub reloads: AtomicU64,
+    pub reloads_failed: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(device: String, store: Arc<StoreCounters>) -> Shared {
+        Shared {
+            device,
+            started: Instant::now(),
+            interfaces: RwLock::new(Vec::new()),
+            pipeline: Mutex::new(PipelineSnapshot::default()),
+            store,
+            host: Mutex::new(HostSnapshot::default()),
+            reloads: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Reads the host's resources with sysinfo.
+#[derive(Debug)]
+pub struct HostProbe {
+    system: sysinfo::System,
+    disks: sysinfo::Disks,
+    nets: sysinfo::Networks,
+}
+
+impl Default for HostProbe {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostProbe {
+    pub fn new() -> HostProbe {
+        HostProbe {
+            system: sysinfo::System::new(),
+            disks: sysinfo::Disks::new_with_refreshed_list(),
+            nets: sysinfo::Networks::new_with_refreshed_list(),
+        }
+    }
+
+    /// A fresh reading (CPU usage is over the time since the previous call).
+    pub fn read(&mut self) -> HostSnapshot {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory();
+        self.disks.refresh(true);
+        self.nets.refresh(true);
+        let mut disks: Vec<(String, u64, u64)> = self
+            .disks
+            .list()
+            .iter()
+            .map(|d| {
+                let total = d.total_space();
+                (
+                    d.mount_point().display().to_string(),
+                    total.saturating_sub(d.available_space()),
+                    total,
+                )
+            })
+            .collect();
+        disks.sort();
+        disks.dedup_by(|a, b| a.0 == b.0);
+        let mut nets: Vec<(String, u64, u64)> = self
+            .nets
+            .list()
+            .iter()
+            .map(|(n, d)| (n.clone(), d.total_received(), d.total_transmitted()))
+            .collect();
+        nets.sort();
+        HostSnapshot {
+            cpu: f64::from(self.system.global_cpu_usage()) / 100.0,
+            mem_used: self.system.used_memory(),
+            mem_total: self.system.total_memory(),
+            disks,
+            nets,
+        }
+    }
+}
+
+/// Label pairs of one series.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels<'_>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels<'_>, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// One unlabelled series.
+fn one<T>(v: T) -> [(Labels<'static>, T); 1] {
+    [(Vec::new(), v)]
+}
+
+#[derive(Debug)]
+struct Collector(Arc<Shared>);
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ifaces: Vec<Arc<InterfaceCounters>> =
+            s.interfaces.read().map(|v| v.clone()).unwrap_or_default();
+        let per_iface = |f: &dyn Fn(&InterfaceCounters) -> u64| -> Vec<(Labels<'_>, u64)> {
+            ifaces.iter().map(|c| (vec![("interface", c.name.as_str())], f(c))).collect()
+        };
+        let enc = &mut enc;
+        gauge(
+            enc,
+            "tapwatch_edge_up",
+            "1 while the daemon runs",
+            &[(vec![("device", s.device.as_str())], 1.0)],
+        )?;
+        gauge(
+            enc,
+            "tapwatch_edge_uptime_seconds",
+            "Seconds since the daemon started",
+            &one(s.started.elapsed().as_secs_f64()),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_packets",
+            "Packets captured (after the capture filter)",
+            &per_iface(&|c| load(&c.packets)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_bytes",
+            "Bytes on the wire of captured packets",
+            &per_iface(&|c| load(&c.bytes)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_kernel_drops",
+            "Packets the kernel dropped for lack of buffer (libpcap ps_drop)",
+            &per_iface(&|c| load(&c.kernel_drops)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_interface_drops",
+            "Packets the interface or driver dropped (libpcap ps_ifdrop)",
+            &per_iface(&|c| load(&c.interface_drops)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_queue_drops",
+            "Packets dropped because the queue to the pipeline was full",
+            &per_iface(&|c| load(&c.queue_drops)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_sampled_out",
+            "Packets left out by 1-in-N sampling",
+            &per_iface(&|c| load(&c.sampled_out)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_capture_read_errors",
+            "libpcap read errors",
+            &per_iface(&|c| load(&c.read_errors)),
+        )?;
+        let up: Vec<(Labels<'_>, f64)> =
+            per_iface(&|c| load(&c.up)).into_iter().map(|(l, v)| (l, v as f64)).collect();
+        gauge(enc, "tapwatch_capture_up", "1 while the interface's capture runs", &up)?;
+
+        let p = s.pipeline.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut errors = Vec::new();
+        for (i, c) in ifaces.iter().enumerate() {
+            let errs = p.iface_errors.get(i).copied().unwrap_or_default();
+            for e in DissectError::ALL {
+                errors.push((
+                    vec![("interface", c.name.as_str()), ("kind", e.name())],
+                    errs[e.index()],
+                ));
+            }
+        }
+        counter(
+            enc,
+            "tapwatch_parse_errors",
+            "Packets that could not be dissected, by kind",
+            &errors,
+        )?;
+        let e = &p.engine;
+        let by_proto = [
+            ("tcp", e.tcp),
+            ("udp", e.udp),
+            ("icmp", e.icmp),
+            ("other_ip", e.other_ip),
+            ("arp", e.arp),
+            ("other", e.other_l3),
+        ];
+        let by_proto: Vec<(Labels<'_>, u64)> =
+            by_proto.iter().map(|(k, v)| (vec![("protocol", *k)], *v)).collect();
+        counter(
+            enc,
+            "tapwatch_pipeline_packets",
+            "Packets through the pipeline, by protocol",
+            &by_proto,
+        )?;
+        counter(
+            enc,
+            "tapwatch_pipeline_truncated_packets",
+            "Packets cut short by the snap length (still accounted)",
+            &one(e.truncated),
+        )?;
+        counter(enc, "tapwatch_pipeline_fragments", "IP fragments", &one(e.fragments))?;
+        gauge(
+            enc,
+            "tapwatch_flows_active",
+            "Flows in the flow table",
+            &one(p.flows_active as f64),
+        )?;
+        counter(enc, "tapwatch_flows_created", "Flows started", &one(p.flows.created))?;
+        let ended: Vec<(Labels<'_>, u64)> = EndReason::ALL
+            .iter()
+            .map(|r| (vec![("reason", r.name())], p.flows.ended[*r as usize]))
+            .collect();
+        counter(
+            enc,
+            "tapwatch_flows_ended",
+            "Flows recorded, by why they ended (evicted: the table was full)",
+            &ended,
+        )?;
+        gauge(
+            enc,
+            "tapwatch_hosts_active",
+            "Hosts with window counters",
+            &one(p.hosts_active as f64),
+        )?;
+        counter(
+            enc,
+            "tapwatch_hosts_evicted",
+            "Hosts forgotten because the host table was full",
+            &one(p.hosts.evicted),
+        )?;
+        counter(
+            enc,
+            "tapwatch_stats_overflow",
+            "Packets left out of an interval's top ports or talkers (too many distinct keys)",
+            &one(p.pipeline.stats_overflow),
+        )?;
+        counter(
+            enc,
+            "tapwatch_ring_rotated",
+            "Evidence-ring packets replaced in memory before they were written",
+            &one(p.pipeline.ring_rotated),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_pipeline_snapshot_age_seconds",
+            "Seconds since the pipeline thread last reported",
+            &one(p.updated.map_or(f64::INFINITY, |u| u.elapsed().as_secs_f64())),
+        )?;
+
+        let st = &s.store;
+        let written: Vec<(Labels<'_>, u64)> = Table::ALL
+            .iter()
+            .map(|t| (vec![("table", t.name())], load(&st.written[*t as usize])))
+            .collect();
+        counter(enc, "tapwatch_store_rows_written", "Rows written to SQLite, by table", &written)?;
+        let mut evicted = Vec::new();
+        for t in Table::ALL {
+            evicted.push((
+                vec![("table", t.name()), ("reason", "age")],
+                load(&st.evicted_age[t as usize]),
+            ));
+            evicted.push((
+                vec![("table", t.name()), ("reason", "size")],
+                load(&st.evicted_size[t as usize]),
+            ));
+        }
+        counter(
+            enc,
+            "tapwatch_store_evictions",
+            "Rows deleted by retention, by table and reason",
+            &evicted,
+        )?;
+        counter(
+            enc,
+            "tapwatch_store_ring_rotated",
+            "Ring packets deleted to keep the newest per interface",
+            &one(load(&st.ring_rotated)),
+        )?;
+        counter(enc, "tapwatch_store_commits", "Transactions committed", &one(load(&st.commits)))?;
+        counter(
+            enc,
+            "tapwatch_store_write_errors",
+            "Batches that failed to write",
+            &one(load(&st.write_errors)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_store_rows_lost",
+            "Rows lost with failed batches",
+            &one(load(&st.rows_lost)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_store_queue_drops",
+            "Rows dropped because the store's queue was full",
+            &one(load(&st.queue_drops)),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_store_size_bytes",
+            "Bytes of live pages in the database",
+            &one(load(&st.size_bytes) as f64),
+        )?;
+        counter(
+            enc,
+            "tapwatch_config_reloads",
+            "Capture-rule reloads applied",
+            &one(load(&s.reloads)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_config_reloads_failed",
+            "Reloads refused (the rules in force stayed)",
+            &one(load(&s.reloads_failed)),
+        )?;
+
+        let h = s.host.lock().map(|h| h.clone()).unwrap_or_default();
+        gauge(enc, "tapwatch_host_cpu_usage_ratio", "CPU busy, all cores, 0 to 1", &one(h.cpu))?;
+        gauge(enc, "tapwatch_host_memory_used_bytes", "Memory in use", &one(h.mem_used as f64))?;
+        gauge(
+            enc,
+            "tapwatch_host_memory_total_bytes",
+            "Memory installed",
+            &one(h.mem_total as f64),
+        )?;
+        let disk = |f: fn(&(String, u64, u64)) -> u64| -> Vec<(Labels<'_>, f64)> {
+            h.disks.iter().map(|d| (vec![("mount", d.0.as_str())], f(d) as f64)).collect()
+        };
+        gauge(
+            enc,
+            "tapwatch_host_disk_used_bytes",
+            "Disk space used, by mount point",
+            &disk(|d| d.1),
+        )?;
+        gauge(enc, "tapwatch_host_disk_total_bytes", "Disk space, by mount point", &disk(|d| d.2))?;
+        let net = |f: fn(&(String, u64, u64)) -> u64| -> Vec<(Labels<'_>, u64)> {
+            h.nets.iter().map(|d| (vec![("device", d.0.as_str())], f(d))).collect()
+        };
+        counter(
+            enc,
+            "tapwatch_host_network_receive_bytes",
+            "Bytes received, by network device",
+            &net(|d| d.1),
+        )?;
+        counter(
+            enc,
+            "tapwatch_host_network_transmit_bytes",
+            "Bytes sent, by network device",
+            &net(|d| d.2),
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry `/metrics` encodes.
+pub fn registry(shared: Arc<Shared>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Collector(shared)));
+    r
+}
+
+/// Prometheus text of the registry.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+        out.push_str("# encoding failed\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_metrics_text_has_every_family() {
+        let shared = Arc::new(Shared::new("tap-1".into(), Arc::new(StoreCounters::default())));
+        let c = Arc::new(InterfaceCounters { name: "eth1".into(), ..Default::default() });
+        c.packets.store(42, Ordering::Relaxed);
+        c.queue_drops.store(3, Ordering::Relaxed);
+        shared.interfaces.write().unwrap().push(c);
+        {
+            let mut p = shared.pipeline.lock().unwrap();
+            p.iface_errors = vec![[0; DissectError::ALL.len()]];
+            p.iface_errors[0][DissectError::TcpMalformed.index()] = 5;
+            p.flows.ended[EndReason::Evicted as usize] = 7;
+        }
+        *shared.host.lock().unwrap() = HostProbe::new().read();
+        let text = encode(&registry(shared));
+        for needle in [
+            "tapwatch_capture_packets_total{interface=\"eth1\"} 42",
+            "tapwatch_queue_drops_total{interface=\"eth1\"} 3",
+            "tapwatch_parse_errors_total{interface=\"eth1\",kind=\"tcp_malformed\"} 5",
+            "tapwatch_flows_ended_total{reason=\"evicted\"} 7",
+            "tapwatch_store_evictions_total{table=\"packets\",reason=\"size\"} 0",
+            "tapwatch_host_memory_total_bytes",
+            "tapwatch_host_network_receive_bytes_total{device=\"lo\"}",
+            "tapwatch_edge_up{device=\"tap-1\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
