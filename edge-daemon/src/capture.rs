@@ -89,13 +89,11 @@ pub enum CaptureError {
     Filter { name: String, filter: String, message: String },
 }
 
-/// Open `config.name` and start its capture thread, sending batches to `tx`.
-pub fn start(
-    iface: usize,
+/// Open a live capture as `config` says, with `filter`.
+fn open(
     config: &InterfaceConfig,
-    filter: Option<String>,
-    tx: crossbeam_channel::Sender<Batch>,
-) -> Result<CaptureThread, CaptureError> {
+    filter: Option<&str>,
+) -> Result<(pcap::Capture<pcap::Active>, LinkType, i32), CaptureError> {
     let name = config.name.clone();
     let open_err =
         |e: pcap::Error| CaptureError::Open { name: name.clone(), message: e.to_string() };
@@ -112,40 +110,96 @@ pub fn start(
         .map_err(open_err)?;
     let dlt = cap.get_datalink().0;
     let link = LinkType::from_dlt(dlt).ok_or(CaptureError::LinkType { name: name.clone(), dlt })?;
-    if let Some(f) = &filter {
+    if let Some(f) = filter {
         cap.filter(f, true).map_err(|e| CaptureError::Filter {
             name: name.clone(),
-            filter: f.clone(),
+            filter: f.into(),
             message: e.to_string(),
         })?;
     }
+    Ok((cap, link, dlt))
+}
+
+/// Open `config.name` and start its capture thread, sending batches to `tx`.
+pub fn start(
+    iface: usize,
+    config: &InterfaceConfig,
+    filter: Option<String>,
+    tx: crossbeam_channel::Sender<Batch>,
+) -> Result<CaptureThread, CaptureError> {
+    let (cap, link, dlt) = open(config, filter.as_deref())?;
     let counters =
-        Arc::new(InterfaceCounters { name: name.clone(), ..InterfaceCounters::default() });
+        Arc::new(InterfaceCounters { name: config.name.clone(), ..InterfaceCounters::default() });
     if let Ok(mut f) = counters.filter.lock() {
         *f = filter.unwrap_or_default();
     }
     let (control, rx) = std::sync::mpsc::channel();
     let c = counters.clone();
-    let sample = u64::from(config.sample.max(1));
+    let cfg = config.clone();
     let handle = std::thread::Builder::new()
-        .name(format!("capture-{name}"))
-        .spawn(move || run(iface, cap, link, dlt, sample, tx, rx, &c))
-        .map_err(|e| CaptureError::Open { name, message: e.to_string() })?;
+        .name(format!("capture-{}", config.name))
+        .spawn(move || {
+            let mut current = Some((cap, link, dlt));
+            loop {
+                let reopen = match current.take() {
+                    Some((cap, link, dlt)) => run(iface, cap, link, dlt, &cfg, &tx, &rx, &c),
+                    None => true,
+                };
+                if !reopen {
+                    break;
+                }
+                // The interface went away. Try again every two seconds until it is back or
+                // we are told to stop.
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(2)) {
+                        Ok(Control::Stop)
+                        | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            return;
+                        }
+                        Ok(Control::SetFilter(f, reply)) => {
+                            if let Ok(mut cur) = c.filter.lock() {
+                                *cur = f.unwrap_or_default();
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                    let filter = c.filter.lock().map(|f| f.clone()).unwrap_or_default();
+                    let filter = (!filter.is_empty()).then_some(filter);
+                    if let Ok(opened) = open(&cfg, filter.as_deref()) {
+                        tracing::info!(
+                            "capture {}: the interface is back; capturing again",
+                            c.name
+                        );
+                        current = Some(opened);
+                        break;
+                    }
+                }
+            }
+        })
+        .map_err(|e| CaptureError::Open { name: config.name.clone(), message: e.to_string() })?;
     counters.up.store(1, Ordering::Relaxed);
     Ok(CaptureThread { control, handle, counters })
 }
 
+/// Capture until told to stop (returns false) or the interface fails (returns true: reopen).
 #[allow(clippy::too_many_arguments)]
 fn run(
     iface: usize,
     mut cap: pcap::Capture<pcap::Active>,
     link: LinkType,
     dlt: i32,
-    sample: u64,
-    tx: crossbeam_channel::Sender<Batch>,
-    control: std::sync::mpsc::Receiver<Control>,
+    config: &InterfaceConfig,
+    tx: &crossbeam_channel::Sender<Batch>,
+    control: &std::sync::mpsc::Receiver<Control>,
     c: &InterfaceCounters,
-) {
+) -> bool {
+    let sample = u64::from(config.sample.max(1));
+    c.up.store(1, Ordering::Relaxed);
+    let mut failed = false;
+    // libpcap's drop counts start at zero with each handle; ours run on across reopens.
+    let (base_kernel, base_iface) =
+        (c.kernel_drops.load(Ordering::Relaxed), c.interface_drops.load(Ordering::Relaxed));
     let mut batch = Batch::new(iface, link, dlt);
     let mut seen = 0u64;
     let mut last_stats = Instant::now();
@@ -194,7 +248,7 @@ fn run(
                     batch.packets.push((ts, p.header.len, start..batch.bytes.len()));
                     if batch.packets.len() >= BATCH_PACKETS {
                         let full = std::mem::replace(&mut batch, Batch::new(iface, link, dlt));
-                        if !offer(full, &tx) {
+                        if !offer(full, tx) {
                             break 'outer;
                         }
                     }
@@ -202,34 +256,43 @@ fn run(
                 Err(pcap::Error::TimeoutExpired) => break,
                 Err(pcap::Error::NoMorePackets) => break 'outer,
                 Err(e) => {
+                    // The handle is dead (the interface went away, or the socket failed).
                     c.read_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!("capture {}: read error: {e}", c.name);
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
+                    tracing::error!(
+                        "capture {}: {e}; reopening when the interface is back",
+                        c.name
+                    );
+                    failed = true;
+                    break 'outer;
                 }
             }
         }
         // Nothing more for now: hand on what we have, then wait for the descriptor.
         if !batch.packets.is_empty() {
             let part = std::mem::replace(&mut batch, Batch::new(iface, link, dlt));
-            if !offer(part, &tx) {
+            if !offer(part, tx) {
                 break;
             }
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             if let Ok(s) = cap.stats() {
-                c.kernel_drops.store(u64::from(s.dropped), Ordering::Relaxed);
-                c.interface_drops.store(u64::from(s.if_dropped), Ordering::Relaxed);
+                c.kernel_drops.store(base_kernel + u64::from(s.dropped), Ordering::Relaxed);
+                c.interface_drops.store(base_iface + u64::from(s.if_dropped), Ordering::Relaxed);
             }
             last_stats = Instant::now();
         }
         let fd = cap.as_fd();
         let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         let _ = poll(&mut fds, Some(&Timespec { tv_sec: 0, tv_nsec: 100_000_000 }));
+        if fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL) {
+            // The next read says what happened; do not spin on a descriptor in error meanwhile.
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     if let Ok(s) = cap.stats() {
-        c.kernel_drops.store(u64::from(s.dropped), Ordering::Relaxed);
-        c.interface_drops.store(u64::from(s.if_dropped), Ordering::Relaxed);
+        c.kernel_drops.store(base_kernel + u64::from(s.dropped), Ordering::Relaxed);
+        c.interface_drops.store(base_iface + u64::from(s.if_dropped), Ordering::Relaxed);
     }
     c.up.store(0, Ordering::Relaxed);
+    failed
 }

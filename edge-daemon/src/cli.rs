@@ -185,7 +185,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
                 Ok(store) => Some((
                     spawn_writer(
                         store,
-                        65_536,
+                        crate::STORE_QUEUE_ROWS,
                         names.iter().map(|n| n.to_string()).collect(),
                         AgeClock::Off,
                     ),

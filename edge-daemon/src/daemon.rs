@@ -89,8 +89,12 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         config.interfaces.iter().map(|i| Arc::from(i.name.as_str())).collect();
     let store_counters = Arc::new(StoreCounters::default());
     let store = Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;
-    let writer =
-        spawn_writer(store, 65_536, names.iter().map(|n| n.to_string()).collect(), AgeClock::Wall);
+    let writer = spawn_writer(
+        store,
+        crate::STORE_QUEUE_ROWS,
+        names.iter().map(|n| n.to_string()).collect(),
+        AgeClock::Wall,
+    );
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
 
     // One queue for all interfaces, sized by the sum of their queue_packets.

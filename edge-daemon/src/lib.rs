@@ -17,14 +17,23 @@ pub mod pipeline;
 pub mod store;
 
 use firmware::engine::Engine;
+use firmware::flow::HeapShards;
 
-/// Flows the edge tracks at once (a power of two).
-pub const MAX_FLOWS: usize = 1 << 16;
+/// Flows one shard of the flow table holds (heapless maps hold at most 65,536).
+pub const FLOWS_PER_SHARD: usize = 1 << 16;
+/// Shards of the flow table.
+pub const FLOW_SHARDS: usize = 2;
+/// Flows the edge tracks at once.
+pub const MAX_FLOWS: usize = FLOWS_PER_SHARD * FLOW_SHARDS;
 /// Source hosts with window counters at once (a power of two).
 pub const MAX_HOSTS: usize = 1 << 14;
 
+/// Rows waiting for the store writer at most (a row is a flow with its features, about half a
+/// KiB): two seconds of a busy tap's flows, and 4 MiB of memory.
+pub const STORE_QUEUE_ROWS: usize = 8_192;
+
 /// The engine the daemon runs.
-pub type EdgeEngine = Engine<MAX_FLOWS, MAX_HOSTS>;
+pub type EdgeEngine = Engine<FLOWS_PER_SHARD, MAX_HOSTS, HeapShards<FLOWS_PER_SHARD, FLOW_SHARDS>>;
 
 /// A new engine on the heap.
 ///
@@ -32,8 +41,14 @@ pub type EdgeEngine = Engine<MAX_FLOWS, MAX_HOSTS>;
 /// builds the value on the stack, so callers run the pipeline on a thread with a stack of at least
 /// [`PIPELINE_STACK`] bytes (see [`cli::run`]).
 pub fn new_engine(config: firmware::engine::EngineConfig) -> Box<EdgeEngine> {
+    // The flow shards are allocations of their own (HeapShards), built in place; what is left
+    // here (the host table) is small enough for the optimiser to build in place too, so pages
+    // of the tables stay untouched, and out of the resident set, until flows fill them.
     Box::new(Engine::new(config))
 }
 
 /// Stack size of the pipeline thread: room for an [`EdgeEngine`] built in place in a debug build.
-pub const PIPELINE_STACK: usize = 8 * std::mem::size_of::<EdgeEngine>() + (64 << 20);
+pub const PIPELINE_STACK: usize = 8
+    * (std::mem::size_of::<EdgeEngine>()
+        + std::mem::size_of::<firmware::flow::FlowMap<FLOWS_PER_SHARD>>())
+    + (64 << 20);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// Distinct ports or talkers one statistics interval tracks; beyond, packets still count in the
 /// totals and the overflow is counted.
-const STATS_KEYS_MAX: usize = 65_536;
+const STATS_KEYS_MAX: usize = 16_384;
 
 /// One captured packet handed to the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +63,18 @@ pub struct PipelineCounters {
     /// Ring packets replaced in memory before they were written (the ring keeps the newest).
     pub ring_rotated: u64,
     pub stats_intervals: u64,
+}
+
+type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
+
+/// Hand a row to the store: wait for room (offline) or drop and count when the queue is full.
+fn send_row(store: &StoreLink, blocking: bool, row: Row) {
+    if let Some((tx, c)) = store {
+        let sent = if blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
+        if !sent {
+            c.queue_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The `n` largest entries by bytes, then packets.
@@ -148,13 +160,8 @@ impl Pipeline {
         }
     }
 
-    fn send(&mut self, row: Row) {
-        if let Some((tx, c)) = &self.store {
-            let sent = if self.blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
-            if !sent {
-                c.queue_drops.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    fn send(&self, row: Row) {
+        send_row(&self.store, self.blocking, row);
     }
 
     /// Account one packet; finished flows go to `out` (and to the store).
@@ -162,21 +169,17 @@ impl Pipeline {
         self.roll_interval(p.ts_us);
         let ts = Instant::from_micros(p.ts_us);
         let mut ended = 0u64;
-        let mut finished: Vec<Row> = Vec::new();
-        let store = self.store.is_some();
+        let (store, blocking) = (&self.store, self.blocking);
         let mut sink = |f: &FinishedFlow| {
             ended += 1;
-            if store {
-                finished.push(Row::Flow(Box::new(FlowRow::from(f))));
+            if store.is_some() {
+                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
             }
             out(f)
         };
         let started_before = self.engine.flow_counters().created;
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
-        for row in finished {
-            self.send(row);
-        }
         let iv = self.stats.get_or_insert_with(Interval::default);
         iv.packets += 1;
         iv.bytes += u64::from(p.wire_len);
@@ -309,19 +312,15 @@ impl Pipeline {
     /// Advance time with no packet (live capture on a quiet link): flows time out and the
     /// interval rolls.
     pub fn tick(&mut self, now_us: i64, out: &mut impl FnMut(&FinishedFlow)) {
-        let store = self.store.is_some();
-        let mut rows = Vec::new();
+        let (store, blocking) = (&self.store, self.blocking);
         let mut ended = 0;
         self.engine.tick(Instant::from_micros(now_us), &mut |f| {
             ended += 1;
-            if store {
-                rows.push(Row::Flow(Box::new(FlowRow::from(f))));
+            if store.is_some() {
+                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
             }
             out(f)
         });
-        for r in rows {
-            self.send(r);
-        }
         if let Some(iv) = self.stats.as_mut() {
             iv.flows_ended += ended;
         }
@@ -333,19 +332,15 @@ impl Pipeline {
 
     /// End of input (end of a file, or shutdown): every flow, the last interval and the ring.
     pub fn finish(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
-        let store = self.store.is_some();
-        let mut rows = Vec::new();
+        let (store, blocking) = (&self.store, self.blocking);
         let mut ended = 0;
         self.engine.reset(&mut |f| {
             ended += 1;
-            if store {
-                rows.push(Row::Flow(Box::new(FlowRow::from(f))));
+            if store.is_some() {
+                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
             }
             out(f)
         });
-        for r in rows {
-            self.send(r);
-        }
         if let Some(mut iv) = self.stats.take() {
             iv.flows_ended += ended;
             self.store_interval(iv);

@@ -496,6 +496,10 @@ pub fn spawn_writer(
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => (false, false),
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => (false, true),
                 };
+                if batch.is_empty() && !more {
+                    // Idle: the next wait is a whole interval, not zero (which would spin).
+                    last_flush = Instant::now();
+                }
                 let full = batch.len() >= cfg.batch_rows;
                 if (full || !more || closed || last_flush.elapsed() >= interval)
                     && !batch.is_empty()

@@ -97,6 +97,16 @@ struct Daemon {
     base: String,
 }
 
+impl Drop for Daemon {
+    /// A failed test must not leave a daemon running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Daemon {
     fn start(config: &Path) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tapwatch-edge"))
@@ -140,6 +150,10 @@ impl Daemon {
     }
 
     fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
         self.signal("-TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -239,7 +253,6 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
     .unwrap();
     d.signal("-HUP");
     wait_for("the new rule", || d.get("/admin/rules").contains("not (icmp)"));
-    let captured_before = d.metric("tapwatch_capture_packets_total");
     sh(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &lab.ns_ip]);
     // A reload with a broken rule is refused and the rule in force stays.
     std::fs::write(
@@ -254,12 +267,8 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
     let refused = String::from_utf8_lossy(&refused.stdout);
     assert!(refused.contains("configuration refused") && refused.contains("no-icmp"), "{refused}");
     assert!(d.get("/admin/rules").contains("not (icmp)"));
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        d.metric("tapwatch_capture_packets_total"),
-        captured_before,
-        "ICMP still captured after the rule"
-    );
+    // (The ICMP packets sent after the reload are checked in SQLite below: the link's own
+    // ARP and IPv6 neighbour traffic still flows, so total counts keep moving.)
     let kernel_drops = d.metric("tapwatch_capture_kernel_drops_total");
     let queue_drops = d.metric("tapwatch_queue_drops_total");
     let captured = d.metric("tapwatch_capture_packets_total");

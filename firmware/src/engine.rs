@@ -6,7 +6,7 @@
 //! no packet comes.
 
 use crate::features::{self, FeatureVector};
-use crate::flow::{FlowConfig, FlowCounters, FlowRecord, FlowTable};
+use crate::flow::{FlowConfig, FlowCounters, FlowMap, FlowRecord, FlowShards, FlowTable};
 use crate::hosts::{HostConfig, HostCounters, HostTable};
 use crate::wire::{dissect, DissectError, LinkType, PacketMeta, L3, L4};
 use crate::{Duration, Instant};
@@ -68,17 +68,18 @@ impl EngineCounters {
     }
 }
 
-/// Dissection, flows and hosts: `F` flows and `H` hosts at most (powers of two).
+/// Dissection, flows and hosts: shards of `F` flows kept in `M`, and `H` hosts at most (`F` and
+/// `H` powers of two, at most 65,536 each).
 #[derive(Debug)]
-pub struct Engine<const F: usize, const H: usize> {
-    flows: FlowTable<F>,
+pub struct Engine<const F: usize, const H: usize, M: FlowShards<F> = [FlowMap<F>; 1]> {
+    flows: FlowTable<F, M>,
     hosts: HostTable<H>,
     config: EngineConfig,
     counters: EngineCounters,
     last_sweep: Option<Instant>,
 }
 
-impl<const F: usize, const H: usize> Default for Engine<F, H> {
+impl<const F: usize, const H: usize, M: FlowShards<F>> Default for Engine<F, H, M> {
     fn default() -> Self {
         Self::new(EngineConfig::default())
     }
@@ -91,7 +92,7 @@ fn is_group(ip: IpAddr) -> bool {
     }
 }
 
-impl<const F: usize, const H: usize> Engine<F, H> {
+impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     pub fn new(config: EngineConfig) -> Self {
         Engine {
             flows: FlowTable::new(config.flow),
@@ -111,7 +112,7 @@ impl<const F: usize, const H: usize> Engine<F, H> {
     pub fn host_counters(&self) -> &HostCounters {
         self.hosts.counters()
     }
-    pub fn flows(&self) -> &FlowTable<F> {
+    pub fn flows(&self) -> &FlowTable<F, M> {
         &self.flows
     }
     pub fn hosts(&self) -> &HostTable<H> {

@@ -146,8 +146,8 @@ pub fn compute(flow: &Flow, host: &HostFeatures) -> FeatureVector {
     v[DNS_RESPONSES] = d.responses as f32;
     v[DNS_NXDOMAIN] = d.nxdomain as f32;
     v[DNS_DATA_QTYPES] = d.data_qtypes as f32;
-    v[DNS_QNAME_LEN_MEAN] = d.qname_len.mean() as f32;
-    v[DNS_QNAME_LEN_MAX] = d.qname_len.max() as f32;
+    v[DNS_QNAME_LEN_MEAN] = ratio(f64::from(d.qname_len_sum), f64::from(d.qnames));
+    v[DNS_QNAME_LEN_MAX] = f32::from(d.qname_len_max);
     v[DNS_LABEL_MAX] = f32::from(d.longest_label);
     v[DNS_QNAME_ENTROPY_MAX] = f32::from(d.max_entropy_millibits) / 1000.0;
     v[FRAG_PKTS] = flow.fragments as f32;

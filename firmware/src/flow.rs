@@ -46,12 +46,11 @@ impl Default for FlowConfig {
 ///
 /// Neither is keyed: a sender who knows the function can aim flows at one probe chain. The
 /// chains are bounded by the table's capacity, so that costs time, never memory or correctness.
-pub(crate) type Map<K, V, const N: usize> =
-    IndexMap<K, V, hash32::BuildHasherDefault<WordHasher>, N>;
+pub type Map<K, V, const N: usize> = IndexMap<K, V, hash32::BuildHasherDefault<WordHasher>, N>;
 
 /// rustc's Fx hash, with the 32-bit finish heapless asks for.
 #[derive(Default, Clone)]
-pub(crate) struct WordHasher(rustc_hash::FxHasher);
+pub struct WordHasher(rustc_hash::FxHasher);
 
 impl core::fmt::Debug for WordHasher {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -166,20 +165,19 @@ impl EndReason {
 }
 
 /// Per-direction accumulators.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DirStats {
     pub packets: u32,
     /// Frame bytes on the wire (what tshark's conversation table counts).
     pub wire_bytes: u64,
-    /// IP bytes (header and payload).
-    pub ip_bytes: u64,
     /// Upper-layer payload size per packet.
     pub payload: RunningStats,
     /// Inter-arrival times in this direction, microseconds.
     pub iat: RunningStats,
-    pub last: Option<Instant>,
-    /// Transport header bytes.
-    pub header_bytes: u64,
+    /// Time of the last packet this way, Unix microseconds; `i64::MIN` before the first.
+    pub last_us: i64,
+    /// Transport header bytes (saturating).
+    pub header_bytes: u32,
     pub psh: u32,
     pub urg: u32,
     /// Advertised window of the first TCP segment in this direction.
@@ -190,19 +188,36 @@ pub struct DirStats {
     pub min_header: u16,
 }
 
+impl Default for DirStats {
+    fn default() -> Self {
+        DirStats {
+            packets: 0,
+            wire_bytes: 0,
+            payload: RunningStats::new(),
+            iat: RunningStats::new(),
+            last_us: i64::MIN,
+            header_bytes: 0,
+            psh: 0,
+            urg: 0,
+            init_window: None,
+            data_packets: 0,
+            min_header: 0,
+        }
+    }
+}
+
 impl DirStats {
     fn add(&mut self, ts: Instant, wire_len: u32, ip: &IpInfo) {
-        if let Some(last) = self.last {
-            self.iat.push(micros_between(last, ts));
+        if self.last_us != i64::MIN {
+            self.iat.push(micros_between(Instant::from_micros(self.last_us), ts));
         }
-        self.last = Some(ts);
+        self.last_us = ts.total_micros();
         let payload = ip.l4.payload_len();
         let header = ip.l4.header_len();
         self.packets = self.packets.saturating_add(1);
         self.wire_bytes += u64::from(wire_len);
-        self.ip_bytes += u64::from(ip.ip_len);
         self.payload.push(f64::from(payload));
-        self.header_bytes += u64::from(header);
+        self.header_bytes = self.header_bytes.saturating_add(header);
         if payload > 0 {
             self.data_packets += 1;
         }
@@ -252,7 +267,10 @@ pub struct DnsStats {
     pub nxdomain: u32,
     /// TXT, NULL, ANY and other types that carry data rather than addresses.
     pub data_qtypes: u32,
-    pub qname_len: RunningStats,
+    /// Sum and longest of the first question's name length over queries that had one.
+    pub qname_len_sum: u32,
+    pub qname_len_max: u16,
+    pub qnames: u32,
     pub longest_label: u8,
     pub max_entropy_millibits: u16,
 }
@@ -279,7 +297,8 @@ pub struct Flow {
     pub flag_counts: [u32; 8],
     pub tcp: TcpState,
     /// Upper-layer payload sizes of the first packets, negative for the responder's.
-    pub first_sizes: [i32; FIRST_PACKETS],
+    /// (Clamped to +-32767: a larger payload, from segmentation offload, reads as 32767.)
+    pub first_sizes: [i16; FIRST_PACKETS],
     pub dns: DnsStats,
     /// ICMP type and code of the first ICMP packet (+1, so 0 means none).
     pub icmp_type: u16,
@@ -365,7 +384,8 @@ impl Flow {
         }
         let payload = ip.l4.payload_len() as i32;
         if n < FIRST_PACKETS {
-            self.first_sizes[n] = if dir == Direction::Forward { payload } else { -payload };
+            let size = payload.min(i32::from(i16::MAX)) as i16;
+            self.first_sizes[n] = if dir == Direction::Forward { size } else { -size };
         }
         match dir {
             Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
@@ -416,7 +436,10 @@ impl Flow {
                     } else {
                         s.queries += 1;
                         if d.qname_len > 0 {
-                            s.qname_len.push(f64::from(d.qname_len));
+                            s.qname_len_sum =
+                                s.qname_len_sum.saturating_add(u32::from(d.qname_len));
+                            s.qname_len_max = s.qname_len_max.max(d.qname_len);
+                            s.qnames += 1;
                         }
                         // TXT, NULL, ANY, and anything above the address types.
                         if matches!(d.qtype, 10 | 16 | 255) {
@@ -482,36 +505,102 @@ pub struct Ingested {
     pub new_flow: bool,
 }
 
-/// The table itself: `N` flows at most (a power of two).
+/// One shard of a flow table: up to `N` flows (a power of two, at most 65,536: heapless's limit).
+pub type FlowMap<const N: usize> = Map<FlowKey, Flow, N>;
+
+/// Where a flow table keeps its shards.
+///
+/// An array (`[FlowMap<N>; S]`) keeps them inline, with no heap: the MCU build. With `std`,
+/// [`HeapShards`] keeps each shard in its own allocation: a table of tens of MiB then never
+/// passes through the stack on its way to the heap, so only the pages flows use are ever touched.
+pub trait FlowShards<const N: usize> {
+    fn create() -> Self;
+    fn count(&self) -> usize;
+    fn shard(&self, i: usize) -> &FlowMap<N>;
+    fn shard_mut(&mut self, i: usize) -> &mut FlowMap<N>;
+}
+
+impl<const N: usize, const S: usize> FlowShards<N> for [FlowMap<N>; S] {
+    fn create() -> Self {
+        const { assert!(S >= 1, "a flow table needs at least one shard") };
+        [const { Map::new() }; S]
+    }
+    fn count(&self) -> usize {
+        S
+    }
+    fn shard(&self, i: usize) -> &FlowMap<N> {
+        &self[i]
+    }
+    fn shard_mut(&mut self, i: usize) -> &mut FlowMap<N> {
+        &mut self[i]
+    }
+}
+
+/// `S` shards, each in its own heap allocation.
+#[cfg(feature = "std")]
 #[derive(Debug)]
-pub struct FlowTable<const N: usize> {
-    map: Map<FlowKey, Flow, N>,
+pub struct HeapShards<const N: usize, const S: usize>(std::vec::Vec<std::boxed::Box<FlowMap<N>>>);
+
+#[cfg(feature = "std")]
+impl<const N: usize, const S: usize> FlowShards<N> for HeapShards<N, S> {
+    fn create() -> Self {
+        const { assert!(S >= 1, "a flow table needs at least one shard") };
+        HeapShards((0..S).map(|_| std::boxed::Box::new(Map::new())).collect())
+    }
+    fn count(&self) -> usize {
+        S
+    }
+    fn shard(&self, i: usize) -> &FlowMap<N> {
+        &self.0[i]
+    }
+    fn shard_mut(&mut self, i: usize) -> &mut FlowMap<N> {
+        &mut self.0[i]
+    }
+}
+
+/// The table itself: shards of `N` flows each, kept in `M`. A flow's shard is chosen by a hash of
+/// its key, so the shards fill evenly.
+#[derive(Debug)]
+pub struct FlowTable<const N: usize, M: FlowShards<N> = [FlowMap<N>; 1]> {
+    maps: M,
     config: FlowConfig,
     counters: FlowCounters,
     /// Latest timestamp seen; time never goes back for expiry, whatever the packets say.
     now: Instant,
     /// No flow can time out before this (Unix microseconds): sweeps before it are skipped.
     next_deadline: i64,
-    /// Where the last packet's flow sits: runs of packets of one flow skip the hash lookup.
-    last_hit: Option<(FlowKey, usize)>,
+    /// Where the last packet's flow sits (key, shard, index): runs of packets of one flow skip
+    /// the hash lookup.
+    last_hit: Option<(FlowKey, usize, usize)>,
 }
 
-impl<const N: usize> Default for FlowTable<N> {
+impl<const N: usize, M: FlowShards<N>> Default for FlowTable<N, M> {
     fn default() -> Self {
         Self::new(FlowConfig::default())
     }
 }
 
-impl<const N: usize> FlowTable<N> {
+impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
     pub fn new(config: FlowConfig) -> Self {
         FlowTable {
-            map: Map::new(),
+            maps: M::create(),
             config,
             counters: FlowCounters::default(),
             now: Instant::from_micros(0),
             next_deadline: i64::MAX,
             last_hit: None,
         }
+    }
+
+    fn shard(&self, key: &FlowKey) -> usize {
+        let n = self.maps.count();
+        if n == 1 {
+            return 0;
+        }
+        let mut h = rustc_hash::FxHasher::default();
+        key.hash(&mut h);
+        // The high bits: the map itself uses the low ones.
+        ((h.finish() >> 40) as usize) % n
     }
 
     pub fn config(&self) -> &FlowConfig {
@@ -525,17 +614,17 @@ impl<const N: usize> FlowTable<N> {
     }
     /// Flows in progress.
     pub fn len(&self) -> usize {
-        self.map.len()
+        (0..self.maps.count()).map(|i| self.maps.shard(i).len()).sum()
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        (0..self.maps.count()).all(|i| self.maps.shard(i).is_empty())
     }
-    pub const fn capacity(&self) -> usize {
-        N
+    pub fn capacity(&self) -> usize {
+        N * self.maps.count()
     }
     /// Flows in progress, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
-        self.map.values()
+        (0..self.maps.count()).flat_map(|i| self.maps.shard(i).values())
     }
 
     fn end(&mut self, flow: Flow, reason: EndReason, out: &mut impl FnMut(FlowRecord)) {
@@ -570,15 +659,18 @@ impl<const N: usize> FlowTable<N> {
             .min(flow.start.total_micros() + config.active_timeout.total_micros() as i64)
     }
 
-    /// Index of `key`'s flow, if it has one.
-    fn find(&mut self, key: &FlowKey) -> Option<usize> {
-        if let Some((k, i)) = self.last_hit {
-            if k == *key && self.map.get_index(i).is_some_and(|(at, _)| at == key) {
+    /// Index of `key`'s flow in shard `s`, if it has one.
+    fn find(&mut self, key: &FlowKey, s: usize) -> Option<usize> {
+        if let Some((k, ks, i)) = self.last_hit {
+            if k == *key
+                && ks == s
+                && self.maps.shard(s).get_index(i).is_some_and(|(at, _)| at == key)
+            {
                 return Some(i);
             }
         }
-        let i = self.map.get_index_of(key)?;
-        self.last_hit = Some((*key, i));
+        let i = self.maps.shard(s).get_index_of(key)?;
+        self.last_hit = Some((*key, s, i));
         Some(i)
     }
 
@@ -595,8 +687,9 @@ impl<const N: usize> FlowTable<N> {
         let (sport, dport) = ip.l4.ports();
         let key = FlowKey::new(ip.src, sport, ip.dst, dport, ip.protocol, meta.vlan);
         let config = self.config;
-        if let Some(i) = self.find(&key) {
-            if let Some((_, flow)) = self.map.get_index_mut(i) {
+        let s = self.shard(&key);
+        if let Some(i) = self.find(&key, s) {
+            if let Some((_, flow)) = self.maps.shard_mut(s).get_index_mut(i) {
                 let fresh_syn = matches!(ip.l4, L4::Tcp(t) if t.flags.syn() && !t.flags.ack());
                 let ended = if flow.tcp.closed() && fresh_syn {
                     Some(EndReason::Reused)
@@ -625,15 +718,15 @@ impl<const N: usize> FlowTable<N> {
                 };
             }
         }
-        if self.map.is_full() {
-            self.make_room(out);
+        if self.maps.shard(s).is_full() {
+            self.make_room(s, out);
         }
         let mut flow = Flow::new(meta, ip);
         let direction = flow.add(meta, ip);
         self.counters.created += 1;
         self.next_deadline = self.next_deadline.min(Self::deadline(&config, &flow));
-        match self.map.insert(key, flow) {
-            Ok(_) => self.last_hit = Some((key, self.map.len() - 1)),
+        match self.maps.shard_mut(s).insert(key, flow) {
+            Ok(_) => self.last_hit = Some((key, s, self.maps.shard(s).len() - 1)),
             // make_room always frees at least one slot; should it ever not, the flow is still
             // recorded rather than lost.
             Err((_, flow)) => self.end(flow, EndReason::Evicted, out),
@@ -651,23 +744,28 @@ impl<const N: usize> FlowTable<N> {
         }
         let config = self.config;
         let mut next = i64::MAX;
-        self.remove_where(
-            usize::MAX,
-            |flow| {
-                let why = Self::expiry(&config, flow, now);
-                if why.is_none() {
-                    next = next.min(Self::deadline(&config, flow));
-                }
-                why
-            },
-            out,
-        );
+        for s in 0..self.maps.count() {
+            self.remove_where(
+                s,
+                usize::MAX,
+                |flow| {
+                    let why = Self::expiry(&config, flow, now);
+                    if why.is_none() {
+                        next = next.min(Self::deadline(&config, flow));
+                    }
+                    why
+                },
+                out,
+            );
+        }
         self.next_deadline = next;
     }
 
     /// End every flow (end of input).
     pub fn flush(&mut self, out: &mut impl FnMut(FlowRecord)) {
-        self.remove_where(usize::MAX, |_| Some(EndReason::Flush), out);
+        for s in 0..self.maps.count() {
+            self.remove_where(s, usize::MAX, |_| Some(EndReason::Flush), out);
+        }
     }
 
     /// One pass over the flows, last to first, ending those `reason` names, at most `limit`.
@@ -677,18 +775,19 @@ impl<const N: usize> FlowTable<N> {
     /// freed slot comes from behind and has already been looked at.
     fn remove_where(
         &mut self,
+        shard: usize,
         limit: usize,
         mut reason: impl FnMut(&Flow) -> Option<EndReason>,
         out: &mut impl FnMut(FlowRecord),
     ) -> usize {
         let mut removed = 0;
-        let mut i = self.map.len();
+        let mut i = self.maps.shard(shard).len();
         while i > 0 && removed < limit {
             i -= 1;
-            let Some((key, flow)) = self.map.get_index(i) else { continue };
+            let Some((key, flow)) = self.maps.shard(shard).get_index(i) else { continue };
             let Some(why) = reason(flow) else { continue };
             let key = *key;
-            if let Some(flow) = self.map.swap_remove(&key) {
+            if let Some(flow) = self.maps.shard_mut(shard).swap_remove(&key) {
                 removed += 1;
                 self.end(flow, why, out);
             }
@@ -696,18 +795,19 @@ impl<const N: usize> FlowTable<N> {
         removed
     }
 
-    /// The table is full: expire what has timed out; if nothing has, evict the least recently
-    /// seen flows (those in the oldest eighth of the time span), at most an eighth of the table,
-    /// in one pass, so a flood costs one scan per N/8 new flows, not one per packet.
-    fn make_room(&mut self, out: &mut impl FnMut(FlowRecord)) {
+    /// Shard `s` is full: expire what has timed out; if nothing has, evict the least recently
+    /// seen flows of the shard (those in the oldest eighth of its time span), at most an eighth
+    /// of it, in one pass, so a flood costs one scan per N/8 new flows, not one per packet.
+    fn make_room(&mut self, s: usize, out: &mut impl FnMut(FlowRecord)) {
         let now = self.now;
         self.expire(now, out);
-        if !self.map.is_full() {
+        if !self.maps.shard(s).is_full() {
             return;
         }
-        let oldest = self.map.values().map(|f| f.last.total_micros()).min().unwrap_or(0);
+        let oldest = self.maps.shard(s).values().map(|f| f.last.total_micros()).min().unwrap_or(0);
         let cutoff = oldest + (now.total_micros() - oldest) / 8;
         self.remove_where(
+            s,
             (N / 8).max(1),
             |flow| (flow.last.total_micros() <= cutoff).then_some(EndReason::Evicted),
             out,
