@@ -38,6 +38,7 @@ id = "bench"
 [[interface]]
 name = "twb0$$"
 buffer_mb = 64
+immediate = ${IMMEDIATE:-false}
 [store]
 path = "$out/live.db"
 max_size_mb = 512
@@ -52,14 +53,18 @@ TOML
 pid=$!
 for _ in $(seq 50); do grep -q "listening on" "$out/live.log" && break; sleep 0.1; done
 base=$(grep -o 'http://[0-9.:]*' "$out/live.log" | head -n 1)
-metric() { curl -s "$base/metrics" | awk -v m="$1" 'index($0, m) == 1 { print $NF; exit }'; }
+metric() {
+  curl -s "$base/metrics" > "$out/metrics.txt"
+  awk -v m="$1" 'index($0, m) == 1 { v = $NF } END { print (v == "" ? 0 : v) }' "$out/metrics.txt"
+}
 
 printf '%-10s %12s %12s %14s %12s %12s\n' "target" "sent pps" "captured" "kernel drops" "queue drops" "if drops"
 for rate in $rates; do
   c0=$(metric tapwatch_capture_packets_total); k0=$(metric tapwatch_capture_kernel_drops_total)
   q0=$(metric tapwatch_queue_drops_total); i0=$(metric tapwatch_capture_interface_drops_total)
-  sent=$(ip netns exec "$ns" tcpreplay -q -i "twb1$$" --pps="$rate" --limit=$((rate * secs)) --loop=0 "$pcap" 2>&1 \
-    | awk '/Rated:/ { for (i = 1; i <= NF; i++) if ($i ~ /pps/) { print $(i-1); exit } }')
+  ip netns exec "$ns" tcpreplay -q -i "twb1$$" --pps="$rate" --limit=$((rate * secs)) --loop=0 "$pcap" \
+    > "$out/tcpreplay.txt" 2>&1
+  sent=$(awk '/Rated:/ { for (i = 1; i <= NF; i++) if ($i ~ /pps/) v = $(i-1) } END { print v }' "$out/tcpreplay.txt")
   sleep 2 # let the capture drain and the kernel counters update
   c1=$(metric tapwatch_capture_packets_total); k1=$(metric tapwatch_capture_kernel_drops_total)
   q1=$(metric tapwatch_queue_drops_total); i1=$(metric tapwatch_capture_interface_drops_total)

@@ -1,8 +1,9 @@
 //! Live capture: one thread per interface reads libpcap and hands packets on in batches.
 //!
-//! Capture never waits on anything downstream: a batch is offered to a bounded queue with
-//! `try_send`, and when the queue is full the batch's packets are dropped and counted
-//! (`queue_drops`). The capture handle is non-blocking and waits for packets with `poll(2)` on
+//! Capture never waits on anything downstream: the queue to the pipeline is bounded in packets
+//! (`queue_packets`, counted in `queued`), and a batch that would overflow it is dropped and
+//! counted (`queue_drops`). Batches are as large as what libpcap had ready, so the bound is on
+//! packets, not on batches. The capture handle is non-blocking and waits for packets with `poll(2)` on
 //! its descriptor, so an idle interface does not hang the thread and control messages (a new
 //! filter, stop) are seen within 100 ms. Kernel drops come from libpcap's statistics.
 
@@ -30,13 +31,8 @@ pub struct Batch {
 
 impl Batch {
     fn new(iface: usize, link: LinkType, dlt: i32) -> Batch {
-        Batch {
-            iface,
-            link,
-            dlt,
-            packets: Vec::with_capacity(BATCH_PACKETS),
-            bytes: Vec::with_capacity(BATCH_PACKETS * 256),
-        }
+        // Small to start: in immediate mode most batches hold a packet or two.
+        Batch { iface, link, dlt, packets: Vec::with_capacity(8), bytes: Vec::with_capacity(2048) }
     }
 }
 
@@ -55,6 +51,8 @@ pub struct InterfaceCounters {
     pub interface_drops: AtomicU64,
     /// Dropped because the queue to the pipeline was full.
     pub queue_drops: AtomicU64,
+    /// Packets in the queue to the pipeline now (the pipeline takes them off as it goes).
+    pub queued: AtomicU64,
     /// Read errors from libpcap.
     pub read_errors: AtomicU64,
     /// 1 while the capture runs.
@@ -203,11 +201,18 @@ fn run(
     let mut batch = Batch::new(iface, link, dlt);
     let mut seen = 0u64;
     let mut last_stats = Instant::now();
+    let limit = config.queue_packets as u64;
     let offer = |batch: Batch, tx: &crossbeam_channel::Sender<Batch>| {
         let n = batch.packets.len() as u64;
+        if c.queued.load(Ordering::Relaxed) + n > limit {
+            c.queue_drops.fetch_add(n, Ordering::Relaxed);
+            return true;
+        }
+        c.queued.fetch_add(n, Ordering::Relaxed);
         match tx.try_send(batch) {
             Ok(()) => true,
             Err(crossbeam_channel::TrySendError::Full(_)) => {
+                c.queued.fetch_sub(n, Ordering::Relaxed);
                 c.queue_drops.fetch_add(n, Ordering::Relaxed);
                 true
             }

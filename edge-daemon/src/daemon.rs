@@ -97,9 +97,10 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     );
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
 
-    // One queue for all interfaces, sized by the sum of their queue_packets.
+    // One channel for all interfaces; each interface bounds its own packets in it
+    // (queue_packets), so the channel's own bound only needs room for every interface's batches.
     let total: usize = config.interfaces.iter().map(|i| i.queue_packets).sum();
-    let (btx, brx) = crossbeam_channel::bounded::<Batch>((total / capture::BATCH_PACKETS).max(16));
+    let (btx, brx) = crossbeam_channel::bounded::<Batch>(total.max(1024));
     let mut captures: Vec<CaptureThread> = Vec::new();
     let controls: Controls = Arc::new(Mutex::new(Vec::new()));
     for (i, iface) in config.interfaces.iter().enumerate() {
@@ -124,6 +125,8 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     }
     drop(btx);
 
+    let queued: Vec<Arc<crate::capture::InterfaceCounters>> =
+        captures.iter().map(|c| c.counters.clone()).collect();
     let pipe_shared = shared.clone();
     let pipe_config = config.clone();
     let store_tx = writer.tx.clone();
@@ -147,6 +150,12 @@ pub fn run(path: PathBuf) -> Result<(), String> {
                                 data: &b.bytes[range.clone()],
                             };
                             p.packet(input, &mut nothing);
+                        }
+                        if let Some(c) = queued.get(b.iface) {
+                            c.queued.fetch_sub(
+                                b.packets.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                         }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {

@@ -238,6 +238,14 @@ impl prometheus_client::collector::Collector for Collector {
             "libpcap read errors",
             &per_iface(&|c| load(&c.read_errors)),
         )?;
+        let depth: Vec<(Labels<'_>, f64)> =
+            per_iface(&|c| load(&c.queued)).into_iter().map(|(l, v)| (l, v as f64)).collect();
+        gauge(
+            enc,
+            "tapwatch_queue_depth_packets",
+            "Packets waiting in the queue to the pipeline",
+            &depth,
+        )?;
         let up: Vec<(Labels<'_>, f64)> =
             per_iface(&|c| load(&c.up)).into_iter().map(|(l, v)| (l, v as f64)).collect();
         gauge(enc, "tapwatch_capture_up", "1 while the interface's capture runs", &up)?;
