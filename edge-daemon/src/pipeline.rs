@@ -9,7 +9,8 @@ use crate::EdgeEngine;
 use firmware::engine::FinishedFlow;
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -96,7 +97,12 @@ pub struct Pipeline {
     /// Per interface: packets since the last ring write, newest last.
     rings: Vec<VecDeque<PacketRow>>,
     ring_cap: usize,
-    last_ring_write_us: i64,
+    /// When the ring was last written, by the wall clock: at most `ring_cap` packets per
+    /// interface a second reach the store, whatever the packet rate (offline, packet time runs
+    /// far faster than that).
+    last_ring_write: std::time::Instant,
+    /// Packets since the clock was last read (it is read every 256).
+    since_clock: u32,
     store: Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>,
     /// Offline, rows wait for the store rather than drop: there is no capture to protect.
     blocking: bool,
@@ -122,7 +128,8 @@ impl Pipeline {
             top_n: config.stats.top_n,
             stats: None,
             ring_cap,
-            last_ring_write_us: 0,
+            last_ring_write: std::time::Instant::now(),
+            since_clock: 0,
             store,
             blocking: false,
             counters: PipelineCounters::default(),
@@ -204,9 +211,10 @@ impl Pipeline {
         if self.ring_cap > 0 {
             let ring = &mut self.rings[p.iface];
             if ring.len() >= self.ring_cap {
-                ring.pop_front();
                 self.counters.ring_rotated += 1;
+                ring.pop_front();
             }
+            let data = p.data.to_vec();
             ring.push_back(PacketRow {
                 ts_us: p.ts_us,
                 interface: self.interfaces[p.iface].clone(),
@@ -214,10 +222,14 @@ impl Pipeline {
                 wire_len: p.wire_len,
                 src,
                 dst,
-                data: p.data.to_vec(),
+                data,
             });
-            if p.ts_us - self.last_ring_write_us >= 1_000_000 {
-                self.write_rings(p.ts_us);
+            self.since_clock += 1;
+            if self.since_clock >= 256 {
+                self.since_clock = 0;
+                if self.last_ring_write.elapsed() >= std::time::Duration::from_secs(1) {
+                    self.write_rings();
+                }
             }
         }
     }
@@ -301,8 +313,8 @@ impl Pipeline {
         self.send(Row::Stats(Box::new(row)));
     }
 
-    fn write_rings(&mut self, now_us: i64) {
-        self.last_ring_write_us = now_us;
+    fn write_rings(&mut self) {
+        self.last_ring_write = std::time::Instant::now();
         let rows: Vec<PacketRow> = self.rings.iter_mut().flat_map(|r| r.drain(..)).collect();
         for r in rows {
             self.send(Row::Packet(Box::new(r)));
@@ -325,8 +337,9 @@ impl Pipeline {
             iv.flows_ended += ended;
         }
         self.roll_interval(now_us);
-        if self.ring_cap > 0 && now_us - self.last_ring_write_us >= 1_000_000 {
-            self.write_rings(now_us);
+        if self.ring_cap > 0 && self.last_ring_write.elapsed() >= std::time::Duration::from_secs(1)
+        {
+            self.write_rings();
         }
     }
 
@@ -346,7 +359,7 @@ impl Pipeline {
             self.store_interval(iv);
         }
         if self.ring_cap > 0 {
-            self.write_rings(self.last_ring_write_us);
+            self.write_rings();
         }
     }
 }
