@@ -1,7 +1,6 @@
 //! The command line: `tapwatch-edge analyze FILE...`.
 
 use crate::config::Config;
-use crate::offline::read_file;
 use crate::output::{FlowRecordOut, RunTotals};
 use crate::pipeline::{PacketIn, Pipeline};
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
@@ -220,16 +219,31 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
                 }
             }
         };
-        let result = read_file(path, args.filter.as_deref(), |p| {
-            let input = PacketIn {
-                iface,
-                link: p.link,
-                dlt: p.dlt,
-                ts_us: p.ts_us,
-                wire_len: p.wire_len,
-                data: p.data,
-            };
-            pipeline.packet(input, &mut sink)
+        // Reading and analysing run side by side: a reader thread hands batches of packets on
+        // (as live capture does), this thread runs the pipeline.
+        let result = std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<crate::offline::FileBatch>(64);
+            let filter = args.filter.as_deref();
+            let reader = scope.spawn(move || crate::offline::read_file_batched(path, filter, &tx));
+            for b in rx {
+                for (ts_us, wire_len, range) in &b.packets {
+                    let input = PacketIn {
+                        iface,
+                        link: b.link,
+                        dlt: b.dlt,
+                        ts_us: *ts_us,
+                        wire_len: *wire_len,
+                        data: &b.bytes[range.clone()],
+                    };
+                    pipeline.packet(input, &mut sink);
+                }
+            }
+            reader.join().unwrap_or_else(|_| {
+                Err(crate::offline::CaptureFileError::Open {
+                    path: path.clone(),
+                    message: "the reader thread failed".into(),
+                })
+            })
         });
         // What was read before an error still becomes flows.
         pipeline.finish(&mut sink);

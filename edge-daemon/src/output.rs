@@ -30,9 +30,9 @@ pub fn protocol_name(p: u8) -> std::borrow::Cow<'static, str> {
 
 /// Features as a JSON object, names from models/features.json, in vector order.
 #[derive(Debug)]
-struct Features<'a>(&'a FeatureVector);
+struct Features(FeatureVector);
 
-impl Serialize for Features<'_> {
+impl Serialize for Features {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(NAMES.len()))?;
         for (name, v) in NAMES.iter().zip(self.0.iter()) {
@@ -44,7 +44,7 @@ impl Serialize for Features<'_> {
 
 /// One `flow` record.
 #[derive(Debug, Serialize)]
-pub struct FlowRecordOut<'a> {
+pub struct FlowRecordOut {
     record: &'static str,
     src_ip: IpAddr,
     src_port: u16,
@@ -58,11 +58,11 @@ pub struct FlowRecordOut<'a> {
     end_reason: &'static str,
     packets: u32,
     bytes: u64,
-    features: Features<'a>,
+    features: Features,
 }
 
-impl<'a> FlowRecordOut<'a> {
-    pub fn new(f: &'a FinishedFlow) -> Self {
+impl FlowRecordOut {
+    pub fn new(f: &FinishedFlow) -> Self {
         let flow = &f.record.flow;
         FlowRecordOut {
             record: "flow",
@@ -77,7 +77,7 @@ impl<'a> FlowRecordOut<'a> {
             end_reason: f.record.reason.name(),
             packets: flow.packets(),
             bytes: flow.fwd.wire_bytes + flow.bwd.wire_bytes,
-            features: Features(&f.features),
+            features: Features(f.features()),
         }
     }
 }

@@ -139,7 +139,7 @@ impl From<&FinishedFlow> for FlowRow {
             end_reason: f.record.reason.name(),
             packets: flow.packets(),
             bytes: flow.fwd.wire_bytes + flow.bwd.wire_bytes,
-            features: f.features,
+            features: f.features(),
         }
     }
 }

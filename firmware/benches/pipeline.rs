@@ -115,7 +115,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0u64;
             for (link, ts, len, data) in pkts.iter() {
-                let _ = e.process(link, ts, len, data, &mut |f| n += f.features.len() as u64);
+                let _ = e.process(link, ts, len, data, &mut |f| n += f.features()[0] as u64);
             }
             e.reset(&mut |_| n += 1);
             black_box(n)

@@ -7,7 +7,7 @@
 
 use crate::features::{self, FeatureVector};
 use crate::flow::{FlowConfig, FlowCounters, FlowMap, FlowRecord, FlowShards, FlowTable};
-use crate::hosts::{HostConfig, HostCounters, HostTable};
+use crate::hosts::{HostConfig, HostCounters, HostFeatures, HostTable};
 use crate::wire::{dissect, DissectError, LinkType, PacketMeta, L3, L4};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -31,13 +31,22 @@ impl Default for EngineConfig {
     }
 }
 
-/// A flow that ended, with its features.
+/// A flow that ended, with what its features are computed from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FinishedFlow {
     pub record: FlowRecord,
-    pub features: FeatureVector,
+    /// The initiator's window features when the flow ended.
+    pub host: HostFeatures,
     /// The record ended an initiator's attempt that got no answer or was refused.
     pub failed: bool,
+}
+
+impl FinishedFlow {
+    /// The feature vector (computed on demand: a consumer that only counts flows does not pay
+    /// for it).
+    pub fn features(&self) -> FeatureVector {
+        features::compute(&self.record.flow, &self.host)
+    }
 }
 
 /// Packet counters, for statistics and metrics.
@@ -264,6 +273,6 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             }
         }
         let host = hosts.features(&f.src, now);
-        out(&FinishedFlow { record, features: features::compute(f, &host), failed });
+        out(&FinishedFlow { record, host, failed });
     }
 }

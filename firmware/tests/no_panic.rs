@@ -46,7 +46,8 @@ proptest! {
             t += Duration::from_micros(*step as u64);
             let _ = engine.process(LINKS[link], t, bytes.len() as u32, bytes, &mut |f| {
                 recorded += 1;
-                assert!(f.features.iter().all(|x| x.is_finite()), "{:?}", f.features);
+                let v = f.features();
+                assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
             });
         }
         let c = *engine.flow_counters();

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     let mut recorded = 0u64;
     let mut out = |f: &firmware::engine::FinishedFlow| {
-        assert!(f.features.iter().all(|x| x.is_finite()));
+        assert!(f.features().iter().all(|x| x.is_finite()));
         recorded += 1;
     };
     while let [sel, step, len, tail @ ..] = rest {
