@@ -30,7 +30,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(iface: usize, link: LinkType, dlt: i32) -> Batch {
+    pub fn new(iface: usize, link: LinkType, dlt: i32) -> Batch {
         // Small to start: in immediate mode most batches hold a packet or two.
         Batch { iface, link, dlt, packets: Vec::with_capacity(8), bytes: Vec::with_capacity(2048) }
     }

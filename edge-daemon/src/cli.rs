@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::output::{FlowRecordOut, RunTotals};
-use crate::pipeline::{PacketIn, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
 use clap::{Parser, Subcommand, ValueEnum};
 use firmware::engine::FinishedFlow;
@@ -222,21 +222,12 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         // Reading and analysing run side by side: a reader thread hands batches of packets on
         // (as live capture does), this thread runs the pipeline.
         let result = std::thread::scope(|scope| {
-            let (tx, rx) = crossbeam_channel::bounded::<crate::offline::FileBatch>(64);
+            let (tx, rx) = crossbeam_channel::bounded::<crate::capture::Batch>(64);
             let filter = args.filter.as_deref();
-            let reader = scope.spawn(move || crate::offline::read_file_batched(path, filter, &tx));
+            let reader =
+                scope.spawn(move || crate::offline::read_file_batched(path, filter, iface, &tx));
             for b in rx {
-                for (ts_us, wire_len, range) in &b.packets {
-                    let input = PacketIn {
-                        iface,
-                        link: b.link,
-                        dlt: b.dlt,
-                        ts_us: *ts_us,
-                        wire_len: *wire_len,
-                        data: &b.bytes[range.clone()],
-                    };
-                    pipeline.packet(input, &mut sink);
-                }
+                pipeline.batch(&b, &mut sink);
             }
             reader.join().unwrap_or_else(|_| {
                 Err(crate::offline::CaptureFileError::Open {

@@ -11,7 +11,7 @@ use crate::capture::{self, Batch, CaptureThread, Control};
 use crate::config::{interface_filter, Config};
 use crate::http::{AppState, ReloadReport};
 use crate::metrics::{HostProbe, Shared};
-use crate::pipeline::{PacketIn, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -140,17 +140,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             loop {
                 match brx.recv_timeout(Duration::from_millis(100)) {
                     Ok(b) => {
-                        for (ts, len, range) in &b.packets {
-                            let input = PacketIn {
-                                iface: b.iface,
-                                link: b.link,
-                                dlt: b.dlt,
-                                ts_us: *ts,
-                                wire_len: *len,
-                                data: &b.bytes[range.clone()],
-                            };
-                            p.packet(input, &mut nothing);
-                        }
+                        p.batch(&b, &mut nothing);
                         if let Some(c) = queued.get(b.iface) {
                             c.queued.fetch_sub(
                                 b.packets.len() as u64,

@@ -119,38 +119,24 @@ pub fn timeval_micros(tv: libc::timeval) -> i64 {
     i64::from(tv.tv_sec) * 1_000_000 + i64::from(tv.tv_usec)
 }
 
-/// Packets read back to back, their bytes in one buffer.
-#[derive(Debug)]
-pub struct FileBatch {
-    pub link: LinkType,
-    pub dlt: i32,
-    /// (timestamp µs, wire length, range in `bytes`).
-    pub packets: Vec<(i64, u32, std::ops::Range<usize>)>,
-    pub bytes: Vec<u8>,
-}
-
 /// Packets per batch.
 const FILE_BATCH: usize = 512;
 
-/// Read `path` and send its packets to `tx` in batches, in file order. Stops early, without an
-/// error, if the receiver goes away.
+/// Read `path` and send its packets to `tx` in batches (as live capture does, with `iface` as
+/// the interface index), in file order. Stops early, without an error, if the receiver goes away.
 pub fn read_file_batched(
     path: &Path,
     filter: Option<&str>,
-    tx: &crossbeam_channel::Sender<FileBatch>,
+    iface: usize,
+    tx: &crossbeam_channel::Sender<crate::capture::Batch>,
 ) -> Result<FileSummary, CaptureFileError> {
-    let mut batch: Option<FileBatch> = None;
+    let mut batch: Option<crate::capture::Batch> = None;
     let mut gone = false;
     let result = read_file(path, filter, |p| {
         if gone {
             return;
         }
-        let b = batch.get_or_insert_with(|| FileBatch {
-            link: p.link,
-            dlt: p.dlt,
-            packets: Vec::with_capacity(FILE_BATCH),
-            bytes: Vec::with_capacity(FILE_BATCH * 256),
-        });
+        let b = batch.get_or_insert_with(|| crate::capture::Batch::new(iface, p.link, p.dlt));
         let start = b.bytes.len();
         b.bytes.extend_from_slice(p.data);
         b.packets.push((p.ts_us, p.wire_len, start..b.bytes.len()));

@@ -171,6 +171,21 @@ impl Pipeline {
         send_row(&self.store, self.blocking, row);
     }
 
+    /// Account a batch of packets, in order.
+    pub fn batch(&mut self, b: &crate::capture::Batch, out: &mut impl FnMut(&FinishedFlow)) {
+        for (ts_us, wire_len, range) in &b.packets {
+            let input = PacketIn {
+                iface: b.iface,
+                link: b.link,
+                dlt: b.dlt,
+                ts_us: *ts_us,
+                wire_len: *wire_len,
+                data: &b.bytes[range.clone()],
+            };
+            self.packet(input, out);
+        }
+    }
+
     /// Account one packet; finished flows go to `out` (and to the store).
     pub fn packet(&mut self, p: PacketIn<'_>, out: &mut impl FnMut(&FinishedFlow)) {
         self.roll_interval(p.ts_us);

@@ -143,6 +143,14 @@ fn tshark_conversations(cap: &Path) -> Conversations {
     convs
 }
 
+/// A flow record's initiator and responder.
+fn endpoints(f: &Value) -> (Endpoint, Endpoint) {
+    let end = |ip: &str, port: &str| {
+        (f[ip].as_str().unwrap_or("").to_string(), f[port].as_u64().unwrap_or(0) as u16)
+    };
+    (end("src_ip", "src_port"), end("dst_ip", "dst_port"))
+}
+
 /// Our flows summed per conversation (A, B as tshark orders them).
 fn our_conversation(flows: &[Value], proto: &str, a: &Endpoint, b: &Endpoint) -> Conv {
     let mut c = Conv::default();
@@ -150,14 +158,7 @@ fn our_conversation(flows: &[Value], proto: &str, a: &Endpoint, b: &Endpoint) ->
         if f["protocol"] != proto {
             continue;
         }
-        let src = (
-            f["src_ip"].as_str().unwrap_or("").to_string(),
-            f["src_port"].as_u64().unwrap_or(0) as u16,
-        );
-        let dst = (
-            f["dst_ip"].as_str().unwrap_or("").to_string(),
-            f["dst_port"].as_u64().unwrap_or(0) as u16,
-        );
+        let (src, dst) = endpoints(f);
         let feat = &f["features"];
         let n = |k: &str| feat[k].as_f64().unwrap_or_else(|| panic!("feature {k}")) as u64;
         let (fwd, fwd_b, bwd, bwd_b) =
@@ -215,14 +216,7 @@ fn conversations_match_tshark() {
         }
         // And the other way: every TCP or UDP flow of ours is in tshark's table.
         for f in flows.iter().filter(|f| f["protocol"] == "tcp" || f["protocol"] == "udp") {
-            let src = (
-                f["src_ip"].as_str().unwrap_or("").to_string(),
-                f["src_port"].as_u64().unwrap_or(0) as u16,
-            );
-            let dst = (
-                f["dst_ip"].as_str().unwrap_or("").to_string(),
-                f["dst_port"].as_u64().unwrap_or(0) as u16,
-            );
+            let (src, dst) = endpoints(f);
             let proto = f["protocol"].as_str().unwrap_or("").to_string();
             assert!(
                 theirs.contains_key(&(proto.clone(), src.clone(), dst.clone()))

@@ -146,39 +146,10 @@ pub struct FlowMsg {
     /// First and last packet, Unix microseconds.
     pub start: i64,
     pub end: i64,
-    pub end_reason: EndReasonMsg,
+    pub end_reason: EndReason,
     /// Values in the order of models/features.json (version `feature_set` of the batch).
     #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<f32>", length(max = 128)))]
     pub features: Vec<f32, FEATURES_MAX>,
-}
-
-/// Why a flow record was written (see `firmware::flow::EndReason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum EndReasonMsg {
-    IdleTimeout,
-    ActiveTimeout,
-    Fin,
-    Rst,
-    Reused,
-    Evicted,
-    Flush,
-}
-
-impl From<EndReason> for EndReasonMsg {
-    fn from(r: EndReason) -> Self {
-        match r {
-            EndReason::IdleTimeout => EndReasonMsg::IdleTimeout,
-            EndReason::ActiveTimeout => EndReasonMsg::ActiveTimeout,
-            EndReason::Fin => EndReasonMsg::Fin,
-            EndReason::Rst => EndReasonMsg::Rst,
-            EndReason::Reused => EndReasonMsg::Reused,
-            EndReason::Evicted => EndReasonMsg::Evicted,
-            EndReason::Flush => EndReasonMsg::Flush,
-        }
-    }
 }
 
 /// `flows` stream: finished flows in batches.
