@@ -11,26 +11,26 @@ apt_packages=(
 )
 arm64_packages=(libpcap-dev:arm64)
 
-if [ "$(id -u)" != 0 ]; then
-  echo "scripts/setup.sh: run as root (it installs Debian packages)" >&2
-  exit 1
-fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
-  dpkg --add-architecture arm64
-  missing+=(__update)
+  missing+=(__arm64)
 fi
 for p in "${arm64_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/setup.sh: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
   echo "scripts/setup.sh: installing ${missing[*]}" >&2
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -q
   pkgs=()
-  for p in "${missing[@]}"; do [ "$p" = __update ] || pkgs+=("$p"); done
+  for p in "${missing[@]}"; do [ "$p" = __arm64 ] || pkgs+=("$p"); done
   # tshark asks whether non-root users may capture; the default (no) is right for us.
   [ ${#pkgs[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
 fi
