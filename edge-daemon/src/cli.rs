@@ -222,7 +222,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         // Reading and analysing run side by side: a reader thread hands batches of packets on
         // (as live capture does), this thread runs the pipeline.
         let result = std::thread::scope(|scope| {
-            let (tx, rx) = crossbeam_channel::bounded::<crate::capture::Batch>(64);
+            let (tx, rx) = crossbeam_channel::bounded::<crate::capture::Batch>(16);
             let filter = args.filter.as_deref();
             let reader =
                 scope.spawn(move || crate::offline::read_file_batched(path, filter, iface, &tx));

@@ -119,8 +119,11 @@ pub fn timeval_micros(tv: libc::timeval) -> i64 {
     i64::from(tv.tv_sec) * 1_000_000 + i64::from(tv.tv_usec)
 }
 
-/// Packets per batch.
+/// Packets per batch at most.
 const FILE_BATCH: usize = 512;
+/// Bytes per batch at most (a capture of offloaded 64 KiB segments would otherwise make 32 MiB
+/// batches).
+const FILE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Read `path` and send its packets to `tx` in batches (as live capture does, with `iface` as
 /// the interface index), in file order. Stops early, without an error, if the receiver goes away.
@@ -140,7 +143,7 @@ pub fn read_file_batched(
         let start = b.bytes.len();
         b.bytes.extend_from_slice(p.data);
         b.packets.push((p.ts_us, p.wire_len, start..b.bytes.len()));
-        if b.packets.len() >= FILE_BATCH {
+        if b.packets.len() >= FILE_BATCH || b.bytes.len() >= FILE_BATCH_BYTES {
             if let Some(full) = batch.take() {
                 gone = tx.send(full).is_err();
             }

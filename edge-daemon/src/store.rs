@@ -250,6 +250,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
+            // Reused text buffers for the addresses: no allocation per row.
+            let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
             for row in rows {
                 match row {
                     Row::Flow(f) => {
@@ -257,12 +259,17 @@ impl Store {
                         for v in &f.features {
                             blob.extend_from_slice(&v.to_le_bytes());
                         }
+                        use std::fmt::Write as _;
+                        src.clear();
+                        dst.clear();
+                        let _ = write!(src, "{}", f.src_ip);
+                        let _ = write!(dst, "{}", f.dst_ip);
                         flow.execute(params![
                             f.start_us,
                             f.end_us,
-                            f.src_ip.to_string(),
+                            src.as_str(),
                             f.src_port,
-                            f.dst_ip.to_string(),
+                            dst.as_str(),
                             f.dst_port,
                             f.protocol,
                             f.vlan,
