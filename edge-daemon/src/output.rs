@@ -66,12 +66,12 @@ impl FlowRecordOut {
         let flow = &f.record.flow;
         FlowRecordOut {
             record: "flow",
-            src_ip: flow.src,
-            src_port: flow.src_port,
-            dst_ip: flow.dst,
-            dst_port: flow.dst_port,
+            src_ip: f.record.src(),
+            src_port: f.record.src_port(),
+            dst_ip: f.record.dst(),
+            dst_port: f.record.dst_port(),
             protocol: protocol_name(flow.protocol),
-            vlan: flow.vlan,
+            vlan: f.record.vlan(),
             start_us: flow.start.total_micros(),
             end_us: flow.last.total_micros(),
             end_reason: f.record.reason.name(),

@@ -45,7 +45,7 @@ impl FinishedFlow {
     /// The feature vector (computed on demand: a consumer that only counts flows does not pay
     /// for it).
     pub fn features(&self) -> FeatureVector {
-        features::compute(&self.record.flow, &self.host)
+        features::compute(&self.record, &self.host)
     }
 }
 
@@ -243,7 +243,8 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     pub fn flush(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
         let hosts = &mut self.hosts;
         let now = self.last_sweep.unwrap_or(Instant::from_micros(0));
-        let now = self.flows.iter().map(|f| f.last).fold(now, |a, b| if b > a { b } else { a });
+        let now =
+            self.flows.iter().map(|(_, f)| f.last).fold(now, |a, b| if b > a { b } else { a });
         self.flows.flush(&mut |rec| Self::finish(hosts, rec, now, out));
     }
 
@@ -265,14 +266,14 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         let failed = if f.protocol == 6 {
             (f.tcp.syn && !f.tcp.syn_ack) || (f.tcp.rst && !f.tcp.established)
         } else {
-            f.bwd.packets == 0 && !is_group(f.dst)
+            f.bwd.packets == 0 && !is_group(record.dst())
         };
         if failed {
-            if let Some(w) = hosts.window_mut(f.src, now) {
+            if let Some(w) = hosts.window_mut(record.src(), now) {
                 w.failed += 1;
             }
         }
-        let host = hosts.features(&f.src, now);
+        let host = hosts.features(&record.src(), now);
         out(&FinishedFlow { record, host, failed });
     }
 }

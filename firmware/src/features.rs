@@ -4,7 +4,7 @@
 //! this module only computes the values. Every value is finite: divisions by a zero duration or a
 //! zero count give 0, and "absent" is -1 where the file says so.
 
-use crate::flow::{Flow, FIRST_PACKETS};
+use crate::flow::{FlowRecord, FIRST_PACKETS};
 use crate::hosts::HostFeatures;
 use crate::RunningStats;
 
@@ -48,8 +48,9 @@ fn put_stats(
     v[std] = s.std() as f32;
 }
 
-/// Compute the features of `flow`, with `host` the initiator's window features.
-pub fn compute(flow: &Flow, host: &HostFeatures) -> FeatureVector {
+/// Compute the features of a finished flow, with `host` the initiator's window features.
+pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
+    let flow = &record.flow;
     use idx::*;
     // Start from NaN so that a feature the file lists but this function forgets shows up as NaN
     // (and fails `test_every_feature_is_computed`) instead of a silent 0.
@@ -61,7 +62,7 @@ pub fn compute(flow: &Flow, host: &HostFeatures) -> FeatureVector {
     let packets = f64::from(flow.packets());
 
     v[PROTOCOL] = f32::from(flow.protocol);
-    v[DST_PORT] = f32::from(flow.dst_port);
+    v[DST_PORT] = f32::from(record.dst_port());
     v[FLOW_DURATION] = duration as f32;
     v[TOT_FWD_PKTS] = f.packets as f32;
     v[TOT_BWD_PKTS] = b.packets as f32;
@@ -231,7 +232,7 @@ mod tests {
         assert!(ended.is_none());
         table.flush(&mut |r| ended = Some(r));
         let rec = ended.unwrap();
-        let v = compute(&rec.flow, &HostFeatures::default());
+        let v = compute(&rec, &HostFeatures::default());
         for (name, x) in NAMES.iter().zip(v.iter()) {
             assert!(x.is_finite(), "feature {name} is in models/features.json but not computed");
         }
