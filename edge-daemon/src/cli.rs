@@ -224,8 +224,15 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         let result = std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<crate::capture::Batch>(16);
             let filter = args.filter.as_deref();
-            let reader =
-                scope.spawn(move || crate::offline::read_file_batched(path, filter, iface, &tx));
+            let reader = std::thread::Builder::new()
+                .name("reader".into())
+                .spawn_scoped(scope, move || {
+                    crate::offline::read_file_batched(path, filter, iface, &tx)
+                })
+                .map_err(|e| crate::offline::CaptureFileError::Open {
+                    path: path.clone(),
+                    message: format!("cannot start the reader thread: {e}"),
+                })?;
             for b in rx {
                 pipeline.batch(&b, &mut sink);
             }
