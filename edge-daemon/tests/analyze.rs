@@ -329,6 +329,21 @@ fn unreadable_inputs_get_clear_errors_and_other_files_still_run() {
 }
 
 #[test]
+fn emit_anomalies_is_accepted_and_says_there_are_no_detectors_yet() {
+    let cap = data_dir().join("http_post.pcapng");
+    let out = analyze(&["--emit", "flows,anomalies,stats", cap.to_str().expect("utf-8")]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no detectors in this build yet"), "{err}");
+    let recs = records(&out);
+    assert!(recs.iter().all(|r| r["record"] == "flow" || r["record"] == "stats"));
+    assert_eq!(recs.len(), 2);
+    let bad = analyze(&["--emit", "flows,alerts", cap.to_str().expect("utf-8")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'alerts'"));
+}
+
+#[test]
 fn bpf_filter_applies_and_a_bad_one_is_named() {
     let cap = data_dir().join("qinq_pppoe_dns.pcap");
     let out = analyze(&["--emit", "stats", "--filter", "vlan", cap.to_str().expect("utf-8")]);
