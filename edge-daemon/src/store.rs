@@ -18,7 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../migrations/001_initial.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../migrations/001_initial.sql")),
+    M::up(include_str!("../migrations/002_flows_by_rowid.sql")),
+];
 
 /// The tables, for counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,10 +372,17 @@ impl Store {
     pub fn enforce_retention(&mut self, now_us: i64) -> Result<(), StoreError> {
         let cutoff = now_us - (self.config.max_age_hours as i64) * 3_600_000_000;
         for t in Table::ALL {
-            let n = self.conn.execute(
-                &format!("DELETE FROM {} WHERE {} < ?1", t.name(), t.time_column()),
-                [cutoff],
-            )? as u64;
+            let sql = if t == Table::TrafficFeatures {
+                // No index on end_us (migration 002): rows are in end order by id, so delete the
+                // ids before the first row that is not old. That reads only what it deletes.
+                "DELETE FROM traffic_features WHERE id < coalesce(
+                     (SELECT id FROM traffic_features WHERE end_us >= ?1 ORDER BY id LIMIT 1),
+                     (SELECT max(id) + 1 FROM traffic_features))"
+                    .to_string()
+            } else {
+                format!("DELETE FROM {} WHERE {} < ?1", t.name(), t.time_column())
+            };
+            let n = self.conn.execute(&sql, [cutoff])? as u64;
             self.counters.evicted_age[t as usize].fetch_add(n, Ordering::Relaxed);
         }
         let limit = self.config.max_size_mb * 1024 * 1024;
@@ -391,7 +401,7 @@ impl Store {
                 &format!(
                     "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE 1{extra} ORDER BY {col} LIMIT 2000)",
                     table = t.name(),
-                    col = t.time_column()
+                    col = if t == Table::TrafficFeatures { "id" } else { t.time_column() }
                 ),
                 [],
             )? as u64;
