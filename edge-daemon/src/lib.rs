@@ -26,11 +26,12 @@ pub const FLOW_SHARDS: usize = 2;
 /// Flows the edge tracks at once.
 pub const MAX_FLOWS: usize = FLOWS_PER_SHARD * FLOW_SHARDS;
 /// Source hosts with window counters at once (a power of two).
-pub const MAX_HOSTS: usize = 1 << 14;
+pub const MAX_HOSTS: usize = 1 << 13;
 
 /// Rows waiting for the store writer at most (a row is a flow with its features, about half a
-/// KiB): two seconds of a busy tap's flows, and 4 MiB of memory.
-pub const STORE_QUEUE_ROWS: usize = 8_192;
+/// KiB): two batches of the writer, 2 MiB of memory; it absorbs commit latency, not sustained
+/// overload (which is counted in tapwatch_store_queue_drops_total).
+pub const STORE_QUEUE_ROWS: usize = 4_096;
 
 /// The engine the daemon runs.
 pub type EdgeEngine = Engine<FLOWS_PER_SHARD, MAX_HOSTS, HeapShards<FLOWS_PER_SHARD, FLOW_SHARDS>>;
