@@ -126,8 +126,11 @@ pub fn start(
     tx: crossbeam_channel::Sender<Batch>,
 ) -> Result<CaptureThread, CaptureError> {
     let (cap, link, dlt) = open(config, filter.as_deref())?;
-    let counters =
-        Arc::new(InterfaceCounters { name: config.name.clone(), ..InterfaceCounters::default() });
+    let counters = Arc::new(InterfaceCounters {
+        name: config.name.clone(),
+        up: AtomicU64::new(1),
+        ..InterfaceCounters::default()
+    });
     if let Ok(mut f) = counters.filter.lock() {
         *f = filter.unwrap_or_default();
     }
@@ -176,7 +179,6 @@ pub fn start(
             }
         })
         .map_err(|e| CaptureError::Open { name: config.name.clone(), message: e.to_string() })?;
-    counters.up.store(1, Ordering::Relaxed);
     Ok(CaptureThread { control, handle, counters })
 }
 

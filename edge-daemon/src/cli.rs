@@ -184,15 +184,9 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         Some(_) => {
             let counters = Arc::new(StoreCounters::default());
             match Store::open(&config.store, counters.clone()) {
-                Ok(store) => Some((
-                    spawn_writer(
-                        store,
-                        crate::STORE_QUEUE_ROWS,
-                        names.iter().map(|n| n.to_string()).collect(),
-                        AgeClock::Off,
-                    ),
-                    counters,
-                )),
+                Ok(store) => {
+                    Some((spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Off), counters))
+                }
                 Err(e) => {
                     eprintln!("tapwatch-edge: {e}");
                     return ExitCode::from(73);

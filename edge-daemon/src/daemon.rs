@@ -89,12 +89,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         config.interfaces.iter().map(|i| Arc::from(i.name.as_str())).collect();
     let store_counters = Arc::new(StoreCounters::default());
     let store = Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;
-    let writer = spawn_writer(
-        store,
-        crate::STORE_QUEUE_ROWS,
-        names.iter().map(|n| n.to_string()).collect(),
-        AgeClock::Wall,
-    );
+    let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
 
     // One channel for all interfaces; each interface bounds its own packets in it

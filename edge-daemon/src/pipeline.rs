@@ -202,14 +202,13 @@ impl Pipeline {
         let started_before = self.engine.flow_counters().created;
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
-        if self.store.is_none() {
-            // Statistics intervals and the ring only feed the store; without one, count the
-            // parse error by interface and stop here.
-            if let Err(e) = &result {
-                if let Some(row) = self.iface_errors.get_mut(p.iface) {
-                    row[e.index()] += 1;
-                }
+        if let Err(e) = &result {
+            if let Some(row) = self.iface_errors.get_mut(p.iface) {
+                row[e.index()] += 1;
             }
+        }
+        if self.store.is_none() {
+            // Statistics intervals and the ring only feed the store.
             return;
         }
         let iv = self.stats.get_or_insert_with(Interval::default);
@@ -225,11 +224,8 @@ impl Pipeline {
                     _ => (None, None),
                 }
             }
-            Err(e) => {
+            Err(_) => {
                 iv.parse_errors += 1;
-                if let Some(row) = self.iface_errors.get_mut(p.iface) {
-                    row[e.index()] += 1;
-                }
                 (None, None)
             }
         };

@@ -485,15 +485,11 @@ pub struct Writer {
 }
 
 /// Start the writer: rows from the returned sender are written in batches of `batch_rows`, at
-/// least every `flush_interval_ms`, with retention every ten seconds and the ring trimmed to
-/// `evidence_ring_packets` per interface. It ends when every sender is dropped, after a last
-/// flush. `queue` bounds the rows waiting; senders use `try_send` and count a full queue.
-pub fn spawn_writer(
-    mut store: Store,
-    queue: usize,
-    interfaces: Vec<String>,
-    age: AgeClock,
-) -> Writer {
+/// least every `flush_interval_ms`, with retention every ten seconds; the ring of each interface
+/// a batch wrote packets for is trimmed to `evidence_ring_packets`. It ends when every sender is
+/// dropped, after a last flush. `queue` bounds the rows waiting; live senders use `try_send` and
+/// count a full queue.
+pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
     let (tx, rx) = crossbeam_channel::bounded::<Row>(queue);
     let handle = std::thread::Builder::new()
         .name("store".into())
@@ -526,9 +522,19 @@ pub fn spawn_writer(
                         store.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                         store.counters.rows_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     }
+                    // Only the rings this batch added to can be over their size.
+                    let mut rings: Vec<Arc<str>> = batch
+                        .iter()
+                        .filter_map(|r| match r {
+                            Row::Packet(p) => Some(p.interface.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    rings.sort();
+                    rings.dedup();
                     batch.clear();
                     last_flush = Instant::now();
-                    for i in &interfaces {
+                    for i in &rings {
                         if let Err(e) = store.trim_ring(i, cfg.evidence_ring_packets) {
                             tracing::error!("store: ring trim failed: {e}");
                         }

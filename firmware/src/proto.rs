@@ -110,25 +110,46 @@ pub trait Message {
     fn header(&self) -> Header<'_>;
 }
 
+/// Declares a contract message: its header fields first (the same in every message), then its
+/// own, with the serde and schema derives, and its [`Message`] impl.
 macro_rules! message {
-    ($($t:ty => $stream:ident),* $(,)?) => {$(
-        impl Message for $t {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident => $stream:ident {
+            $($(#[$fattr:meta])* pub $field:ident: $ty:ty,)*
+        }
+    ) => {
+        $(#[$attr])*
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+        pub struct $name {
+            /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
+            pub schema: u16,
+            /// The publishing device; must match the topic's device level.
+            #[cfg_attr(
+                feature = "schema",
+                schemars(
+                    with = "std::string::String",
+                    length(min = 1, max = 64),
+                    regex(pattern = r"^[A-Za-z0-9_.-]+$")
+                )
+            )]
+            pub device: DeviceId,
+            /// Monotonic per device and stream, from 1.
+            pub seq: u64,
+            /// When the edge wrote the message, Unix microseconds.
+            pub ts: i64,
+            $($(#[$fattr])* pub $field: $ty,)*
+        }
+
+        impl Message for $name {
             const STREAM: Stream = Stream::$stream;
             fn header(&self) -> Header<'_> {
                 Header { schema: self.schema, device: self.device.as_str(), seq: self.seq, ts: self.ts }
             }
         }
-    )*};
+    };
 }
-
-message!(
-    FlowBatch => Flows,
-    AnomalyMsg => Anomalies,
-    StatsMsg => Stats,
-    MetricsMsg => Metrics,
-    AnalysisMsg => Analyses,
-    StatusMsg => Status,
-);
 
 /// One finished flow and its feature vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,31 +173,15 @@ pub struct FlowMsg {
     pub features: Vec<f32, FEATURES_MAX>,
 }
 
-/// `flows` stream: finished flows in batches.
-#[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct FlowBatch {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    /// `version` of models/features.json the vectors follow.
-    pub feature_set: u32,
-    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<FlowMsg>", length(max = 32)))]
-    pub flows: Vec<FlowMsg, FLOW_BATCH_MAX>,
+message! {
+    /// `flows` stream: finished flows in batches.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct FlowBatch => Flows {
+        /// `version` of models/features.json the vectors follow.
+        pub feature_set: u32,
+        #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<FlowMsg>", length(max = 32)))]
+        pub flows: Vec<FlowMsg, FLOW_BATCH_MAX>,
+    }
 }
 
 /// What kind of attack or anomaly was found.
@@ -223,48 +228,32 @@ pub struct Reason {
     pub contribution: f32,
 }
 
-/// `anomalies` stream: one anomaly episode (one source and kind while it lasts).
-#[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct AnomalyMsg {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    /// The edge's id of the episode; later messages with the same id update it.
-    pub id: u64,
-    pub kind: AnomalyKind,
-    pub severity: Severity,
-    /// 0 to 1.
-    pub confidence: f32,
-    pub score: f32,
-    pub threshold: f32,
-    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
-    pub detector: Name,
-    pub src_ip: IpAddr,
-    pub dst_ip: Option<IpAddr>,
-    pub dst_port: Option<u16>,
-    pub protocol: Option<u8>,
-    /// Unix microseconds.
-    pub first_seen: i64,
-    pub last_seen: i64,
-    /// Flows or packets the episode covers so far.
-    pub count: u64,
-    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<Reason>", length(max = 8)))]
-    pub reasons: Vec<Reason, 8>,
+message! {
+    /// `anomalies` stream: one anomaly episode (one source and kind while it lasts).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct AnomalyMsg => Anomalies {
+        /// The edge's id of the episode; later messages with the same id update it.
+        pub id: u64,
+        pub kind: AnomalyKind,
+        pub severity: Severity,
+        /// 0 to 1.
+        pub confidence: f32,
+        pub score: f32,
+        pub threshold: f32,
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
+        pub detector: Name,
+        pub src_ip: IpAddr,
+        pub dst_ip: Option<IpAddr>,
+        pub dst_port: Option<u16>,
+        pub protocol: Option<u8>,
+        /// Unix microseconds.
+        pub first_seen: i64,
+        pub last_seen: i64,
+        /// Flows or packets the episode covers so far.
+        pub count: u64,
+        #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<Reason>", length(max = 8)))]
+        pub reasons: Vec<Reason, 8>,
+    }
 }
 
 /// Packets and bytes of one port, or of one host.
@@ -287,43 +276,27 @@ pub struct HostCount {
     pub bytes: u64,
 }
 
-/// `stats` stream: traffic over one interval.
-#[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct StatsMsg {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    /// Unix microseconds; the interval is [start, end).
-    pub interval_start: i64,
-    pub interval_end: i64,
-    pub packets: u64,
-    pub bytes: u64,
-    pub tcp_packets: u64,
-    pub udp_packets: u64,
-    pub icmp_packets: u64,
-    pub other_packets: u64,
-    pub flows_started: u64,
-    pub flows_ended: u64,
-    pub parse_errors: u64,
-    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<PortCount>", length(max = 10)))]
-    pub top_ports: Vec<PortCount, 10>,
-    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<HostCount>", length(max = 10)))]
-    pub top_talkers: Vec<HostCount, 10>,
+message! {
+    /// `stats` stream: traffic over one interval.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct StatsMsg => Stats {
+        /// Unix microseconds; the interval is [start, end).
+        pub interval_start: i64,
+        pub interval_end: i64,
+        pub packets: u64,
+        pub bytes: u64,
+        pub tcp_packets: u64,
+        pub udp_packets: u64,
+        pub icmp_packets: u64,
+        pub other_packets: u64,
+        pub flows_started: u64,
+        pub flows_ended: u64,
+        pub parse_errors: u64,
+        #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<PortCount>", length(max = 10)))]
+        pub top_ports: Vec<PortCount, 10>,
+        #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<HostCount>", length(max = 10)))]
+        pub top_talkers: Vec<HostCount, 10>,
+    }
 }
 
 /// Capture counters of one interface.
@@ -342,77 +315,45 @@ pub struct CaptureCounters {
     pub parse_errors: u64,
 }
 
-/// `metrics` stream: the host and the pipeline.
-#[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct MetricsMsg {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    /// 0 to 100, all cores.
-    pub cpu_percent: f32,
-    pub mem_used_bytes: u64,
-    pub mem_total_bytes: u64,
-    pub disk_used_bytes: u64,
-    pub disk_total_bytes: u64,
-    pub net_rx_bytes: u64,
-    pub net_tx_bytes: u64,
-    pub flows_active: u64,
-    /// Records dropped by store retention or outbox limits since start.
-    pub store_dropped: u64,
-    #[cfg_attr(
-        feature = "schema",
-        schemars(with = "std::vec::Vec<CaptureCounters>", length(max = 8))
-    )]
-    pub capture: Vec<CaptureCounters, 8>,
+message! {
+    /// `metrics` stream: the host and the pipeline.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct MetricsMsg => Metrics {
+        /// 0 to 100, all cores.
+        pub cpu_percent: f32,
+        pub mem_used_bytes: u64,
+        pub mem_total_bytes: u64,
+        pub disk_used_bytes: u64,
+        pub disk_total_bytes: u64,
+        pub net_rx_bytes: u64,
+        pub net_tx_bytes: u64,
+        pub flows_active: u64,
+        /// Records dropped by store retention or outbox limits since start.
+        pub store_dropped: u64,
+        #[cfg_attr(
+            feature = "schema",
+            schemars(with = "std::vec::Vec<CaptureCounters>", length(max = 8))
+        )]
+        pub capture: Vec<CaptureCounters, 8>,
+    }
 }
 
-/// `analyses` stream: one detection run over a batch of flows.
-#[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct AnalysisMsg {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
-    pub model: Name,
-    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
-    pub model_version: Name,
-    pub rows: u32,
-    pub score_min: f32,
-    pub score_mean: f32,
-    pub score_max: f32,
-    pub threshold: f32,
-    pub flagged: u32,
-    pub latency_us: u64,
+message! {
+    /// `analyses` stream: one detection run over a batch of flows.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct AnalysisMsg => Analyses {
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
+        pub model: Name,
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
+        pub model_version: Name,
+        pub rows: u32,
+        pub score_min: f32,
+        pub score_mean: f32,
+        pub score_max: f32,
+        pub threshold: f32,
+        pub flagged: u32,
+        pub latency_us: u64,
+    }
 }
 
 /// Online or going away.
@@ -425,31 +366,15 @@ pub enum DeviceState {
     Offline,
 }
 
-/// `status` stream (retained; the last will says `offline`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub struct StatusMsg {
-    /// Contract version ([`SCHEMA_VERSION`]); the hub refuses versions it does not know.
-    pub schema: u16,
-    /// The publishing device; must match the topic's device level.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(
-            with = "std::string::String",
-            length(min = 1, max = 64),
-            regex(pattern = r"^[A-Za-z0-9_.-]+$")
-        )
-    )]
-    pub device: DeviceId,
-    /// Monotonic per device and stream, from 1.
-    pub seq: u64,
-    /// When the edge wrote the message, Unix microseconds.
-    pub ts: i64,
-    pub state: DeviceState,
-    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
-    pub version: Name,
-    pub uptime_s: u64,
+message! {
+    /// `status` stream (retained; the last will says `offline`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct StatusMsg => Status {
+        pub state: DeviceState,
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
+        pub version: Name,
+        pub uptime_s: u64,
+    }
 }
 
 /// The JSON Schema of each stream's message, by stream name.

@@ -91,7 +91,7 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
     let mut fragment_tail = false;
 
     loop {
-        let len = match IpProtocol::from(nh) {
+        let (len, next) = match IpProtocol::from(nh) {
             IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route => {
                 let h =
                     Ipv6ExtHeader::new_checked(payload).map_err(|_| DissectError::Ipv6Malformed)?;
@@ -129,7 +129,6 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
             }
             _ => break,
         };
-        let (len, next) = len;
         if payload.len() < len || ext.count >= MAX_IPV6_EXT {
             return Err(DissectError::Ipv6Malformed);
         }

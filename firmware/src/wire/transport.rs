@@ -78,41 +78,39 @@ pub(crate) fn parse(
     match protocol {
         IPPROTO_TCP => tcp(bytes, wire_len),
         IPPROTO_UDP => udp(bytes, wire_len, partial),
-        IPPROTO_ICMP => match Icmpv4Packet::new_checked(bytes) {
-            Ok(p) => {
-                let icmp_type: u8 = p.msg_type().into();
-                let ident = matches!(icmp_type, 0 | 8).then(|| p.echo_ident());
-                Ok(L4::Icmpv4 { icmp_type, code: p.msg_code(), ident, payload_len })
-            }
-            Err(_) => icmp_head(bytes, partial).map(|(icmp_type, code)| L4::Icmpv4 {
-                icmp_type,
-                code,
-                ident: None,
-                payload_len,
-            }),
-        },
-        IPPROTO_ICMPV6 => match Icmpv6Packet::new_checked(bytes) {
-            Ok(p) => {
-                let icmp_type: u8 = p.msg_type().into();
-                let ident = matches!(icmp_type, 128 | 129).then(|| p.echo_ident());
-                Ok(L4::Icmpv6 { icmp_type, code: p.msg_code(), ident, payload_len })
-            }
-            Err(_) => icmp_head(bytes, partial).map(|(icmp_type, code)| L4::Icmpv6 {
-                icmp_type,
-                code,
-                ident: None,
-                payload_len,
-            }),
-        },
+        IPPROTO_ICMP => {
+            // (type, code, echo identifier) through smoltcp's checked view, or the bare header
+            // of a partial datagram.
+            let head = match Icmpv4Packet::new_checked(bytes) {
+                Ok(p) => {
+                    let t: u8 = p.msg_type().into();
+                    (t, p.msg_code(), matches!(t, 0 | 8).then(|| p.echo_ident()))
+                }
+                Err(_) => icmp_head(bytes, partial)?,
+            };
+            let (icmp_type, code, ident) = head;
+            Ok(L4::Icmpv4 { icmp_type, code, ident, payload_len })
+        }
+        IPPROTO_ICMPV6 => {
+            let head = match Icmpv6Packet::new_checked(bytes) {
+                Ok(p) => {
+                    let t: u8 = p.msg_type().into();
+                    (t, p.msg_code(), matches!(t, 128 | 129).then(|| p.echo_ident()))
+                }
+                Err(_) => icmp_head(bytes, partial)?,
+            };
+            let (icmp_type, code, ident) = head;
+            Ok(L4::Icmpv6 { icmp_type, code, ident, payload_len })
+        }
         _ => Ok(L4::None),
     }
 }
 
 /// Type and code of an ICMP message whose body smoltcp cannot check because the datagram is
 /// partial here (a first fragment, or cut by the snap length): both sit in the first two bytes.
-fn icmp_head(bytes: &[u8], partial: bool) -> Result<(u8, u8), DissectError> {
+fn icmp_head(bytes: &[u8], partial: bool) -> Result<(u8, u8, Option<u16>), DissectError> {
     match bytes {
-        [t, c, _, _, ..] if partial => Ok((*t, *c)),
+        [t, c, _, _, ..] if partial => Ok((*t, *c, None)),
         _ => Err(DissectError::IcmpMalformed),
     }
 }
