@@ -33,6 +33,16 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Send what the store's outbox holds to the hub (`[sync]` of the configuration), then
+    /// exit: for a store filled offline by `analyze --db --config`, or left by a stopped daemon.
+    Sync {
+        /// The configuration file; its `[sync]` section and `store.path` are used.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The edge database, instead of the configuration's `store.path`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -103,6 +113,13 @@ pub fn main() -> ExitCode {
                 ExitCode::from(78)
             }
         },
+        Command::Sync { config, db } => match sync_drain(&config, db) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tapwatch-edge: {e}");
+                ExitCode::from(69)
+            }
+        },
         Command::Config(ConfigCommand::Example) => {
             print!("{}", crate::config::EXAMPLE);
             ExitCode::SUCCESS
@@ -147,6 +164,40 @@ fn init_logging() {
         .try_init();
 }
 
+/// `tapwatch-edge sync`: send the outbox until it is empty.
+fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(db) = db {
+        config.store.path = db;
+    }
+    if !config.sync.enabled {
+        return Err(format!("{}: sync.enabled is false", path.display()));
+    }
+    // Open once with the writer's code: the schema is created or migrated.
+    Store::open(&config.store, Arc::new(StoreCounters::default())).map_err(|e| e.to_string())?;
+    let counters = Arc::new(crate::sync::SyncCounters::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    runtime.block_on(crate::sync::run(
+        config.sync.clone(),
+        config.device.id.clone(),
+        config.store.path.clone(),
+        counters.clone(),
+        crate::sync::Until::Drained,
+        stop_rx,
+    ))?;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "tapwatch-edge: outbox sent: {} messages acknowledged ({} flow records)",
+        counters.acked.iter().map(load).sum::<u64>(),
+        load(&counters.flows_acked)
+    );
+    Ok(())
+}
+
 /// Run `f` on a thread with a stack large enough for the engine (see [`crate::PIPELINE_STACK`]).
 fn run_on_pipeline_thread(f: impl FnOnce() -> ExitCode + Send + 'static) -> ExitCode {
     match std::thread::Builder::new()
@@ -183,7 +234,13 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         None => None,
         Some(_) => {
             let counters = Arc::new(StoreCounters::default());
-            match Store::open(&config.store, counters.clone()) {
+            let opened = Store::open(&config.store, counters.clone()).and_then(|mut s| {
+                if config.sync.enabled {
+                    s.enable_outbox(&config.device.id, config.sync.outbox_max_messages)?;
+                }
+                Ok(s)
+            });
+            match opened {
                 Ok(store) => {
                     Some((spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Off), counters))
                 }

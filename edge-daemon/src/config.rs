@@ -27,6 +27,8 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub sync: SyncConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +125,7 @@ pub struct RuleConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FlowsConfig {
     pub tcp_idle_timeout_s: u32,
     pub idle_timeout_s: u32,
@@ -146,7 +148,7 @@ impl Default for FlowsConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// The SQLite database.
     pub path: PathBuf,
@@ -176,7 +178,7 @@ impl Default for StoreConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StatsConfig {
     /// Length of a traffic-statistics interval.
     pub interval_s: u32,
@@ -191,7 +193,7 @@ impl Default for StatsConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and the local admin endpoints. Keep it on loopback or a
     /// management network: the admin endpoints change capture rules.
@@ -201,6 +203,84 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9187)) }
+    }
+}
+
+/// `[sync]`: the MQTT link to the hub. What the daemon records is queued in the store's outbox
+/// and a message leaves the outbox only when the broker has acknowledged it (QoS 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Queue and send records to the hub.
+    pub enabled: bool,
+    /// The broker, `host:port`.
+    pub broker: String,
+    /// MQTT client id; empty means the device id.
+    pub client_id: String,
+    /// Broker user name; empty means none.
+    pub username: String,
+    /// File holding the broker password (its first line); empty means none.
+    pub password_file: PathBuf,
+    /// Connect with TLS, trusting the certificates in `ca_file` (PEM).
+    pub tls: bool,
+    pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for brokers that want one; empty means none.
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+    /// Put before `tapwatch/v1/...` in every topic (a test or a tenant of a shared broker).
+    pub topic_prefix: String,
+    /// MQTT keep-alive, seconds.
+    pub keepalive_s: u32,
+    /// Messages sent and not yet acknowledged, at most.
+    pub inflight: u16,
+    /// Messages the outbox keeps at most while the hub cannot be reached; past it the oldest
+    /// are dropped, each counted in tapwatch_sync_dropped_total.
+    pub outbox_max_messages: u64,
+    /// How often the host and pipeline metrics are queued for the hub.
+    pub metrics_interval_s: u32,
+    /// Wait before reconnecting: from the first, doubling to the second, milliseconds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            enabled: false,
+            broker: "127.0.0.1:1883".into(),
+            client_id: String::new(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            tls: false,
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
+            topic_prefix: String::new(),
+            keepalive_s: 30,
+            inflight: 64,
+            outbox_max_messages: 1_000_000,
+            metrics_interval_s: 30,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// Host and port of `broker`.
+    pub fn broker_addr(&self) -> Result<(String, u16), String> {
+        let (host, port) = self
+            .broker
+            .rsplit_once(':')
+            .ok_or_else(|| format!("sync.broker {:?}: must be host:port", self.broker))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("sync.broker {:?}: the port must be 1-65535", self.broker))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(format!("sync.broker {:?}: must be host:port", self.broker));
+        }
+        Ok((host.to_string(), port))
     }
 }
 
@@ -256,6 +336,7 @@ impl Config {
             },
             stats: StatsConfig::default(),
             http: HttpConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 
@@ -361,6 +442,53 @@ impl Config {
         }
         if self.stats.interval_s == 0 {
             p.push("stats.interval_s: must be at least 1".into());
+        }
+        let y = &self.sync;
+        if y.enabled {
+            if let Err(e) = y.broker_addr() {
+                p.push(e);
+            }
+            if y.tls && y.ca_file.as_os_str().is_empty() {
+                p.push("sync.ca_file: needed when sync.tls is true".into());
+            }
+            if y.client_cert_file.as_os_str().is_empty() != y.client_key_file.as_os_str().is_empty()
+            {
+                p.push("sync.client_cert_file and sync.client_key_file go together".into());
+            }
+            if !y.topic_prefix.is_empty()
+                && (y.topic_prefix.contains(['+', '#']) || !y.topic_prefix.ends_with('/'))
+            {
+                p.push(format!(
+                    "sync.topic_prefix {:?}: must end with / and hold no + or #",
+                    y.topic_prefix
+                ));
+            }
+            if !y.client_id.is_empty() && !firmware::proto::valid_device_id(&y.client_id) {
+                p.push(format!(
+                    "sync.client_id {:?}: must be 1-64 characters of A-Z a-z 0-9 _ . -",
+                    y.client_id
+                ));
+            }
+        }
+        if y.keepalive_s < 5 {
+            p.push(format!("sync.keepalive_s {}: must be at least 5", y.keepalive_s));
+        }
+        if y.inflight == 0 {
+            p.push("sync.inflight: must be at least 1".into());
+        }
+        if y.outbox_max_messages < 1000 {
+            p.push(format!(
+                "sync.outbox_max_messages {}: must be at least 1000",
+                y.outbox_max_messages
+            ));
+        }
+        if y.metrics_interval_s == 0 {
+            p.push("sync.metrics_interval_s: must be at least 1".into());
+        }
+        if y.reconnect_min_ms == 0 || y.reconnect_max_ms < y.reconnect_min_ms {
+            p.push(
+                "sync.reconnect_min_ms must be at least 1 and at most sync.reconnect_max_ms".into(),
+            );
         }
         p
     }
@@ -509,6 +637,7 @@ mod tests {
             store: StoreConfig::default(),
             stats: StatsConfig::default(),
             http: HttpConfig::default(),
+            sync: SyncConfig::default(),
         };
         assert_eq!(example, defaults);
         // Every key the defaults serialize to is written out in the example, not left implicit.

@@ -88,9 +88,43 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     let names: Vec<Arc<str>> =
         config.interfaces.iter().map(|i| Arc::from(i.name.as_str())).collect();
     let store_counters = Arc::new(StoreCounters::default());
-    let store = Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;
+    let mut store =
+        Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;
+    if config.sync.enabled {
+        store
+            .enable_outbox(&config.device.id, config.sync.outbox_max_messages)
+            .map_err(|e| e.to_string())?;
+    }
     let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
+    // The link to the hub: a thread of its own (it reads the outbox with blocking SQLite calls).
+    let (sync_stop, sync_stop_rx) = tokio::sync::watch::channel(false);
+    let sync = if config.sync.enabled {
+        let (cfg, device, db, counters) = (
+            config.sync.clone(),
+            config.device.id.clone(),
+            config.store.path.clone(),
+            shared.sync.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return tracing::error!("sync: cannot start: {e}"),
+                };
+                let until = crate::sync::Until::Stopped;
+                if let Err(e) =
+                    rt.block_on(crate::sync::run(cfg, device, db, counters, until, sync_stop_rx))
+                {
+                    tracing::error!("sync stopped: {e}");
+                }
+            })
+            .map_err(|e| format!("cannot start the sync thread: {e}"))?;
+        Some(handle)
+    } else {
+        None
+    };
 
     // One channel for all interfaces; each interface bounds its own packets in it
     // (queue_packets), so the channel's own bound only needs room for every interface's batches.
@@ -167,7 +201,9 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let result = runtime.block_on(serve(path, config, shared.clone(), controls.clone()));
+    let metrics_tx = config.sync.enabled.then(|| writer.tx.clone());
+    let result =
+        runtime.block_on(serve(path, config, shared.clone(), controls.clone(), metrics_tx));
 
     // Shut down in order: capture, pipeline (records every flow), store.
     for c in &captures {
@@ -179,6 +215,12 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     let _ = pipeline.join();
     drop(writer.tx);
     let _ = writer.handle.join();
+    // Last: the link, after the writer queued its last messages (what is unsent stays in the
+    // outbox for the next start).
+    let _ = sync_stop.send(true);
+    if let Some(h) = sync {
+        let _ = h.join();
+    }
     tracing::info!("stopped");
     result
 }
@@ -188,6 +230,7 @@ async fn serve(
     config: Config,
     shared: Arc<Shared>,
     controls: Controls,
+    metrics_tx: Option<crossbeam_channel::Sender<crate::store::Row>>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -214,14 +257,28 @@ async fn serve(
             .await
     });
     let host_shared = shared.clone();
+    let metrics_every = Duration::from_secs(config.sync.metrics_interval_s.into());
     let host = tokio::spawn(async move {
         let mut probe = HostProbe::new();
+        let mut last_metrics = Instant::now();
         loop {
             let snap = probe.read();
             if let Ok(mut h) = host_shared.host.lock() {
                 *h = snap;
             }
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Some(tx) = &metrics_tx {
+                if last_metrics.elapsed() >= metrics_every {
+                    last_metrics = Instant::now();
+                    let row = crate::store::Row::Metrics(Box::new(host_shared.message()));
+                    if tx.try_send(row).is_err() {
+                        host_shared
+                            .store
+                            .queue_drops
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5).min(metrics_every)).await;
         }
     });
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;

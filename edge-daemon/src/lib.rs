@@ -15,6 +15,7 @@ pub mod offline;
 pub mod output;
 pub mod pipeline;
 pub mod store;
+pub mod sync;
 
 use firmware::engine::Engine;
 use firmware::flow::HeapShards;

@@ -7,9 +7,11 @@
 use crate::capture::InterfaceCounters;
 use crate::pipeline::PipelineCounters;
 use crate::store::{StoreCounters, Table};
+use crate::sync::SyncCounters;
 use firmware::engine::EngineCounters;
 use firmware::flow::{EndReason, FlowCounters};
 use firmware::hosts::HostCounters;
+use firmware::proto::{CaptureCounters, MetricsMsg, Stream, SCHEMA_VERSION};
 use firmware::wire::DissectError;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -59,6 +61,8 @@ pub struct Shared {
     /// Reloads done, and refused (the old rules stay in force).
     pub reloads: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// The link to the hub.
+    pub sync: Arc<SyncCounters>,
 }
 
 impl Shared {
@@ -72,6 +76,58 @@ impl Shared {
             host: Mutex::new(HostSnapshot::default()),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            sync: Arc::new(SyncCounters::default()),
+        }
+    }
+
+    /// The `metrics` message for the hub (header fields are set when it is queued).
+    pub fn message(&self) -> MetricsMsg {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let h = self.host.lock().map(|h| h.clone()).unwrap_or_default();
+        let p = self.pipeline.lock().map(|p| p.clone()).unwrap_or_default();
+        let ifaces: Vec<Arc<InterfaceCounters>> =
+            self.interfaces.read().map(|v| v.clone()).unwrap_or_default();
+        // The disk of the root file system, or the largest.
+        let disk = h
+            .disks
+            .iter()
+            .find(|d| d.0 == "/")
+            .or_else(|| h.disks.iter().max_by_key(|d| d.2))
+            .cloned()
+            .unwrap_or_default();
+        let capture = ifaces
+            .iter()
+            .enumerate()
+            .take(8)
+            .map(|(i, c)| CaptureCounters {
+                interface: c.name.as_str().try_into().unwrap_or_default(),
+                packets: load(&c.packets),
+                bytes: load(&c.bytes),
+                kernel_drops: load(&c.kernel_drops) + load(&c.interface_drops),
+                queue_drops: load(&c.queue_drops),
+                parse_errors: p.iface_errors.get(i).map_or(0, |e| e.iter().sum()),
+            })
+            .collect();
+        let st = &self.store;
+        let store_dropped = st.evicted_total()
+            + load(&st.queue_drops)
+            + load(&st.rows_lost)
+            + st.outbox_dropped.iter().map(load).sum::<u64>();
+        MetricsMsg {
+            schema: SCHEMA_VERSION,
+            device: heapless::String::new(),
+            seq: 0,
+            ts: 0,
+            cpu_percent: (h.cpu * 100.0) as f32,
+            mem_used_bytes: h.mem_used,
+            mem_total_bytes: h.mem_total,
+            disk_used_bytes: disk.1,
+            disk_total_bytes: disk.2,
+            net_rx_bytes: h.nets.iter().map(|n| n.1).sum(),
+            net_tx_bytes: h.nets.iter().map(|n| n.2).sum(),
+            flows_active: p.flows_active,
+            store_dropped,
+            capture,
         }
     }
 }
@@ -392,6 +448,70 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_store_size_bytes",
             "Bytes of live pages in the database",
             &one(load(&st.size_bytes) as f64),
+        )?;
+        let per_stream = |a: &[AtomicU64; 6]| -> Vec<(Labels<'_>, u64)> {
+            Stream::ALL.iter().zip(a).map(|(s, c)| (vec![("stream", s.name())], load(c))).collect()
+        };
+        counter(
+            enc,
+            "tapwatch_sync_queued",
+            "Messages queued in the outbox for the hub, by stream",
+            &per_stream(&st.outbox_queued),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_dropped",
+            "Queued messages dropped unsent because the outbox was full, by stream",
+            &per_stream(&st.outbox_dropped),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_sync_outbox_messages",
+            "Messages in the outbox waiting for the broker's acknowledgement",
+            &one(load(&st.outbox_depth) as f64),
+        )?;
+        let y = &s.sync;
+        counter(
+            enc,
+            "tapwatch_sync_published",
+            "Messages sent to the broker, by stream (a message sent again counts again)",
+            &per_stream(&y.published),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_acked",
+            "Messages the broker acknowledged, by stream",
+            &per_stream(&y.acked),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_flows_acked",
+            "Flow records in acknowledged batches",
+            &one(load(&y.flows_acked)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_flows_lost_retention",
+            "Flow records deleted by store retention before they could be sent",
+            &one(load(&y.flows_lost_retention)),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_sync_connected",
+            "1 while connected to the broker",
+            &one(load(&y.connected) as f64),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_connects",
+            "Connections made to the broker",
+            &one(load(&y.connects)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_disconnects",
+            "Connections to the broker lost",
+            &one(load(&y.disconnects)),
         )?;
         counter(
             enc,

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::store::{FlowRow, PacketRow, Row, StatsRow, StoreCounters};
 use crate::EdgeEngine;
 use firmware::engine::FinishedFlow;
+use firmware::proto::{HostCount, PortCount};
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
 use rustc_hash::FxHashMap as HashMap;
@@ -306,15 +307,18 @@ impl Pipeline {
 
     fn store_interval(&mut self, iv: Interval) {
         self.counters.stats_intervals += 1;
-        let ports: Vec<serde_json::Value> = top(iv.ports, self.top_n)
+        let ports: Vec<PortCount> = top(iv.ports, self.top_n)
             .into_iter()
-            .map(|((proto, port), c)| {
-                serde_json::json!({"protocol": proto, "port": port, "packets": c.packets, "bytes": c.bytes})
+            .map(|((protocol, port), c)| PortCount {
+                protocol,
+                port,
+                packets: c.packets,
+                bytes: c.bytes,
             })
             .collect();
-        let talkers: Vec<serde_json::Value> = top(iv.talkers, self.top_n)
+        let talkers: Vec<HostCount> = top(iv.talkers, self.top_n)
             .into_iter()
-            .map(|(ip, c)| serde_json::json!({"ip": ip, "packets": c.packets, "bytes": c.bytes}))
+            .map(|(ip, c)| HostCount { ip, packets: c.packets, bytes: c.bytes })
             .collect();
         let row = StatsRow {
             interval_start_us: iv.start_us,
@@ -328,8 +332,8 @@ impl Pipeline {
             flows_started: iv.flows_started,
             flows_ended: iv.flows_ended,
             parse_errors: iv.parse_errors,
-            top_ports: serde_json::Value::from(ports).to_string(),
-            top_talkers: serde_json::Value::from(talkers).to_string(),
+            top_ports: ports,
+            top_talkers: talkers,
         };
         self.send(Row::Stats(Box::new(row)));
     }

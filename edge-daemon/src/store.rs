@@ -10,6 +10,9 @@
 use crate::config::StoreConfig;
 use firmware::engine::FinishedFlow;
 use firmware::features::{FEATURE_SET_VERSION, N_FEATURES};
+use firmware::proto::{
+    HostCount, MetricsMsg, PortCount, StatsMsg, Stream, FLOW_BATCH_MAX, SCHEMA_VERSION,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use std::net::IpAddr;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../migrations/001_initial.sql")),
     M::up(include_str!("../migrations/002_flows_by_rowid.sql")),
+    M::up(include_str!("../migrations/003_outbox.sql")),
 ];
 
 /// The tables, for counters.
@@ -82,6 +86,18 @@ pub struct StoreCounters {
     pub queue_drops: AtomicU64,
     /// Bytes the database's live pages take.
     pub size_bytes: AtomicU64,
+    /// Messages queued for the hub, by stream (order of [`Stream::ALL`]).
+    pub outbox_queued: [AtomicU64; 6],
+    /// Queued messages dropped before the broker took them because the outbox was over
+    /// `sync.outbox_max_messages`, by stream.
+    pub outbox_dropped: [AtomicU64; 6],
+    /// Messages in the outbox.
+    pub outbox_depth: AtomicU64,
+}
+
+/// Index of a stream in [`Stream::ALL`], for per-stream counters.
+pub fn stream_index(s: Stream) -> usize {
+    Stream::ALL.iter().position(|x| *x == s).unwrap_or(0)
 }
 
 impl StoreCounters {
@@ -173,9 +189,33 @@ pub struct StatsRow {
     pub flows_started: u64,
     pub flows_ended: u64,
     pub parse_errors: u64,
-    /// JSON lists.
-    pub top_ports: String,
-    pub top_talkers: String,
+    pub top_ports: Vec<PortCount>,
+    pub top_talkers: Vec<HostCount>,
+}
+
+impl StatsRow {
+    /// The contract message for this interval (at most 10 ports and talkers).
+    pub fn message(&self, device: &str, seq: u64, ts: i64) -> StatsMsg {
+        StatsMsg {
+            schema: SCHEMA_VERSION,
+            device: device.try_into().unwrap_or_default(),
+            seq,
+            ts,
+            interval_start: self.interval_start_us,
+            interval_end: self.interval_end_us,
+            packets: self.packets,
+            bytes: self.bytes,
+            tcp_packets: self.tcp_packets,
+            udp_packets: self.udp_packets,
+            icmp_packets: self.icmp_packets,
+            other_packets: self.other_packets,
+            flows_started: self.flows_started,
+            flows_ended: self.flows_ended,
+            parse_errors: self.parse_errors,
+            top_ports: self.top_ports.iter().take(10).cloned().collect(),
+            top_talkers: self.top_talkers.iter().take(10).cloned().collect(),
+        }
+    }
 }
 
 /// What the writer is sent.
@@ -184,6 +224,23 @@ pub enum Row {
     Flow(Box<FlowRow>),
     Packet(Box<PacketRow>),
     Stats(Box<StatsRow>),
+    /// Host and pipeline metrics for the hub (outbox only; `device` and `seq` are set when it
+    /// is queued).
+    Metrics(Box<MetricsMsg>),
+}
+
+/// Queueing for the hub: which device the messages name, and the next seq of each stream.
+#[derive(Debug)]
+struct Outbox {
+    device: String,
+    max_messages: u64,
+    last_seq: [u64; 6],
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
@@ -199,6 +256,7 @@ pub struct Store {
     conn: Connection,
     config: StoreConfig,
     counters: Arc<StoreCounters>,
+    outbox: Option<Outbox>,
 }
 
 impl Store {
@@ -220,9 +278,64 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .map_err(|source| StoreError::Migrate { path, source })?;
-        let store = Store { conn, config: config.clone(), counters };
+        let store = Store { conn, config: config.clone(), counters, outbox: None };
         store.update_size()?;
         Ok(store)
+    }
+
+    /// From now on, queue a message for the hub for what is written: flows in batches of
+    /// [`firmware::proto::FLOW_BATCH_MAX`], statistics, metrics. Seqs continue from the last one
+    /// this database gave out.
+    pub fn enable_outbox(&mut self, device: &str, max_messages: u64) -> Result<(), StoreError> {
+        let mut last_seq = [0u64; 6];
+        let mut stmt = self.conn.prepare("SELECT stream, last FROM sync_seq")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (name, last) = row?;
+            if let Some(s) = Stream::from_name(&name) {
+                last_seq[stream_index(s)] = last as u64;
+            }
+        }
+        drop(stmt);
+        self.outbox = Some(Outbox { device: device.to_string(), max_messages, last_seq });
+        self.update_outbox_depth()?;
+        Ok(())
+    }
+
+    fn update_outbox_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        self.counters.outbox_depth.store(n as u64, Ordering::Relaxed);
+        Ok(n as u64)
+    }
+
+    /// Drop the oldest messages over `max_messages` (anomalies last), each counted.
+    fn bound_outbox(&mut self) -> Result<(), StoreError> {
+        let Some(max) = self.outbox.as_ref().map(|o| o.max_messages) else { return Ok(()) };
+        let depth = self.update_outbox_depth()?;
+        if depth <= max {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let mut dropped = Vec::new();
+        {
+            let mut stmt = tx.prepare(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
+                 ORDER BY stream = 'anomalies', id LIMIT ?1) RETURNING stream",
+            )?;
+            let rows = stmt.query_map([(depth - max) as i64], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                dropped.push(r?);
+            }
+        }
+        tx.commit()?;
+        for name in dropped {
+            if let Some(s) = Stream::from_name(&name) {
+                self.counters.outbox_dropped[stream_index(s)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::warn!("sync: outbox over {max} messages; the oldest were dropped");
+        self.update_outbox_depth()?;
+        Ok(())
     }
 
     pub fn connection(&self) -> &Connection {
@@ -236,7 +349,38 @@ impl Store {
     pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let mut n = [0u64; 5];
+        let mut queued = [0u64; 6];
         {
+            let mut out = tx.prepare_cached(
+                "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let created = now_us();
+            let outbox = &mut self.outbox;
+            // Queue one message: the next seq of its stream.
+            let mut queue = |stream: Stream,
+                             payload: &dyn Fn(&str, u64) -> Option<Vec<u8>>,
+                             rows: Option<(i64, i64)>|
+             -> Result<(), StoreError> {
+                let Some(o) = outbox.as_mut() else { return Ok(()) };
+                let i = stream_index(stream);
+                let seq = o.last_seq[i] + 1;
+                let body = payload(&o.device, seq);
+                out.execute(params![
+                    stream.name(),
+                    seq as i64,
+                    created,
+                    body,
+                    rows.map(|r| r.0),
+                    rows.map(|r| r.1)
+                ])?;
+                o.last_seq[i] = seq;
+                queued[i] += 1;
+                Ok(())
+            };
+            // The run of flow ids not yet in a batch message.
+            let mut run: Option<(i64, i64)> = None;
+            let no_payload = |_: &str, _: u64| None;
             let mut flow = tx.prepare_cached(
                 "INSERT INTO traffic_features (start_us, end_us, src_ip, src_port, dst_ip, dst_port,
                  protocol, vlan, end_reason, packets, bytes, feature_set, features)
@@ -283,6 +427,17 @@ impl Store {
                             blob,
                         ])?;
                         n[Table::TrafficFeatures as usize] += 1;
+                        let id = tx.last_insert_rowid();
+                        run = match run {
+                            Some((first, _)) if id - first + 1 < FLOW_BATCH_MAX as i64 => {
+                                Some((first, id))
+                            }
+                            Some((first, _)) => {
+                                queue(Stream::Flows, &no_payload, Some((first, id)))?;
+                                None
+                            }
+                            None => Some((id, id)),
+                        };
                     }
                     Row::Packet(p) => {
                         packet.execute(params![
@@ -309,10 +464,44 @@ impl Store {
                             s.flows_started as i64,
                             s.flows_ended as i64,
                             s.parse_errors as i64,
-                            s.top_ports,
-                            s.top_talkers,
+                            serde_json::to_string(&s.top_ports).unwrap_or_default(),
+                            serde_json::to_string(&s.top_talkers).unwrap_or_default(),
                         ])?;
                         n[Table::TrafficStats as usize] += 1;
+                        queue(
+                            Stream::Stats,
+                            &|device, seq| {
+                                serde_json::to_vec(&s.message(device, seq, created)).ok()
+                            },
+                            None,
+                        )?;
+                    }
+                    Row::Metrics(m) => {
+                        queue(
+                            Stream::Metrics,
+                            &|device, seq| {
+                                let mut m = (**m).clone();
+                                m.device = device.try_into().unwrap_or_default();
+                                m.seq = seq;
+                                m.ts = created;
+                                serde_json::to_vec(&m).ok()
+                            },
+                            None,
+                        )?;
+                    }
+                }
+            }
+            if let Some(r) = run {
+                queue(Stream::Flows, &no_payload, Some(r))?;
+            }
+            if let Some(o) = &self.outbox {
+                let mut seq = tx.prepare_cached(
+                    "INSERT INTO sync_seq (stream, last) VALUES (?1, ?2)
+                     ON CONFLICT (stream) DO UPDATE SET last = excluded.last",
+                )?;
+                for (i, q) in queued.iter().enumerate() {
+                    if *q > 0 {
+                        seq.execute(params![Stream::ALL[i].name(), o.last_seq[i] as i64])?;
                     }
                 }
             }
@@ -321,6 +510,10 @@ impl Store {
         for (c, v) in self.counters.written.iter().zip(n) {
             c.fetch_add(v, Ordering::Relaxed);
         }
+        for (i, q) in queued.iter().enumerate() {
+            self.counters.outbox_queued[i].fetch_add(*q, Ordering::Relaxed);
+        }
+        self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             "store: committed {} rows, flows_total={}",
@@ -549,6 +742,9 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                     };
                     if let Err(e) = store.enforce_retention(now) {
                         tracing::error!("store: retention failed: {e}");
+                    }
+                    if let Err(e) = store.bound_outbox() {
+                        tracing::error!("store: outbox bound failed: {e}");
                     }
                     last_retention = Instant::now();
                 }

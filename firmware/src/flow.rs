@@ -152,6 +152,10 @@ impl EndReason {
         EndReason::Evicted,
         EndReason::Flush,
     ];
+    /// The reason [`name`](Self::name) gives, back.
+    pub fn from_name(name: &str) -> Option<EndReason> {
+        EndReason::ALL.into_iter().find(|r| r.name() == name)
+    }
     pub const fn name(self) -> &'static str {
         match self {
             EndReason::IdleTimeout => "idle_timeout",

@@ -118,7 +118,41 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Decoded, Reject> {
     if inside != device {
         return Err(Reject::DeviceMismatch { topic: device.into(), inside: inside.into() });
     }
+    check_times(&msg)?;
     Ok(msg)
+}
+
+/// Latest time accepted: 2100-01-01, Unix microseconds. Earlier than 1970 is refused too: such
+/// a time is a broken clock or a forged message, and PostgreSQL's partitions would not hold it.
+pub const MAX_TIME_US: i64 = 4_102_444_800_000_000;
+
+/// Every time in the message is between 1970 and 2100.
+fn check_times(msg: &Decoded) -> Result<(), Reject> {
+    let mut times = vec![("ts", msg.header().ts)];
+    match msg {
+        Decoded::Flows(b) => {
+            for f in &b.flows {
+                times.push(("flows[].start", f.start));
+                times.push(("flows[].end", f.end));
+            }
+        }
+        Decoded::Stats(s) => {
+            times.push(("interval_start", s.interval_start));
+            times.push(("interval_end", s.interval_end));
+        }
+        Decoded::Anomaly(a) => {
+            times.push(("first_seen", a.first_seen));
+            times.push(("last_seen", a.last_seen));
+        }
+        _ => {}
+    }
+    match times.into_iter().find(|(_, t)| !(0..MAX_TIME_US).contains(t)) {
+        None => Ok(()),
+        Some((field, t)) => Err(Reject::Shape {
+            stream: msg.stream().name(),
+            message: format!("{field} {t} is not a time between 1970 and 2100 (Unix microseconds)"),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +193,15 @@ mod tests {
             ),
             ("tapwatch/v1/tap-1/flows", ok.clone().into_bytes(), "shape"),
             ("tapwatch/v1/tap-2/status", ok.clone().into_bytes(), "device_mismatch"),
+            (
+                "tapwatch/v1/tap-1/status",
+                {
+                    let mut v = status("tap-1");
+                    v["ts"] = json!(-5);
+                    v.to_string().into_bytes()
+                },
+                "shape",
+            ),
         ];
         for (topic, payload, reason) in cases {
             let err = decode(topic, &payload).unwrap_err();

@@ -2,7 +2,13 @@
 //!
 //! - [`contract`]: decoding and validating edge messages off the wire, with a reason for every
 //!   rejection (the ingest path's first stage).
+//! - [`ingest`]: MQTT to PostgreSQL, idempotent, acknowledging only what is committed.
+//! - [`db`]: connecting, migrations, day partitions, retention.
+//! - [`config`]: the configuration file, hub.toml.
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod config;
 pub mod contract;
+pub mod db;
+pub mod ingest;

@@ -1,0 +1,204 @@
+//! `hub.toml`: the broker the hub reads, the database it writes, and how long it keeps rows.
+//!
+//! Every field is documented in `hub.example.toml` (`tapwatch-hub config example`; a test keeps
+//! it equal to the defaults). Unknown fields are refused; [`Config::load`] names every problem.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The commented default configuration.
+pub const EXAMPLE: &str = include_str!("../hub.example.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub postgres: PostgresConfig,
+    pub ingest: IngestConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The broker, `host:port`.
+    pub broker: String,
+    /// This hub's MQTT client id: unique per hub process (the broker keeps its session).
+    pub client_id: String,
+    /// Broker user name; empty means none.
+    pub username: String,
+    /// File holding the broker password (its first line); empty means none.
+    pub password_file: PathBuf,
+    /// Shared-subscription group: hubs in one group share the edges' messages.
+    pub share_group: String,
+    /// Put before `tapwatch/v1/...` in the topics read (as the edges' `sync.topic_prefix`).
+    pub topic_prefix: String,
+    pub keepalive_s: u32,
+    /// How long the broker keeps this hub's session (and queues its messages) while it is away.
+    pub session_expiry_s: u32,
+    /// Messages the broker may send before the hub has acknowledged them.
+    pub receive_maximum: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "127.0.0.1:1883".into(),
+            client_id: "tapwatch-hub-1".into(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            share_group: "tapwatch-hub".into(),
+            topic_prefix: String::new(),
+            keepalive_s: 30,
+            session_expiry_s: 7 * 24 * 3600,
+            receive_maximum: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq-style connection string (`host=... user=... dbname=...`) or a postgresql:// URL.
+    pub url: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: "host=127.0.0.1 user=postgres dbname=tapwatch".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Messages committed in one transaction at most.
+    pub batch_messages: usize,
+    /// A batch is committed at most this long after its first message, milliseconds.
+    pub batch_ms: u64,
+    /// Take messages from devices the hub does not know, registering them; when false they are
+    /// refused (reason unknown_device) until `tapwatch-hub device add`.
+    pub auto_register_devices: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { batch_messages: 512, batch_ms: 50, auto_register_devices: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Day partitions older than this are dropped (and anomalies last seen before it).
+    pub max_age_days: u32,
+    /// The oldest day partitions are dropped while the tables are larger than this, MiB.
+    pub max_size_mb: u64,
+    /// How often retention runs, seconds.
+    pub interval_s: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { max_age_days: 30, max_size_mb: 10 * 1024, interval_s: 300 }
+    }
+}
+
+impl MqttConfig {
+    pub fn broker_addr(&self) -> Result<(String, u16), String> {
+        let bad = || format!("mqtt.broker {:?}: must be host:port", self.broker);
+        let (host, port) = self.broker.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let p = c.check();
+        if p.is_empty() {
+            Ok(c)
+        } else {
+            Err(p.join("; "))
+        }
+    }
+
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let m = &self.mqtt;
+        if let Err(e) = m.broker_addr() {
+            p.push(e);
+        }
+        if m.client_id.is_empty() {
+            p.push("mqtt.client_id: must not be empty".into());
+        }
+        if m.share_group.is_empty() || m.share_group.contains(['/', '+', '#']) {
+            p.push(format!("mqtt.share_group {:?}: one topic level, no + or #", m.share_group));
+        }
+        if !m.topic_prefix.is_empty()
+            && (m.topic_prefix.contains(['+', '#']) || !m.topic_prefix.ends_with('/'))
+        {
+            p.push(format!(
+                "mqtt.topic_prefix {:?}: must end with / and hold no + or #",
+                m.topic_prefix
+            ));
+        }
+        if m.keepalive_s < 5 {
+            p.push("mqtt.keepalive_s: must be at least 5".into());
+        }
+        if m.receive_maximum == 0 {
+            p.push("mqtt.receive_maximum: must be at least 1".into());
+        }
+        if self.ingest.batch_messages == 0 {
+            p.push("ingest.batch_messages: must be at least 1".into());
+        }
+        if self.retention.max_age_days == 0 {
+            p.push("retention.max_age_days: must be at least 1".into());
+        }
+        if self.retention.interval_s == 0 {
+            p.push("retention.interval_s: must be at least 1".into());
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_example_is_the_defaults() {
+        assert_eq!(Config::parse(EXAMPLE).unwrap(), Config::default());
+        let written: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let full: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        for (section, v) in &full {
+            let Some(t) = v.as_table() else { continue };
+            for key in t.keys() {
+                assert!(
+                    written.get(section).and_then(|s| s.get(key)).is_some(),
+                    "hub.example.toml must write out {section}.{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn test_problems_are_named() {
+        let e = Config::parse("[mqtt]\nbroker = \"nowhere\"\nshare_group = \"a/b\"\n").unwrap_err();
+        assert!(e.contains("mqtt.broker"), "{e}");
+        assert!(e.contains("mqtt.share_group"), "{e}");
+        let e = Config::parse("[ingest]\nbatch = 3\n").unwrap_err();
+        assert!(e.contains("unknown field `batch`"), "{e}");
+    }
+}

@@ -1,0 +1,773 @@
+//! MQTT to PostgreSQL, exactly once in effect.
+//!
+//! The hub subscribes with an MQTT v5 shared subscription (`$share/<group>/<prefix>tapwatch/v1/+/+`)
+//! and a persistent session, with manual acknowledgements. Messages are gathered into batches
+//! (`ingest.batch_messages`, `ingest.batch_ms`); a batch is one transaction:
+//!
+//! 1. every message is decoded ([`crate::contract::decode`]); a refused one goes to
+//!    `dead_letters` with its reason, counted;
+//! 2. `(device, stream, seq)` of the accepted ones go into `ingest_log`; only those not there
+//!    already (`ON CONFLICT DO NOTHING RETURNING`) have their rows written: flow batches by binary
+//!    COPY, statistics with their 1-minute and 1-hour rollups, metrics, analyses, anomaly
+//!    episodes (upserted by the edge's id), device status;
+//! 3. commit, and only then the PUBACKs.
+//!
+//! A crash before the commit loses nothing (the broker sends the unacknowledged messages again);
+//! a crash after it, before the PUBACKs, doubles nothing (the log refuses them). When the
+//! database is away the batch is retried with backoff, unacknowledged. A batch the database
+//! refuses for what is in it (not for being away) is split, and a message that fails on its own
+//! is dead-lettered with the database's error, so one bad message cannot stall the stream.
+
+use crate::config::Config;
+use crate::contract::{decode, Decoded, Reject};
+use crate::db::{self, day_of, time, Partitions};
+use firmware::proto::{Header, Stream};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+/// One message off the wire.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Reasons a message is refused, for counters (the contract's, plus the hub's own).
+pub const REJECT_REASONS: [&str; 8] = [
+    "topic",
+    "oversize",
+    "malformed_json",
+    "schema_version",
+    "shape",
+    "device_mismatch",
+    "unknown_device",
+    "database",
+];
+
+/// Counters for `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Messages whose rows were committed, by stream (order of [`Stream::ALL`]).
+    pub accepted: [AtomicU64; 6],
+    /// Messages already ingested (sent again), by stream.
+    pub duplicates: [AtomicU64; 6],
+    /// Messages refused, by reason (order of [`REJECT_REASONS`]).
+    pub rejected: [AtomicU64; 8],
+    /// Flow records committed.
+    pub flows: AtomicU64,
+    /// Transactions committed, and failed.
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    /// Messages acknowledged to the broker.
+    pub acked: AtomicU64,
+    /// 1 while connected to the broker, and to PostgreSQL.
+    pub mqtt_connected: AtomicU64,
+    pub db_connected: AtomicU64,
+}
+
+fn stream_index(s: Stream) -> usize {
+    Stream::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+fn reason_index(r: &str) -> usize {
+    REJECT_REASONS.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// A refusal: the contract's reason or the hub's.
+#[derive(Debug, Clone)]
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+impl From<Reject> for Refusal {
+    fn from(r: Reject) -> Self {
+        Refusal { reason: r.reason(), detail: r.to_string() }
+    }
+}
+
+/// Logs at most one line per reason a minute; the counters have every one.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RateLimitedLog {
+    fn refused(&mut self, topic: &str, r: &Refusal) {
+        let e = self.last.entry(r.reason).or_insert((Instant::now() - Duration::from_secs(120), 0));
+        if e.0.elapsed() >= Duration::from_secs(60) {
+            let more = e.1;
+            tracing::warn!(
+                reason = r.reason,
+                topic,
+                suppressed = more,
+                "message refused: {} (kept in dead_letters)",
+                r.detail
+            );
+            *e = (Instant::now(), 0);
+        } else {
+            e.1 += 1;
+        }
+    }
+}
+
+/// The database side of ingest: turns batches into committed rows.
+#[derive(Debug)]
+pub struct Ingestor {
+    client: Client,
+    prefix: String,
+    auto_register: bool,
+    devices: HashSet<String>,
+    devices_refreshed: Option<Instant>,
+    partitions: Partitions,
+    counters: Arc<IngestCounters>,
+    log: RateLimitedLog,
+}
+
+/// A decoded message and where it came from.
+#[derive(Debug)]
+enum Item {
+    Ok(Box<Decoded>),
+    Refused(Refusal),
+}
+
+/// Whether a database error means the database is away (retry) rather than the data is bad.
+pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true,
+        Some(c) => {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("57") || c.starts_with("53") || c == "40001"
+        }
+    }
+}
+
+impl Ingestor {
+    pub fn new(client: Client, config: &Config, counters: Arc<IngestCounters>) -> Ingestor {
+        Ingestor {
+            client,
+            prefix: config.mqtt.topic_prefix.clone(),
+            auto_register: config.ingest.auto_register_devices,
+            devices: HashSet::new(),
+            devices_refreshed: None,
+            partitions: Partitions::default(),
+            counters,
+            log: RateLimitedLog::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn partitions(&mut self) -> &mut Partitions {
+        &mut self.partitions
+    }
+
+    async fn refresh_devices(&mut self) -> Result<(), tokio_postgres::Error> {
+        let rows = self.client.query("SELECT id FROM devices", &[]).await?;
+        self.devices = rows.iter().map(|r| r.get::<_, String>(0)).collect();
+        self.devices_refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Whether `device` may send; registers it under auto-registration.
+    async fn known(&mut self, device: &str) -> Result<bool, tokio_postgres::Error> {
+        if self.devices.contains(device) {
+            return Ok(true);
+        }
+        if self.auto_register {
+            db::add_device(&self.client, device).await?;
+            self.devices.insert(device.to_string());
+            tracing::info!(device, "device registered on its first message");
+            return Ok(true);
+        }
+        // Devices added by `tapwatch-hub device add` while we run: look again, at most once a
+        // second.
+        if self.devices_refreshed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            self.refresh_devices().await?;
+        }
+        Ok(self.devices.contains(device))
+    }
+
+    async fn classify(&mut self, m: &Incoming) -> Result<Item, tokio_postgres::Error> {
+        let Some(topic) = m.topic.strip_prefix(self.prefix.as_str()) else {
+            return Ok(Item::Refused(Reject::Topic(m.topic.clone()).into()));
+        };
+        match decode(topic, &m.payload) {
+            Err(r) => Ok(Item::Refused(r.into())),
+            Ok(d) => {
+                let device = d.header().device.to_string();
+                if self.known(&device).await? {
+                    Ok(Item::Ok(Box::new(d)))
+                } else {
+                    Ok(Item::Refused(Refusal {
+                        reason: "unknown_device",
+                        detail: format!(
+                            "device {device:?} is not registered (tapwatch-hub device add)"
+                        ),
+                    }))
+                }
+            }
+        }
+    }
+
+    /// Commit a batch. `Err` means nothing of it was committed and the database is away (or
+    /// went away): retry the whole batch later. Otherwise every message is accounted for.
+    pub async fn commit(&mut self, batch: &[Incoming]) -> Result<(), tokio_postgres::Error> {
+        let mut items = Vec::with_capacity(batch.len());
+        for m in batch {
+            items.push(self.classify(m).await?);
+        }
+        self.make_partitions(&items).await?;
+        match self.write(batch, &items).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_connection_error(&e) => Err(e),
+            Err(e) => {
+                // Something in the batch is refused by the database: one message at a time,
+                // and a message that fails alone is dead-lettered.
+                tracing::warn!("batch refused by the database ({e}); retrying message by message");
+                for (m, item) in batch.iter().zip(items) {
+                    let one = std::slice::from_ref(m);
+                    match self.write(one, std::slice::from_ref(&item)).await {
+                        Ok(()) => {}
+                        Err(e) if is_connection_error(&e) => return Err(e),
+                        Err(e) => {
+                            let r = Refusal { reason: "database", detail: e.to_string() };
+                            self.write(one, &[Item::Refused(r)]).await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn make_partitions(&mut self, items: &[Item]) -> Result<(), tokio_postgres::Error> {
+        let mut need: HashSet<(&'static str, i32)> = HashSet::new();
+        for item in items {
+            let Item::Ok(d) = item else { continue };
+            match &**d {
+                Decoded::Flows(b) => {
+                    for f in &b.flows {
+                        need.insert(("traffic_features", day_of(f.end)));
+                    }
+                }
+                Decoded::Stats(s) => {
+                    need.insert(("traffic_stats", day_of(s.interval_start)));
+                }
+                Decoded::Metrics(m) => {
+                    need.insert(("system_metrics", day_of(m.ts)));
+                }
+                Decoded::Analysis(a) => {
+                    need.insert(("analyses", day_of(a.ts)));
+                }
+                _ => {}
+            }
+        }
+        for (table, day) in need {
+            self.partitions.ensure(&self.client, table, [day]).await?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[Incoming],
+        items: &[Item],
+    ) -> Result<(), tokio_postgres::Error> {
+        let tx = self.client.transaction().await?;
+        let mut refused = Vec::new();
+        // The log rows of accepted messages (status is state, not a record: it is not logged).
+        let (mut devs, mut streams, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+        for (m, item) in batch.iter().zip(items) {
+            match item {
+                Item::Refused(r) => {
+                    tx.execute(
+                        "INSERT INTO dead_letters (topic, reason, detail, payload)
+                         VALUES ($1, $2, $3, $4)",
+                        &[&m.topic, &r.reason, &r.detail, &m.payload.as_ref()],
+                    )
+                    .await?;
+                    refused.push((m.topic.clone(), r.clone()));
+                }
+                Item::Ok(d) if d.stream() != Stream::Status => {
+                    let h = d.header();
+                    devs.push(h.device.to_string());
+                    streams.push(d.stream().name().to_string());
+                    seqs.push(h.seq as i64);
+                }
+                Item::Ok(_) => {}
+            }
+        }
+        let fresh: HashSet<(String, String, i64)> = tx
+            .query(
+                "INSERT INTO ingest_log (device, stream, seq)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT DO NOTHING RETURNING device, stream, seq",
+                &[&devs, &streams, &seqs],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let mut accepted = [0u64; 6];
+        let mut duplicates = [0u64; 6];
+        let mut flows = Vec::new();
+        let mut seen_devices = HashSet::new();
+        for item in items {
+            let Item::Ok(d) = item else { continue };
+            let h: Header<'_> = d.header();
+            seen_devices.insert(h.device.to_string());
+            let i = stream_index(d.stream());
+            if d.stream() != Stream::Status
+                && !fresh.contains(&(
+                    h.device.to_string(),
+                    d.stream().name().to_string(),
+                    h.seq as i64,
+                ))
+            {
+                duplicates[i] += 1;
+                continue;
+            }
+            accepted[i] += 1;
+            match &**d {
+                Decoded::Flows(b) => flows.push(&**b),
+                Decoded::Stats(s) => insert_stats(&tx, s).await?,
+                Decoded::Metrics(m) => {
+                    tx.execute(
+                        "INSERT INTO system_metrics (device, seq, ts, cpu_percent, mem_used_bytes,
+                         mem_total_bytes, disk_used_bytes, disk_total_bytes, net_rx_bytes,
+                         net_tx_bytes, flows_active, store_dropped, capture)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                        &[
+                            &m.device.as_str(),
+                            &(m.seq as i64),
+                            &time(m.ts),
+                            &m.cpu_percent,
+                            &(m.mem_used_bytes as i64),
+                            &(m.mem_total_bytes as i64),
+                            &(m.disk_used_bytes as i64),
+                            &(m.disk_total_bytes as i64),
+                            &(m.net_rx_bytes as i64),
+                            &(m.net_tx_bytes as i64),
+                            &(m.flows_active as i64),
+                            &(m.store_dropped as i64),
+                            &serde_json::to_value(&m.capture).unwrap_or_default(),
+                        ],
+                    )
+                    .await?;
+                }
+                Decoded::Analysis(a) => {
+                    tx.execute(
+                        "INSERT INTO analyses (device, seq, ts, model, model_version, rows,
+                         score_min, score_mean, score_max, threshold, flagged, latency_us)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                        &[
+                            &a.device.as_str(),
+                            &(a.seq as i64),
+                            &time(a.ts),
+                            &a.model.as_str(),
+                            &a.model_version.as_str(),
+                            &(a.rows as i32),
+                            &a.score_min,
+                            &a.score_mean,
+                            &a.score_max,
+                            &a.threshold,
+                            &(a.flagged as i32),
+                            &(a.latency_us as i64),
+                        ],
+                    )
+                    .await?;
+                }
+                Decoded::Anomaly(a) => {
+                    let kind = serde_json::to_value(a.kind).unwrap_or_default();
+                    let severity = serde_json::to_value(a.severity).unwrap_or_default();
+                    tx.execute(
+                        "INSERT INTO anomalies (device, edge_id, seq, kind, severity, confidence,
+                         score, threshold, detector, src_ip, dst_ip, dst_port, protocol,
+                         first_seen, last_seen, count, reasons)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                 $15, $16, $17)
+                         ON CONFLICT (device, edge_id) DO UPDATE SET
+                           seq = excluded.seq, severity = excluded.severity,
+                           confidence = excluded.confidence, score = excluded.score,
+                           threshold = excluded.threshold, last_seen = excluded.last_seen,
+                           count = excluded.count, reasons = excluded.reasons
+                         WHERE anomalies.seq < excluded.seq",
+                        &[
+                            &a.device.as_str(),
+                            &(a.id as i64),
+                            &(a.seq as i64),
+                            &kind.as_str().unwrap_or_default(),
+                            &severity.as_str().unwrap_or_default(),
+                            &a.confidence,
+                            &a.score,
+                            &a.threshold,
+                            &a.detector.as_str(),
+                            &a.src_ip,
+                            &a.dst_ip,
+                            &a.dst_port.map(i32::from),
+                            &a.protocol.map(i16::from),
+                            &time(a.first_seen),
+                            &time(a.last_seen),
+                            &(a.count as i64),
+                            &serde_json::to_value(&a.reasons).unwrap_or_default(),
+                        ],
+                    )
+                    .await?;
+                }
+                Decoded::Status(s) => {
+                    let state = serde_json::to_value(s.state).unwrap_or_default();
+                    tx.execute(
+                        "UPDATE devices SET state = $2, state_seq = $3, version = $4, uptime_s = $5
+                         WHERE id = $1 AND state_seq < $3",
+                        &[
+                            &s.device.as_str(),
+                            &state.as_str().unwrap_or_default(),
+                            &(s.seq as i64),
+                            &s.version.as_str(),
+                            &(s.uptime_s as i64),
+                        ],
+                    )
+                    .await?;
+                }
+            }
+        }
+        let n_flows = copy_flows(&tx, &flows).await?;
+        let seen: Vec<String> = seen_devices.into_iter().collect();
+        tx.execute("UPDATE devices SET last_seen = now() WHERE id = ANY($1)", &[&seen]).await?;
+        tx.commit().await?;
+        let c = &self.counters;
+        for i in 0..6 {
+            c.accepted[i].fetch_add(accepted[i], Ordering::Relaxed);
+            c.duplicates[i].fetch_add(duplicates[i], Ordering::Relaxed);
+        }
+        c.flows.fetch_add(n_flows, Ordering::Relaxed);
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        for (topic, r) in refused {
+            c.rejected[reason_index(r.reason)].fetch_add(1, Ordering::Relaxed);
+            self.log.refused(&topic, &r);
+        }
+        Ok(())
+    }
+}
+
+async fn insert_stats(
+    tx: &tokio_postgres::Transaction<'_>,
+    s: &firmware::proto::StatsMsg,
+) -> Result<(), tokio_postgres::Error> {
+    let n = |v: u64| v as i64;
+    tx.execute(
+        "INSERT INTO traffic_stats (device, seq, interval_start, interval_end, packets, bytes,
+         tcp_packets, udp_packets, icmp_packets, other_packets, flows_started, flows_ended,
+         parse_errors, top_ports, top_talkers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        &[
+            &s.device.as_str(),
+            &(s.seq as i64),
+            &time(s.interval_start),
+            &time(s.interval_end),
+            &n(s.packets),
+            &n(s.bytes),
+            &n(s.tcp_packets),
+            &n(s.udp_packets),
+            &n(s.icmp_packets),
+            &n(s.other_packets),
+            &n(s.flows_started),
+            &n(s.flows_ended),
+            &n(s.parse_errors),
+            &serde_json::to_value(&s.top_ports).unwrap_or_default(),
+            &serde_json::to_value(&s.top_talkers).unwrap_or_default(),
+        ],
+    )
+    .await?;
+    for (table, unit) in [("traffic_stats_1m", "minute"), ("traffic_stats_1h", "hour")] {
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} AS t (device, bucket, packets, bytes, tcp_packets, udp_packets,
+                 icmp_packets, other_packets, flows_started, flows_ended)
+                 VALUES ($1, date_trunc('{unit}', $2::timestamptz), $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (device, bucket) DO UPDATE SET
+                   packets = t.packets + excluded.packets, bytes = t.bytes + excluded.bytes,
+                   tcp_packets = t.tcp_packets + excluded.tcp_packets,
+                   udp_packets = t.udp_packets + excluded.udp_packets,
+                   icmp_packets = t.icmp_packets + excluded.icmp_packets,
+                   other_packets = t.other_packets + excluded.other_packets,
+                   flows_started = t.flows_started + excluded.flows_started,
+                   flows_ended = t.flows_ended + excluded.flows_ended"
+            ),
+            &[
+                &s.device.as_str(),
+                &time(s.interval_start),
+                &n(s.packets),
+                &n(s.bytes),
+                &n(s.tcp_packets),
+                &n(s.udp_packets),
+                &n(s.icmp_packets),
+                &n(s.other_packets),
+                &n(s.flows_started),
+                &n(s.flows_ended),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Binary COPY of the flows of new batches.
+async fn copy_flows(
+    tx: &tokio_postgres::Transaction<'_>,
+    batches: &[&firmware::proto::FlowBatch],
+) -> Result<u64, tokio_postgres::Error> {
+    if batches.iter().all(|b| b.flows.is_empty()) {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY traffic_features (device, batch_seq, idx, start_ts, end_ts, src_ip, src_port,
+             dst_ip, dst_port, protocol, vlan, end_reason, feature_set, features)
+             FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::INT8,
+        Type::INT2,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::INET,
+        Type::INT4,
+        Type::INET,
+        Type::INT4,
+        Type::INT2,
+        Type::INT4,
+        Type::TEXT,
+        Type::INT4,
+        Type::FLOAT4_ARRAY,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    let mut writer = std::pin::pin!(writer);
+    for b in batches {
+        for (i, f) in b.flows.iter().enumerate() {
+            let features: &[f32] = &f.features;
+            let row: [&(dyn ToSql + Sync); 14] = [
+                &b.device.as_str(),
+                &(b.seq as i64),
+                &(i as i16),
+                &time(f.start),
+                &time(f.end),
+                &f.src_ip,
+                &i32::from(f.src_port),
+                &f.dst_ip,
+                &i32::from(f.dst_port),
+                &i16::from(f.protocol),
+                &i32::from(f.vlan),
+                &f.end_reason.name(),
+                &(b.feature_set as i32),
+                &features,
+            ];
+            writer.as_mut().write(&row).await?;
+        }
+    }
+    writer.finish().await
+}
+
+/// Run the ingest until `stop`: the MQTT loop, batching, commits, acknowledgements, and
+/// retention. Reconnects to the broker and to PostgreSQL as needed.
+pub async fn run(
+    config: Config,
+    counters: Arc<IngestCounters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let (host, port) = config.mqtt.broker_addr()?;
+    let mut o = MqttOptions::new(config.mqtt.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(config.mqtt.keepalive_s.into()))
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(config.mqtt.session_expiry_s))
+        .set_receive_maximum(Some(config.mqtt.receive_maximum))
+        .set_max_packet_size(Some(1 << 20))
+        .set_manual_acks(true);
+    if !config.mqtt.username.is_empty() || !config.mqtt.password_file.as_os_str().is_empty() {
+        let password = if config.mqtt.password_file.as_os_str().is_empty() {
+            String::new()
+        } else {
+            std::fs::read_to_string(&config.mqtt.password_file)
+                .map_err(|e| format!("mqtt.password_file: {e}"))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        };
+        o.set_credentials(config.mqtt.username.clone(), password);
+    }
+    let (client, mut eventloop) =
+        AsyncClient::new(o, usize::from(config.mqtt.receive_maximum) + 64);
+    let filter =
+        format!("$share/{}/{}tapwatch/v1/+/+", config.mqtt.share_group, config.mqtt.topic_prefix);
+
+    // The event loop runs on a task of its own (keep-alives go on while a batch commits) and
+    // hands publishes over with the session generation they arrived in.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<rumqttc::v5::mqttbytes::v5::Publish>(
+        usize::from(config.mqtt.receive_maximum) + 64,
+    );
+    let loop_counters = counters.clone();
+    let sub_client = client.clone();
+    let mut loop_stop = stop.clone();
+    let mqtt = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        let mut last_log: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        backoff = Duration::from_millis(200);
+                        loop_counters.mqtt_connected.store(1, Ordering::Relaxed);
+                        tracing::info!(session_present = ack.session_present, "mqtt: connected");
+                        // Subscribing again with a present session is harmless.
+                        let f = Filter::new(filter.clone(), QoS::AtLeastOnce);
+                        if let Err(e) = sub_client.subscribe_many([f]).await {
+                            tracing::error!("mqtt: cannot subscribe: {e}");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if tx.send(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        loop_counters.mqtt_connected.store(0, Ordering::Relaxed);
+                        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                            tracing::warn!("mqtt: no connection to the broker ({e}); retrying");
+                            last_log = Some(Instant::now());
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = loop_stop.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                },
+                _ = loop_stop.changed() => return,
+            }
+        }
+    });
+
+    let mut ingestor: Option<Ingestor> = None;
+    let mut db_backoff = Duration::from_millis(200);
+    let batch_max = config.ingest.batch_messages;
+    let batch_wait = Duration::from_millis(config.ingest.batch_ms);
+    let mut last_retention: Option<Instant> = None;
+    let retention_every = Duration::from_secs(config.retention.interval_s.into());
+    'outer: loop {
+        // A batch: the first message waits as long as it takes, the rest at most batch_ms.
+        let mut batch: Vec<rumqttc::v5::mqttbytes::v5::Publish> = Vec::new();
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(p) => batch.push(p),
+                None => break,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => break,
+        }
+        if !batch.is_empty() {
+            let deadline = tokio::time::Instant::now() + batch_wait;
+            while batch.len() < batch_max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => batch.push(p),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let incoming: Vec<Incoming> = batch
+            .iter()
+            .map(|p| Incoming {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.clone(),
+            })
+            .collect();
+        // Commit, retrying while the database is away; then acknowledge.
+        loop {
+            if ingestor.is_none() {
+                match db::connect(&config.postgres.url).await {
+                    Ok(c) => {
+                        counters.db_connected.store(1, Ordering::Relaxed);
+                        tracing::info!("postgres: connected");
+                        db_backoff = Duration::from_millis(200);
+                        ingestor = Some(Ingestor::new(c, &config, counters.clone()));
+                    }
+                    Err(e) => {
+                        tracing::warn!("postgres: cannot connect ({e}); retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(db_backoff) => {}
+                            _ = stop.changed() => break 'outer,
+                        }
+                        db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                }
+            }
+            let Some(ing) = ingestor.as_mut() else { continue };
+            if incoming.is_empty() {
+                break;
+            }
+            match ing.commit(&incoming).await {
+                Ok(()) => break,
+                Err(e) => {
+                    counters.commit_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.db_connected.store(0, Ordering::Relaxed);
+                    tracing::warn!("postgres: batch not committed ({e}); retrying");
+                    ingestor = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(db_backoff) => {}
+                        _ = stop.changed() => break 'outer,
+                    }
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        for p in &batch {
+            if client.ack(p).await.is_ok() {
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(ing) = ingestor.as_mut() {
+            if last_retention.is_none_or(|t| t.elapsed() >= retention_every) {
+                last_retention = Some(Instant::now());
+                let r = &config.retention;
+                match db::retention(
+                    ing.client(),
+                    r.max_age_days,
+                    r.max_size_mb,
+                    std::time::SystemTime::now(),
+                )
+                .await
+                {
+                    Ok(done) => {
+                        if done != db::Retained::default() {
+                            tracing::info!(?done, "retention");
+                            ing.partitions().forget();
+                        }
+                    }
+                    Err(e) => tracing::warn!("retention failed: {e}"),
+                }
+            }
+        }
+    }
+    let _ = client.disconnect().await;
+    mqtt.abort();
+    Ok(())
+}
