@@ -1,8 +1,9 @@
 -- Messages for the hub, waiting for the broker's PUBACK (edge to hub sync). A message is fixed
 -- when it is queued: its stream and seq never change, so the hub can drop one it already has.
--- Flow batches name their rows of traffic_features instead of copying them.
+-- Flow batches name their rows of traffic_features instead of copying them. Ids are never
+-- reused (AUTOINCREMENT): the sender keeps its place by id, and the outbox empties often.
 CREATE TABLE outbox (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     stream      TEXT    NOT NULL,
     seq         INTEGER NOT NULL,
     created_us  INTEGER NOT NULL,

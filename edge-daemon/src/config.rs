@@ -473,8 +473,8 @@ impl Config {
         if y.keepalive_s < 5 {
             p.push(format!("sync.keepalive_s {}: must be at least 5", y.keepalive_s));
         }
-        if y.inflight == 0 {
-            p.push("sync.inflight: must be at least 1".into());
+        if y.inflight == 0 || y.inflight > 1024 {
+            p.push(format!("sync.inflight {}: must be 1 to 1024", y.inflight));
         }
         if y.outbox_max_messages < 1000 {
             p.push(format!(

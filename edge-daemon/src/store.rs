@@ -578,6 +578,7 @@ impl Store {
             let n = self.conn.execute(&sql, [cutoff])? as u64;
             self.counters.evicted_age[t as usize].fetch_add(n, Ordering::Relaxed);
         }
+        self.drop_orphan_batches()?;
         let limit = self.config.max_size_mb * 1024 * 1024;
         let order = [
             Table::Packets,
@@ -602,6 +603,28 @@ impl Store {
             if n == 0 {
                 i += 1;
             }
+        }
+        self.drop_orphan_batches()?;
+        Ok(())
+    }
+
+    /// Flow batches in the outbox whose flows retention deleted entirely go too (counted as
+    /// dropped): their row ids could otherwise be given to new flows.
+    fn drop_orphan_batches(&mut self) -> Result<(), StoreError> {
+        if self.outbox.is_none() {
+            return Ok(());
+        }
+        let n = self.conn.execute(
+            "DELETE FROM outbox WHERE stream = 'flows' AND last_row <
+             coalesce((SELECT min(id) FROM traffic_features), 9223372036854775807)",
+            [],
+        )? as u64;
+        if n > 0 {
+            self.counters.outbox_dropped[stream_index(Stream::Flows)]
+                .fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(
+                "sync: {n} flow batches were deleted by retention before they were sent"
+            );
         }
         Ok(())
     }

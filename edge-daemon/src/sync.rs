@@ -237,7 +237,10 @@ pub fn mqtt_options(cfg: &SyncConfig, device: &str) -> Result<MqttOptions, Strin
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(cfg.keepalive_s.into()))
         .set_clean_session(true)
-        .set_inflight(cfg.inflight)
+        // Twice our window of packet ids: with at most `inflight` unacknowledged, the next id is
+        // always free, so rumqttc never holds a publish back for an id collision and its
+        // `Outgoing::Publish` events come in request order (the pkid mapping relies on it).
+        .set_inflight(cfg.inflight.saturating_mul(2))
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_request_channel_capacity(usize::from(cfg.inflight) + 16);
     if !cfg.username.is_empty() || !cfg.password_file.as_os_str().is_empty() {
@@ -279,6 +282,66 @@ pub enum Until {
     Drained,
 }
 
+/// What the event-loop task reports to the sending loop.
+#[derive(Debug)]
+enum LinkEvent {
+    /// Connected; the online status goes out with this seq (the will of this connection says
+    /// offline with seq + 1).
+    Connected(u64),
+    /// A publish request was given this packet id.
+    Published(u16),
+    Acked(u16),
+    Disconnected,
+}
+
+/// Drive the MQTT event loop on its own task: `poll` is never cancelled half-way (a select on
+/// it with a timer could drop a packet being written), reconnects back off, and before each
+/// reconnect the last will gets a seq later than the connection before.
+fn spawn_event_loop(
+    mut eventloop: rumqttc::EventLoop,
+    cfg: &SyncConfig,
+    will: impl Fn(u64) -> LastWill + Send + 'static,
+    first_seq: u64,
+    events: tokio::sync::mpsc::UnboundedSender<LinkEvent>,
+) -> tokio::task::JoinHandle<()> {
+    let (min, max) =
+        (Duration::from_millis(cfg.reconnect_min_ms), Duration::from_millis(cfg.reconnect_max_ms));
+    let broker = cfg.broker.clone();
+    tokio::spawn(async move {
+        let mut backoff = min;
+        let mut status_seq = first_seq;
+        let mut last_error_log: Option<Instant> = None;
+        loop {
+            let e = match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = min;
+                    LinkEvent::Connected(status_seq)
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Published(pkid),
+                Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+                Ok(_) => continue,
+                Err(e) => {
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(%broker, "sync: no connection ({e}); retrying");
+                        last_error_log = Some(Instant::now());
+                    }
+                    if events.send(LinkEvent::Disconnected).is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max);
+                    status_seq = ((now_us() / 1000) as u64).max(status_seq + 2);
+                    eventloop.mqtt_options.set_last_will(will(status_seq + 1));
+                    continue;
+                }
+            };
+            if events.send(e).is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// Send the outbox until `until`; `stop` ends the loop early (it then says `offline`).
 pub async fn run(
     cfg: SyncConfig,
@@ -292,40 +355,46 @@ pub async fn run(
     let mut outbox = OutboxReader::open(&db, &device, counters.clone())?;
     let mut options = mqtt_options(&cfg, &device)?;
     let status_topic = topic(&cfg.topic_prefix, &device, Stream::Status);
-    let set_will = |o: &mut MqttOptions, seq: u64| {
-        o.set_last_will(LastWill::new(
-            &status_topic,
-            status(&device, DeviceState::Offline, seq, started),
-            QoS::AtLeastOnce,
-            true,
-        ));
+    let will = {
+        let (t, d) = (status_topic.clone(), device.clone());
+        move |seq: u64| {
+            LastWill::new(
+                &t,
+                status(&d, DeviceState::Offline, seq, started),
+                QoS::AtLeastOnce,
+                true,
+            )
+        }
     };
-    let mut status_seq = (now_us() / 1000) as u64;
-    set_will(&mut options, status_seq + 1);
-    let (client, mut eventloop) = AsyncClient::new(options, usize::from(cfg.inflight) + 16);
+    let first_seq = (now_us() / 1000) as u64;
+    options.set_last_will(will(first_seq + 1));
+    let (client, eventloop) = AsyncClient::new(options, usize::from(cfg.inflight) + 16);
+    let (etx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let link = spawn_event_loop(eventloop, &cfg, will, first_seq, etx);
     let window = usize::from(cfg.inflight);
-    // Requests made and not yet given a pkid: the outbox id, or None for a status message.
+    // Requests made and not yet given a pkid: the outbox message, or None for a status message.
     let mut requested: VecDeque<Option<(i64, Stream, u64)>> = VecDeque::new();
     let mut inflight: HashMap<u16, (i64, Stream, u64)> = HashMap::new();
     let mut acked: Vec<(i64, Stream, u64)> = Vec::new();
     // The highest outbox id handed to the client on this connection.
     let mut cursor = 0i64;
-    let mut connected = false;
-    let mut backoff = Duration::from_millis(cfg.reconnect_min_ms);
-    let mut last_error_log: Option<Instant> = None;
+    let mut connected: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let offline = |seq: u64| status(&device, DeviceState::Offline, seq, started);
+    let result = loop {
         if !acked.is_empty() {
             let ids: Vec<i64> = acked.iter().map(|a| a.0).collect();
-            outbox.release(&ids).map_err(|e| format!("sync: cannot release: {e}"))?;
+            if let Err(e) = outbox.release(&ids) {
+                break Err(format!("sync: cannot release sent messages: {e}"));
+            }
             for (_, s, flows) in acked.drain(..) {
                 counters.acked[stream_index(s)].fetch_add(1, Ordering::Relaxed);
                 counters.flows_acked.fetch_add(flows, Ordering::Relaxed);
             }
             counters.last_ack_us.store(now_us() as u64, Ordering::Relaxed);
         }
-        if connected {
+        if let Some(status_seq) = connected {
             let busy = requested.len() + inflight.len();
             if busy < window {
                 match outbox.next(cursor, window - busy) {
@@ -344,106 +413,100 @@ pub async fn run(
                     Err(e) => tracing::error!("sync: cannot read the outbox: {e}"),
                 }
             }
-            if until == Until::Drained && requested.is_empty() && inflight.is_empty() {
-                let depth = outbox.depth().map_err(|e| e.to_string())?;
-                if depth == 0 {
-                    let _ = client.try_publish(
-                        &status_topic,
-                        QoS::AtLeastOnce,
-                        true,
-                        status(&device, DeviceState::Offline, status_seq + 1, started),
-                    );
-                    let _ = client.try_disconnect();
-                    // Let the event loop send what was asked.
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while Instant::now() < deadline {
-                        match tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await {
-                            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
-                                break
-                            }
-                            _ => {}
-                        }
-                    }
-                    counters.connected.store(0, Ordering::Relaxed);
-                    return Ok(());
+            if until == Until::Drained
+                && requested.is_empty()
+                && inflight.is_empty()
+                && outbox.depth().map_err(|e| e.to_string())? == 0
+            {
+                if client
+                    .try_publish(&status_topic, QoS::AtLeastOnce, true, offline(status_seq + 1))
+                    .is_ok()
+                {
+                    requested.push_back(None);
                 }
+                break Ok(());
             }
         }
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    backoff = Duration::from_millis(cfg.reconnect_min_ms);
+            ev = events.recv() => match ev {
+                Some(LinkEvent::Connected(seq)) => {
+                    connected = Some(seq);
                     counters.connected.store(1, Ordering::Relaxed);
                     counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %cfg.broker, "sync: connected");
-                    let online = status(&device, DeviceState::Online, status_seq, started);
+                    let online = status(&device, DeviceState::Online, seq, started);
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_ok() {
                         requested.push_back(None);
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                Some(LinkEvent::Published(pkid)) => {
                     if let Some(Some(m)) = requested.pop_front() {
                         inflight.insert(pkid, m);
                     }
                 }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(m) = inflight.remove(&ack.pkid) {
+                Some(LinkEvent::Acked(pkid)) => {
+                    if let Some(m) = inflight.remove(&pkid) {
                         acked.push(m);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if connected {
+                Some(LinkEvent::Disconnected) => {
+                    if connected.take().is_some() {
                         counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
-                    connected = false;
                     counters.connected.store(0, Ordering::Relaxed);
+                    // The session is clean: whatever was not acknowledged goes again.
                     requested.clear();
                     inflight.clear();
                     cursor = 0;
-                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(broker = %cfg.broker, "sync: no connection ({e}); retrying");
-                        last_error_log = Some(Instant::now());
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_millis(cfg.reconnect_max_ms));
-                    // A new will for the next connection: later than this connection's status.
-                    status_seq = ((now_us() / 1000) as u64).max(status_seq + 2);
-                    set_will(&mut eventloop.mqtt_options, status_seq + 1);
                 }
+                None => break Err("sync: the MQTT event loop ended".into()),
             },
             _ = tick.tick() => {}
             _ = stop.changed() => {
-                if connected {
-                    let _ = client.try_publish(
-                        &status_topic,
-                        QoS::AtLeastOnce,
-                        true,
-                        status(&device, DeviceState::Offline, status_seq + 1, started),
-                    );
-                    let _ = client.try_disconnect();
-                    let deadline = Instant::now() + Duration::from_secs(2);
-                    while Instant::now() < deadline {
-                        match tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await {
-                            Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                                if let Some(m) = inflight.remove(&ack.pkid) {
-                                    acked.push(m);
-                                }
-                            }
-                            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
-                            _ => {}
-                        }
+                if let Some(seq) = connected {
+                    if client
+                        .try_publish(&status_topic, QoS::AtLeastOnce, true, offline(seq + 1))
+                        .is_ok()
+                    {
+                        requested.push_back(None);
                     }
-                    let ids: Vec<i64> = acked.iter().map(|a| a.0).collect();
-                    let _ = outbox.release(&ids);
                 }
-                counters.connected.store(0, Ordering::Relaxed);
-                return Ok(());
+                break Ok(());
             }
         }
+    };
+    // Say goodbye: let the event loop send what was asked (the offline status) and the
+    // acknowledgements still coming release their messages.
+    if connected.is_some() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        // The offline status is the last request; once it is out and every message before it
+        // is acknowledged (or the deadline passes), disconnect.
+        let mut status_out = requested.is_empty();
+        while !(status_out && inflight.is_empty()) {
+            let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await else {
+                break;
+            };
+            match ev {
+                LinkEvent::Published(pkid) => match requested.pop_front() {
+                    Some(Some(m)) => {
+                        inflight.insert(pkid, m);
+                    }
+                    Some(None) | None => status_out = requested.is_empty(),
+                },
+                LinkEvent::Acked(pkid) => {
+                    if let Some(m) = inflight.remove(&pkid) {
+                        acked.push(m);
+                    }
+                }
+                LinkEvent::Disconnected | LinkEvent::Connected(_) => break,
+            }
+        }
+        let ids: Vec<i64> = acked.iter().map(|a| a.0).collect();
+        let _ = outbox.release(&ids);
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
     }
+    link.abort();
+    counters.connected.store(0, Ordering::Relaxed);
+    result
 }

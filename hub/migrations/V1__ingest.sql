@@ -19,6 +19,7 @@ CREATE TABLE ingest_log (
     stream       text        NOT NULL,
     seq          bigint      NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now(),
+    hub          text        NOT NULL,   -- the client id of the hub that took it
     PRIMARY KEY (device, stream, seq)
 );
 CREATE INDEX ingest_log_received ON ingest_log (received_at);

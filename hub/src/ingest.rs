@@ -120,10 +120,12 @@ impl RateLimitedLog {
 #[derive(Debug)]
 pub struct Ingestor {
     client: Client,
+    hub: String,
     prefix: String,
     auto_register: bool,
     devices: HashSet<String>,
-    devices_refreshed: Option<Instant>,
+    /// Devices found unknown in the batch being committed.
+    unknown: HashSet<String>,
     partitions: Partitions,
     counters: Arc<IngestCounters>,
     log: RateLimitedLog,
@@ -154,10 +156,11 @@ impl Ingestor {
     pub fn new(client: Client, config: &Config, counters: Arc<IngestCounters>) -> Ingestor {
         Ingestor {
             client,
+            hub: config.mqtt.client_id.clone(),
             prefix: config.mqtt.topic_prefix.clone(),
             auto_register: config.ingest.auto_register_devices,
             devices: HashSet::new(),
-            devices_refreshed: None,
+            unknown: HashSet::new(),
             partitions: Partitions::default(),
             counters,
             log: RateLimitedLog::default(),
@@ -172,13 +175,6 @@ impl Ingestor {
         &mut self.partitions
     }
 
-    async fn refresh_devices(&mut self) -> Result<(), tokio_postgres::Error> {
-        let rows = self.client.query("SELECT id FROM devices", &[]).await?;
-        self.devices = rows.iter().map(|r| r.get::<_, String>(0)).collect();
-        self.devices_refreshed = Some(Instant::now());
-        Ok(())
-    }
-
     /// Whether `device` may send; registers it under auto-registration.
     async fn known(&mut self, device: &str) -> Result<bool, tokio_postgres::Error> {
         if self.devices.contains(device) {
@@ -190,12 +186,18 @@ impl Ingestor {
             tracing::info!(device, "device registered on its first message");
             return Ok(true);
         }
-        // Devices added by `tapwatch-hub device add` while we run: look again, at most once a
-        // second.
-        if self.devices_refreshed.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-            self.refresh_devices().await?;
+        // Devices added by `tapwatch-hub device add` while we run: ask the database, once per
+        // device per batch (a flood of messages from an unknown device costs one query a batch).
+        if !self.unknown.insert(device.to_string()) {
+            return Ok(false);
         }
-        Ok(self.devices.contains(device))
+        let found =
+            self.client.query_opt("SELECT 1 FROM devices WHERE id = $1", &[&device]).await?;
+        if found.is_some() {
+            self.unknown.remove(device);
+            self.devices.insert(device.to_string());
+        }
+        Ok(found.is_some())
     }
 
     async fn classify(&mut self, m: &Incoming) -> Result<Item, tokio_postgres::Error> {
@@ -224,6 +226,7 @@ impl Ingestor {
     /// went away): retry the whole batch later. Otherwise every message is accounted for.
     pub async fn commit(&mut self, batch: &[Incoming]) -> Result<(), tokio_postgres::Error> {
         let mut items = Vec::with_capacity(batch.len());
+        self.unknown.clear();
         for m in batch {
             items.push(self.classify(m).await?);
         }
@@ -308,12 +311,12 @@ impl Ingestor {
                 Item::Ok(_) => {}
             }
         }
-        let fresh: HashSet<(String, String, i64)> = tx
+        let mut fresh: HashSet<(String, String, i64)> = tx
             .query(
-                "INSERT INTO ingest_log (device, stream, seq)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                "INSERT INTO ingest_log (device, stream, seq, hub)
+                 SELECT d, s, q, $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(d, s, q)
                  ON CONFLICT DO NOTHING RETURNING device, stream, seq",
-                &[&devs, &streams, &seqs],
+                &[&devs, &streams, &seqs, &self.hub],
             )
             .await?
             .iter()
@@ -328,8 +331,10 @@ impl Ingestor {
             let h: Header<'_> = d.header();
             seen_devices.insert(h.device.to_string());
             let i = stream_index(d.stream());
+            // A message the broker sent twice can be twice in one batch: the first takes the
+            // log row, the second is a duplicate.
             if d.stream() != Stream::Status
-                && !fresh.contains(&(
+                && !fresh.remove(&(
                     h.device.to_string(),
                     d.stream().name().to_string(),
                     h.seq as i64,

@@ -1,0 +1,741 @@
+//! Edge to hub end to end, against real servers: Mosquitto and PostgreSQL on this machine (and
+//! private instances of them where a test stops one), the real `tapwatch-hub` binary, and the
+//! edge's store, outbox and sync from the `tapwatch-edge` library.
+//!
+//! Each test has its own database, topic prefix and (where it restarts one) its own broker or
+//! PostgreSQL. In each, PostgreSQL must end with exactly the records the edge produced.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed step is a failed test
+
+use firmware::features::N_FEATURES;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tapwatch_edge::config::{StoreConfig, SyncConfig};
+use tapwatch_edge::store::{spawn_writer, AgeClock, FlowRow, Row, StatsRow, Store, StoreCounters};
+use tapwatch_edge::sync::{SyncCounters, Until};
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+fn unique(what: &str) -> String {
+    format!("{what}_{}_{}", std::process::id(), UNIQUE.fetch_add(1, Ordering::Relaxed))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Mosquitto of the test's own, with persistence (so queued messages survive a restart).
+struct Broker {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    fn start(dir: &Path) -> Broker {
+        let dir = dir.join("mosquitto");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = Broker { port: free_port(), dir, child: None };
+        b.restart();
+        b
+    }
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n\
+                 max_inflight_messages 0\nuser root\n",
+                self.port,
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(self.dir.join("log")).unwrap();
+        self.child = Some(
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("mosquitto (Debian package mosquitto)"),
+        );
+        wait_port(self.port);
+    }
+    /// Stop it the way a service manager does (SIGTERM: it saves its state).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A database of the test's own on a PostgreSQL server.
+struct Database {
+    admin_url: String,
+    name: String,
+}
+
+impl Database {
+    fn create(server: &str) -> Database {
+        let name = unique("tapwatch_e2e");
+        let admin_url = format!("{server} dbname=postgres");
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        Database { admin_url, name }
+    }
+    fn url(&self) -> String {
+        self.admin_url.replace("dbname=postgres", &format!("dbname={}", self.name))
+    }
+    fn query(&self, sql: &str) -> String {
+        psql(&self.url(), sql)
+    }
+    fn count(&self, sql: &str) -> i64 {
+        self.query(sql).trim().parse().unwrap_or(-1)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-X", "-q", "-d", &self.admin_url, "-c"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-t", "-A", "-d", url, "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const SHARED_PG: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+/// A PostgreSQL 15 cluster of the test's own (initdb as the postgres user), to restart.
+struct PrivatePg {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    fn start(dir: &Path) -> PrivatePg {
+        let dir = dir.join("pg");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Command::new("chown")
+            .arg("-R")
+            .arg("postgres:")
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success());
+        let bin = pg_bin();
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "initdb failed");
+        let pg = PrivatePg { dir, port: free_port() };
+        pg.ctl("start");
+        pg
+    }
+    fn ctl(&self, what: &str) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"));
+        c.args(["-w", "-m", "fast", "-o", &opts, "-l"]).arg(self.dir.join("log")).arg(what);
+        assert!(c.stdout(Stdio::null()).status().unwrap().success(), "pg_ctl {what}");
+    }
+    fn server(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn pg_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop().expect("initdb")
+}
+
+/// A `tapwatch-hub run` process.
+struct Hub {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Hub {
+    fn start(dir: &Path, name: &str, broker_port: u16, prefix: &str, db_url: &str) -> Hub {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nbroker = \"127.0.0.1:{broker_port}\"\nclient_id = \"{name}-{}\"\n\
+                 topic_prefix = \"{prefix}\"\nkeepalive_s = 5\n\
+                 [postgres]\nurl = \"{db_url}\"\n\
+                 [ingest]\nauto_register_devices = true\n\
+                 [retention]\nmax_age_days = 36500\n",
+                unique("hub")
+            ),
+        )
+        .unwrap();
+        let mut h = Hub { log: dir.join(format!("{name}.log")), config, child: None };
+        h.restart();
+        h
+    }
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("TAPWATCH_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The edge: its store with the outbox, and its sync loop (started and stopped at will).
+struct Edge {
+    device: String,
+    db: PathBuf,
+    writer: Option<tapwatch_edge::store::Writer>,
+    sync_cfg: SyncConfig,
+    sync: Option<(tokio::sync::watch::Sender<bool>, std::thread::JoinHandle<()>)>,
+    sync_counters: Arc<SyncCounters>,
+    produced_flows: u64,
+    produced_stats: u64,
+    produced_metrics: u64,
+}
+
+impl Edge {
+    fn new(dir: &Path, broker_port: u16, prefix: &str) -> Edge {
+        let device = unique("tap").replace('_', "-");
+        let db = dir.join(format!("{device}.db"));
+        let cfg = StoreConfig {
+            path: db.clone(),
+            batch_rows: 500,
+            flush_interval_ms: 50,
+            ..StoreConfig::default()
+        };
+        let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
+        store.enable_outbox(&device, 1_000_000).unwrap();
+        let writer = spawn_writer(store, 4096, AgeClock::Off);
+        let sync_cfg = SyncConfig {
+            enabled: true,
+            broker: format!("127.0.0.1:{broker_port}"),
+            topic_prefix: prefix.to_string(),
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 1000,
+            keepalive_s: 5,
+            ..SyncConfig::default()
+        };
+        Edge {
+            device,
+            db,
+            writer: Some(writer),
+            sync_cfg,
+            sync: None,
+            sync_counters: Arc::new(SyncCounters::default()),
+            produced_flows: 0,
+            produced_stats: 0,
+            produced_metrics: 0,
+        }
+    }
+
+    fn start_sync(&mut self) {
+        assert!(self.sync.is_none());
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (cfg, device, db, counters) = (
+            self.sync_cfg.clone(),
+            self.device.clone(),
+            self.db.clone(),
+            self.sync_counters.clone(),
+        );
+        let h = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(tapwatch_edge::sync::run(cfg, device, db, counters, Until::Stopped, rx))
+                .unwrap();
+        });
+        self.sync = Some((tx, h));
+    }
+
+    fn stop_sync(&mut self) {
+        if let Some((tx, h)) = self.sync.take() {
+            let _ = tx.send(true);
+            let _ = h.join();
+        }
+    }
+
+    /// Queue `n` flows (each with a unique start time), a statistics interval per 100 flows,
+    /// and one metrics message.
+    fn produce(&mut self, n: u64) {
+        let tx = &self.writer.as_ref().unwrap().tx;
+        for _ in 0..n {
+            let i = self.produced_flows;
+            let start = 1_790_000_000_000_000 + (i as i64) * 1000;
+            tx.send(Row::Flow(Box::new(FlowRow {
+                start_us: start,
+                end_us: start + 500,
+                src_ip: [10, 0, (i >> 8) as u8, i as u8].into(),
+                src_port: (i % 60000) as u16 + 1024,
+                dst_ip: [192, 0, 2, 1].into(),
+                dst_port: 443,
+                protocol: 6,
+                vlan: 0,
+                end_reason: "fin",
+                packets: 10,
+                bytes: 1000,
+                features: [i as f32; N_FEATURES],
+            })))
+            .unwrap();
+            self.produced_flows += 1;
+            if self.produced_flows % 100 == 0 {
+                let s = self.produced_stats as i64;
+                tx.send(Row::Stats(Box::new(StatsRow {
+                    interval_start_us: 1_790_000_000_000_000 + s * 10_000_000,
+                    interval_end_us: 1_790_000_000_000_000 + (s + 1) * 10_000_000,
+                    packets: 1000,
+                    bytes: 100_000,
+                    tcp_packets: 1000,
+                    udp_packets: 0,
+                    icmp_packets: 0,
+                    other_packets: 0,
+                    flows_started: 100,
+                    flows_ended: 100,
+                    parse_errors: 0,
+                    top_ports: vec![],
+                    top_talkers: vec![],
+                })))
+                .unwrap();
+                self.produced_stats += 1;
+            }
+        }
+        let shared = tapwatch_edge::metrics::Shared::new(
+            self.device.clone(),
+            Arc::new(StoreCounters::default()),
+        );
+        tx.send(Row::Metrics(Box::new(shared.message()))).unwrap();
+        self.produced_metrics += 1;
+    }
+
+    /// Produce `n` flows over about `secs` seconds, in steps.
+    fn produce_over(&mut self, n: u64, secs: f64) {
+        let steps = 20;
+        for _ in 0..steps {
+            self.produce(n / steps);
+            std::thread::sleep(Duration::from_secs_f64(secs / steps as f64));
+        }
+    }
+
+    /// Flows in the edge's own store (what it produced and kept).
+    fn stored_flows(&self) -> i64 {
+        let c = rusqlite::Connection::open(&self.db).unwrap();
+        c.query_row("SELECT count(*) FROM traffic_features", [], |r| r.get(0)).unwrap()
+    }
+
+    fn outbox(&self) -> i64 {
+        let c = rusqlite::Connection::open(&self.db).unwrap();
+        c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap()
+    }
+
+    /// Wait for the writer to have written everything sent so far.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.stored_flows() < self.produced_flows as i64 {
+            assert!(Instant::now() < deadline, "the store writer fell behind");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        self.stop_sync();
+        if let Some(w) = self.writer.take() {
+            drop(w.tx);
+            let _ = w.handle.join();
+        }
+    }
+}
+
+/// Wait until PostgreSQL holds every record the edge produced, then check there is no more.
+fn assert_exactly(db: &Database, edge: &Edge, hubs: &[&Hub]) {
+    edge.settle();
+    let want = edge.produced_flows as i64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let have = db.count(&format!(
+            "SELECT count(*) FROM traffic_features WHERE device = '{}'",
+            edge.device
+        ));
+        if have == want && edge.outbox() == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            for h in hubs {
+                eprintln!("--- hub log\n{}", h.log());
+            }
+            panic!("postgres has {have} of {want} flows; outbox {}", edge.outbox());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give a late duplicate the chance to (wrongly) land, then count everything exactly.
+    std::thread::sleep(Duration::from_millis(500));
+    let d = &edge.device;
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM traffic_features WHERE device = '{d}'")),
+        want
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(DISTINCT start_ts) FROM traffic_features WHERE device = '{d}'"
+        )),
+        want,
+        "no flow twice"
+    );
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM traffic_stats WHERE device = '{d}'")),
+        edge.produced_stats as i64
+    );
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM system_metrics WHERE device = '{d}'")),
+        edge.produced_metrics as i64
+    );
+    // The rollups add up to the intervals: nothing counted twice there either.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT coalesce(sum(packets), 0) FROM traffic_stats_1m WHERE device = '{d}'"
+        )),
+        edge.produced_stats as i64 * 1000
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT coalesce(sum(packets), 0) FROM traffic_stats_1h WHERE device = '{d}'"
+        )),
+        edge.produced_stats as i64 * 1000
+    );
+    // Features arrive intact: flow i carries i in every feature.
+    assert_eq!(
+        db.count(&format!(
+            "SELECT count(*) FROM traffic_features WHERE device = '{d}'
+             AND array_length(features, 1) = {N_FEATURES}
+             AND features[1] = features[{N_FEATURES}]"
+        )),
+        want
+    );
+}
+
+fn setup() -> tempfile::TempDir {
+    if let Ok(f) = std::env::var("TAPWATCH_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
+    }
+    let _ = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", "15", "main", "start"])
+        .status();
+    tempfile::Builder::new().prefix("tapwatch-e2e").tempdir().unwrap()
+}
+
+#[test]
+fn test_end_to_end_counts_and_dead_letters() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce(3000);
+    assert_exactly(&db, &edge, &[&hub]);
+    let d = edge.device.clone();
+    assert_eq!(db.query(&format!("SELECT state FROM devices WHERE id = '{d}'")).trim(), "online");
+
+    // Bad input on every count: refused, kept, counted by reason; nothing partial is stored.
+    let publish = |topic: &str, payload: &[u8]| {
+        let f = dir.path().join("payload");
+        std::fs::write(&f, payload).unwrap();
+        let ok = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t"])
+            .arg(format!("{prefix}{topic}"))
+            .arg("-f")
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let stats = |device: &str, schema: u32| {
+        format!(
+            r#"{{"schema":{schema},"device":"{device}","seq":999999,"ts":1790000000000000,
+            "interval_start":1790000000000000,"interval_end":1790000060000000,"packets":1,
+            "bytes":1,"tcp_packets":1,"udp_packets":0,"icmp_packets":0,"other_packets":0,
+            "flows_started":0,"flows_ended":0,"parse_errors":0,"top_ports":[],"top_talkers":[]}}"#
+        )
+    };
+    publish(&format!("tapwatch/v1/{d}/stats"), b"{\"schema\": 1, \"device\":");
+    publish(&format!("tapwatch/v1/{d}/stats"), stats(&d, 7).as_bytes());
+    publish(&format!("tapwatch/v1/{d}/stats"), stats("someone-else", 1).as_bytes());
+    publish(&format!("tapwatch/v1/{d}/flows"), &vec![b' '; 300 * 1024]);
+    publish(&format!("tapwatch/v1/{d}/flows"), stats(&d, 1).as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.count("SELECT count(*) FROM dead_letters") < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "dead letters: {}",
+            db.query("SELECT reason FROM dead_letters")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reasons = db.query("SELECT reason FROM dead_letters ORDER BY reason");
+    let reasons: Vec<&str> = reasons.lines().collect();
+    assert_eq!(
+        reasons,
+        ["device_mismatch", "malformed_json", "oversize", "schema_version", "shape"]
+    );
+    assert_eq!(db.count("SELECT count(*) FROM traffic_stats WHERE seq = 999999"), 0);
+    assert_eq!(
+        db.count("SELECT max(octet_length(payload)) FROM dead_letters"),
+        300 * 1024,
+        "the payload is kept whole"
+    );
+    // The hub still ingests after all that.
+    edge.produce(100);
+    assert_exactly(&db, &edge, &[&hub]);
+}
+
+#[test]
+fn test_unknown_device_is_refused_until_added() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let mut hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    // This hub refuses devices it does not know.
+    hub.kill9();
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace("auto_register_devices = true", "auto_register_devices = false"),
+    )
+    .unwrap();
+    hub.restart();
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce(64);
+    edge.settle();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while edge.outbox() > 0 {
+        assert!(Instant::now() < deadline, "outbox not drained");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(db.count("SELECT count(*) FROM traffic_features"), 0);
+    assert!(db.count("SELECT count(*) FROM dead_letters WHERE reason = 'unknown_device'") >= 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+        .args(["device", "add", "--config"])
+        .arg(&hub.config)
+        .arg(&edge.device)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // What is produced from now on is taken (what was refused stays in dead_letters).
+    let before = edge.produced_flows as i64;
+    edge.produce(64);
+    edge.settle();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.count("SELECT count(*) FROM traffic_features") < edge.produced_flows as i64 - before {
+        assert!(
+            Instant::now() < deadline,
+            "{}\ndead letters: {}\nlog: {}\ndevices: {}",
+            hub.log(),
+            db.query("SELECT reason, topic, detail FROM dead_letters"),
+            db.query("SELECT * FROM ingest_log"),
+            db.query("SELECT * FROM devices")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM traffic_features"),
+        edge.produced_flows as i64 - before
+    );
+}
+
+#[test]
+fn test_broker_restart_during_stream() {
+    let dir = setup();
+    let mut broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce_over(2000, 1.0);
+    broker.stop();
+    edge.produce_over(2000, 1.0);
+    broker.restart();
+    edge.produce_over(2000, 1.0);
+    assert_exactly(&db, &edge, &[&hub]);
+    assert!(edge.sync_counters.disconnects.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn test_hub_killed_during_ingest() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let mut hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce_over(3000, 1.0);
+    hub.kill9();
+    edge.produce_over(3000, 1.0);
+    hub.restart();
+    edge.produce_over(3000, 1.0);
+    hub.kill9();
+    hub.restart();
+    assert_exactly(&db, &edge, &[&hub]);
+}
+
+#[test]
+fn test_postgres_restart_during_ingest() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let pg = PrivatePg::start(dir.path());
+    let db = Database::create(&pg.server());
+    let prefix = format!("{}/", unique("t"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce_over(2000, 1.0);
+    pg.ctl("stop");
+    edge.produce_over(2000, 1.0);
+    pg.ctl("start");
+    edge.produce_over(2000, 1.0);
+    assert_exactly(&db, &edge, &[&hub]);
+    assert!(hub.log().contains("retrying"), "the hub saw the database go");
+}
+
+#[test]
+fn test_edge_offline_and_back() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce_over(1000, 0.5);
+    edge.stop_sync();
+    // Offline: records pile up in the outbox.
+    edge.produce_over(3000, 1.0);
+    edge.settle();
+    assert!(edge.outbox() >= 3000 / 32);
+    let d = edge.device.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.query(&format!("SELECT state FROM devices WHERE id = '{d}'")).trim() != "offline" {
+        assert!(Instant::now() < deadline, "the device should show offline");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    edge.start_sync();
+    assert_exactly(&db, &edge, &[&hub]);
+    assert_eq!(db.query(&format!("SELECT state FROM devices WHERE id = '{d}'")).trim(), "online");
+}
+
+#[test]
+fn test_two_hubs_share_the_load() {
+    let dir = setup();
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let a = Hub::start(dir.path(), "hub-a", broker.port, &prefix, &db.url());
+    let b = Hub::start(dir.path(), "hub-b", broker.port, &prefix, &db.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    edge.start_sync();
+    edge.produce_over(6400, 1.0);
+    assert_exactly(&db, &edge, &[&a, &b]);
+    let by_hub = db.query(&format!(
+        "SELECT hub, count(*) FROM ingest_log WHERE stream = 'flows' AND device = '{}' GROUP BY hub",
+        edge.device
+    ));
+    let counts: Vec<i64> =
+        by_hub.lines().filter_map(|l| l.split('|').nth(1)?.parse().ok()).collect();
+    assert_eq!(counts.len(), 2, "both hubs took messages: {by_hub}");
+    assert!(counts.iter().all(|c| *c >= 10), "{by_hub}");
+}
