@@ -18,8 +18,9 @@ CREATE TABLE ingest_log (
     device       text        NOT NULL,
     stream       text        NOT NULL,
     seq          bigint      NOT NULL,
-    received_at  timestamptz NOT NULL DEFAULT now(),
+    received_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     hub          text        NOT NULL,   -- the client id of the hub that took it
+    sent_at      timestamptz NOT NULL,   -- the message's ts: received_at - sent_at is the lag
     PRIMARY KEY (device, stream, seq)
 );
 CREATE INDEX ingest_log_received ON ingest_log (received_at);

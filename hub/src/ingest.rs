@@ -290,7 +290,8 @@ impl Ingestor {
         let tx = self.client.transaction().await?;
         let mut refused = Vec::new();
         // The log rows of accepted messages (status is state, not a record: it is not logged).
-        let (mut devs, mut streams, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut devs, mut streams, mut seqs, mut sent) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (m, item) in batch.iter().zip(items) {
             match item {
                 Item::Refused(r) => {
@@ -307,16 +308,18 @@ impl Ingestor {
                     devs.push(h.device.to_string());
                     streams.push(d.stream().name().to_string());
                     seqs.push(h.seq as i64);
+                    sent.push(time(h.ts));
                 }
                 Item::Ok(_) => {}
             }
         }
         let mut fresh: HashSet<(String, String, i64)> = tx
             .query(
-                "INSERT INTO ingest_log (device, stream, seq, hub)
-                 SELECT d, s, q, $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(d, s, q)
+                "INSERT INTO ingest_log (device, stream, seq, hub, sent_at)
+                 SELECT d, s, q, $4, t
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[]) AS u(d, s, q, t)
                  ON CONFLICT DO NOTHING RETURNING device, stream, seq",
-                &[&devs, &streams, &seqs, &self.hub],
+                &[&devs, &streams, &seqs, &self.hub, &sent],
             )
             .await?
             .iter()
@@ -325,6 +328,7 @@ impl Ingestor {
         let mut accepted = [0u64; 6];
         let mut duplicates = [0u64; 6];
         let mut flows = Vec::new();
+        let mut anomalies: HashMap<(String, u64), &firmware::proto::AnomalyMsg> = HashMap::new();
         let mut seen_devices = HashSet::new();
         for item in items {
             let Item::Ok(d) = item else { continue };
@@ -394,41 +398,14 @@ impl Ingestor {
                     .await?;
                 }
                 Decoded::Anomaly(a) => {
-                    let kind = serde_json::to_value(a.kind).unwrap_or_default();
-                    let severity = serde_json::to_value(a.severity).unwrap_or_default();
-                    tx.execute(
-                        "INSERT INTO anomalies (device, edge_id, seq, kind, severity, confidence,
-                         score, threshold, detector, src_ip, dst_ip, dst_port, protocol,
-                         first_seen, last_seen, count, reasons)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                                 $15, $16, $17)
-                         ON CONFLICT (device, edge_id) DO UPDATE SET
-                           seq = excluded.seq, severity = excluded.severity,
-                           confidence = excluded.confidence, score = excluded.score,
-                           threshold = excluded.threshold, last_seen = excluded.last_seen,
-                           count = excluded.count, reasons = excluded.reasons
-                         WHERE anomalies.seq < excluded.seq",
-                        &[
-                            &a.device.as_str(),
-                            &(a.id as i64),
-                            &(a.seq as i64),
-                            &kind.as_str().unwrap_or_default(),
-                            &severity.as_str().unwrap_or_default(),
-                            &a.confidence,
-                            &a.score,
-                            &a.threshold,
-                            &a.detector.as_str(),
-                            &a.src_ip,
-                            &a.dst_ip,
-                            &a.dst_port.map(i32::from),
-                            &a.protocol.map(i16::from),
-                            &time(a.first_seen),
-                            &time(a.last_seen),
-                            &(a.count as i64),
-                            &serde_json::to_value(&a.reasons).unwrap_or_default(),
-                        ],
-                    )
-                    .await?;
+                    // The latest message of an episode wins (one row per episode a statement).
+                    let key = (a.device.to_string(), a.id);
+                    if anomalies
+                        .get(&key)
+                        .is_none_or(|b: &&firmware::proto::AnomalyMsg| b.seq < a.seq)
+                    {
+                        anomalies.insert(key, a);
+                    }
                 }
                 Decoded::Status(s) => {
                     let state = serde_json::to_value(s.state).unwrap_or_default();
@@ -448,6 +425,7 @@ impl Ingestor {
             }
         }
         let n_flows = copy_flows(&tx, &flows).await?;
+        upsert_anomalies(&tx, anomalies.values().copied()).await?;
         let seen: Vec<String> = seen_devices.into_iter().collect();
         tx.execute("UPDATE devices SET last_seen = now() WHERE id = ANY($1)", &[&seen]).await?;
         tx.commit().await?;
@@ -525,6 +503,73 @@ async fn insert_stats(
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Anomaly episodes in one statement: new ones inserted, known ones updated when the message is
+/// later than what is stored (state and notes set at the hub are kept).
+async fn upsert_anomalies(
+    tx: &tokio_postgres::Transaction<'_>,
+    msgs: impl Iterator<Item = &firmware::proto::AnomalyMsg>,
+) -> Result<(), tokio_postgres::Error> {
+    let msgs: Vec<&firmware::proto::AnomalyMsg> = msgs.collect();
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let name = |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let col = |f: &dyn Fn(&firmware::proto::AnomalyMsg) -> i64| -> Vec<i64> {
+        msgs.iter().map(|a| f(a)).collect()
+    };
+    let device: Vec<&str> = msgs.iter().map(|a| a.device.as_str()).collect();
+    let edge_id = col(&|a| a.id as i64);
+    let seq = col(&|a| a.seq as i64);
+    let kind: Vec<String> = msgs.iter().map(|a| name(serde_json::json!(a.kind))).collect();
+    let severity: Vec<String> = msgs.iter().map(|a| name(serde_json::json!(a.severity))).collect();
+    let confidence: Vec<f32> = msgs.iter().map(|a| a.confidence).collect();
+    let score: Vec<f32> = msgs.iter().map(|a| a.score).collect();
+    let threshold: Vec<f32> = msgs.iter().map(|a| a.threshold).collect();
+    let detector: Vec<&str> = msgs.iter().map(|a| a.detector.as_str()).collect();
+    let src_ip: Vec<std::net::IpAddr> = msgs.iter().map(|a| a.src_ip).collect();
+    let dst_ip: Vec<Option<std::net::IpAddr>> = msgs.iter().map(|a| a.dst_ip).collect();
+    let dst_port: Vec<Option<i32>> = msgs.iter().map(|a| a.dst_port.map(i32::from)).collect();
+    let protocol: Vec<Option<i16>> = msgs.iter().map(|a| a.protocol.map(i16::from)).collect();
+    let first_seen: Vec<std::time::SystemTime> = msgs.iter().map(|a| time(a.first_seen)).collect();
+    let last_seen: Vec<std::time::SystemTime> = msgs.iter().map(|a| time(a.last_seen)).collect();
+    let count = col(&|a| a.count as i64);
+    let reasons: Vec<serde_json::Value> =
+        msgs.iter().map(|a| serde_json::to_value(&a.reasons).unwrap_or_default()).collect();
+    tx.execute(
+        "INSERT INTO anomalies (device, edge_id, seq, kind, severity, confidence, score, threshold,
+         detector, src_ip, dst_ip, dst_port, protocol, first_seen, last_seen, count, reasons)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+           $6::real[], $7::real[], $8::real[], $9::text[], $10::inet[], $11::inet[], $12::int[],
+           $13::smallint[], $14::timestamptz[], $15::timestamptz[], $16::bigint[], $17::jsonb[])
+         ON CONFLICT (device, edge_id) DO UPDATE SET
+           seq = excluded.seq, severity = excluded.severity, confidence = excluded.confidence,
+           score = excluded.score, threshold = excluded.threshold, last_seen = excluded.last_seen,
+           count = excluded.count, reasons = excluded.reasons
+         WHERE anomalies.seq < excluded.seq",
+        &[
+            &device,
+            &edge_id,
+            &seq,
+            &kind,
+            &severity,
+            &confidence,
+            &score,
+            &threshold,
+            &detector,
+            &src_ip,
+            &dst_ip,
+            &dst_port,
+            &protocol,
+            &first_seen,
+            &last_seen,
+            &count,
+            &reasons,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -624,10 +669,12 @@ pub async fn run(
         format!("$share/{}/{}tapwatch/v1/+/+", config.mqtt.share_group, config.mqtt.topic_prefix);
 
     // The event loop runs on a task of its own (keep-alives go on while a batch commits) and
-    // hands publishes over with the session generation they arrived in.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<rumqttc::v5::mqttbytes::v5::Publish>(
-        usize::from(config.mqtt.receive_maximum) + 64,
-    );
+    // hands publishes over.
+    // Unbounded, yet bounded in fact: the broker sends at most receive_maximum messages that are
+    // not acknowledged. The event loop must never wait here: the acknowledgements the ingest
+    // sends go through it (waiting would deadlock both).
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<rumqttc::v5::mqttbytes::v5::Publish>();
     let loop_counters = counters.clone();
     let sub_client = client.clone();
     let mut loop_stop = stop.clone();
@@ -648,7 +695,7 @@ pub async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p).await.is_err() {
+                        if tx.send(p).is_err() {
                             return;
                         }
                     }
