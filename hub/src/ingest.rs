@@ -131,11 +131,28 @@ pub struct Ingestor {
     log: RateLimitedLog,
 }
 
-/// A decoded message and where it came from.
+/// A message taken or refused, as the transaction sees it.
 #[derive(Debug)]
-enum Item {
-    Ok(Box<Decoded>),
+enum Item<'a> {
+    Ok(&'a Decoded),
     Refused(Refusal),
+}
+
+/// A message off the wire, decoded (CPU only, no database): what the batching stage hands to
+/// the committing one, so decoding the next batch overlaps committing this one.
+#[derive(Debug)]
+pub struct Prepared {
+    pub incoming: Incoming,
+    decoded: Result<Box<Decoded>, Refusal>,
+}
+
+/// Decode a message received on a topic under `prefix`.
+pub fn prepare(prefix: &str, incoming: Incoming) -> Prepared {
+    let decoded = match incoming.topic.strip_prefix(prefix) {
+        None => Err(Reject::Topic(incoming.topic.clone()).into()),
+        Some(topic) => decode(topic, &incoming.payload).map(Box::new).map_err(Refusal::from),
+    };
+    Prepared { incoming, decoded }
 }
 
 /// Whether a database error means the database is away (retry) rather than the data is bad.
@@ -200,16 +217,13 @@ impl Ingestor {
         Ok(found.is_some())
     }
 
-    async fn classify(&mut self, m: &Incoming) -> Result<Item, tokio_postgres::Error> {
-        let Some(topic) = m.topic.strip_prefix(self.prefix.as_str()) else {
-            return Ok(Item::Refused(Reject::Topic(m.topic.clone()).into()));
-        };
-        match decode(topic, &m.payload) {
-            Err(r) => Ok(Item::Refused(r.into())),
+    async fn classify<'a>(&mut self, m: &'a Prepared) -> Result<Item<'a>, tokio_postgres::Error> {
+        match &m.decoded {
+            Err(r) => Ok(Item::Refused(r.clone())),
             Ok(d) => {
-                let device = d.header().device.to_string();
-                if self.known(&device).await? {
-                    Ok(Item::Ok(Box::new(d)))
+                let device = d.header().device;
+                if self.known(device).await? {
+                    Ok(Item::Ok(d))
                 } else {
                     Ok(Item::Refused(Refusal {
                         reason: "unknown_device",
@@ -225,9 +239,21 @@ impl Ingestor {
     /// Commit a batch. `Err` means nothing of it was committed and the database is away (or
     /// went away): retry the whole batch later. Otherwise every message is accounted for.
     pub async fn commit(&mut self, batch: &[Incoming]) -> Result<(), tokio_postgres::Error> {
-        let mut items = Vec::with_capacity(batch.len());
+        let prepared: Vec<Prepared> =
+            batch.iter().map(|m| prepare(&self.prefix, m.clone())).collect();
+        self.commit_prepared(&prepared).await
+    }
+
+    /// [`commit`](Self::commit) of messages decoded already.
+    pub async fn commit_prepared(
+        &mut self,
+        prepared: &[Prepared],
+    ) -> Result<(), tokio_postgres::Error> {
+        let batch: Vec<&Incoming> = prepared.iter().map(|p| &p.incoming).collect();
+        let batch = &batch[..];
+        let mut items = Vec::with_capacity(prepared.len());
         self.unknown.clear();
-        for m in batch {
+        for m in prepared {
             items.push(self.classify(m).await?);
         }
         self.make_partitions(&items).await?;
@@ -254,11 +280,11 @@ impl Ingestor {
         }
     }
 
-    async fn make_partitions(&mut self, items: &[Item]) -> Result<(), tokio_postgres::Error> {
+    async fn make_partitions(&mut self, items: &[Item<'_>]) -> Result<(), tokio_postgres::Error> {
         let mut need: HashSet<(&'static str, i32)> = HashSet::new();
         for item in items {
             let Item::Ok(d) = item else { continue };
-            match &**d {
+            match d {
                 Decoded::Flows(b) => {
                     for f in &b.flows {
                         need.insert(("traffic_features", day_of(f.end)));
@@ -284,8 +310,8 @@ impl Ingestor {
 
     async fn write(
         &mut self,
-        batch: &[Incoming],
-        items: &[Item],
+        batch: &[&Incoming],
+        items: &[Item<'_>],
     ) -> Result<(), tokio_postgres::Error> {
         let tx = self.client.transaction().await?;
         let mut refused = Vec::new();
@@ -348,7 +374,7 @@ impl Ingestor {
                 continue;
             }
             accepted[i] += 1;
-            match &**d {
+            match d {
                 Decoded::Flows(b) => flows.push(&**b),
                 Decoded::Stats(s) => insert_stats(&tx, s).await?,
                 Decoded::Metrics(m) => {
@@ -694,6 +720,11 @@ pub async fn run(
                             tracing::error!("mqtt: cannot subscribe: {e}");
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                        // Until the first subscription of this client id, the broker keeps
+                        // nothing for it: edges that publish earlier are not heard.
+                        tracing::info!(filter = %filter, codes = ?ack.return_codes, "mqtt: subscribed");
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if tx.send(p).is_err() {
                             return;
@@ -724,33 +755,59 @@ pub async fn run(
     let batch_wait = Duration::from_millis(config.ingest.batch_ms);
     let mut last_retention: Option<Instant> = None;
     let retention_every = Duration::from_secs(config.retention.interval_s.into());
-    'outer: loop {
-        // A batch: the first message waits as long as it takes, the rest at most batch_ms.
-        let mut batch: Vec<rumqttc::v5::mqttbytes::v5::Publish> = Vec::new();
-        tokio::select! {
-            m = rx.recv() => match m {
-                Some(p) => batch.push(p),
-                None => break,
-            },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => break,
-        }
-        if !batch.is_empty() {
-            let deadline = tokio::time::Instant::now() + batch_wait;
-            while batch.len() < batch_max {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => batch.push(p),
-                    Ok(None) | Err(_) => break,
+    // The batching stage decodes messages as they arrive (CPU) while this task commits the
+    // previous batch (PostgreSQL): on two cores the two overlap.
+    type Batch = (Vec<rumqttc::v5::mqttbytes::v5::Publish>, Vec<Prepared>);
+    let (btx, mut batches) = tokio::sync::mpsc::channel::<Batch>(1);
+    let prefix = config.mqtt.topic_prefix.clone();
+    let batcher = tokio::spawn(async move {
+        loop {
+            // A batch: the first message waits as long as it takes, the rest at most batch_ms.
+            let mut batch = Vec::new();
+            let mut prepared = Vec::new();
+            let take = |p: &rumqttc::v5::mqttbytes::v5::Publish, prepared: &mut Vec<Prepared>| {
+                let incoming = Incoming {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.clone(),
+                };
+                prepared.push(prepare(&prefix, incoming));
+            };
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(p) => {
+                        take(&p, &mut prepared);
+                        batch.push(p);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if !batch.is_empty() {
+                let deadline = tokio::time::Instant::now() + batch_wait;
+                while batch.len() < batch_max {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(p)) => {
+                            take(&p, &mut prepared);
+                            batch.push(p);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
+            // An empty batch still goes: the committer runs retention on it.
+            if btx.send((batch, prepared)).await.is_err() {
+                return;
+            }
         }
-        let incoming: Vec<Incoming> = batch
-            .iter()
-            .map(|p| Incoming {
-                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                payload: p.payload.clone(),
-            })
-            .collect();
+    });
+    'outer: loop {
+        let (batch, incoming) = tokio::select! {
+            b = batches.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            _ = stop.changed() => break,
+        };
         // Commit, retrying while the database is away; then acknowledge.
         loop {
             if ingestor.is_none() {
@@ -776,7 +833,7 @@ pub async fn run(
             if incoming.is_empty() {
                 break;
             }
-            match ing.commit(&incoming).await {
+            match ing.commit_prepared(&incoming).await {
                 Ok(()) => break,
                 Err(e) => {
                     counters.commit_errors.fetch_add(1, Ordering::Relaxed);
@@ -820,6 +877,7 @@ pub async fn run(
         }
     }
     let _ = client.disconnect().await;
+    batcher.abort();
     mqtt.abort();
     Ok(())
 }

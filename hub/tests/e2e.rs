@@ -242,6 +242,7 @@ impl Hub {
     }
     fn restart(&mut self) {
         assert!(self.child.is_none());
+        let subscribed_before = self.log().matches("mqtt: subscribed").count();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         self.child = Some(
             Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
@@ -253,6 +254,12 @@ impl Hub {
                 .spawn()
                 .unwrap(),
         );
+        // The broker keeps messages for the hub's session only once it has subscribed.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches("mqtt: subscribed").count() <= subscribed_before {
+            assert!(Instant::now() < deadline, "the hub did not subscribe: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
