@@ -96,7 +96,11 @@ async fn prepare(config: &Config) -> Result<tokio_postgres::Client, String> {
 }
 
 fn run_hub(path: &std::path::Path) -> Result<(), String> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
+    if config.broker.embedded {
+        crate::broker::start(&config.broker)?;
+        config.mqtt.broker = config.broker.listen_v5.to_string();
+    }
     runtime()?.block_on(async move {
         prepare(&config).await?;
         let counters = std::sync::Arc::new(crate::ingest::IngestCounters::default());

@@ -12,10 +12,40 @@ pub const EXAMPLE: &str = include_str!("../hub.example.toml");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub broker: BrokerConfig,
     pub mqtt: MqttConfig,
     pub postgres: PostgresConfig,
     pub ingest: IngestConfig,
     pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Run an MQTT broker inside the hub (rumqttd): the single-machine setup. Its log is in
+    /// memory; see crate::broker for what that means on a crash.
+    pub embedded: bool,
+    /// Where edges connect (MQTT 3.1.1).
+    pub listen: std::net::SocketAddr,
+    /// Where the hub's ingest connects (MQTT 5); `mqtt.broker` is set to it.
+    pub listen_v5: std::net::SocketAddr,
+    pub max_connections: usize,
+    /// The broker's in-memory log per topic: segments of this many MiB, this many kept.
+    pub segment_mb: usize,
+    pub segments: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            embedded: false,
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen_v5: std::net::SocketAddr::from(([127, 0, 0, 1], 1884)),
+            max_connections: 10_000,
+            segment_mb: 16,
+            segments: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +165,15 @@ impl Config {
 
     pub fn check(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let b = &self.broker;
+        if b.embedded && b.listen == b.listen_v5 {
+            p.push("broker.listen and broker.listen_v5 must differ".into());
+        }
+        if b.segment_mb == 0 || b.segments == 0 || b.max_connections == 0 {
+            p.push(
+                "broker.segment_mb, broker.segments and broker.max_connections: at least 1".into(),
+            );
+        }
         let m = &self.mqtt;
         if let Err(e) = m.broker_addr() {
             p.push(e);

@@ -3,10 +3,12 @@
 //! - [`contract`]: decoding and validating edge messages off the wire, with a reason for every
 //!   rejection (the ingest path's first stage).
 //! - [`ingest`]: MQTT to PostgreSQL, idempotent, acknowledging only what is committed.
+//! - [`broker`]: the embedded MQTT broker (rumqttd) for a single machine.
 //! - [`db`]: connecting, migrations, day partitions, retention.
 //! - [`config`]: the configuration file, hub.toml.
 //! - [`cli`]: the command line.
 
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod contract;

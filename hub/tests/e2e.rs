@@ -223,6 +223,12 @@ struct Hub {
 
 impl Hub {
     fn start(dir: &Path, name: &str, broker_port: u16, prefix: &str, db_url: &str) -> Hub {
+        let mut h = Hub::configure(dir, name, broker_port, prefix, db_url);
+        h.restart();
+        h
+    }
+    /// Write the hub's configuration without starting it.
+    fn configure(dir: &Path, name: &str, broker_port: u16, prefix: &str, db_url: &str) -> Hub {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
@@ -236,9 +242,7 @@ impl Hub {
             ),
         )
         .unwrap();
-        let mut h = Hub { log: dir.join(format!("{name}.log")), config, child: None };
-        h.restart();
-        h
+        Hub { log: dir.join(format!("{name}.log")), config, child: None }
     }
     fn restart(&mut self) {
         assert!(self.child.is_none());
@@ -591,9 +595,8 @@ fn test_unknown_device_is_refused_until_added() {
     let broker = Broker::start(dir.path());
     let db = Database::create(SHARED_PG);
     let prefix = format!("{}/", unique("t"));
-    let mut hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut hub = Hub::configure(dir.path(), "hub", broker.port, &prefix, &db.url());
     // This hub refuses devices it does not know.
-    hub.kill9();
     let text = std::fs::read_to_string(&hub.config).unwrap();
     std::fs::write(
         &hub.config,
@@ -745,4 +748,36 @@ fn test_two_hubs_share_the_load() {
         by_hub.lines().filter_map(|l| l.split('|').nth(1)?.parse().ok()).collect();
     assert_eq!(counts.len(), 2, "both hubs took messages: {by_hub}");
     assert!(counts.iter().all(|c| *c >= 10), "{by_hub}");
+}
+
+#[test]
+fn test_embedded_broker() {
+    let dir = setup();
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let (edges, hubs) = (free_port(), free_port());
+    // The hub starts its own broker: edges connect to it, its ingest too.
+    let mut hub = Hub::configure(dir.path(), "hub", 1, &prefix, &db.url());
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        format!(
+            "[broker]\nembedded = true\nlisten = \"127.0.0.1:{edges}\"\nlisten_v5 = \"127.0.0.1:{hubs}\"\n{text}"
+        ),
+    )
+    .unwrap();
+    hub.restart();
+    let mut edge = Edge::new(dir.path(), edges, &prefix);
+    edge.start_sync();
+    edge.produce_over(3000, 1.0);
+    assert_exactly(&db, &edge, &[&hub]);
+    // A port taken is a clear error at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+        .args(["run", "--config"])
+        .arg(&hub.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("broker.listen 127.0.0.1:{edges}")), "{err}");
 }
