@@ -104,6 +104,16 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
     runtime()?.block_on(async move {
         prepare(&config).await?;
         let counters = std::sync::Arc::new(crate::ingest::IngestCounters::default());
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("listening on http://{addr}");
+        let state = crate::http::AppState {
+            counters: counters.clone(),
+            registry: std::sync::Arc::new(crate::http::registry(counters.clone())),
+        };
+        tokio::spawn(async move { axum::serve(listener, crate::http::app(state)).await });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx));
         use tokio::signal::unix::{signal, SignalKind};

@@ -17,6 +17,20 @@ pub struct Config {
     pub postgres: PostgresConfig,
     pub ingest: IngestConfig,
     pub retention: RetentionConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of `/metrics` and `/healthz` (port 0: any free port, logged at start).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! - [`ingest`]: MQTT to PostgreSQL, idempotent, acknowledging only what is committed.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for a single machine.
 //! - [`db`]: connecting, migrations, day partitions, retention.
+//! - [`http`]: `/metrics` and `/healthz`.
 //! - [`config`]: the configuration file, hub.toml.
 //! - [`cli`]: the command line.
 
@@ -13,4 +14,5 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod db;
+pub mod http;
 pub mod ingest;

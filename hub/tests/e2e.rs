@@ -237,7 +237,8 @@ impl Hub {
                  topic_prefix = \"{prefix}\"\nkeepalive_s = 5\n\
                  [postgres]\nurl = \"{db_url}\"\n\
                  [ingest]\nauto_register_devices = true\n\
-                 [retention]\nmax_age_days = 36500\n",
+                 [retention]\nmax_age_days = 36500\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n",
                 unique("hub")
             ),
         )
@@ -273,6 +274,22 @@ impl Hub {
     }
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// GET a path of the hub's HTTP endpoint (its address is in the log).
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let addr = log
+            .rsplit("listening on http://")
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the hub logs its address")
+            .to_string();
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
     }
 }
 
@@ -584,6 +601,14 @@ fn test_end_to_end_counts_and_dead_letters() {
         300 * 1024,
         "the payload is kept whole"
     );
+    let metrics = hub.get("/metrics");
+    for reason in ["device_mismatch", "malformed_json", "oversize", "schema_version", "shape"] {
+        assert!(
+            metrics.contains(&format!("tapwatch_ingest_rejected_total{{reason=\"{reason}\"}} 1")),
+            "{metrics}"
+        );
+    }
+    assert!(hub.get("/healthz").starts_with("HTTP/1.0 200"));
     // The hub still ingests after all that.
     edge.produce(100);
     assert_exactly(&db, &edge, &[&hub]);
