@@ -75,8 +75,8 @@ pub enum Emit {
     Flows,
     /// One `stats` record at the end with the totals of the run.
     Stats,
-    /// One `anomaly` record per anomaly episode. This build has no detectors yet (they come with
-    /// the models), so the choice is accepted and says so on stderr, and no such record is written.
+    /// One `anomaly` record per anomaly episode (window detectors: scans, sweeps, floods, ARP
+    /// and DHCP abuse), written when it ends.
     Anomalies,
 }
 
@@ -251,11 +251,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
             }
         }
     };
-    if args.emit.contains(&Emit::Anomalies) {
-        eprintln!(
-            "tapwatch-edge: no detectors in this build yet: no anomaly records will be written"
-        );
-    }
+    let emit_anomalies = args.emit.contains(&Emit::Anomalies);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     let emit_flows = args.emit.contains(&Emit::Flows);
@@ -266,7 +262,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     // One pipeline for the run (its tables are large; building one per file would cost more than
     // reading most files), finished between files so that flows never span two captures.
     let store = writer.as_ref().map(|(w, c)| (w.tx.clone(), c.clone()));
-    let mut pipeline = Pipeline::new(&config, names, store).blocking();
+    let mut pipeline = Pipeline::new(&config, names, store).blocking().collect_anomalies();
     for (iface, path) in args.files.iter().enumerate() {
         let mut sink = |f: &FinishedFlow| {
             if emit_flows && write_error.is_none() {
@@ -304,6 +300,22 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         });
         // What was read before an error still becomes flows.
         pipeline.finish(&mut sink);
+        let anomalies = pipeline.take_anomalies();
+        totals.anomalies += anomalies.len() as u64;
+        if emit_anomalies && write_error.is_none() {
+            for a in anomalies {
+                let r = serde_json::to_writer(
+                    &mut out,
+                    &crate::output::AnomalyRecordOut::new(&a, path),
+                )
+                .map_err(io::Error::from)
+                .and_then(|_| out.write_all(b"\n"));
+                if let Err(e) = r {
+                    write_error = Some(e);
+                    break;
+                }
+            }
+        }
         totals.files += 1;
         if let Err(e) = result {
             totals.files_failed += 1;

@@ -29,6 +29,64 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub detect: DetectConfig,
+}
+
+/// `[detect]`: the window detectors (scans, sweeps, floods, ARP and DHCP abuse) and anomaly
+/// episodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    pub enabled: bool,
+    /// An episode with no trip for this long ends.
+    pub quiet_s: u32,
+    /// An open episode is reported again at most this often.
+    pub update_s: u32,
+    pub thresholds: firmware::detect::Thresholds,
+    /// Anomalies not to report: `[[detect.suppress]]` with any of host, net (CIDR), kind.
+    pub suppress: Vec<SuppressRule>,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            enabled: true,
+            quiet_s: 30,
+            update_s: 10,
+            thresholds: firmware::detect::Thresholds::default(),
+            suppress: vec![SuppressRule {
+                name: "monitoring-scanner".into(),
+                host: None,
+                net: Some("192.0.2.0/28".into()),
+                kind: Some(firmware::proto::AnomalyKind::PortScan),
+            }],
+        }
+    }
+}
+
+/// One suppression: an anomaly matching every field given is counted, not reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressRule {
+    pub name: String,
+    /// The source address.
+    pub host: Option<IpAddr>,
+    /// The source network, CIDR.
+    pub net: Option<String>,
+    pub kind: Option<firmware::proto::AnomalyKind>,
+}
+
+impl SuppressRule {
+    /// Whether the rule covers an anomaly of `kind` from `src` (net must have been checked).
+    pub fn covers(&self, src: IpAddr, kind: firmware::proto::AnomalyKind) -> bool {
+        self.host.is_none_or(|h| h == src)
+            && self.kind.is_none_or(|k| k == kind)
+            && self
+                .net
+                .as_deref()
+                .is_none_or(|n| n.parse::<ipnet::IpNet>().is_ok_and(|n| n.contains(&src)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +395,7 @@ impl Config {
             stats: StatsConfig::default(),
             http: HttpConfig::default(),
             sync: SyncConfig::default(),
+            detect: DetectConfig::default(),
         }
     }
 
@@ -481,6 +540,21 @@ impl Config {
                 "sync.outbox_max_messages {}: must be at least 1000",
                 y.outbox_max_messages
             ));
+        }
+        let d = &self.detect;
+        if d.quiet_s == 0 || d.update_s == 0 {
+            p.push("detect.quiet_s and detect.update_s: at least 1".into());
+        }
+        for (i, r) in d.suppress.iter().enumerate() {
+            let at = format!("detect.suppress[{i}] ({:?})", r.name);
+            if let Some(n) = &r.net {
+                if n.parse::<ipnet::IpNet>().is_err() {
+                    p.push(format!("{at}.net {n:?}: not a network in CIDR form (10.0.0.0/8)"));
+                }
+            }
+            if r.host.is_none() && r.net.is_none() && r.kind.is_none() {
+                p.push(format!("{at}: give at least one of host, net, kind"));
+            }
         }
         if y.metrics_interval_s == 0 {
             p.push("sync.metrics_interval_s: must be at least 1".into());
@@ -638,6 +712,7 @@ mod tests {
             stats: StatsConfig::default(),
             http: HttpConfig::default(),
             sync: SyncConfig::default(),
+            detect: DetectConfig::default(),
         };
         assert_eq!(example, defaults);
         // Every key the defaults serialize to is written out in the example, not left implicit.

@@ -384,6 +384,18 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             enc,
+            "tapwatch_anomalies",
+            "Anomaly episodes the window detectors opened and reported",
+            &one(p.pipeline.anomalies),
+        )?;
+        counter(
+            enc,
+            "tapwatch_anomalies_suppressed",
+            "Anomaly episodes a [[detect.suppress]] rule kept from being reported",
+            &one(p.pipeline.anomalies_suppressed),
+        )?;
+        counter(
+            enc,
             "tapwatch_ring_rotated",
             "Evidence-ring packets replaced in memory before they were written",
             &one(p.pipeline.ring_rotated),

@@ -101,6 +101,8 @@ impl Serialize for Named<'_> {
 pub struct RunTotals {
     pub files: u64,
     pub files_failed: u64,
+    /// Anomaly episodes found.
+    pub anomalies: u64,
     pub engine: EngineCounters,
     pub flows: FlowCounters,
     pub seconds: f64,
@@ -146,6 +148,7 @@ impl RunTotals {
             "parse_errors_by_kind": serde_json::to_value(Named(&self.errors())).unwrap_or_default(),
             "flows": self.flows.created,
             "flows_ended": serde_json::to_value(Named(&self.ended())).unwrap_or_default(),
+            "anomalies": self.anomalies,
             "seconds": self.seconds,
             "packets_per_second": self.packets_per_second(),
         })
@@ -161,16 +164,60 @@ impl RunTotals {
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
         format!(
-            "tapwatch-edge: {} file(s){}, {} packets, {} bytes, {} flows, {} parse errors{}, {:.3} s ({:.2} Mpps)",
+            "tapwatch-edge: {} file(s){}, {} packets, {} bytes, {} flows, {} anomalies, {} parse errors{}, {:.3} s ({:.2} Mpps)",
             self.files,
             if self.files_failed > 0 { format!(" ({} with errors)", self.files_failed) } else { String::new() },
             e.packets,
             e.bytes,
             self.flows.created,
+            self.anomalies,
             e.errors_total(),
             if errors.is_empty() { String::new() } else { format!(" ({})", errors.join(", ")) },
             self.seconds,
             self.packets_per_second() / 1e6,
         )
+    }
+}
+
+/// The `anomaly` record of `analyze`: one anomaly episode, as it ended.
+#[derive(Debug, serde::Serialize)]
+pub struct AnomalyRecordOut<'a> {
+    pub record: &'static str,
+    pub file: String,
+    pub id: u64,
+    pub kind: firmware::proto::AnomalyKind,
+    pub severity: firmware::proto::Severity,
+    pub confidence: f32,
+    pub score: f32,
+    pub threshold: f32,
+    pub detector: &'a str,
+    pub src_ip: std::net::IpAddr,
+    pub protocol: Option<u8>,
+    pub first_seen_us: i64,
+    pub last_seen_us: i64,
+    /// Seconds the detector tripped in.
+    pub count: u64,
+    pub reasons: &'a [firmware::proto::Reason],
+}
+
+impl<'a> AnomalyRecordOut<'a> {
+    pub fn new(a: &'a firmware::proto::AnomalyMsg, file: &std::path::Path) -> Self {
+        AnomalyRecordOut {
+            record: "anomaly",
+            file: file.display().to_string(),
+            id: a.id,
+            kind: a.kind,
+            severity: a.severity,
+            confidence: a.confidence,
+            score: a.score,
+            threshold: a.threshold,
+            detector: a.detector.as_str(),
+            src_ip: a.src_ip,
+            protocol: a.protocol,
+            first_seen_us: a.first_seen,
+            last_seen_us: a.last_seen,
+            count: a.count,
+            reasons: &a.reasons,
+        }
     }
 }

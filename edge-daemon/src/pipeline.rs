@@ -6,8 +6,9 @@
 use crate::config::Config;
 use crate::store::{FlowRow, PacketRow, Row, StatsRow, StoreCounters};
 use crate::EdgeEngine;
+use firmware::detect::{Episode, EpisodeEvent};
 use firmware::engine::FinishedFlow;
-use firmware::proto::{HostCount, PortCount};
+use firmware::proto::{AnomalyMsg, HostCount, PortCount};
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
 use rustc_hash::FxHashMap as HashMap;
@@ -59,6 +60,9 @@ struct Interval {
 /// Counters of the pipeline beyond the engine's.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PipelineCounters {
+    /// Anomaly episodes reported, and left out by a suppression rule.
+    pub anomalies: u64,
+    pub anomalies_suppressed: u64,
     /// Packets that could not be attributed to a port or talker in an interval's top lists
     /// because the interval already tracked [`STATS_KEYS_MAX`] of them.
     pub stats_overflow: u64,
@@ -110,6 +114,67 @@ pub struct Pipeline {
     counters: PipelineCounters,
     /// Parse errors per interface, by kind.
     iface_errors: Vec<[u64; firmware::wire::DissectError::ALL.len()]>,
+    /// The window detectors (None when `detect.enabled` is false), when they next run (packet
+    /// time, once a second), and what they report.
+    detector: Option<Box<firmware::detect::WindowDetector<EPISODES_MAX>>>,
+    next_eval_us: i64,
+    suppress: Vec<crate::config::SuppressRule>,
+    /// Anomalies kept for the caller (`analyze --emit anomalies`): each episode once, as it ends.
+    collect: Option<Vec<AnomalyMsg>>,
+}
+
+/// Anomaly episodes open at once.
+pub const EPISODES_MAX: usize = 256;
+
+/// The anomaly message of an episode event (header fields are set when it is queued).
+pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
+    use firmware::proto::{AnomalyKind as K, Reason, Severity};
+    let ratio = if e.threshold > 0.0 { e.peak / e.threshold } else { 1.0 };
+    let severity = match e.kind {
+        K::SynFlood | K::UdpFlood | K::IcmpFlood | K::ArpSpoof | K::DhcpStarvation => {
+            if ratio >= 10.0 {
+                Severity::Critical
+            } else {
+                Severity::High
+            }
+        }
+        _ if ratio >= 10.0 => Severity::High,
+        _ => Severity::Medium,
+    };
+    let protocol = match e.kind {
+        K::SynFlood | K::PortScan => Some(6),
+        K::UdpFlood => Some(17),
+        K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),
+        _ => None,
+    };
+    let mut reasons = heapless::Vec::new();
+    let _ = reasons.push(Reason {
+        feature: e.counter.try_into().unwrap_or_default(),
+        value: e.peak,
+        contribution: e.threshold,
+    });
+    AnomalyMsg {
+        schema: firmware::proto::SCHEMA_VERSION,
+        device: heapless::String::new(),
+        seq: 0,
+        ts: 0,
+        id: e.id,
+        kind: e.kind,
+        severity,
+        // Just over the threshold is a fair guess; twice over or more is near certain.
+        confidence: (0.5 + 0.5 * (ratio - 1.0)).clamp(0.5, 0.99),
+        score: e.peak,
+        threshold: e.threshold,
+        detector: "window".try_into().unwrap_or_default(),
+        src_ip: e.src,
+        dst_ip: None,
+        dst_port: None,
+        protocol,
+        first_seen: e.first_seen.total_micros(),
+        last_seen: e.last_seen.total_micros(),
+        count: e.count,
+        reasons,
+    }
 }
 
 impl Pipeline {
@@ -134,7 +199,77 @@ impl Pipeline {
             store,
             blocking: false,
             counters: PipelineCounters::default(),
+            detector: config.detect.enabled.then(|| {
+                let mut d =
+                    Box::new(firmware::detect::WindowDetector::new(config.detect.thresholds));
+                d.quiet = firmware::Duration::from_secs(config.detect.quiet_s.into());
+                d.update_every = firmware::Duration::from_secs(config.detect.update_s.into());
+                d
+            }),
+            next_eval_us: i64::MIN,
+            suppress: config.detect.suppress.clone(),
+            collect: None,
         }
+    }
+
+    /// Keep each anomaly episode, as it ends, for [`take_anomalies`](Self::take_anomalies).
+    pub fn collect_anomalies(mut self) -> Self {
+        self.collect = Some(Vec::new());
+        self
+    }
+
+    /// The anomalies kept since the last call.
+    pub fn take_anomalies(&mut self) -> Vec<AnomalyMsg> {
+        self.collect.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Run the window detectors if a second of packet time passed (or `force`).
+    fn detect(&mut self, now_us: i64, force: bool) {
+        if !force && now_us < self.next_eval_us {
+            return;
+        }
+        self.next_eval_us = now_us + 1_000_000;
+        let Some(d) = self.detector.as_mut() else { return };
+        let mut events = Vec::new();
+        d.evaluate(self.engine.hosts(), Instant::from_micros(now_us), &mut |e, ev| {
+            events.push((*e, ev))
+        });
+        for (e, ev) in events {
+            self.report(&e, ev);
+        }
+    }
+
+    fn report(&mut self, e: &Episode, ev: EpisodeEvent) {
+        if self.suppress.iter().any(|r| r.covers(e.src, e.kind)) {
+            if ev == EpisodeEvent::Opened {
+                self.counters.anomalies_suppressed += 1;
+            }
+            return;
+        }
+        if ev == EpisodeEvent::Opened {
+            self.counters.anomalies += 1;
+            tracing::info!(kind = ?e.kind, src = %e.src, counter = e.counter, value = e.peak, "anomaly");
+        }
+        let msg = anomaly_message(e);
+        if ev == EpisodeEvent::Closed {
+            if let Some(c) = self.collect.as_mut() {
+                c.push(msg.clone());
+            }
+        }
+        if self.store.is_some() {
+            self.send(Row::Anomaly(Box::new(msg)));
+        }
+    }
+
+    /// End the open episodes (end of input).
+    fn close_episodes(&mut self) {
+        let Some(d) = self.detector.as_mut() else { return };
+        let mut events = Vec::new();
+        d.close_all(&mut |e, ev| events.push((*e, ev)));
+        for (e, ev) in events {
+            self.report(&e, ev);
+        }
+        self.next_eval_us = i64::MIN;
     }
 
     /// Rows wait for room in the store's queue instead of being dropped (offline analysis).
@@ -203,6 +338,7 @@ impl Pipeline {
         let started_before = self.engine.flow_counters().created;
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
+        self.detect(p.ts_us, false);
         if let Err(e) = &result {
             if let Some(row) = self.iface_errors.get_mut(p.iface) {
                 row[e.index()] += 1;
@@ -361,6 +497,7 @@ impl Pipeline {
         if let Some(iv) = self.stats.as_mut() {
             iv.flows_ended += ended;
         }
+        self.detect(now_us, false);
         self.roll_interval(now_us);
         if self.ring_cap > 0 && self.last_ring_write.elapsed() >= std::time::Duration::from_secs(1)
         {
@@ -370,6 +507,14 @@ impl Pipeline {
 
     /// End of input (end of a file, or shutdown): every flow, the last interval and the ring.
     pub fn finish(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
+        // The last second of the input is judged, then what is open ends with it.
+        let last = self.engine.flows().iter().map(|(_, f)| f.last.total_micros()).max();
+        if let Some(last) =
+            last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - 1_000_000))
+        {
+            self.detect(last, true);
+        }
+        self.close_episodes();
         let (store, blocking) = (&self.store, self.blocking);
         let mut ended = 0;
         self.engine.reset(&mut |f| {

@@ -224,6 +224,8 @@ pub enum Row {
     Flow(Box<FlowRow>),
     Packet(Box<PacketRow>),
     Stats(Box<StatsRow>),
+    /// An anomaly episode, new or updated (`id` is the episode's).
+    Anomaly(Box<firmware::proto::AnomalyMsg>),
     /// Host and pipeline metrics for the hub (outbox only; `device` and `seq` are set when it
     /// is queued).
     Metrics(Box<MetricsMsg>),
@@ -396,6 +398,14 @@ impl Store {
                  parse_errors, top_ports, top_talkers)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
+            let mut anomaly = tx.prepare_cached(
+                "INSERT INTO anomalies (id, first_seen_us, last_seen_us, kind, severity, confidence,
+                 score, threshold, detector, src_ip, dst_ip, dst_port, protocol, count, reasons)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT (id) DO UPDATE SET last_seen_us = excluded.last_seen_us,
+                   severity = excluded.severity, confidence = excluded.confidence,
+                   score = excluded.score, count = excluded.count, reasons = excluded.reasons",
+            )?;
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
             // Reused text buffers for the addresses: no allocation per row.
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
@@ -472,6 +482,39 @@ impl Store {
                             Stream::Stats,
                             &|device, seq| {
                                 serde_json::to_vec(&s.message(device, seq, created)).ok()
+                            },
+                            None,
+                        )?;
+                    }
+                    Row::Anomaly(a) => {
+                        let name =
+                            |v: serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                        anomaly.execute(params![
+                            a.id as i64,
+                            a.first_seen,
+                            a.last_seen,
+                            name(serde_json::json!(a.kind)),
+                            name(serde_json::json!(a.severity)),
+                            a.confidence,
+                            a.score,
+                            a.threshold,
+                            a.detector.as_str(),
+                            a.src_ip.to_string(),
+                            a.dst_ip.map(|i| i.to_string()),
+                            a.dst_port,
+                            a.protocol,
+                            a.count as i64,
+                            serde_json::to_string(&a.reasons).unwrap_or_default(),
+                        ])?;
+                        n[Table::Anomalies as usize] += 1;
+                        queue(
+                            Stream::Anomalies,
+                            &|device, seq| {
+                                let mut m = (**a).clone();
+                                m.device = device.try_into().unwrap_or_default();
+                                m.seq = seq;
+                                m.ts = created;
+                                serde_json::to_vec(&m).ok()
                             },
                             None,
                         )?;

@@ -329,15 +329,26 @@ fn unreadable_inputs_get_clear_errors_and_other_files_still_run() {
 }
 
 #[test]
-fn emit_anomalies_is_accepted_and_says_there_are_no_detectors_yet() {
+fn emit_anomalies_reports_the_scan_once() {
+    let cap = data_dir().join("nmap_syn_scan.pcap");
+    let out = analyze(&["--emit", "anomalies,stats", cap.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&out);
+    let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
+    assert_eq!(anomalies.len(), 1, "one episode for one scan: {recs:?}");
+    let a = anomalies[0];
+    assert_eq!(a["kind"], "port_scan");
+    assert_eq!(a["src_ip"], "10.99.0.1");
+    assert_eq!(a["reasons"][0]["feature"], "host_dst_ports");
+    // 150 ports scanned; the sketch estimates within a few percent.
+    let score = a["score"].as_f64().expect("score");
+    assert!((140.0..=165.0).contains(&score), "{score}");
+    assert_eq!(a["threshold"], 50.0);
+    assert_eq!(recs.last().expect("stats")["anomalies"], 1);
+    // Benign captures raise nothing.
     let cap = data_dir().join("http_post.pcapng");
     let out = analyze(&["--emit", "flows,anomalies,stats", cap.to_str().expect("utf-8")]);
-    assert!(out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no detectors in this build yet"), "{err}");
-    let recs = records(&out);
-    assert!(recs.iter().all(|r| r["record"] == "flow" || r["record"] == "stats"));
-    assert_eq!(recs.len(), 2);
+    assert!(records(&out).iter().all(|r| r["record"] == "flow" || r["record"] == "stats"));
     let bad = analyze(&["--emit", "flows,alerts", cap.to_str().expect("utf-8")]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'alerts'"));

@@ -305,6 +305,19 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
         )
         .unwrap();
     assert_eq!(ports, 100);
+    // The window detector saw the scan: one port-scan episode from the scanner, its reason the
+    // distinct ports (the sketch estimates the 100 within a few percent).
+    let (episodes, score, reasons): (i64, f64, String) = db
+        .query_row(
+            "SELECT count(*), max(score), max(reasons) FROM anomalies
+             WHERE kind = 'port_scan' AND src_ip = ?1",
+            [&lab.host_ip],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(episodes, 1, "one episode for the scan");
+    assert!((90.0..=110.0).contains(&score), "{score}");
+    assert!(reasons.contains("host_dst_ports"), "{reasons}");
     // Statistics count every captured packet.
     let stats_packets: f64 = db
         .query_row("SELECT sum(packets) FROM traffic_stats", [], |r| r.get::<_, i64>(0))

@@ -182,6 +182,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                         L4::Icmpv4 { icmp_type: 8, .. } | L4::Icmpv6 { icmp_type: 128, .. } => {
                             w.icmp_echo += 1
                         }
+                        L4::Udp(_) => w.udp += 1,
                         _ => {}
                     }
                 }

@@ -94,6 +94,8 @@ pub struct Window {
     /// Flows it initiated that ended without a reply, or refused (RST before a handshake).
     pub failed: u32,
     pub icmp_echo: u32,
+    /// UDP packets it sent.
+    pub udp: u32,
     pub arp: u32,
     /// ARP replies it sent that nobody on this tap asked for in this window.
     pub arp_replies: u32,
@@ -126,6 +128,11 @@ pub struct HostFeatures {
     pub arp_reply_ratio: f32,
     pub dhcp_rate: f32,
     pub dhcp_macs: f32,
+    /// For the window detectors ([`crate::detect`]): SYNs and UDP packets a second, ARP
+    /// replies in the window.
+    pub syn_rate: f32,
+    pub udp_rate: f32,
+    pub arp_replies: f32,
 }
 
 impl HostWindow {
@@ -166,6 +173,9 @@ impl HostWindow {
             arp_reply_ratio: slide(c.arp_replies, p.arp_replies) / (arp + 1.0),
             dhcp_rate: slide(c.dhcp, p.dhcp) / secs,
             dhcp_macs: c.dhcp_macs.union(&p.dhcp_macs).estimate(),
+            syn_rate: syns / secs,
+            udp_rate: slide(c.udp, p.udp) / secs,
+            arp_replies: slide(c.arp_replies, p.arp_replies),
         }
     }
 }

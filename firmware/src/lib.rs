@@ -15,6 +15,7 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod detect;
 pub mod engine;
 pub mod features;
 pub mod flow;

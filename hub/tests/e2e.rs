@@ -432,6 +432,10 @@ impl Edge {
         }
     }
 
+    fn send(&self, row: Row) {
+        self.writer.as_ref().unwrap().tx.send(row).unwrap();
+    }
+
     /// Flows in the edge's own store (what it produced and kept).
     fn stored_flows(&self) -> i64 {
         let c = rusqlite::Connection::open(&self.db).unwrap();
@@ -609,6 +613,26 @@ fn test_end_to_end_counts_and_dead_letters() {
         );
     }
     assert!(hub.get("/healthz").starts_with("HTTP/1.0 200"));
+    // Anomaly episodes from the edge's detector: an episode opened then updated is one row with
+    // the update's count.
+    let scan = firmware::detect::Episode::for_test(7, [10, 9, 9, 9].into(), 1_790_000_000_000_000);
+    let mut msg = tapwatch_edge::pipeline::anomaly_message(&scan);
+    edge.send(Row::Anomaly(Box::new(msg.clone())));
+    msg.count = 12;
+    msg.last_seen += 11_000_000;
+    edge.send(Row::Anomaly(Box::new(msg.clone())));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.count(&format!("SELECT count(*) FROM anomalies WHERE device = '{d}' AND count = 12"))
+        != 1
+    {
+        assert!(Instant::now() < deadline, "{}", db.query("SELECT * FROM anomalies"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(db.count(&format!("SELECT count(*) FROM anomalies WHERE device = '{d}'")), 1);
+    assert_eq!(
+        db.query(&format!("SELECT kind FROM anomalies WHERE device = '{d}'")).trim(),
+        "port_scan"
+    );
     // The hub still ingests after all that.
     edge.produce(100);
     assert_exactly(&db, &edge, &[&hub]);

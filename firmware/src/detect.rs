@@ -1,0 +1,382 @@
+//! Window detectors: what one flow cannot show (scans, sweeps, floods, ARP and DHCP abuse),
+//! read from the per-host sliding windows ([`crate::hosts`]), and anomaly episodes.
+//!
+//! [`WindowDetector::evaluate`] looks at every host the table holds, once per call (the edge
+//! calls it once a second of packet time), and compares the host's window counters with
+//! [`Thresholds`]. A source that trips a detector opens an *episode* (one per source and kind);
+//! while it keeps tripping the episode is updated (count of seconds it tripped, the peak of the
+//! counter, last seen), and it closes `quiet` after the last trip. Events go out when an
+//! episode opens, at most every `update_every` while it lasts, and when it closes: one alert per
+//! source and kind while it lasts, not one per packet.
+
+use crate::hosts::{HostFeatures, HostTable};
+use crate::proto::AnomalyKind;
+use crate::{Duration, Instant};
+use core::net::IpAddr;
+
+/// When each detector trips, over the host window (`flows.host_window_s`, 10 s by default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct Thresholds {
+    /// Distinct destination ports one source opened flows to (port scan).
+    pub port_scan_ports: f32,
+    /// Distinct destination hosts one source opened flows to, most of them unanswered
+    /// (host sweep).
+    pub host_sweep_hosts: f32,
+    /// Share of a sweeping source's flows that failed (no reply or refused), 0 to 1.
+    pub host_sweep_failed_ratio: f32,
+    /// TCP SYNs a second from one source, with fewer than one SYN-ACK in `syn_flood_ratio`.
+    pub syn_flood_rate: f32,
+    pub syn_flood_ratio: f32,
+    /// UDP packets a second from one source.
+    pub udp_flood_rate: f32,
+    /// ICMP echo requests a second from one source.
+    pub icmp_flood_rate: f32,
+    /// ARP replies one source sent in the window (gratuitous or unsolicited: spoofing).
+    pub arp_spoof_replies: f32,
+    /// Distinct client MACs in the DHCP requests of one source (starvation).
+    pub dhcp_starvation_macs: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            port_scan_ports: 50.0,
+            host_sweep_hosts: 30.0,
+            host_sweep_failed_ratio: 0.5,
+            syn_flood_rate: 500.0,
+            syn_flood_ratio: 10.0,
+            udp_flood_rate: 5_000.0,
+            icmp_flood_rate: 200.0,
+            arp_spoof_replies: 20.0,
+            dhcp_starvation_macs: 20.0,
+        }
+    }
+}
+
+/// A detector that tripped: the kind, the counter it read (its name, as in the reasons), its
+/// value and the threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trip {
+    pub kind: AnomalyKind,
+    pub counter: &'static str,
+    pub value: f32,
+    pub threshold: f32,
+}
+
+impl Thresholds {
+    /// Every detector a host's window trips, in a fixed order.
+    pub fn trips(&self, f: &HostFeatures, out: &mut impl FnMut(Trip)) {
+        let mut trip = |kind, counter, value: f32, threshold: f32| {
+            if value >= threshold {
+                out(Trip { kind, counter, value, threshold });
+            }
+        };
+        trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
+        if f.flows > 0.0 && f.failed / f.flows >= self.host_sweep_failed_ratio {
+            trip(AnomalyKind::HostSweep, "host_dst_hosts", f.dst_hosts, self.host_sweep_hosts);
+        }
+        if f.syn_synack_ratio >= self.syn_flood_ratio {
+            trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
+        }
+        trip(AnomalyKind::UdpFlood, "host_udp_rate", f.udp_rate, self.udp_flood_rate);
+        trip(AnomalyKind::IcmpFlood, "host_icmp_echo_rate", f.icmp_echo_rate, self.icmp_flood_rate);
+        trip(AnomalyKind::ArpSpoof, "host_arp_replies", f.arp_replies, self.arp_spoof_replies);
+        trip(AnomalyKind::DhcpStarvation, "host_dhcp_macs", f.dhcp_macs, self.dhcp_starvation_macs);
+    }
+}
+
+/// One anomaly episode: a source and a kind, while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Episode {
+    /// Unique per episode: the millisecond it opened (packet time) times 1024, plus its place
+    /// among the episodes opened in that evaluation. Stable when a capture is analysed again.
+    pub id: u64,
+    pub src: IpAddr,
+    pub kind: AnomalyKind,
+    pub first_seen: Instant,
+    pub last_seen: Instant,
+    /// Evaluations (seconds) it tripped in.
+    pub count: u64,
+    /// The counter that tripped, its highest value and the threshold.
+    pub counter: &'static str,
+    pub peak: f32,
+    pub threshold: f32,
+    /// When it was last reported.
+    reported: Instant,
+}
+
+impl Episode {
+    /// A port-scan episode opened at `us` (Unix microseconds), for tests of what consumes them.
+    #[doc(hidden)]
+    pub fn for_test(id: u64, src: IpAddr, us: i64) -> Episode {
+        let at = Instant::from_micros(us);
+        Episode {
+            id,
+            src,
+            kind: AnomalyKind::PortScan,
+            first_seen: at,
+            last_seen: at,
+            count: 1,
+            counter: "host_dst_ports",
+            peak: 120.0,
+            threshold: 50.0,
+            reported: at,
+        }
+    }
+}
+
+/// What happened to an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpisodeEvent {
+    Opened,
+    Updated,
+    Closed,
+}
+
+/// Counters of the detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DetectCounters {
+    pub evaluations: u64,
+    pub opened: u64,
+    pub closed: u64,
+    /// Trips that could not open an episode because the table was full.
+    pub dropped: u64,
+}
+
+/// The window detectors with their open episodes (at most `E`).
+#[derive(Debug)]
+pub struct WindowDetector<const E: usize> {
+    pub thresholds: Thresholds,
+    /// An episode with no trip for this long closes.
+    pub quiet: Duration,
+    /// An open episode is reported again at most this often.
+    pub update_every: Duration,
+    episodes: heapless::Vec<Episode, E>,
+    counters: DetectCounters,
+}
+
+impl<const E: usize> WindowDetector<E> {
+    pub fn new(thresholds: Thresholds) -> Self {
+        WindowDetector {
+            thresholds,
+            quiet: Duration::from_secs(30),
+            update_every: Duration::from_secs(10),
+            episodes: heapless::Vec::new(),
+            counters: DetectCounters::default(),
+        }
+    }
+
+    pub fn counters(&self) -> &DetectCounters {
+        &self.counters
+    }
+
+    pub fn open(&self) -> impl Iterator<Item = &Episode> {
+        self.episodes.iter()
+    }
+
+    /// Read every host's window at `now`, open and update episodes, close quiet ones; each
+    /// event goes to `out`.
+    pub fn evaluate<const H: usize>(
+        &mut self,
+        hosts: &HostTable<H>,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        self.counters.evaluations += 1;
+        let window = hosts.config().window;
+        let mut opened_now = 0u64;
+        for (ip, h) in hosts.iter() {
+            // Only hosts seen within the window can trip.
+            if h.last.is_none_or(|l| now - l > window) {
+                continue;
+            }
+            let f = h.features(now, window);
+            let mut trips: heapless::Vec<Trip, 8> = heapless::Vec::new();
+            self.thresholds.trips(&f, &mut |t| {
+                let _ = trips.push(t);
+            });
+            for t in trips {
+                match self.episodes.iter_mut().find(|e| e.src == *ip && e.kind == t.kind) {
+                    Some(e) => {
+                        e.last_seen = now;
+                        e.count += 1;
+                        if t.value > e.peak {
+                            e.peak = t.value;
+                        }
+                        if now - e.reported >= self.update_every {
+                            e.reported = now;
+                            out(e, EpisodeEvent::Updated);
+                        }
+                    }
+                    None => {
+                        let e = Episode {
+                            id: (now.total_millis().max(0) as u64) * 1024 + (opened_now % 1024),
+                            src: *ip,
+                            kind: t.kind,
+                            first_seen: now,
+                            last_seen: now,
+                            count: 1,
+                            counter: t.counter,
+                            peak: t.value,
+                            threshold: t.threshold,
+                            reported: now,
+                        };
+                        opened_now += 1;
+                        if self.episodes.push(e).is_ok() {
+                            self.counters.opened += 1;
+                            out(&e, EpisodeEvent::Opened);
+                        } else {
+                            self.counters.dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        self.close_quiet(now, out);
+    }
+
+    /// Close episodes with no trip for `quiet` (all of them with `None`: end of input).
+    fn close_quiet(&mut self, now: Instant, out: &mut impl FnMut(&Episode, EpisodeEvent)) {
+        let quiet = self.quiet;
+        let mut i = 0;
+        while i < self.episodes.len() {
+            if now - self.episodes[i].last_seen >= quiet {
+                let e = self.episodes.swap_remove(i);
+                self.counters.closed += 1;
+                out(&e, EpisodeEvent::Closed);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Close every open episode (end of input, shutdown).
+    pub fn close_all(&mut self, out: &mut impl FnMut(&Episode, EpisodeEvent)) {
+        while let Some(e) = self.episodes.pop() {
+            self.counters.closed += 1;
+            out(&e, EpisodeEvent::Closed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::flow::HeapShards;
+    use crate::wire::{IpInfo, Ipv6Ext, PacketMeta, TcpFlags, TcpInfo, UdpInfo, L3, L4};
+    use std::vec::Vec;
+
+    type TestEngine = Engine<1024, 64, HeapShards<1024, 1>>;
+
+    fn packet(ms: i64, src: [u8; 4], dst: [u8; 4], l4: L4) -> PacketMeta {
+        let protocol = if matches!(l4, L4::Udp(_)) { 17 } else { 6 };
+        PacketMeta {
+            ts: Instant::from_millis(ms),
+            wire_len: 60,
+            truncated: false,
+            vlan: 0,
+            vlan_depth: 0,
+            src_mac: None,
+            l3: L3::Ip(IpInfo {
+                src: src.into(),
+                dst: dst.into(),
+                ip_len: 40,
+                ttl: 64,
+                protocol,
+                ipv4_options_len: 0,
+                fragment: false,
+                fragment_tail: false,
+                ipv6_ext: Ipv6Ext::default(),
+                l4,
+            }),
+        }
+    }
+
+    fn syn(port: u16) -> L4 {
+        L4::Tcp(TcpInfo {
+            src_port: 40000,
+            dst_port: port,
+            flags: TcpFlags(0x02),
+            window: 1024,
+            header_len: 20,
+            payload_len: 0,
+            mss: None,
+            window_scale: None,
+        })
+    }
+
+    /// Feed packets, evaluating once a second of packet time as the edge does; the events.
+    fn run(packets: &[PacketMeta], until_ms: i64) -> Vec<(Episode, EpisodeEvent)> {
+        let mut engine = std::boxed::Box::new(TestEngine::new(EngineConfig::default()));
+        let mut d: WindowDetector<16> = WindowDetector::new(Thresholds::default());
+        let mut events = Vec::new();
+        let mut next = 0i64;
+        let mut eval = |engine: &TestEngine, d: &mut WindowDetector<16>, ms: i64| {
+            d.evaluate(engine.hosts(), Instant::from_millis(ms), &mut |e, ev| {
+                events.push((*e, ev))
+            });
+        };
+        for p in packets {
+            let ms = p.ts.total_millis();
+            engine.ingest(p, &mut |_| {});
+            if ms >= next {
+                eval(&engine, &mut d, ms);
+                next = ms + 1000;
+            }
+        }
+        let mut ms = next;
+        while ms <= until_ms {
+            engine.tick(Instant::from_millis(ms), &mut |_| {});
+            eval(&engine, &mut d, ms);
+            ms += 1000;
+        }
+        events
+    }
+
+    #[test]
+    fn test_port_scan_is_one_episode() {
+        let scanner = [10, 0, 0, 9];
+        let packets: Vec<PacketMeta> = (1..=300u16)
+            .map(|p| packet(i64::from(p) * 10, scanner, [10, 0, 0, 1], syn(p)))
+            .collect();
+        let events = run(&packets, 60_000);
+        let scans: Vec<_> =
+            events.iter().filter(|(e, _)| e.kind == AnomalyKind::PortScan).collect();
+        assert_eq!(scans.first().map(|s| s.1), Some(EpisodeEvent::Opened), "{events:?}");
+        assert_eq!(scans.last().map(|s| s.1), Some(EpisodeEvent::Closed));
+        assert!(scans.iter().all(|(e, _)| e.id == scans[0].0.id && e.src == IpAddr::from(scanner)));
+        assert_eq!(scans.iter().filter(|s| s.1 == EpisodeEvent::Opened).count(), 1);
+        let closed = scans.last().unwrap().0;
+        assert!(closed.peak >= 250.0 && closed.peak <= 350.0, "ports estimated {}", closed.peak);
+        assert_eq!(closed.counter, "host_dst_ports");
+        // It ended 30 s after the last second it tripped in.
+        assert!(closed.last_seen.total_millis() >= 3_000);
+    }
+
+    #[test]
+    fn test_udp_flood_and_quiet_client() {
+        let udp = |port| {
+            L4::Udp(UdpInfo {
+                src_port: 5000,
+                dst_port: port,
+                payload_len: 18,
+                dns: None,
+                dhcp: None,
+            })
+        };
+        // 8,000 packets a second for 12 s from one source (rates are over the 10 s window); a
+        // client querying DNS 20 times beside it.
+        let mut packets: Vec<PacketMeta> =
+            (0..96_000i64).map(|i| packet(i / 8, [10, 0, 0, 66], [10, 0, 0, 1], udp(9))).collect();
+        packets.extend((0..20i64).map(|i| packet(i * 100, [10, 0, 0, 5], [10, 0, 0, 53], udp(53))));
+        packets.sort_by_key(|p| p.ts);
+        let events = run(&packets, 40_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].0.kind, AnomalyKind::UdpFlood);
+        assert_eq!(opened[0].0.src, IpAddr::from([10, 0, 0, 66]));
+    }
+}
