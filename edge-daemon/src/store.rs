@@ -239,6 +239,18 @@ struct Outbox {
     last_seq: [u64; 6],
 }
 
+/// A message with its header stamped, as JSON.
+fn stamped<M: firmware::proto::Message + Clone + serde::Serialize>(
+    m: &M,
+    device: &str,
+    seq: u64,
+    ts: i64,
+) -> Option<Vec<u8>> {
+    let mut m = m.clone();
+    m.set_header(device, seq, ts);
+    serde_json::to_vec(&m).ok()
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -507,30 +519,10 @@ impl Store {
                             serde_json::to_string(&a.reasons).unwrap_or_default(),
                         ])?;
                         n[Table::Anomalies as usize] += 1;
-                        queue(
-                            Stream::Anomalies,
-                            &|device, seq| {
-                                let mut m = (**a).clone();
-                                m.device = device.try_into().unwrap_or_default();
-                                m.seq = seq;
-                                m.ts = created;
-                                serde_json::to_vec(&m).ok()
-                            },
-                            None,
-                        )?;
+                        queue(Stream::Anomalies, &|d, seq| stamped(&**a, d, seq, created), None)?;
                     }
                     Row::Metrics(m) => {
-                        queue(
-                            Stream::Metrics,
-                            &|device, seq| {
-                                let mut m = (**m).clone();
-                                m.device = device.try_into().unwrap_or_default();
-                                m.seq = seq;
-                                m.ts = created;
-                                serde_json::to_vec(&m).ok()
-                            },
-                            None,
-                        )?;
+                        queue(Stream::Metrics, &|d, seq| stamped(&**m, d, seq, created), None)?;
                     }
                 }
             }

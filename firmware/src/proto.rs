@@ -108,6 +108,8 @@ pub struct Header<'a> {
 pub trait Message {
     const STREAM: Stream;
     fn header(&self) -> Header<'_>;
+    /// Stamp the header: this contract's version, the device (cut to 64 bytes), seq and ts.
+    fn set_header(&mut self, device: &str, seq: u64, ts: i64);
 }
 
 /// Declares a contract message: its header fields first (the same in every message), then its
@@ -146,6 +148,13 @@ macro_rules! message {
             const STREAM: Stream = Stream::$stream;
             fn header(&self) -> Header<'_> {
                 Header { schema: self.schema, device: self.device.as_str(), seq: self.seq, ts: self.ts }
+            }
+            fn set_header(&mut self, device: &str, seq: u64, ts: i64) {
+                self.schema = SCHEMA_VERSION;
+                self.device.clear();
+                let _ = self.device.push_str(device);
+                self.seq = seq;
+                self.ts = ts;
             }
         }
     };

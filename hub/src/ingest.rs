@@ -499,12 +499,15 @@ async fn insert_stats(
         ],
     )
     .await?;
+    // The rollups add the interval just stored (read back by its key: one list of values).
     for (table, unit) in [("traffic_stats_1m", "minute"), ("traffic_stats_1h", "hour")] {
         tx.execute(
             &format!(
                 "INSERT INTO {table} AS t (device, bucket, packets, bytes, tcp_packets, udp_packets,
                  icmp_packets, other_packets, flows_started, flows_ended)
-                 VALUES ($1, date_trunc('{unit}', $2::timestamptz), $3, $4, $5, $6, $7, $8, $9, $10)
+                 SELECT device, date_trunc('{unit}', interval_start), packets, bytes, tcp_packets,
+                        udp_packets, icmp_packets, other_packets, flows_started, flows_ended
+                 FROM traffic_stats WHERE device = $1 AND seq = $2 AND interval_start = $3
                  ON CONFLICT (device, bucket) DO UPDATE SET
                    packets = t.packets + excluded.packets, bytes = t.bytes + excluded.bytes,
                    tcp_packets = t.tcp_packets + excluded.tcp_packets,
@@ -514,18 +517,7 @@ async fn insert_stats(
                    flows_started = t.flows_started + excluded.flows_started,
                    flows_ended = t.flows_ended + excluded.flows_ended"
             ),
-            &[
-                &s.device.as_str(),
-                &time(s.interval_start),
-                &n(s.packets),
-                &n(s.bytes),
-                &n(s.tcp_packets),
-                &n(s.udp_packets),
-                &n(s.icmp_packets),
-                &n(s.other_packets),
-                &n(s.flows_started),
-                &n(s.flows_ended),
-            ],
+            &[&s.device.as_str(), &(s.seq as i64), &time(s.interval_start)],
         )
         .await?;
     }
