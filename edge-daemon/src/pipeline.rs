@@ -118,6 +118,8 @@ pub struct Pipeline {
     /// time, once a second), and what they report.
     detector: Option<Box<firmware::detect::WindowDetector<EPISODES_MAX>>>,
     next_eval_us: i64,
+    /// The host window, µs: an episode's evidence starts one window before it opened.
+    window_us: i64,
     suppress: Vec<crate::config::SuppressRule>,
     /// Anomalies kept for the caller (`analyze --emit anomalies`): each episode once, as it ends.
     collect: Option<Vec<AnomalyMsg>>,
@@ -207,6 +209,7 @@ impl Pipeline {
                 d
             }),
             next_eval_us: i64::MIN,
+            window_us: i64::from(config.flows.host_window_s) * 1_000_000,
             suppress: config.detect.suppress.clone(),
             collect: None,
         }
@@ -258,6 +261,16 @@ impl Pipeline {
         }
         if self.store.is_some() {
             self.send(Row::Anomaly(Box::new(msg)));
+            // Evidence: the packets to or from the source since the episode began, as far back
+            // as the ring reaches. The ring's newest packets go to the store first.
+            if self.ring_cap > 0 {
+                self.write_rings();
+            }
+            self.send(Row::Evidence {
+                anomaly: e.id as i64,
+                host: e.src,
+                since_us: e.first_seen.total_micros() - self.window_us,
+            });
         }
     }
 

@@ -226,6 +226,13 @@ pub enum Row {
     Stats(Box<StatsRow>),
     /// An anomaly episode, new or updated (`id` is the episode's).
     Anomaly(Box<firmware::proto::AnomalyMsg>),
+    /// Mark the stored ring packets to or from `host` since `since_us` as evidence of `anomaly`
+    /// (they then outlive the ring, and retention takes them last).
+    Evidence {
+        anomaly: i64,
+        host: IpAddr,
+        since_us: i64,
+    },
     /// Host and pipeline metrics for the hub (outbox only; `device` and `seq` are set when it
     /// is queued).
     Metrics(Box<MetricsMsg>),
@@ -418,6 +425,10 @@ impl Store {
                    severity = excluded.severity, confidence = excluded.confidence,
                    score = excluded.score, count = excluded.count, reasons = excluded.reasons",
             )?;
+            let mut evidence = tx.prepare_cached(
+                "UPDATE packets SET anomaly_id = ?1
+                 WHERE anomaly_id IS NULL AND ts_us >= ?2 AND (src = ?3 OR dst = ?3)",
+            )?;
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
             // Reused text buffers for the addresses: no allocation per row.
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
@@ -520,6 +531,10 @@ impl Store {
                         ])?;
                         n[Table::Anomalies as usize] += 1;
                         queue(Stream::Anomalies, &|d, seq| stamped(&**a, d, seq, created), None)?;
+                    }
+                    Row::Evidence { anomaly, host, since_us } => {
+                        let ip = ip_bytes(host);
+                        evidence.execute(params![anomaly, since_us, ip])?;
                     }
                     Row::Metrics(m) => {
                         queue(Stream::Metrics, &|d, seq| stamped(&**m, d, seq, created), None)?;

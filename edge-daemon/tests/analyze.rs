@@ -345,6 +345,42 @@ fn emit_anomalies_reports_the_scan_once() {
     assert!((140.0..=165.0).contains(&score), "{score}");
     assert_eq!(a["threshold"], 50.0);
     assert_eq!(recs.last().expect("stats")["anomalies"], 1);
+    // With a store, the scan's packets are its evidence, and export as a pcap libpcap reads.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("edge.db");
+    let out = analyze(&[
+        "--emit",
+        "stats",
+        "--db",
+        db.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success());
+    let id: i64 = rusqlite::Connection::open(&db)
+        .expect("db")
+        .query_row("SELECT id FROM anomalies WHERE kind = 'port_scan'", [], |r| r.get(0))
+        .expect("the anomaly is stored");
+    let pcap = dir.path().join("evidence.pcap");
+    let export = Command::new(env!("CARGO_BIN_EXE_tapwatch-edge"))
+        .args([
+            "export-pcap",
+            "--db",
+            db.to_str().expect("utf-8"),
+            "--anomaly",
+            &id.to_string(),
+            "-o",
+        ])
+        .arg(&pcap)
+        .output()
+        .expect("export-pcap");
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let mut capture = pcap::Capture::from_file(&pcap).expect("a pcap file");
+    let mut n = 0;
+    while capture.next_packet().is_ok() {
+        n += 1;
+    }
+    // The 150 SYNs and the RSTs back, all to or from the scanner (not the ARP exchange).
+    assert!((300..=310).contains(&n), "{n} evidence packets");
     // Benign captures raise nothing.
     let cap = data_dir().join("http_post.pcapng");
     let out = analyze(&["--emit", "flows,anomalies,stats", cap.to_str().expect("utf-8")]);

@@ -318,6 +318,16 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
     assert_eq!(episodes, 1, "one episode for the scan");
     assert!((90.0..=110.0).contains(&score), "{score}");
     assert!(reasons.contains("host_dst_ports"), "{reasons}");
+    // Its evidence: the scan's packets from the ring, kept for export.
+    let evidence: i64 = db
+        .query_row(
+            "SELECT count(*) FROM packets WHERE anomaly_id =
+             (SELECT id FROM anomalies WHERE kind = 'port_scan')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(evidence >= 100, "{evidence} evidence packets");
     // Statistics count every captured packet.
     let stats_packets: f64 = db
         .query_row("SELECT sum(packets) FROM traffic_stats", [], |r| r.get::<_, i64>(0))
