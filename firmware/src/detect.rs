@@ -21,14 +21,13 @@ use core::net::IpAddr;
 pub struct Thresholds {
     /// Distinct destination ports one source opened flows to (port scan).
     pub port_scan_ports: f32,
-    /// Distinct destination hosts one source opened flows to, most of them unanswered
-    /// (host sweep).
+    /// Distinct destination hosts one source opened flows to (host sweep), when it sent at most
+    /// `host_sweep_packets_per_host` packets per host on average (a probe each, not a session).
     pub host_sweep_hosts: f32,
-    /// Share of a sweeping source's flows that failed (no reply or refused), 0 to 1.
-    pub host_sweep_failed_ratio: f32,
-    /// TCP SYNs a second from one source, with fewer than one SYN-ACK in `syn_flood_ratio`.
+    pub host_sweep_packets_per_host: f32,
+    /// TCP SYNs a second from one source to fewer than `port_scan_ports` ports (SYN flood; many
+    /// ports is a scan).
     pub syn_flood_rate: f32,
-    pub syn_flood_ratio: f32,
     /// UDP packets a second from one source.
     pub udp_flood_rate: f32,
     /// ICMP echo requests a second from one source.
@@ -43,10 +42,9 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             port_scan_ports: 50.0,
-            host_sweep_hosts: 30.0,
-            host_sweep_failed_ratio: 0.5,
+            host_sweep_hosts: 64.0,
+            host_sweep_packets_per_host: 4.0,
             syn_flood_rate: 500.0,
-            syn_flood_ratio: 10.0,
             udp_flood_rate: 5_000.0,
             icmp_flood_rate: 200.0,
             arp_spoof_replies: 20.0,
@@ -74,10 +72,10 @@ impl Thresholds {
             }
         };
         trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
-        if f.flows > 0.0 && f.failed / f.flows >= self.host_sweep_failed_ratio {
+        if f.dst_hosts > 0.0 && f.packets / f.dst_hosts <= self.host_sweep_packets_per_host {
             trip(AnomalyKind::HostSweep, "host_dst_hosts", f.dst_hosts, self.host_sweep_hosts);
         }
-        if f.syn_synack_ratio >= self.syn_flood_ratio {
+        if f.dst_ports < self.port_scan_ports {
             trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
         }
         trip(AnomalyKind::UdpFlood, "host_udp_rate", f.udp_rate, self.udp_flood_rate);

@@ -208,6 +208,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                         crate::flow::Direction::Forward => (ip.src, ip.dst, dport),
                         crate::flow::Direction::Backward => (ip.dst, ip.src, sport),
                     };
+                    let port = matches!(ip.l4, L4::Tcp(_) | L4::Udp(_)).then_some(port);
                     self.hosts.note_flow(initiator, now, responder, port);
                 }
             }

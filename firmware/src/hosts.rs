@@ -133,6 +133,8 @@ pub struct HostFeatures {
     pub syn_rate: f32,
     pub udp_rate: f32,
     pub arp_replies: f32,
+    /// Packets it sent in the window.
+    pub packets: f32,
 }
 
 impl HostWindow {
@@ -176,6 +178,7 @@ impl HostWindow {
             syn_rate: syns / secs,
             udp_rate: slide(c.udp, p.udp) / secs,
             arp_replies: slide(c.arp_replies, p.arp_replies),
+            packets: slide(c.packets, p.packets),
         }
     }
 }
@@ -309,10 +312,14 @@ impl<const N: usize> HostTable<N> {
     }
 
     /// Record a port and host this host reached for the first time in a flow.
-    pub fn note_flow(&mut self, host: IpAddr, now: Instant, dst: IpAddr, dst_port: u16) {
+    /// A flow `host` initiated to `dst` (and `dst_port`, for TCP and UDP: ICMP identifiers and
+    /// other protocols are not ports a scan walks).
+    pub fn note_flow(&mut self, host: IpAddr, now: Instant, dst: IpAddr, dst_port: Option<u16>) {
         if let Some(w) = self.window_mut(host, now) {
             w.flows += 1;
-            w.dst_ports.insert(u64::from(dst_port));
+            if let Some(p) = dst_port {
+                w.dst_ports.insert(u64::from(p));
+            }
             w.dst_hosts.insert(ip_bits(dst));
         }
     }
@@ -356,7 +363,7 @@ mod tests {
         let h: IpAddr = [10, 0, 0, 1].into();
         let t0 = Instant::from_secs(100);
         for i in 0..50u16 {
-            t.note_flow(h, t0, [10, 0, 0, 2].into(), i);
+            t.note_flow(h, t0, [10, 0, 0, 2].into(), Some(i));
             if let Some(w) = t.window_mut(h, t0) {
                 w.syns += 1;
             }

@@ -18,9 +18,8 @@ fuzz_target!(|data: &[u8]| {
     let low = firmware::detect::Thresholds {
         port_scan_ports: 2.0,
         host_sweep_hosts: 2.0,
-        host_sweep_failed_ratio: 0.0,
+        host_sweep_packets_per_host: 1000.0,
         syn_flood_rate: 0.1,
-        syn_flood_ratio: 0.0,
         udp_flood_rate: 0.1,
         icmp_flood_rate: 0.1,
         arp_spoof_replies: 1.0,
