@@ -41,13 +41,18 @@ struct Broker {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// More configuration (another listener, say).
+    extra: String,
 }
 
 impl Broker {
     fn start(dir: &Path) -> Broker {
         let dir = dir.join("mosquitto");
+        Broker::start_with(dir, String::new())
+    }
+    fn start_with(dir: PathBuf, extra: String) -> Broker {
         std::fs::create_dir_all(&dir).unwrap();
-        let mut b = Broker { port: free_port(), dir, child: None };
+        let mut b = Broker { port: free_port(), dir, child: None, extra };
         b.restart();
         b
     }
@@ -59,9 +64,10 @@ impl Broker {
             format!(
                 "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {}/\nautosave_interval 1\nmax_queued_messages 0\n\
-                 max_inflight_messages 0\nuser root\n",
+                 max_inflight_messages 0\nuser root\n{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ),
         )
         .unwrap();
@@ -829,4 +835,80 @@ fn test_embedded_broker() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("broker.listen 127.0.0.1:{edges}")), "{err}");
+}
+
+/// A certificate authority and a server certificate for 127.0.0.1 (openssl, P-256).
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tapwatch test CA"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec, &["-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]]
+        .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+#[test]
+fn test_edge_over_tls() {
+    let dir = setup();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    make_certs(&other);
+    // Edges connect with TLS; the hub, beside the broker, on the plain listener.
+    let tls_port = free_port();
+    let broker = Broker::start_with(
+        dir.path().join("mosquitto"),
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/srv.crt\nkeyfile {c}/srv.key\n",
+            c = certs.display()
+        ),
+    );
+    wait_port(tls_port);
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), tls_port, &prefix);
+    edge.sync_cfg.tls = true;
+    // A CA that did not sign the broker's certificate: no connection, nothing leaves the outbox.
+    edge.sync_cfg.ca_file = other.join("ca.crt");
+    edge.start_sync();
+    edge.produce(320);
+    edge.settle();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(edge.sync_counters.connects.load(Ordering::Relaxed), 0);
+    assert!(edge.outbox() >= 10);
+    edge.stop_sync();
+    // The right CA: everything arrives.
+    edge.sync_cfg.ca_file = certs.join("ca.crt");
+    edge.start_sync();
+    edge.produce(320);
+    assert_exactly(&db, &edge, &[&hub]);
+    assert!(edge.sync_counters.connects.load(Ordering::Relaxed) >= 1);
 }
