@@ -540,6 +540,30 @@ fn assert_exactly(db: &Database, edge: &Edge, hubs: &[&Hub]) {
     );
 }
 
+/// The usual set-up: a broker of the test's own, a database, a hub subscribed, and an edge
+/// sending. Fields drop in this order: the edge stops first, the folder goes last.
+struct Lab {
+    edge: Edge,
+    hub: Hub,
+    broker: Broker,
+    db: Database,
+    prefix: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = setup();
+        let broker = Broker::start(dir.path());
+        let db = Database::create(SHARED_PG);
+        let prefix = format!("{}/", unique("t"));
+        let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+        let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+        edge.start_sync();
+        Lab { edge, hub, broker, db, prefix, dir }
+    }
+}
+
 fn setup() -> tempfile::TempDir {
     if let Ok(f) = std::env::var("TAPWATCH_TEST_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
@@ -552,13 +576,7 @@ fn setup() -> tempfile::TempDir {
 
 #[test]
 fn test_end_to_end_counts_and_dead_letters() {
-    let dir = setup();
-    let broker = Broker::start(dir.path());
-    let db = Database::create(SHARED_PG);
-    let prefix = format!("{}/", unique("t"));
-    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
-    edge.start_sync();
+    let Lab { mut edge, hub, broker, db, prefix, dir } = Lab::new();
     edge.produce(3000);
     assert_exactly(&db, &edge, &[&hub]);
     let d = edge.device.clone();
@@ -702,13 +720,7 @@ fn test_unknown_device_is_refused_until_added() {
 
 #[test]
 fn test_broker_restart_during_stream() {
-    let dir = setup();
-    let mut broker = Broker::start(dir.path());
-    let db = Database::create(SHARED_PG);
-    let prefix = format!("{}/", unique("t"));
-    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
-    edge.start_sync();
+    let Lab { mut edge, hub, mut broker, db, prefix: _, dir: _dir } = Lab::new();
     edge.produce_over(2000, 1.0);
     broker.stop();
     edge.produce_over(2000, 1.0);
@@ -720,13 +732,7 @@ fn test_broker_restart_during_stream() {
 
 #[test]
 fn test_hub_killed_during_ingest() {
-    let dir = setup();
-    let broker = Broker::start(dir.path());
-    let db = Database::create(SHARED_PG);
-    let prefix = format!("{}/", unique("t"));
-    let mut hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
-    edge.start_sync();
+    let Lab { mut edge, mut hub, broker: _broker, db, prefix: _, dir: _dir } = Lab::new();
     edge.produce_over(3000, 1.0);
     hub.kill9();
     edge.produce_over(3000, 1.0);
@@ -758,13 +764,8 @@ fn test_postgres_restart_during_ingest() {
 
 #[test]
 fn test_edge_offline_and_back() {
-    let dir = setup();
-    let broker = Broker::start(dir.path());
-    let db = Database::create(SHARED_PG);
-    let prefix = format!("{}/", unique("t"));
-    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
-    edge.start_sync();
+    // (Every part is bound: a part left out of the pattern would be dropped, and stopped, here.)
+    let Lab { mut edge, hub, broker: _broker, db, prefix: _, dir: _dir } = Lab::new();
     edge.produce_over(1000, 0.5);
     edge.stop_sync();
     // Offline: records pile up in the outbox.
