@@ -913,3 +913,53 @@ fn test_edge_over_tls() {
     assert_exactly(&db, &edge, &[&hub]);
     assert!(edge.sync_counters.connects.load(Ordering::Relaxed) >= 1);
 }
+
+#[test]
+fn test_broker_with_passwords() {
+    let dir = setup();
+    let pw = dir.path().join("passwords");
+    for (i, (user, pass)) in
+        [("tap-user", "tap-secret"), ("hub-user", "hub-secret")].iter().enumerate()
+    {
+        let mut c = Command::new("mosquitto_passwd");
+        if i == 0 {
+            c.arg("-c");
+        }
+        assert!(c.args(["-b"]).arg(&pw).args([user, pass]).status().unwrap().success());
+    }
+    let broker = Broker::start_with(
+        dir.path().join("mosquitto"),
+        format!("allow_anonymous false\npassword_file {}\n", pw.display()),
+    );
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let mut hub = Hub::configure(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let hub_pw = dir.path().join("hub-password");
+    std::fs::write(&hub_pw, "hub-secret\n").unwrap();
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace(
+            "[mqtt]\n",
+            &format!("[mqtt]\nusername = \"hub-user\"\npassword_file = \"{}\"\n", hub_pw.display()),
+        ),
+    )
+    .unwrap();
+    hub.restart();
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    let edge_pw = dir.path().join("edge-password");
+    edge.sync_cfg.username = "tap-user".into();
+    edge.sync_cfg.password_file = edge_pw.clone();
+    // A wrong password: refused, nothing leaves the outbox.
+    std::fs::write(&edge_pw, "guess\n").unwrap();
+    edge.start_sync();
+    edge.produce(320);
+    edge.settle();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(edge.sync_counters.connects.load(Ordering::Relaxed), 0);
+    assert!(edge.outbox() >= 10);
+    edge.stop_sync();
+    std::fs::write(&edge_pw, "tap-secret\n").unwrap();
+    edge.start_sync();
+    assert_exactly(&db, &edge, &[&hub]);
+}
