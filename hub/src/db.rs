@@ -111,10 +111,12 @@ pub struct Retained {
     pub partitions_dropped_size: u64,
     pub anomalies_deleted: u64,
     pub log_deleted: u64,
+    pub dead_letters_deleted: u64,
 }
 
 /// Drop day partitions older than `max_age_days`, then the oldest while the partitioned tables
-/// are over `max_size_mb`; delete anomalies and ingest-log rows older than `max_age_days`.
+/// are over `max_size_mb`; delete anomalies, ingest-log rows and dead letters older than
+/// `max_age_days`.
 pub async fn retention(
     client: &Client,
     max_age_days: u32,
@@ -181,5 +183,7 @@ pub async fn retention(
         client.execute("DELETE FROM anomalies WHERE last_seen < $1", &[&cutoff_time]).await?;
     r.log_deleted =
         client.execute("DELETE FROM ingest_log WHERE received_at < $1", &[&cutoff_time]).await?;
+    r.dead_letters_deleted =
+        client.execute("DELETE FROM dead_letters WHERE received_at < $1", &[&cutoff_time]).await?;
     Ok(r)
 }

@@ -44,10 +44,18 @@ async fn test_partitions_dropped_by_age_then_size() {
     .await
     .unwrap();
 
-    // Age: keep 5 days (19,995 on): 5 partitions go, one anomaly.
+    c.execute(
+        "INSERT INTO dead_letters (received_at, topic, reason, detail, payload)
+         VALUES ($1, 't', 'shape', 'd', '\\x00'), ($2, 't', 'shape', 'd', '\\x00')",
+        &[&db::time(19_990 * DAY_US), &db::time(19_999 * DAY_US)],
+    )
+    .await
+    .unwrap();
+    // Age: keep 5 days (19,995 on): 5 partitions go, one anomaly, one dead letter.
     let r = db::retention(&c, 5, 1 << 20, now).await.unwrap();
     assert_eq!(r.partitions_dropped_age, 5);
     assert_eq!(r.anomalies_deleted, 1);
+    assert_eq!(r.dead_letters_deleted, 1);
     let n: i64 = c.query_one("SELECT count(*) FROM traffic_features", &[]).await.unwrap().get(0);
     assert_eq!(n, 5 * 2000);
     let oldest: std::time::SystemTime =
