@@ -174,8 +174,9 @@ fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String>
         return Err(format!("{}: sync.enabled is false", path.display()));
     }
     // Open once with the writer's code: the schema is created or migrated.
-    Store::open(&config.store, Arc::new(StoreCounters::default())).map_err(|e| e.to_string())?;
-    let counters = Arc::new(crate::sync::SyncCounters::default());
+    let store = Arc::new(StoreCounters::default());
+    Store::open(&config.store, store.clone()).map_err(|e| e.to_string())?;
+    let counters = Arc::new(crate::sync::SyncCounters { store, ..Default::default() });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

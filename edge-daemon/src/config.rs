@@ -327,18 +327,9 @@ impl Default for SyncConfig {
 impl SyncConfig {
     /// Host and port of `broker`.
     pub fn broker_addr(&self) -> Result<(String, u16), String> {
-        let (host, port) = self
-            .broker
-            .rsplit_once(':')
-            .ok_or_else(|| format!("sync.broker {:?}: must be host:port", self.broker))?;
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| format!("sync.broker {:?}: the port must be 1-65535", self.broker))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(format!("sync.broker {:?}: must be host:port", self.broker));
-        }
-        Ok((host.to_string(), port))
+        firmware::proto::split_host_port(&self.broker)
+            .map(|(h, p)| (h.to_string(), p))
+            .ok_or_else(|| format!("sync.broker {:?}: must be host:port", self.broker))
     }
 }
 
@@ -501,6 +492,9 @@ impl Config {
         }
         if self.stats.interval_s == 0 {
             p.push("stats.interval_s: must be at least 1".into());
+        }
+        if !(1..=10).contains(&self.stats.top_n) {
+            p.push(format!("stats.top_n {}: must be 1 to 10", self.stats.top_n));
         }
         let y = &self.sync;
         if y.enabled {

@@ -72,11 +72,11 @@ impl Shared {
             started: Instant::now(),
             interfaces: RwLock::new(Vec::new()),
             pipeline: Mutex::new(PipelineSnapshot::default()),
+            sync: Arc::new(SyncCounters { store: store.clone(), ..SyncCounters::default() }),
             store,
             host: Mutex::new(HostSnapshot::default()),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
-            sync: Arc::new(SyncCounters::default()),
         }
     }
 

@@ -4,11 +4,11 @@
 //! the capture threads; `analyze` runs it directly.
 
 use crate::config::Config;
-use crate::store::{FlowRow, PacketRow, Row, StatsRow, StoreCounters};
+use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
 use crate::EdgeEngine;
 use firmware::detect::{Episode, EpisodeEvent};
 use firmware::engine::FinishedFlow;
-use firmware::proto::{AnomalyMsg, HostCount, PortCount};
+use firmware::proto::{AnomalyMsg, HostCount, PortCount, StatsMsg};
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
 use rustc_hash::FxHashMap as HashMap;
@@ -456,7 +456,8 @@ impl Pipeline {
 
     fn store_interval(&mut self, iv: Interval) {
         self.counters.stats_intervals += 1;
-        let ports: Vec<PortCount> = top(iv.ports, self.top_n)
+        // (top_n is at most the contract's 10: config checks it.)
+        let top_ports = top(iv.ports, self.top_n)
             .into_iter()
             .map(|((protocol, port), c)| PortCount {
                 protocol,
@@ -464,14 +465,20 @@ impl Pipeline {
                 packets: c.packets,
                 bytes: c.bytes,
             })
+            .take(10)
             .collect();
-        let talkers: Vec<HostCount> = top(iv.talkers, self.top_n)
+        let top_talkers = top(iv.talkers, self.top_n)
             .into_iter()
             .map(|(ip, c)| HostCount { ip, packets: c.packets, bytes: c.bytes })
+            .take(10)
             .collect();
-        let row = StatsRow {
-            interval_start_us: iv.start_us,
-            interval_end_us: iv.start_us + self.interval_us,
+        let row = StatsMsg {
+            schema: firmware::proto::SCHEMA_VERSION,
+            device: heapless::String::new(),
+            seq: 0,
+            ts: 0,
+            interval_start: iv.start_us,
+            interval_end: iv.start_us + self.interval_us,
             packets: iv.packets,
             bytes: iv.bytes,
             tcp_packets: iv.tcp,
@@ -481,8 +488,8 @@ impl Pipeline {
             flows_started: iv.flows_started,
             flows_ended: iv.flows_ended,
             parse_errors: iv.parse_errors,
-            top_ports: ports,
-            top_talkers: talkers,
+            top_ports,
+            top_talkers,
         };
         self.send(Row::Stats(Box::new(row)));
     }

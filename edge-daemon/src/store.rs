@@ -10,9 +10,7 @@
 use crate::config::StoreConfig;
 use firmware::engine::FinishedFlow;
 use firmware::features::{FEATURE_SET_VERSION, N_FEATURES};
-use firmware::proto::{
-    HostCount, MetricsMsg, PortCount, StatsMsg, Stream, FLOW_BATCH_MAX, SCHEMA_VERSION,
-};
+use firmware::proto::{MetricsMsg, StatsMsg, Stream, FLOW_BATCH_MAX};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 use std::net::IpAddr;
@@ -175,55 +173,13 @@ pub struct PacketRow {
     pub data: Vec<u8>,
 }
 
-/// One statistics interval.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatsRow {
-    pub interval_start_us: i64,
-    pub interval_end_us: i64,
-    pub packets: u64,
-    pub bytes: u64,
-    pub tcp_packets: u64,
-    pub udp_packets: u64,
-    pub icmp_packets: u64,
-    pub other_packets: u64,
-    pub flows_started: u64,
-    pub flows_ended: u64,
-    pub parse_errors: u64,
-    pub top_ports: Vec<PortCount>,
-    pub top_talkers: Vec<HostCount>,
-}
-
-impl StatsRow {
-    /// The contract message for this interval (at most 10 ports and talkers).
-    pub fn message(&self, device: &str, seq: u64, ts: i64) -> StatsMsg {
-        StatsMsg {
-            schema: SCHEMA_VERSION,
-            device: device.try_into().unwrap_or_default(),
-            seq,
-            ts,
-            interval_start: self.interval_start_us,
-            interval_end: self.interval_end_us,
-            packets: self.packets,
-            bytes: self.bytes,
-            tcp_packets: self.tcp_packets,
-            udp_packets: self.udp_packets,
-            icmp_packets: self.icmp_packets,
-            other_packets: self.other_packets,
-            flows_started: self.flows_started,
-            flows_ended: self.flows_ended,
-            parse_errors: self.parse_errors,
-            top_ports: self.top_ports.iter().take(10).cloned().collect(),
-            top_talkers: self.top_talkers.iter().take(10).cloned().collect(),
-        }
-    }
-}
-
 /// What the writer is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Flow(Box<FlowRow>),
     Packet(Box<PacketRow>),
-    Stats(Box<StatsRow>),
+    /// One statistics interval, as the contract's message (its header is stamped when queued).
+    Stats(Box<StatsMsg>),
     /// An anomaly episode, new or updated (`id` is the episode's).
     Anomaly(Box<firmware::proto::AnomalyMsg>),
     /// Mark the stored ring packets to or from `host` since `since_us` as evidence of `anomaly`
@@ -486,8 +442,8 @@ impl Store {
                     }
                     Row::Stats(s) => {
                         stats.execute(params![
-                            s.interval_start_us,
-                            s.interval_end_us,
+                            s.interval_start,
+                            s.interval_end,
                             s.packets as i64,
                             s.bytes as i64,
                             s.tcp_packets as i64,
@@ -501,13 +457,7 @@ impl Store {
                             serde_json::to_string(&s.top_talkers).unwrap_or_default(),
                         ])?;
                         n[Table::TrafficStats as usize] += 1;
-                        queue(
-                            Stream::Stats,
-                            &|device, seq| {
-                                serde_json::to_vec(&s.message(device, seq, created)).ok()
-                            },
-                            None,
-                        )?;
+                        queue(Stream::Stats, &|d, seq| stamped(&**s, d, seq, created), None)?;
                     }
                     Row::Anomaly(a) => {
                         let name =
@@ -556,6 +506,10 @@ impl Store {
                 }
             }
         }
+        // Counted before the commit: the sender, which lowers the depth as acknowledgements come,
+        // cannot see these rows before they are counted. (A failed commit leaves the gauge high
+        // until the next recount, at most ten seconds.)
+        self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
         tx.commit()?;
         for (c, v) in self.counters.written.iter().zip(n) {
             c.fetch_add(v, Ordering::Relaxed);
@@ -563,7 +517,6 @@ impl Store {
         for (i, q) in queued.iter().enumerate() {
             self.counters.outbox_queued[i].fetch_add(*q, Ordering::Relaxed);
         }
-        self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             "store: committed {} rows, flows_total={}",

@@ -51,6 +51,8 @@ pub struct SyncCounters {
     pub disconnects: AtomicU64,
     /// Unix microseconds of the last acknowledgement.
     pub last_ack_us: AtomicU64,
+    /// The store's counters: the outbox depth the writer raises, the sender lowers.
+    pub store: Arc<crate::store::StoreCounters>,
 }
 
 /// A message read from the outbox, ready to send.
@@ -200,13 +202,19 @@ impl OutboxReader {
     /// Delete acknowledged (or unsendable) messages.
     fn release(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        let mut n = 0u64;
         {
             let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
             for id in ids {
-                stmt.execute([id])?;
+                n += stmt.execute([id])? as u64;
             }
         }
         tx.commit()?;
+        let _ = self.counters.store.outbox_depth.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |d| Some(d.saturating_sub(n)),
+        );
         Ok(())
     }
 }

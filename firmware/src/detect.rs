@@ -105,26 +105,6 @@ pub struct Episode {
     reported: Instant,
 }
 
-impl Episode {
-    /// A port-scan episode opened at `us` (Unix microseconds), for tests of what consumes them.
-    #[doc(hidden)]
-    pub fn for_test(id: u64, src: IpAddr, us: i64) -> Episode {
-        let at = Instant::from_micros(us);
-        Episode {
-            id,
-            src,
-            kind: AnomalyKind::PortScan,
-            first_seen: at,
-            last_seen: at,
-            count: 1,
-            counter: "host_dst_ports",
-            peak: 120.0,
-            threshold: 50.0,
-            reported: at,
-        }
-    }
-}
-
 /// What happened to an episode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EpisodeEvent {

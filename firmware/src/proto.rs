@@ -92,6 +92,15 @@ pub fn parse_topic(topic: &str) -> Option<(&str, Stream)> {
     Some((device, Stream::from_name(stream)?))
 }
 
+/// A broker address `host:port` (IPv6 in brackets) as host and port; `None` unless both are
+/// there and the port is 1-65535.
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty()).then_some((host, port))
+}
+
 /// The fields every message starts with (`schema`, `device`, `seq`, `ts`), as a view.
 ///
 /// They are written out in each message rather than flattened from one struct: serde's `flatten`
@@ -408,6 +417,16 @@ pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_split_host_port() {
+        assert_eq!(split_host_port("127.0.0.1:1883"), Some(("127.0.0.1", 1883)));
+        assert_eq!(split_host_port("[::1]:8883"), Some(("::1", 8883)));
+        assert_eq!(split_host_port("broker.lan:1"), Some(("broker.lan", 1)));
+        for bad in ["nowhere", ":1883", "h:0", "h:70000", "h:x", ""] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
+    }
 
     /// The committed schemas in firmware/schema/ must be what the types generate. Run with
     /// `TAPWATCH_BLESS=1` to rewrite them after changing the contract.

@@ -150,14 +150,9 @@ impl Default for RetentionConfig {
 
 impl MqttConfig {
     pub fn broker_addr(&self) -> Result<(String, u16), String> {
-        let bad = || format!("mqtt.broker {:?}: must be host:port", self.broker);
-        let (host, port) = self.broker.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        Ok((host.to_string(), port))
+        firmware::proto::split_host_port(&self.broker)
+            .map(|(h, p)| (h.to_string(), p))
+            .ok_or_else(|| format!("mqtt.broker {:?}: must be host:port", self.broker))
     }
 }
 

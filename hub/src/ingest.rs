@@ -121,7 +121,6 @@ impl RateLimitedLog {
 pub struct Ingestor {
     client: Client,
     hub: String,
-    prefix: String,
     auto_register: bool,
     devices: HashSet<String>,
     /// Devices found unknown in the batch being committed.
@@ -174,7 +173,6 @@ impl Ingestor {
         Ingestor {
             client,
             hub: config.mqtt.client_id.clone(),
-            prefix: config.mqtt.topic_prefix.clone(),
             auto_register: config.ingest.auto_register_devices,
             devices: HashSet::new(),
             unknown: HashSet::new(),
@@ -238,17 +236,7 @@ impl Ingestor {
 
     /// Commit a batch. `Err` means nothing of it was committed and the database is away (or
     /// went away): retry the whole batch later. Otherwise every message is accounted for.
-    pub async fn commit(&mut self, batch: &[Incoming]) -> Result<(), tokio_postgres::Error> {
-        let prepared: Vec<Prepared> =
-            batch.iter().map(|m| prepare(&self.prefix, m.clone())).collect();
-        self.commit_prepared(&prepared).await
-    }
-
-    /// [`commit`](Self::commit) of messages decoded already.
-    pub async fn commit_prepared(
-        &mut self,
-        prepared: &[Prepared],
-    ) -> Result<(), tokio_postgres::Error> {
+    pub async fn commit(&mut self, prepared: &[Prepared]) -> Result<(), tokio_postgres::Error> {
         let batch: Vec<&Incoming> = prepared.iter().map(|p| &p.incoming).collect();
         let batch = &batch[..];
         let mut items = Vec::with_capacity(prepared.len());
@@ -825,7 +813,7 @@ pub async fn run(
             if incoming.is_empty() {
                 break;
             }
-            match ing.commit_prepared(&incoming).await {
+            match ing.commit(&incoming).await {
                 Ok(()) => break,
                 Err(e) => {
                     counters.commit_errors.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tapwatch_edge::config::{StoreConfig, SyncConfig};
-use tapwatch_edge::store::{spawn_writer, AgeClock, FlowRow, Row, StatsRow, Store, StoreCounters};
+use tapwatch_edge::store::{spawn_writer, AgeClock, FlowRow, Row, Store, StoreCounters};
 use tapwatch_edge::sync::{SyncCounters, Until};
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -328,7 +328,8 @@ impl Edge {
             flush_interval_ms: 50,
             ..StoreConfig::default()
         };
-        let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
+        let store_counters = Arc::new(StoreCounters::default());
+        let mut store = Store::open(&cfg, store_counters.clone()).unwrap();
         store.enable_outbox(&device, 1_000_000).unwrap();
         let writer = spawn_writer(store, 4096, AgeClock::Off);
         let sync_cfg = SyncConfig {
@@ -346,7 +347,10 @@ impl Edge {
             writer: Some(writer),
             sync_cfg,
             sync: None,
-            sync_counters: Arc::new(SyncCounters::default()),
+            sync_counters: Arc::new(SyncCounters {
+                store: store_counters,
+                ..SyncCounters::default()
+            }),
             produced_flows: 0,
             produced_stats: 0,
             produced_metrics: 0,
@@ -402,9 +406,13 @@ impl Edge {
             self.produced_flows += 1;
             if self.produced_flows % 100 == 0 {
                 let s = self.produced_stats as i64;
-                tx.send(Row::Stats(Box::new(StatsRow {
-                    interval_start_us: 1_790_000_000_000_000 + s * 10_000_000,
-                    interval_end_us: 1_790_000_000_000_000 + (s + 1) * 10_000_000,
+                tx.send(Row::Stats(Box::new(firmware::proto::StatsMsg {
+                    schema: 1,
+                    device: heapless::String::new(),
+                    seq: 0,
+                    ts: 0,
+                    interval_start: 1_790_000_000_000_000 + s * 10_000_000,
+                    interval_end: 1_790_000_000_000_000 + (s + 1) * 10_000_000,
                     packets: 1000,
                     bytes: 100_000,
                     tcp_packets: 1000,
@@ -414,8 +422,8 @@ impl Edge {
                     flows_started: 100,
                     flows_ended: 100,
                     parse_errors: 0,
-                    top_ports: vec![],
-                    top_talkers: vec![],
+                    top_ports: heapless::Vec::new(),
+                    top_talkers: heapless::Vec::new(),
                 })))
                 .unwrap();
                 self.produced_stats += 1;
@@ -496,6 +504,11 @@ fn assert_exactly(db: &Database, edge: &Edge, hubs: &[&Hub]) {
     }
     // Give a late duplicate the chance to (wrongly) land, then count everything exactly.
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        edge.sync_counters.store.outbox_depth.load(Ordering::Relaxed),
+        0,
+        "the outbox gauge follows the acknowledgements"
+    );
     let d = &edge.device;
     assert_eq!(
         db.count(&format!("SELECT count(*) FROM traffic_features WHERE device = '{d}'")),
@@ -639,8 +652,15 @@ fn test_end_to_end_counts_and_dead_letters() {
     assert!(hub.get("/healthz").starts_with("HTTP/1.0 200"));
     // Anomaly episodes from the edge's detector: an episode opened then updated is one row with
     // the update's count.
-    let scan = firmware::detect::Episode::for_test(7, [10, 9, 9, 9].into(), 1_790_000_000_000_000);
-    let mut msg = tapwatch_edge::pipeline::anomaly_message(&scan);
+    let mut msg: firmware::proto::AnomalyMsg = serde_json::from_value(serde_json::json!({
+        "schema": 1, "device": "", "seq": 0, "ts": 0, "id": 7, "kind": "port_scan",
+        "severity": "medium", "confidence": 0.9, "score": 120.0, "threshold": 50.0,
+        "detector": "window", "src_ip": "10.9.9.9", "dst_ip": null, "dst_port": null,
+        "protocol": 6, "first_seen": 1_790_000_000_000_000i64,
+        "last_seen": 1_790_000_000_000_000i64, "count": 1,
+        "reasons": [{"feature": "host_dst_ports", "value": 120.0, "contribution": 50.0}]
+    }))
+    .unwrap();
     edge.send(Row::Anomaly(Box::new(msg.clone())));
     msg.count = 12;
     msg.last_seen += 11_000_000;
@@ -838,6 +858,18 @@ fn test_embedded_broker() {
     assert!(err.contains(&format!("broker.listen 127.0.0.1:{edges}")), "{err}");
 }
 
+/// The edge, sending with credentials the broker refuses: no connection, and what it produces
+/// stays in its outbox.
+fn assert_refused(edge: &mut Edge) {
+    edge.start_sync();
+    edge.produce(320);
+    edge.settle();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(edge.sync_counters.connects.load(Ordering::Relaxed), 0);
+    assert!(edge.outbox() >= 10);
+    edge.stop_sync();
+}
+
 /// A certificate authority and a server certificate for 127.0.0.1 (openssl, P-256).
 fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {
@@ -899,13 +931,7 @@ fn test_edge_over_tls() {
     edge.sync_cfg.tls = true;
     // A CA that did not sign the broker's certificate: no connection, nothing leaves the outbox.
     edge.sync_cfg.ca_file = other.join("ca.crt");
-    edge.start_sync();
-    edge.produce(320);
-    edge.settle();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(edge.sync_counters.connects.load(Ordering::Relaxed), 0);
-    assert!(edge.outbox() >= 10);
-    edge.stop_sync();
+    assert_refused(&mut edge);
     // The right CA: everything arrives.
     edge.sync_cfg.ca_file = certs.join("ca.crt");
     edge.start_sync();
@@ -952,13 +978,7 @@ fn test_broker_with_passwords() {
     edge.sync_cfg.password_file = edge_pw.clone();
     // A wrong password: refused, nothing leaves the outbox.
     std::fs::write(&edge_pw, "guess\n").unwrap();
-    edge.start_sync();
-    edge.produce(320);
-    edge.settle();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(edge.sync_counters.connects.load(Ordering::Relaxed), 0);
-    assert!(edge.outbox() >= 10);
-    edge.stop_sync();
+    assert_refused(&mut edge);
     std::fs::write(&edge_pw, "tap-secret\n").unwrap();
     edge.start_sync();
     assert_exactly(&db, &edge, &[&hub]);
