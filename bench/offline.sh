@@ -55,15 +55,20 @@ t_edge=$(best "$edge" analyze --emit stats "$merged")
 db=$out/offline.db
 rm -f "$db"*
 t_edge_db=$(best sh -c "rm -f '$db'*; exec '$edge' analyze --emit stats --db '$db' '$merged'")
+models=${TAPWATCH_MODELS:-$here/models/shipped}
+t_edge_models=$(best "$edge" analyze --emit stats --models "$models" "$merged")
 t_tcpdump=$(best tcpdump -r "$merged" -w /dev/null)
 t_tshark=$(best tshark -r "$merged" -T fields -e frame.number)
 pps() { echo "$packets / $1" | bc -l | xargs printf '%.0f'; }
 printf '%-28s %10s s %14s pkt/s\n' "tapwatch-edge analyze" "$t_edge" "$(pps "$t_edge")"
 printf '%-28s %10s s %14s pkt/s\n' "  ... with --db (SQLite)" "$t_edge_db" "$(pps "$t_edge_db")"
+printf '%-28s %10s s %14s pkt/s\n' "  ... with --models" "$t_edge_models" "$(pps "$t_edge_models")"
 printf '%-28s %10s s %14s pkt/s\n' "tcpdump -r -w /dev/null" "$t_tcpdump" "$(pps "$t_tcpdump")"
 printf '%-28s %10s s %14s pkt/s\n' "tshark -T fields" "$t_tshark" "$(pps "$t_tshark")"
 printf 'ratio to tcpdump: %.2f (target >= 0.5)\n' "$(echo "$t_tcpdump / $t_edge" | bc -l)"
 printf 'ratio to tshark:  %.1f (target >= 50)\n' "$(echo "$t_tshark / $t_edge" | bc -l)"
+printf 'with detection (models): %.2f Mpps (target >= 1)\n' \
+  "$(echo "$packets / $t_edge_models / 1000000" | bc -l)"
 printf 'with SQLite: %.2f Mpps (target >= 1), %.2f of tcpdump, %.1f x tshark (target >= 30)\n' \
   "$(echo "$packets / $t_edge_db / 1000000" | bc -l)" "$(echo "$t_tcpdump / $t_edge_db" | bc -l)" \
   "$(echo "$t_tshark / $t_edge_db" | bc -l)"

@@ -1,6 +1,7 @@
 //! The command line: `tapwatch-edge analyze FILE...`.
 
 use crate::config::Config;
+use crate::inference::ModelStage;
 use crate::output::{FlowRecordOut, RunTotals};
 use crate::pipeline::Pipeline;
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
@@ -98,6 +99,11 @@ pub struct AnalyzeArgs {
     /// Flow and statistics settings from this edge.toml (its store path is replaced by --db).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Run the models in this folder on every flow (autoencoder.onnx and classifier.onnx, as
+    /// models/train.py writes them; the appliance's are in /usr/share/tapwatch/models); this
+    /// replaces the files [detect.models] names.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
 }
 
 /// Parse arguments and run; the exit code says whether every input was read whole.
@@ -228,6 +234,28 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     if let Some(db) = &args.db {
         config.store.path = db.clone();
     }
+    if let Some(dir) = &args.models {
+        let m = &mut config.detect.models;
+        m.autoencoder = dir.join("autoencoder.onnx").display().to_string();
+        m.classifier = dir.join("classifier.onnx").display().to_string();
+    }
+    // Offline, a model that does not load is an error: it was asked for.
+    let mut stage = ModelStage::new(
+        None,
+        None,
+        config.detect.models.batch as usize,
+        config.detect.models.min_flows,
+        i64::from(config.flows.host_window_s) * 1_000_000,
+    );
+    for (_, loaded) in crate::inference::load_models(&config.detect.models) {
+        match loaded {
+            Ok(m) => stage.replace(m),
+            Err(e) => {
+                eprintln!("tapwatch-edge: {e}");
+                return ExitCode::from(78);
+            }
+        }
+    }
     // Each file is an interface of its own for the evidence ring.
     let names: Vec<Arc<str>> =
         args.files.iter().map(|p| Arc::from(p.display().to_string())).collect();
@@ -263,7 +291,8 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     // One pipeline for the run (its tables are large; building one per file would cost more than
     // reading most files), finished between files so that flows never span two captures.
     let store = writer.as_ref().map(|(w, c)| (w.tx.clone(), c.clone()));
-    let mut pipeline = Pipeline::new(&config, names, store).blocking().collect_anomalies();
+    let mut pipeline =
+        Pipeline::new(&config, names, store).blocking().collect_anomalies().with_models(stage);
     for (iface, path) in args.files.iter().enumerate() {
         let mut sink = |f: &FinishedFlow| {
             if emit_flows && write_error.is_none() {

@@ -44,8 +44,38 @@ pub struct DetectConfig {
     /// An open episode is reported again at most this often.
     pub update_s: u32,
     pub thresholds: firmware::detect::Thresholds,
-    /// Anomalies not to report: `[[detect.suppress]]` with any of host, net (CIDR), kind.
+    pub models: ModelsConfig,
+    /// Anomalies not to report: `[[detect.suppress]]` with any of host, net (CIDR), port, kind.
     pub suppress: Vec<SuppressRule>,
+}
+
+/// `[detect.models]`: the ONNX models (made by `models/train.py`) run on every finished flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The autoencoder's file (anomaly score); empty: none.
+    pub autoencoder: String,
+    /// The classifier's file (attack kind); empty: none.
+    pub classifier: String,
+    /// Flows run through the models together.
+    pub batch: u32,
+    /// Verdicts of one kind for one source, within the host window, before it is an anomaly.
+    pub min_flows: u32,
+    /// How often the files are checked for a change, seconds (a changed file is loaded again;
+    /// one that fails to load is refused and the model running keeps running).
+    pub reload_check_s: u32,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            autoencoder: String::new(),
+            classifier: String::new(),
+            batch: 64,
+            min_flows: 3,
+            reload_check_s: 2,
+        }
+    }
 }
 
 impl Default for DetectConfig {
@@ -55,10 +85,12 @@ impl Default for DetectConfig {
             quiet_s: 30,
             update_s: 10,
             thresholds: firmware::detect::Thresholds::default(),
+            models: ModelsConfig::default(),
             suppress: vec![SuppressRule {
                 name: "monitoring-scanner".into(),
                 host: None,
                 net: Some("192.0.2.0/28".into()),
+                port: None,
                 kind: Some(firmware::proto::AnomalyKind::PortScan),
             }],
         }
@@ -74,13 +106,22 @@ pub struct SuppressRule {
     pub host: Option<IpAddr>,
     /// The source network, CIDR.
     pub net: Option<String>,
+    /// The destination port (of the flows a model judged; window anomalies have none).
+    pub port: Option<u16>,
     pub kind: Option<firmware::proto::AnomalyKind>,
 }
 
 impl SuppressRule {
-    /// Whether the rule covers an anomaly of `kind` from `src` (net must have been checked).
-    pub fn covers(&self, src: IpAddr, kind: firmware::proto::AnomalyKind) -> bool {
+    /// Whether the rule covers an anomaly of `kind` from `src` to `port` (net must have been
+    /// checked).
+    pub fn covers(
+        &self,
+        src: IpAddr,
+        kind: firmware::proto::AnomalyKind,
+        port: Option<u16>,
+    ) -> bool {
         self.host.is_none_or(|h| h == src)
+            && self.port.is_none_or(|p| Some(p) == port)
             && self.kind.is_none_or(|k| k == kind)
             && self
                 .net
@@ -546,9 +587,19 @@ impl Config {
                     p.push(format!("{at}.net {n:?}: not a network in CIDR form (10.0.0.0/8)"));
                 }
             }
-            if r.host.is_none() && r.net.is_none() && r.kind.is_none() {
-                p.push(format!("{at}: give at least one of host, net, kind"));
+            if r.host.is_none() && r.net.is_none() && r.port.is_none() && r.kind.is_none() {
+                p.push(format!("{at}: give at least one of host, net, port, kind"));
             }
+        }
+        let m = &d.models;
+        if !(1..=4096).contains(&m.batch) {
+            p.push(format!("detect.models.batch {}: must be 1 to 4096", m.batch));
+        }
+        if m.min_flows == 0 {
+            p.push("detect.models.min_flows: must be at least 1".into());
+        }
+        if m.reload_check_s == 0 {
+            p.push("detect.models.reload_check_s: must be at least 1".into());
         }
         if y.metrics_interval_s == 0 {
             p.push("sync.metrics_interval_s: must be at least 1".into());

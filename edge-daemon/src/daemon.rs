@@ -156,6 +156,35 @@ pub fn run(path: PathBuf) -> Result<(), String> {
 
     let queued: Vec<Arc<crate::capture::InterfaceCounters>> =
         captures.iter().map(|c| c.counters.clone()).collect();
+    // The models: each named file is loaded now; one that does not load is an error in the log
+    // and a missing tapwatch_model_info series, not a daemon that will not capture. A watcher
+    // loads changed files and hands them to the pipeline.
+    let models = &config.detect.models;
+    let mut stage = crate::inference::ModelStage::new(
+        None,
+        None,
+        models.batch as usize,
+        models.min_flows,
+        i64::from(config.flows.host_window_s) * 1_000_000,
+    );
+    for (slot, loaded) in crate::inference::load_models(models) {
+        match loaded {
+            Ok(m) => {
+                tracing::info!(slot = slot.as_str(), model = %m.name, version = %m.version, "model loaded");
+                stage.replace(m);
+            }
+            Err(e) => tracing::error!(error = %e, "model not loaded"),
+        }
+    }
+    let (reload_tx, reload_rx) = crossbeam_channel::bounded(4);
+    let (watch_stop, watch_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let watcher = {
+        let (cfg, counters) = (models.clone(), shared.model_reloads.clone());
+        std::thread::Builder::new()
+            .name("models".into())
+            .spawn(move || crate::inference::watch(cfg, reload_tx, watch_stop_rx, counters))
+            .map_err(|e| format!("cannot start the model watcher: {e}"))?
+    };
     let pipe_shared = shared.clone();
     let pipe_config = config.clone();
     let store_tx = writer.tx.clone();
@@ -163,7 +192,9 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .name("pipeline".into())
         .stack_size(crate::PIPELINE_STACK)
         .spawn(move || {
-            let mut p = Pipeline::new(&pipe_config, names, Some((store_tx, store_counters)));
+            let mut p = Pipeline::new(&pipe_config, names, Some((store_tx, store_counters)))
+                .with_models(stage)
+                .with_reloads(reload_rx);
             let mut last_report = Instant::now();
             let mut nothing = |_: &firmware::engine::FinishedFlow| {};
             loop {
@@ -213,6 +244,8 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         let _ = c.handle.join();
     }
     let _ = pipeline.join();
+    drop(watch_stop);
+    let _ = watcher.join();
     drop(writer.tx);
     let _ = writer.handle.join();
     // Last: the link, after the writer queued its last messages (what is unsent stays in the

@@ -33,6 +33,9 @@ pub struct PipelineSnapshot {
     pub hosts_active: u64,
     /// Parse errors per interface, by kind (order of `DissectError::ALL`).
     pub iface_errors: Vec<[u64; DissectError::ALL.len()]>,
+    /// The model stage: its counters, and the models in their slots (slot, name, version).
+    pub inference: crate::inference::InferenceCounters,
+    pub models: Vec<(&'static str, String, String)>,
     pub updated: Option<Instant>,
 }
 
@@ -63,6 +66,8 @@ pub struct Shared {
     pub reloads_failed: AtomicU64,
     /// The link to the hub.
     pub sync: Arc<SyncCounters>,
+    /// Model files loaded again, and refused.
+    pub model_reloads: Arc<crate::inference::ReloadCounters>,
 }
 
 impl Shared {
@@ -77,6 +82,7 @@ impl Shared {
             host: Mutex::new(HostSnapshot::default()),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            model_reloads: Arc::default(),
         }
     }
 
@@ -393,6 +399,55 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_anomalies_suppressed",
             "Anomaly episodes a [[detect.suppress]] rule kept from being reported",
             &one(p.pipeline.anomalies_suppressed),
+        )?;
+        let inf = &p.inference;
+        counter(enc, "tapwatch_model_rows", "Flows run through the models", &one(inf.rows))?;
+        counter(
+            enc,
+            "tapwatch_model_batches",
+            "Batches run through the models",
+            &one(inf.batches),
+        )?;
+        counter(
+            enc,
+            "tapwatch_model_flagged",
+            "Flows the models gave a verdict other than benign",
+            &one(inf.flagged),
+        )?;
+        counter(
+            enc,
+            "tapwatch_model_errors",
+            "Batches a model failed on (their flows got no verdict from it)",
+            &one(inf.errors),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_model_seconds",
+            "Seconds spent in the models",
+            &one(inf.nanos as f64 / 1e9),
+        )?;
+        let info: Vec<(Labels<'_>, f64)> = p
+            .models
+            .iter()
+            .map(|(slot, name, version)| {
+                (
+                    vec![("slot", *slot), ("model", name.as_str()), ("version", version.as_str())],
+                    1.0,
+                )
+            })
+            .collect();
+        gauge(enc, "tapwatch_model_info", "The models running, by slot", &info)?;
+        counter(
+            enc,
+            "tapwatch_model_reloads",
+            "Model files loaded again after they changed",
+            &one(load(&s.model_reloads.loaded)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_model_reloads_refused",
+            "Changed model files refused (did not load or did not match); the old model kept running",
+            &one(load(&s.model_reloads.refused)),
         )?;
         counter(
             enc,

@@ -192,10 +192,15 @@ pub struct AnomalyRecordOut<'a> {
     pub threshold: f32,
     pub detector: &'a str,
     pub src_ip: std::net::IpAddr,
+    /// The flow a model judged (window anomalies have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_ip: Option<std::net::IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
     pub protocol: Option<u8>,
     pub first_seen_us: i64,
     pub last_seen_us: i64,
-    /// Seconds the detector tripped in.
+    /// Seconds the window detector tripped in, or flows the models judged so.
     pub count: u64,
     pub reasons: &'a [firmware::proto::Reason],
 }
@@ -213,6 +218,8 @@ impl<'a> AnomalyRecordOut<'a> {
             threshold: a.threshold,
             detector: a.detector.as_str(),
             src_ip: a.src_ip,
+            dst_ip: a.dst_ip,
+            dst_port: a.dst_port,
             protocol: a.protocol,
             first_seen_us: a.first_seen,
             last_seen_us: a.last_seen,

@@ -4,11 +4,13 @@
 //! the capture threads; `analyze` runs it directly.
 
 use crate::config::Config;
+use crate::inference::{Detail, ModelStage};
+use crate::model::Model;
 use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
 use crate::EdgeEngine;
 use firmware::detect::{Episode, EpisodeEvent};
 use firmware::engine::FinishedFlow;
-use firmware::proto::{AnomalyMsg, HostCount, PortCount, StatsMsg};
+use firmware::proto::{AnomalyKind, AnomalyMsg, HostCount, PortCount, StatsMsg};
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
 use rustc_hash::FxHashMap as HashMap;
@@ -74,6 +76,25 @@ pub struct PipelineCounters {
 type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 
 /// Hand a row to the store: wait for room (offline) or drop and count when the queue is full.
+/// A finished flow: its row to the store and its features to the models, computed once.
+fn sink_flow(
+    store: &StoreLink,
+    blocking: bool,
+    models: &mut Option<Box<ModelStage>>,
+    f: &FinishedFlow,
+) -> bool {
+    let to_models = models.as_ref().is_some_and(|m| m.active());
+    if store.is_none() && !to_models {
+        return false;
+    }
+    let row = FlowRow::from(f);
+    let full = models.as_mut().is_some_and(|m| m.push(f, &row.features));
+    if store.is_some() {
+        send_row(store, blocking, Row::Flow(Box::new(row)));
+    }
+    full
+}
+
 fn send_row(store: &StoreLink, blocking: bool, row: Row) {
     if let Some((tx, c)) = store {
         let sent = if blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
@@ -123,6 +144,11 @@ pub struct Pipeline {
     suppress: Vec<crate::config::SuppressRule>,
     /// Anomalies kept for the caller (`analyze --emit anomalies`): each episode once, as it ends.
     collect: Option<Vec<AnomalyMsg>>,
+    /// The models (None when there are none), models loaded again to put in their slots, and
+    /// what drove each open episode the models opened.
+    models: Option<Box<ModelStage>>,
+    reloads: Option<crossbeam_channel::Receiver<Model>>,
+    model_detail: HashMap<(IpAddr, AnomalyKind), Detail>,
 }
 
 /// Anomaly episodes open at once.
@@ -179,6 +205,24 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
     }
 }
 
+/// What a model saw, on the anomaly of an episode it opened: its confidence, the flow's
+/// destination, and the features that drove it.
+fn apply_detail(msg: &mut AnomalyMsg, d: &Detail) {
+    msg.confidence = d.confidence.clamp(0.0, 1.0);
+    msg.detector = d.detector.try_into().unwrap_or_default();
+    msg.dst_ip = Some(d.dst);
+    msg.dst_port = (d.dst_port != 0).then_some(d.dst_port);
+    msg.protocol = Some(d.protocol);
+    msg.reasons.clear();
+    for (feature, value, contribution) in &d.reasons {
+        let _ = msg.reasons.push(firmware::proto::Reason {
+            feature: (*feature).try_into().unwrap_or_default(),
+            value: *value,
+            contribution: *contribution,
+        });
+    }
+}
+
 impl Pipeline {
     pub fn new(
         config: &Config,
@@ -212,6 +256,62 @@ impl Pipeline {
             window_us: i64::from(config.flows.host_window_s) * 1_000_000,
             suppress: config.detect.suppress.clone(),
             collect: None,
+            models: None,
+            reloads: None,
+            model_detail: HashMap::default(),
+        }
+    }
+
+    /// Run these models on every finished flow (with the window detectors: `detect.enabled`).
+    pub fn with_models(mut self, stage: ModelStage) -> Self {
+        // Kept even when empty: a model file that appears later is loaded into it.
+        if self.detector.is_some() {
+            self.models = Some(Box::new(stage));
+        }
+        self
+    }
+
+    /// Models loaded again arrive here; each replaces the one in its slot.
+    pub fn with_reloads(mut self, rx: crossbeam_channel::Receiver<Model>) -> Self {
+        self.reloads = Some(rx);
+        self
+    }
+
+    /// The model stage's counters and the models in it (name, version).
+    pub fn models(&self) -> Option<&ModelStage> {
+        self.models.as_deref()
+    }
+
+    /// Run the flows waiting for the models; the sources they name go to the episodes.
+    fn flush_models(&mut self) {
+        let Some(m) = self.models.as_mut() else { return };
+        let mut trips = Vec::new();
+        m.flush(&mut |src, t, now_us, d| trips.push((src, t, now_us, d)));
+        for (src, t, now_us, d) in trips {
+            let key = (src, t.kind);
+            match self.model_detail.get(&key) {
+                Some(old) if old.score >= d.score => {}
+                _ => {
+                    self.model_detail.insert(key, d);
+                }
+            }
+            let Some(det) = self.detector.as_mut() else { return };
+            let mut events = Vec::new();
+            det.observe(src, t, Instant::from_micros(now_us), &mut |e, ev| events.push((*e, ev)));
+            for (e, ev) in events {
+                self.report(&e, ev);
+            }
+        }
+    }
+
+    /// Put models loaded again in their slots.
+    fn take_reloads(&mut self) {
+        let (Some(rx), Some(stage)) = (self.reloads.as_ref(), self.models.as_mut()) else {
+            return;
+        };
+        while let Ok(m) = rx.try_recv() {
+            tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded again");
+            stage.replace(m);
         }
     }
 
@@ -232,6 +332,8 @@ impl Pipeline {
             return;
         }
         self.next_eval_us = now_us + 1_000_000;
+        self.take_reloads();
+        self.flush_models();
         let Some(d) = self.detector.as_mut() else { return };
         let mut events = Vec::new();
         d.evaluate(self.engine.hosts(), Instant::from_micros(now_us), &mut |e, ev| {
@@ -243,7 +345,16 @@ impl Pipeline {
     }
 
     fn report(&mut self, e: &Episode, ev: EpisodeEvent) {
-        if self.suppress.iter().any(|r| r.covers(e.src, e.kind)) {
+        let key = (e.src, e.kind);
+        let detail = self
+            .model_detail
+            .get(&key)
+            .filter(|_| e.counter == "classifier" || e.counter == "autoencoder");
+        let port = detail.map(|d| d.dst_port);
+        if self.suppress.iter().any(|r| r.covers(e.src, e.kind, port)) {
+            if ev == EpisodeEvent::Closed {
+                self.model_detail.remove(&key);
+            }
             if ev == EpisodeEvent::Opened {
                 self.counters.anomalies_suppressed += 1;
             }
@@ -253,8 +364,12 @@ impl Pipeline {
             self.counters.anomalies += 1;
             tracing::info!(kind = ?e.kind, src = %e.src, counter = e.counter, value = e.peak, "anomaly");
         }
-        let msg = anomaly_message(e);
+        let mut msg = anomaly_message(e);
+        if let Some(d) = detail {
+            apply_detail(&mut msg, d);
+        }
         if ev == EpisodeEvent::Closed {
+            self.model_detail.remove(&key);
             if let Some(c) = self.collect.as_mut() {
                 c.push(msg.clone());
             }
@@ -312,6 +427,8 @@ impl Pipeline {
             flows_active: self.engine.flows().len() as u64,
             hosts_active: self.engine.hosts().len() as u64,
             iface_errors: self.iface_errors.clone(),
+            inference: self.models.as_ref().map(|m| *m.counters()).unwrap_or_default(),
+            models: self.models.as_ref().map(|m| m.loaded()).unwrap_or_default(),
             updated: Some(std::time::Instant::now()),
         }
     }
@@ -340,17 +457,19 @@ impl Pipeline {
         self.roll_interval(p.ts_us);
         let ts = Instant::from_micros(p.ts_us);
         let mut ended = 0u64;
-        let (store, blocking) = (&self.store, self.blocking);
+        let mut full = false;
+        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
         let mut sink = |f: &FinishedFlow| {
             ended += 1;
-            if store.is_some() {
-                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
-            }
+            full |= sink_flow(store, blocking, models, f);
             out(f)
         };
         let started_before = self.engine.flow_counters().created;
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
+        if full {
+            self.flush_models();
+        }
         self.detect(p.ts_us, false);
         if let Err(e) = &result {
             if let Some(row) = self.iface_errors.get_mut(p.iface) {
@@ -492,6 +611,11 @@ impl Pipeline {
             top_talkers,
         };
         self.send(Row::Stats(Box::new(row)));
+        if let Some(m) = self.models.as_mut() {
+            for a in m.take_analyses(iv.start_us + self.interval_us) {
+                self.send(Row::Analysis(Box::new(a)));
+            }
+        }
     }
 
     fn write_rings(&mut self) {
@@ -505,13 +629,11 @@ impl Pipeline {
     /// Advance time with no packet (live capture on a quiet link): flows time out and the
     /// interval rolls.
     pub fn tick(&mut self, now_us: i64, out: &mut impl FnMut(&FinishedFlow)) {
-        let (store, blocking) = (&self.store, self.blocking);
+        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
         let mut ended = 0;
         self.engine.tick(Instant::from_micros(now_us), &mut |f| {
             ended += 1;
-            if store.is_some() {
-                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
-            }
+            sink_flow(store, blocking, models, f);
             out(f)
         });
         if let Some(iv) = self.stats.as_mut() {
@@ -534,16 +656,16 @@ impl Pipeline {
         {
             self.detect(last, true);
         }
-        self.close_episodes();
-        let (store, blocking) = (&self.store, self.blocking);
+        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
         let mut ended = 0;
         self.engine.reset(&mut |f| {
             ended += 1;
-            if store.is_some() {
-                send_row(store, blocking, Row::Flow(Box::new(FlowRow::from(f))));
-            }
+            sink_flow(store, blocking, models, f);
             out(f)
         });
+        // The flows that just ended are judged, then every episode ends.
+        self.flush_models();
+        self.close_episodes();
         if let Some(mut iv) = self.stats.take() {
             iv.flows_ended += ended;
             self.store_interval(iv);

@@ -192,6 +192,8 @@ pub enum Row {
     /// Host and pipeline metrics for the hub (outbox only; `device` and `seq` are set when it
     /// is queued).
     Metrics(Box<MetricsMsg>),
+    /// One model's detection runs over a statistics interval (`ts` is the interval's end).
+    Analysis(Box<firmware::proto::AnalysisMsg>),
 }
 
 /// Queueing for the hub: which device the messages name, and the next seq of each stream.
@@ -381,6 +383,11 @@ impl Store {
                    severity = excluded.severity, confidence = excluded.confidence,
                    score = excluded.score, count = excluded.count, reasons = excluded.reasons",
             )?;
+            let mut analysis = tx.prepare_cached(
+                "INSERT INTO analyses (ts_us, model, model_version, rows, score_min, score_mean,
+                 score_max, threshold, flagged, latency_us)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
             let mut evidence = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1
                  WHERE anomaly_id IS NULL AND ts_us >= ?2 AND (src = ?3 OR dst = ?3)",
@@ -488,6 +495,22 @@ impl Store {
                     }
                     Row::Metrics(m) => {
                         queue(Stream::Metrics, &|d, seq| stamped(&**m, d, seq, created), None)?;
+                    }
+                    Row::Analysis(a) => {
+                        analysis.execute(params![
+                            a.ts,
+                            a.model.as_str(),
+                            a.model_version.as_str(),
+                            a.rows,
+                            a.score_min,
+                            a.score_mean,
+                            a.score_max,
+                            a.threshold,
+                            a.flagged,
+                            a.latency_us as i64,
+                        ])?;
+                        n[Table::Analyses as usize] += 1;
+                        queue(Stream::Analyses, &|d, seq| stamped(&**a, d, seq, created), None)?;
                     }
                 }
             }

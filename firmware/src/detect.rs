@@ -88,8 +88,8 @@ impl Thresholds {
 /// One anomaly episode: a source and a kind, while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Episode {
-    /// Unique per episode: the millisecond it opened (packet time) times 1024, plus its place
-    /// among the episodes opened in that evaluation. Stable when a capture is analysed again.
+    /// Unique per episode: the millisecond it opened (packet time) times 1024, or one more than
+    /// the last id when that is not more. Stable when a capture is analysed again.
     pub id: u64,
     pub src: IpAddr,
     pub kind: AnomalyKind,
@@ -133,6 +133,7 @@ pub struct WindowDetector<const E: usize> {
     pub update_every: Duration,
     episodes: heapless::Vec<Episode, E>,
     counters: DetectCounters,
+    last_id: u64,
 }
 
 impl<const E: usize> WindowDetector<E> {
@@ -143,6 +144,7 @@ impl<const E: usize> WindowDetector<E> {
             update_every: Duration::from_secs(10),
             episodes: heapless::Vec::new(),
             counters: DetectCounters::default(),
+            last_id: 0,
         }
     }
 
@@ -164,7 +166,6 @@ impl<const E: usize> WindowDetector<E> {
     ) {
         self.counters.evaluations += 1;
         let window = hosts.config().window;
-        let mut opened_now = 0u64;
         for (ip, h) in hosts.iter() {
             // Only hosts seen within the window can trip.
             if h.last.is_none_or(|l| now - l > window) {
@@ -176,43 +177,70 @@ impl<const E: usize> WindowDetector<E> {
                 let _ = trips.push(t);
             });
             for t in trips {
-                match self.episodes.iter_mut().find(|e| e.src == *ip && e.kind == t.kind) {
-                    Some(e) => {
-                        e.last_seen = now;
-                        e.count += 1;
-                        if t.value > e.peak {
-                            e.peak = t.value;
-                        }
-                        if now - e.reported >= self.update_every {
-                            e.reported = now;
-                            out(e, EpisodeEvent::Updated);
-                        }
-                    }
-                    None => {
-                        let e = Episode {
-                            id: (now.total_millis().max(0) as u64) * 1024 + (opened_now % 1024),
-                            src: *ip,
-                            kind: t.kind,
-                            first_seen: now,
-                            last_seen: now,
-                            count: 1,
-                            counter: t.counter,
-                            peak: t.value,
-                            threshold: t.threshold,
-                            reported: now,
-                        };
-                        opened_now += 1;
-                        if self.episodes.push(e).is_ok() {
-                            self.counters.opened += 1;
-                            out(&e, EpisodeEvent::Opened);
-                        } else {
-                            self.counters.dropped += 1;
-                        }
-                    }
-                }
+                self.trip(*ip, t, now, out);
             }
         }
         self.close_quiet(now, out);
+    }
+
+    /// A trip found outside the windows (a model's verdict on a source's flows): it opens or
+    /// updates that source's episode of its kind like a window trip does. Quiet episodes close
+    /// at the next [`evaluate`](Self::evaluate).
+    pub fn observe(
+        &mut self,
+        src: IpAddr,
+        t: Trip,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        self.trip(src, t, now, out);
+    }
+
+    fn trip(
+        &mut self,
+        src: IpAddr,
+        t: Trip,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        match self.episodes.iter_mut().find(|e| e.src == src && e.kind == t.kind) {
+            Some(e) => {
+                if now > e.last_seen {
+                    e.last_seen = now;
+                }
+                e.count += 1;
+                if t.value > e.peak {
+                    e.peak = t.value;
+                }
+                if now - e.reported >= self.update_every {
+                    e.reported = now;
+                    out(e, EpisodeEvent::Updated);
+                }
+            }
+            None => {
+                // Ids count up from the millisecond of packet time it opened, times 1024.
+                let id = ((now.total_millis().max(0) as u64) * 1024).max(self.last_id + 1);
+                self.last_id = id;
+                let e = Episode {
+                    id,
+                    src,
+                    kind: t.kind,
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                    counter: t.counter,
+                    peak: t.value,
+                    threshold: t.threshold,
+                    reported: now,
+                };
+                if self.episodes.push(e).is_ok() {
+                    self.counters.opened += 1;
+                    out(&e, EpisodeEvent::Opened);
+                } else {
+                    self.counters.dropped += 1;
+                }
+            }
+        }
     }
 
     /// Close episodes with no trip for `quiet` (all of them with `None`: end of input).

@@ -1,0 +1,474 @@
+//! The models in the pipeline: finished flows wait in a batch, the batch runs through the
+//! autoencoder and the classifier together, and each flow gets a verdict.
+//!
+//! A verdict names a kind when the classifier gives an attack class at least its
+//! `min_confidence`; otherwise the flow is `anomalous_flow` when its reconstruction error is over
+//! the autoencoder's threshold; otherwise it is benign. Verdicts are not alerts: a source becomes
+//! a model trip (and so an episode, through [`firmware::detect::WindowDetector::observe`]) once
+//! `min_flows` of its flows got the same kind within the host window. The source is the flow's
+//! initiator, except for reflection: there it is the victim, the end that receives the larger
+//! answers, so that many reflectors make one episode. Every verdict carries the features that
+//! drove it: the three with the largest share of the autoencoder's error.
+
+use crate::model::{Model, ModelError, ModelKind};
+use firmware::detect::Trip;
+use firmware::engine::FinishedFlow;
+use firmware::features::FeatureVector;
+use firmware::proto::{AnalysisMsg, AnomalyKind};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// What drove one model verdict (the detail of an episode the models opened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detail {
+    pub detector: &'static str,
+    pub confidence: f32,
+    pub score: f32,
+    pub threshold: f32,
+    /// Feature, its raw value, its share of the reconstruction error (or |z| without an
+    /// autoencoder).
+    pub reasons: Vec<(&'static str, f32, f32)>,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    pub protocol: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    v: FeatureVector,
+    src: IpAddr,
+    dst: IpAddr,
+    dst_port: u16,
+    protocol: u8,
+    /// The responder sent more than the initiator (which end a reflection's victim is).
+    responder_heavier: bool,
+    end_us: i64,
+}
+
+#[derive(Debug)]
+struct Hits {
+    flows: u32,
+    first_us: i64,
+}
+
+/// Score statistics of one model over a statistics interval.
+#[derive(Debug, Default, Clone)]
+struct Acc {
+    rows: u32,
+    min: f32,
+    sum: f64,
+    max: f32,
+    flagged: u32,
+    latency_us: u64,
+}
+
+impl Acc {
+    fn add(&mut self, score: f32, flagged: bool) {
+        if self.rows == 0 || score < self.min {
+            self.min = score;
+        }
+        if self.rows == 0 || score > self.max {
+            self.max = score;
+        }
+        self.rows += 1;
+        self.sum += f64::from(score);
+        self.flagged += u32::from(flagged);
+    }
+}
+
+/// Counters of the model stage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InferenceCounters {
+    pub rows: u64,
+    pub batches: u64,
+    /// Flows with a verdict other than benign.
+    pub flagged: u64,
+    /// Batches a model failed on (their flows got no verdict from it).
+    pub errors: u64,
+    /// Nanoseconds spent in the models.
+    pub nanos: u64,
+}
+
+/// The two model slots, a batch of flows waiting, and what the verdicts add up to.
+#[derive(Debug)]
+pub struct ModelStage {
+    pub autoencoder: Option<Model>,
+    pub classifier: Option<Model>,
+    batch: usize,
+    min_flows: u32,
+    window_us: i64,
+    pending: Vec<Pending>,
+    hits: HashMap<(IpAddr, AnomalyKind), Hits>,
+    acc: [Acc; 2],
+    counters: InferenceCounters,
+    /// Reused buffers.
+    input: Vec<f32>,
+    rows: Vec<FeatureVector>,
+}
+
+impl ModelStage {
+    pub fn new(
+        autoencoder: Option<Model>,
+        classifier: Option<Model>,
+        batch: usize,
+        min_flows: u32,
+        window_us: i64,
+    ) -> ModelStage {
+        ModelStage {
+            autoencoder,
+            classifier,
+            batch: batch.max(1),
+            min_flows: min_flows.max(1),
+            window_us,
+            pending: Vec::with_capacity(batch),
+            hits: HashMap::new(),
+            acc: Default::default(),
+            counters: InferenceCounters::default(),
+            input: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// The models in the slots: (slot, name, version).
+    pub fn loaded(&self) -> Vec<(&'static str, String, String)> {
+        [self.autoencoder.as_ref(), self.classifier.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|m| (m.kind.as_str(), m.name.clone(), m.version.clone()))
+            .collect()
+    }
+
+    pub fn active(&self) -> bool {
+        self.autoencoder.is_some() || self.classifier.is_some()
+    }
+
+    pub fn counters(&self) -> &InferenceCounters {
+        &self.counters
+    }
+
+    /// Put a model in its slot (a reload): the batch waiting runs on the new one.
+    pub fn replace(&mut self, m: Model) {
+        match m.kind {
+            ModelKind::Autoencoder => self.autoencoder = Some(m),
+            ModelKind::Classifier => self.classifier = Some(m),
+        }
+    }
+
+    /// Queue a finished flow; true when the batch is full (call [`flush`](Self::flush)).
+    pub fn push(&mut self, f: &FinishedFlow, v: &FeatureVector) -> bool {
+        if !self.active() {
+            return false;
+        }
+        let r = &f.record;
+        let (src, _) = r.key.src(r.flow.lo_is_src);
+        let (dst, dst_port) = r.key.dst(r.flow.lo_is_src);
+        self.pending.push(Pending {
+            v: *v,
+            src,
+            dst,
+            dst_port,
+            protocol: r.key.protocol,
+            responder_heavier: r.flow.bwd.wire_bytes > r.flow.fwd.wire_bytes,
+            end_us: r.flow.last.total_micros(),
+        });
+        self.pending.len() >= self.batch
+    }
+
+    /// Run the waiting flows through the models. A source that reaches `min_flows` verdicts of
+    /// one kind goes to `trip` (source, trip, packet time, detail), once per such flow.
+    pub fn flush(&mut self, trip: &mut impl FnMut(IpAddr, Trip, i64, Detail)) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let n = pending.len();
+        self.rows.clear();
+        self.rows.extend(pending.iter().map(|p| crate::model::transform(&p.v)));
+        self.counters.batches += 1;
+        self.counters.rows += n as u64;
+        // The autoencoder's input is kept: the per-feature errors are measured against it.
+        let mut ae_in = Vec::new();
+        let ae = self.autoencoder.as_ref().and_then(|m| {
+            for t in &self.rows {
+                m.normalise_transformed(t, &mut ae_in);
+            }
+            run(m, ae_in.clone(), n, &mut self.acc[0], &mut self.counters)
+        });
+        let clf = self.classifier.as_ref().and_then(|m| {
+            self.input.clear();
+            for t in &self.rows {
+                m.normalise_transformed(t, &mut self.input);
+            }
+            run(m, std::mem::take(&mut self.input), n, &mut self.acc[1], &mut self.counters)
+        });
+        for (i, p) in pending.iter().enumerate() {
+            // The autoencoder's per-feature errors, score and reasons.
+            // The three features with the largest error, and the total (reasons are made only
+            // for a flow that gets a verdict).
+            let mut ae_top: Option<([(usize, f32); 3], f32)> = None;
+            let mut ae_verdict = None;
+            if let (Some(m), Some(out)) = (self.autoencoder.as_ref(), ae.as_ref()) {
+                let k = m.outputs;
+                let (x, recon) = (&ae_in[i * k..(i + 1) * k], &out[i * k..(i + 1) * k]);
+                let mut total = 0.0;
+                let mut top = [(0usize, -1.0f32); 3];
+                for (j, (a, b)) in x.iter().zip(recon).enumerate() {
+                    let e = (a - b) * (a - b);
+                    total += e;
+                    if e > top[2].1 {
+                        top[2] = (j, e);
+                        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    }
+                }
+                let score = total / k as f32;
+                let flagged = score > m.threshold;
+                self.acc[0].add(score, flagged);
+                if flagged {
+                    ae_verdict = Some((score, m.threshold));
+                }
+                ae_top = Some((top, total));
+            }
+            let reasons = || -> Vec<(&'static str, f32, f32)> {
+                match (self.autoencoder.as_ref(), ae_top) {
+                    (Some(m), Some((top, total))) => top
+                        .iter()
+                        .map(|&(j, e)| {
+                            let share = if total > 0.0 { e / total } else { 0.0 };
+                            (m.features[j], p.v[m.feature_index(j)], share)
+                        })
+                        .collect(),
+                    _ => self.classifier.as_ref().map(|m| top_z(m, &p.v)).unwrap_or_default(),
+                }
+            };
+            // (kind, detector, confidence, score, threshold)
+            let mut verdict: Option<(AnomalyKind, &'static str, f32, f32, f32)> = None;
+            if let (Some(m), Some(out)) = (self.classifier.as_ref(), clf.as_ref()) {
+                let probs = &out[i * m.outputs..(i + 1) * m.outputs];
+                let (best, p_best) = probs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or((0, 0.0), |(j, v)| (j, *v));
+                let benign_p =
+                    m.class_kinds.iter().position(Option::is_none).map_or(0.0, |j| probs[j]);
+                let named = m.class_kinds[best].filter(|_| p_best >= m.min_confidence);
+                self.acc[1].add(1.0 - benign_p, named.is_some());
+                if let Some(kind) = named {
+                    verdict = Some((kind, "classifier", p_best, p_best, m.min_confidence));
+                }
+            }
+            if verdict.is_none() {
+                if let Some((score, threshold)) = ae_verdict {
+                    let confidence = (0.5 + 0.5 * (score / threshold - 1.0)).clamp(0.5, 0.99);
+                    verdict = Some((
+                        AnomalyKind::AnomalousFlow,
+                        "autoencoder",
+                        confidence,
+                        score,
+                        threshold,
+                    ));
+                }
+            }
+            let Some((kind, detector, confidence, score, threshold)) = verdict else { continue };
+            self.counters.flagged += 1;
+            // Who to name: the initiator; for reflection, the victim, the end that receives the
+            // larger answers (the reflectors are many; the flow's other end names one).
+            let source = match kind {
+                AnomalyKind::Reflection if !p.responder_heavier => p.dst,
+                _ => p.src,
+            };
+            let h =
+                self.hits.entry((source, kind)).or_insert(Hits { flows: 0, first_us: p.end_us });
+            if p.end_us - h.first_us > self.window_us {
+                *h = Hits { flows: 0, first_us: p.end_us };
+            }
+            h.flows += 1;
+            if h.flows >= self.min_flows {
+                let t = Trip { kind, counter: detector, value: score, threshold };
+                let detail = Detail {
+                    detector,
+                    confidence,
+                    score,
+                    threshold,
+                    reasons: reasons(),
+                    dst: p.dst,
+                    dst_port: p.dst_port,
+                    protocol: p.protocol,
+                };
+                trip(source, t, p.end_us, detail);
+            }
+        }
+        // Forget sources whose window has passed.
+        if self.hits.len() > 4096 {
+            let newest = pending.iter().map(|p| p.end_us).max().unwrap_or(0);
+            let w = self.window_us;
+            self.hits.retain(|_, h| newest - h.first_us <= w);
+        }
+    }
+
+    /// One analysis message per model that scored rows since the last call (its header is
+    /// stamped when queued; `ts` is `now_us`).
+    pub fn take_analyses(&mut self, now_us: i64) -> Vec<AnalysisMsg> {
+        let mut out = Vec::new();
+        for (slot, m) in
+            [self.autoencoder.as_ref(), self.classifier.as_ref()].into_iter().enumerate()
+        {
+            let acc = std::mem::take(&mut self.acc[slot]);
+            let Some(m) = m else { continue };
+            if acc.rows == 0 {
+                continue;
+            }
+            out.push(AnalysisMsg {
+                schema: firmware::proto::SCHEMA_VERSION,
+                device: heapless::String::new(),
+                seq: 0,
+                ts: now_us,
+                model: truncated(&m.name),
+                model_version: truncated(&m.version),
+                rows: acc.rows,
+                score_min: acc.min,
+                score_mean: (acc.sum / f64::from(acc.rows)) as f32,
+                score_max: acc.max,
+                threshold: if m.kind == ModelKind::Autoencoder {
+                    m.threshold
+                } else {
+                    m.min_confidence
+                },
+                flagged: acc.flagged,
+                latency_us: acc.latency_us,
+            });
+        }
+        out
+    }
+}
+
+fn truncated<const N: usize>(s: &str) -> heapless::String<N> {
+    let mut out = heapless::String::new();
+    for c in s.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
+}
+
+/// Without an autoencoder, the classifier's reasons: the three features furthest from the
+/// training mean, in standard deviations.
+fn top_z(m: &Model, v: &FeatureVector) -> Vec<(&'static str, f32, f32)> {
+    let mut z = Vec::with_capacity(m.features.len());
+    m.normalise(v, &mut z);
+    let mut order: Vec<usize> = (0..z.len()).collect();
+    order.sort_by(|a, b| z[*b].abs().total_cmp(&z[*a].abs()));
+    order.iter().take(3).map(|&j| (m.features[j], v[m.feature_index(j)], z[j].abs())).collect()
+}
+
+fn run(
+    m: &Model,
+    input: Vec<f32>,
+    rows: usize,
+    acc: &mut Acc,
+    c: &mut InferenceCounters,
+) -> Option<Vec<f32>> {
+    let t = std::time::Instant::now();
+    let result = m.run_normalised(input, rows);
+    let nanos = t.elapsed().as_nanos() as u64;
+    c.nanos += nanos;
+    acc.latency_us += nanos / 1000;
+    match result {
+        Ok(out) => Some(out),
+        Err(e) => {
+            c.errors += 1;
+            log_error(&e);
+            None
+        }
+    }
+}
+
+fn log_error(e: &ModelError) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // At most once a minute: a model that fails fails on every batch.
+    if now - LAST.swap(now, Ordering::Relaxed) >= 60 {
+        tracing::error!(error = %e, "model inference failed");
+    }
+}
+
+/// The model files a configuration names, loaded and checked: `(slot, result)` for each named.
+pub fn load_models(
+    cfg: &crate::config::ModelsConfig,
+) -> Vec<(ModelKind, Result<Model, ModelError>)> {
+    let mut out = Vec::new();
+    for (kind, path) in
+        [(ModelKind::Autoencoder, &cfg.autoencoder), (ModelKind::Classifier, &cfg.classifier)]
+    {
+        if !path.is_empty() {
+            out.push((kind, Model::load(std::path::Path::new(path), kind)));
+        }
+    }
+    out
+}
+
+/// Model reloads, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    pub loaded: std::sync::atomic::AtomicU64,
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// Watch the model files: a file whose size or modification time changed, and then stayed the
+/// same for one more check (a copy finished), is loaded; a model that loads goes to `tx`, one
+/// that does not is refused with an error in the log (and counted), and the running one stays.
+/// Returns when `stop` is dropped or sends.
+pub fn watch(
+    cfg: crate::config::ModelsConfig,
+    tx: crossbeam_channel::Sender<Model>,
+    stop: crossbeam_channel::Receiver<()>,
+    counters: std::sync::Arc<ReloadCounters>,
+) {
+    use std::sync::atomic::Ordering;
+    type Stamp = Option<(u64, std::time::SystemTime)>;
+    let stamp = |p: &str| -> Stamp {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    };
+    let slots: Vec<(ModelKind, String)> = [
+        (ModelKind::Autoencoder, cfg.autoencoder.clone()),
+        (ModelKind::Classifier, cfg.classifier),
+    ]
+    .into_iter()
+    .filter(|(_, p)| !p.is_empty())
+    .collect();
+    // (what is running, what the last check saw)
+    let mut seen: Vec<(Stamp, Stamp)> = slots.iter().map(|(_, p)| (stamp(p), stamp(p))).collect();
+    let every = std::time::Duration::from_secs(cfg.reload_check_s.max(1).into());
+    loop {
+        match stop.recv_timeout(every) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        for ((kind, path), (running, last)) in slots.iter().zip(seen.iter_mut()) {
+            let now = stamp(path);
+            let settled = now == *last;
+            *last = now;
+            if now.is_none() || now == *running || !settled {
+                continue;
+            }
+            *running = now;
+            match Model::load(std::path::Path::new(path), *kind) {
+                Ok(m) => {
+                    counters.loaded.fetch_add(1, Ordering::Relaxed);
+                    if tx.send(m).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "model refused; the one running keeps running");
+                }
+            }
+        }
+    }
+}
