@@ -7,7 +7,8 @@ apt_packages=(
   build-essential pkg-config libpcap-dev        # the pcap crate
   tshark tcpdump wireshark-common bc            # tests cross-check tshark; bench/offline.sh
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
-  iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3   # live-capture tests and benches
+  iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3 python3-venv   # live-capture tests and benches
+  hydra openssh-server vsftpd dnsmasq-base iodine bind9-dnsutils   # the lab (models/lab/lab.sh)
 )
 arm64_packages=(libpcap-dev:arm64)
 
@@ -31,8 +32,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   pkgs=()
   for p in "${missing[@]}"; do [ "$p" = __arm64 ] || pkgs+=("$p"); done
-  # tshark asks whether non-root users may capture; the default (no) is right for us.
-  [ ${#pkgs[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}"
+  # tshark asks whether non-root users may capture; the default (no) is right for us. The lab's
+  # servers (sshd, vsftpd) run only inside its namespaces with their own configuration: the
+  # packages must not start system services, so a policy-rc.d refuses that while they install.
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      policy=/usr/sbin/policy-rc.d
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" || { [ -z "$policy" ] || rm -f "$policy"; exit 1; }
+    [ -z "$policy" ] || rm -f "$policy"
+  fi
 fi
 
 if ! command -v cargo > /dev/null; then

@@ -23,5 +23,13 @@ step "tapwatch-edge for aarch64, and the firmware's tests under qemu-aarch64"
 cargo build --release -p tapwatch-edge --target aarch64-unknown-linux-gnu
 cargo test -p tapwatch-firmware --target aarch64-unknown-linux-gnu
 
+step "the shipped models' fixtures are onnxruntime's outputs (the Rust test checks tract against them)"
+ort_venv=${TAPWATCH_ORT_VENV:-/var/cache/tapwatch-ort-venv}
+if [ ! -x "$ort_venv/bin/python" ] || ! "$ort_venv/bin/python" -c "import onnxruntime" 2> /dev/null; then
+  python3 -m venv "$ort_venv"
+  "$ort_venv/bin/pip" install -q onnxruntime==1.32.0 numpy==2.4.6
+fi
+"$ort_venv/bin/python" models/parity.py
+
 step "workspace tests"
 cargo test --workspace --all-features
