@@ -173,3 +173,54 @@ fn a_changed_file_is_loaded_again_and_a_bad_one_refused() {
     drop(stop);
     watcher.join().unwrap();
 }
+
+/// `analyze --models --db`: the scan in tests/data is named with the model's reasons, and each
+/// model's analysis (rows scored, score statistics, latency) is stored for its interval.
+#[test]
+fn analyze_with_models_stores_analyses_and_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edge.db");
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/nmap_syn_scan.pcap");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tapwatch-edge"))
+        .args(["analyze", "--emit", "flows,anomalies", "--models"])
+        .arg(shipped())
+        .arg("--db")
+        .arg(&db)
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flows = records.iter().filter(|r| r["record"] == "flow").count() as i64;
+    let anomalies: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["record"] == "anomaly").collect();
+    assert!(anomalies.iter().any(|a| a["kind"] == "port_scan"), "the scan is named: {anomalies:?}");
+    for a in &anomalies {
+        assert!(!a["reasons"].as_array().unwrap().is_empty(), "every anomaly says why: {a}");
+    }
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT model, SUM(rows), MIN(score_min), MAX(score_max), MAX(threshold) FROM analyses GROUP BY model ORDER BY model")
+        .unwrap();
+    let rows: Vec<(String, i64, f64, f64, f64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0].0, "autoencoder");
+    assert_eq!(rows[1].0, "classifier");
+    for (model, scored, min, max, threshold) in &rows {
+        assert_eq!(*scored, flows, "{model} scored every flow");
+        assert!(min <= max && *threshold > 0.0, "{model}: {min} {max} {threshold}");
+    }
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM anomalies WHERE detector != 'window'", [], |r| r.get(0))
+        .unwrap();
+    let from_models = anomalies.iter().filter(|a| a["detector"] != "window").count() as i64;
+    assert_eq!(stored, from_models);
+}
