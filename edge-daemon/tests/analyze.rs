@@ -1,6 +1,8 @@
 //! `tapwatch-edge analyze` end to end on real captures (tests/data, see PROVENANCE.md): golden
 //! output, a cross-check against tshark's conversation table, and the errors a broken input gets.
 
+mod common;
+use common::records;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,13 +29,6 @@ fn analyze(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("tapwatch-edge runs")
-}
-
-fn records(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Every capture's flows and stats, compared with tests/data/golden (rewritten with

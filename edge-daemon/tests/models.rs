@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 use std::path::{Path, PathBuf};
 use tapwatch_edge::model::{Model, ModelError, ModelKind};
 
@@ -190,10 +191,7 @@ fn analyze_with_models_stores_analyses_and_reasons() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = common::records(&out);
     let flows = records.iter().filter(|r| r["record"] == "flow").count() as i64;
     let anomalies: Vec<&serde_json::Value> =
         records.iter().filter(|r| r["record"] == "anomaly").collect();

@@ -4,6 +4,7 @@
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 use rusqlite::Connection;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,10 +39,7 @@ fn database_matches_the_json_output() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = common::records(&out);
     let flows: Vec<&serde_json::Value> = records.iter().filter(|r| r["record"] == "flow").collect();
     let stats = records.iter().find(|r| r["record"] == "stats").unwrap();
 
