@@ -49,14 +49,14 @@ for _ in $(seq 100); do grep -q "mqtt: subscribed" "$out/hub.log" && break; slee
 
 echo "== edge: analysing tests/data into its store"
 "$edge" analyze --config "$out/edge.toml" --db "$out/edge.db" --emit flows,anomalies,stats \
-  tests/data/*.pcap tests/data/*.pcapng > "$out/records.jsonl"
+  --models models/shipped tests/data/*.pcap tests/data/*.pcapng > "$out/records.jsonl"
 grep '"record":"anomaly"' "$out/records.jsonl" | python3 -c '
 import json, sys
 for line in sys.stdin:
     a = json.loads(line)
-    reason = a["reasons"][0]["feature"]
-    print("  anomaly: %s from %s (%s = %.0f, threshold %.0f)"
-          % (a["kind"], a["src_ip"], reason, a["score"], a["threshold"]))
+    why = ", ".join("%s = %g" % (r["feature"], r["value"]) for r in a["reasons"])
+    print("  anomaly: %s from %s by the %s (score %.3g, threshold %.3g; %s)"
+          % (a["kind"], a["src_ip"], a["detector"], a["score"], a["threshold"], why))
 '
 echo "== edge: sending its outbox to the hub"
 "$edge" sync --config "$out/edge.toml"
