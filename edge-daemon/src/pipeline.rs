@@ -75,7 +75,6 @@ pub struct PipelineCounters {
 
 type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 
-/// Hand a row to the store: wait for room (offline) or drop and count when the queue is full.
 /// A finished flow: its row to the store and its features to the models, computed once.
 fn sink_flow(
     store: &StoreLink,
@@ -95,6 +94,7 @@ fn sink_flow(
     full
 }
 
+/// Hand a row to the store: wait for room (offline) or drop and count when the queue is full.
 fn send_row(store: &StoreLink, blocking: bool, row: Row) {
     if let Some((tx, c)) = store {
         let sent = if blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
@@ -300,6 +300,14 @@ impl Pipeline {
             det.observe(src, t, Instant::from_micros(now_us), &mut |e, ev| events.push((*e, ev)));
             for (e, ev) in events {
                 self.report(&e, ev);
+            }
+        }
+        // Details of trips that opened no episode (the episode table was full) are not kept.
+        if self.model_detail.len() > 2 * EPISODES_MAX {
+            if let Some(det) = self.detector.as_ref() {
+                let open: Vec<(IpAddr, AnomalyKind)> =
+                    det.open().map(|e| (e.src, e.kind)).collect();
+                self.model_detail.retain(|k, _| open.contains(k));
             }
         }
     }
