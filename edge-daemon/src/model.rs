@@ -117,13 +117,24 @@ fn meta_json<T: serde::de::DeserializeOwned>(
 impl Model {
     /// Load and check a model file; `expected` is the slot it is for.
     pub fn load(path: &Path, expected: ModelKind) -> Result<Model, ModelError> {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let bytes = std::fs::read(path)
+            .map_err(|e| ModelError::Load { path: path.into(), reason: e.to_string() })?;
+        let mut m = Model::from_bytes(&bytes, path, expected)?;
+        m.modified = modified;
+        Ok(m)
+    }
+
+    /// Load and check a model from the bytes of its file (`path` names it in errors).
+    pub fn from_bytes(bytes: &[u8], path: &Path, expected: ModelKind) -> Result<Model, ModelError> {
         let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
             path: path.into(),
             reason: e.to_string(),
         };
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let model =
-            tract_onnx::onnx().model_for_path(path).map_err(|e| load_err(&format!("{e:#}")))?;
+        let modified = None;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| load_err(&format!("{e:#}")))?;
         let kind = match meta(&model, path, "kind")?.as_str() {
             "autoencoder" => ModelKind::Autoencoder,
             "classifier" => ModelKind::Classifier,
