@@ -53,6 +53,33 @@ pub enum ModelError {
 
 type Plan = Arc<TypedRunnableModel>;
 
+/// What tract's translation takes for granted of a graph, checked first (a file that breaks it
+/// would make tract panic, found by the `model_load` fuzz target): a graph, every output named
+/// by a node, an input or an initializer, and a size a model of ours could have.
+fn check_graph(proto: &tract_onnx::pb::ModelProto) -> Result<(), String> {
+    let g = proto.graph.as_ref().ok_or("no graph")?;
+    if g.node.len() > 10_000 || g.initializer.len() > 10_000 {
+        return Err(format!(
+            "{} nodes and {} initializers: too many",
+            g.node.len(),
+            g.initializer.len()
+        ));
+    }
+    let mut known: std::collections::HashSet<&str> =
+        g.input.iter().map(|i| i.name.as_str()).collect();
+    known.extend(g.initializer.iter().map(|t| t.name.as_str()));
+    known.extend(g.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+    for o in &g.output {
+        if !known.contains(o.name.as_str()) {
+            return Err(format!("graph output `{}` is made by no node", o.name));
+        }
+    }
+    if g.output.is_empty() {
+        return Err("the graph has no output".into());
+    }
+    Ok(())
+}
+
 /// The transform every model's normalisation starts from: sign(x) * ln(1 + |x|).
 ///
 /// `ln(1 + |x|)` rather than `ln_1p`: three times faster, and the same to within 1e-7 (where
@@ -132,9 +159,12 @@ impl Model {
             reason: e.to_string(),
         };
         let modified = None;
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(bytes))
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(|e| load_err(&format!("{e:#}")))?;
+        check_graph(&proto).map_err(|e| load_err(&e))?;
+        let model = onnx.model_for_proto_model(&proto).map_err(|e| load_err(&format!("{e:#}")))?;
         let kind = match meta(&model, path, "kind")?.as_str() {
             "autoencoder" => ModelKind::Autoencoder,
             "classifier" => ModelKind::Classifier,

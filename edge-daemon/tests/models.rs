@@ -127,6 +127,17 @@ fn bad_model_files_are_refused_with_the_reason() {
     let p = altered(dir.path(), "classifier.onnx", "classes", Some(r#"["benign","teleport"]"#));
     let e = Model::load(&p, ModelKind::Classifier).unwrap_err();
     assert!(e.to_string().contains("`teleport` is not an anomaly kind"), "{e}");
+    // A graph output that no node makes (tract would panic on it; found by fuzzing).
+    {
+        use prost::Message;
+        use tract_onnx::prelude::Framework;
+        let mut proto = tract_onnx::onnx().proto_model_for_path(shipped().join(ae)).unwrap();
+        proto.graph.as_mut().unwrap().output[0].name = "nowhere".into();
+        let p = dir.path().join("dangling.onnx");
+        std::fs::write(&p, proto.encode_to_vec()).unwrap();
+        let e = Model::load(&p, ModelKind::Autoencoder).unwrap_err();
+        assert!(e.to_string().contains("graph output `nowhere` is made by no node"), "{e}");
+    }
     // Two classes for a seven-way output: the test row shows the shape is wrong.
     let p = altered(dir.path(), "classifier.onnx", "classes", Some(r#"["benign","port_scan"]"#));
     let e = Model::load(&p, ModelKind::Classifier).unwrap_err();
