@@ -240,21 +240,10 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         m.classifier = dir.join("classifier.onnx").display().to_string();
     }
     // Offline, a model that does not load is an error: it was asked for.
-    let mut stage = ModelStage::new(
-        None,
-        None,
-        config.detect.models.batch as usize,
-        config.detect.models.min_flows,
-        i64::from(config.flows.host_window_s) * 1_000_000,
-    );
-    for (_, loaded) in crate::inference::load_models(&config.detect.models) {
-        match loaded {
-            Ok(m) => stage.replace(m),
-            Err(e) => {
-                eprintln!("tapwatch-edge: {e}");
-                return ExitCode::from(78);
-            }
-        }
+    let (stage, refused) = ModelStage::from_config(&config);
+    if let Some(e) = refused.first() {
+        eprintln!("tapwatch-edge: {e}");
+        return ExitCode::from(78);
     }
     // Each file is an interface of its own for the evidence ring.
     let names: Vec<Arc<str>> =

@@ -160,21 +160,12 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     // and a missing tapwatch_model_info series, not a daemon that will not capture. A watcher
     // loads changed files and hands them to the pipeline.
     let models = &config.detect.models;
-    let mut stage = crate::inference::ModelStage::new(
-        None,
-        None,
-        models.batch as usize,
-        models.min_flows,
-        i64::from(config.flows.host_window_s) * 1_000_000,
-    );
-    for (slot, loaded) in crate::inference::load_models(models) {
-        match loaded {
-            Ok(m) => {
-                tracing::info!(slot = slot.as_str(), model = %m.name, version = %m.version, "model loaded");
-                stage.replace(m);
-            }
-            Err(e) => tracing::error!(error = %e, "model not loaded"),
-        }
+    let (stage, refused) = crate::inference::ModelStage::from_config(&config);
+    for e in refused {
+        tracing::error!(error = %e, "model not loaded");
+    }
+    for (slot, name, version) in stage.loaded() {
+        tracing::info!(slot, model = %name, version = %version, "model loaded");
     }
     let (reload_tx, reload_rx) = crossbeam_channel::bounded(4);
     let (watch_stop, watch_stop_rx) = crossbeam_channel::bounded::<()>(1);

@@ -304,6 +304,10 @@ impl ModelStage {
             let w = self.window_us;
             self.hits.retain(|_, h| newest - h.first_us <= w);
         }
+        // The batch's buffer serves the next batch.
+        let mut pending = pending;
+        pending.clear();
+        self.pending = pending;
     }
 
     /// One analysis message per model that scored rows since the last call (its header is
@@ -396,19 +400,33 @@ fn log_error(e: &ModelError) {
     }
 }
 
-/// The model files a configuration names, loaded and checked: `(slot, result)` for each named.
-pub fn load_models(
-    cfg: &crate::config::ModelsConfig,
-) -> Vec<(ModelKind, Result<Model, ModelError>)> {
-    let mut out = Vec::new();
-    for (kind, path) in
-        [(ModelKind::Autoencoder, &cfg.autoencoder), (ModelKind::Classifier, &cfg.classifier)]
-    {
-        if !path.is_empty() {
-            out.push((kind, Model::load(std::path::Path::new(path), kind)));
+impl ModelStage {
+    /// The stage a configuration asks for, with each model file it names loaded and checked;
+    /// the files that were refused come back beside it (the caller decides: `analyze` stops,
+    /// the daemon logs and captures on).
+    pub fn from_config(config: &crate::config::Config) -> (ModelStage, Vec<ModelError>) {
+        let m = &config.detect.models;
+        let mut stage = ModelStage::new(
+            None,
+            None,
+            m.batch as usize,
+            m.min_flows,
+            i64::from(config.flows.host_window_s) * 1_000_000,
+        );
+        let mut refused = Vec::new();
+        for (kind, path) in
+            [(ModelKind::Autoencoder, &m.autoencoder), (ModelKind::Classifier, &m.classifier)]
+        {
+            if path.is_empty() {
+                continue;
+            }
+            match Model::load(std::path::Path::new(path), kind) {
+                Ok(model) => stage.replace(model),
+                Err(e) => refused.push(e),
+            }
         }
+        (stage, refused)
     }
-    out
 }
 
 /// Model reloads, for `/metrics`.
