@@ -1,4 +1,4 @@
-//! The command line: `run`, `device add`, `migrate`, `config`, `schema` and `check`.
+//! The command line: `run`, `device add`, `user add`, `migrate`, `config`, `schema` and `check`.
 
 use crate::config::Config;
 use crate::contract::decode;
@@ -33,6 +33,9 @@ pub enum Command {
     /// Devices allowed to send.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// People and programs allowed to use the API.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -58,6 +61,21 @@ pub enum DeviceCommand {
         #[arg(long, short)]
         config: PathBuf,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. The password is the first line of --password-file, or of standard input.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// viewer, analyst or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        username: String,
     },
 }
 
@@ -95,6 +113,69 @@ async fn prepare(config: &Config) -> Result<tokio_postgres::Client, String> {
     Ok(client)
 }
 
+/// The API's connection pool.
+pub fn pool(config: &Config) -> Result<deadpool_postgres::Pool, String> {
+    let pg: tokio_postgres::Config =
+        config.postgres.url.parse().map_err(|e| format!("postgres.url: {e}"))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(config.http.db_connections)
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("postgres pool: {e}"))
+}
+
+/// The API's state for a configuration (the live listener is started too).
+pub fn api_state(config: &Config) -> Result<crate::api::ApiState, String> {
+    let live = crate::api::live::Live::default();
+    live.start(config.postgres.url.clone());
+    Ok(crate::api::ApiState {
+        pool: pool(config)?,
+        auth: std::sync::Arc::new(crate::api::auth::AuthConfig {
+            session_hours: config.http.session_hours,
+            cookie_secure: config.http.cookie_secure,
+        }),
+        limiter: std::sync::Arc::new(crate::api::auth::LoginLimiter::new(
+            config.http.login_per_minute,
+        )),
+        live,
+        counters: std::sync::Arc::default(),
+    })
+}
+
+/// With no user yet, the first admin comes from TAPWATCH_ADMIN_USER and
+/// TAPWATCH_ADMIN_PASSWORD when they are set.
+async fn first_admin(client: &tokio_postgres::Client) -> Result<(), String> {
+    let users: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if users > 0 {
+        return Ok(());
+    }
+    match (std::env::var("TAPWATCH_ADMIN_USER"), std::env::var("TAPWATCH_ADMIN_PASSWORD")) {
+        (Ok(u), Ok(p)) => {
+            crate::api::auth::add_user(client, &u, &p, crate::api::Role::Admin)
+                .await
+                .map_err(|e| format!("TAPWATCH_ADMIN_USER/PASSWORD: {}", e.detail))?;
+            tracing::info!("added the first admin, {u:?}, from the environment");
+        }
+        _ => tracing::warn!(
+            "no users yet: add one with `tapwatch-hub user add --role admin NAME`, or set \
+             TAPWATCH_ADMIN_USER and TAPWATCH_ADMIN_PASSWORD"
+        ),
+    }
+    Ok(())
+}
+
 fn run_hub(path: &std::path::Path) -> Result<(), String> {
     let mut config = Config::load(path)?;
     if config.broker.embedded {
@@ -102,18 +183,28 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
         config.mqtt.broker = config.broker.listen_v5.to_string();
     }
     runtime()?.block_on(async move {
-        prepare(&config).await?;
+        let client = prepare(&config).await?;
+        first_admin(&client).await?;
+        drop(client);
         let counters = std::sync::Arc::new(crate::ingest::IngestCounters::default());
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!("listening on http://{addr}");
+        let api = api_state(&config)?;
+        let api_metrics =
+            crate::http::ApiMetrics { counters: api.counters.clone(), live: api.live.clone() };
         let state = crate::http::AppState {
             counters: counters.clone(),
-            registry: std::sync::Arc::new(crate::http::registry(counters.clone())),
+            registry: std::sync::Arc::new(crate::http::registry(
+                counters.clone(),
+                Some(api_metrics),
+            )),
         };
-        tokio::spawn(async move { axum::serve(listener, crate::http::app(state)).await });
+        let app = crate::http::app(state, Some(api))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx));
         use tokio::signal::unix::{signal, SignalKind};
@@ -159,6 +250,46 @@ pub fn main() -> ExitCode {
                     let new =
                         crate::db::add_device(&client, &id).await.map_err(|e| e.to_string())?;
                     println!("{id}: {}", if new { "added" } else { "already registered" });
+                    Ok(())
+                })
+            })(),
+            78,
+        ),
+        Command::User(UserCommand::Add { config, role, password_file, username }) => exit(
+            (|| {
+                let role = crate::api::Role::parse(&role)
+                    .ok_or_else(|| format!("--role {role:?}: viewer, analyst or admin"))?;
+                let mut text = String::new();
+                match &password_file {
+                    Some(p) => {
+                        text = std::fs::read_to_string(p)
+                            .map_err(|e| format!("{}: {e}", p.display()))?
+                    }
+                    None => {
+                        std::io::stdin()
+                            .read_line(&mut text)
+                            .map_err(|e| format!("cannot read the password: {e}"))?;
+                    }
+                }
+                let password = text.lines().next().unwrap_or_default().to_string();
+                let c = Config::load(&config)?;
+                runtime()?.block_on(async {
+                    let client = prepare(&c).await?;
+                    let id = crate::api::auth::add_user(&client, &username, &password, role)
+                        .await
+                        .map_err(|e| e.detail)?;
+                    crate::api::auth::audit(
+                        &client,
+                        None,
+                        "command line",
+                        None,
+                        "user_create",
+                        &format!("user/{id}"),
+                        serde_json::json!({"username": username, "role": role}),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    println!("{username}: added as {}", role.name());
                     Ok(())
                 })
             })(),

@@ -23,13 +23,27 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of `/metrics` and `/healthz` (port 0: any free port, logged at start).
+    /// Address of the API, `/metrics` and `/healthz` (port 0: any free port, logged at start).
     pub listen: std::net::SocketAddr,
+    /// A browser session lasts this long after login, hours.
+    pub session_hours: u32,
+    /// Mark the session cookie Secure (set it when the hub is reached over HTTPS).
+    pub cookie_secure: bool,
+    /// Login attempts allowed per minute, per client address and per user name.
+    pub login_per_minute: u32,
+    /// PostgreSQL connections the API uses at most.
+    pub db_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        HttpConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            session_hours: 12,
+            cookie_secure: false,
+            login_per_minute: 10,
+            db_connections: 8,
+        }
     }
 }
 
@@ -212,6 +226,16 @@ impl Config {
         }
         if self.retention.max_age_days == 0 {
             p.push("retention.max_age_days: must be at least 1".into());
+        }
+        let h = &self.http;
+        if h.session_hours == 0 || h.session_hours > 24 * 90 {
+            p.push("http.session_hours: 1 to 2160".into());
+        }
+        if h.login_per_minute == 0 {
+            p.push("http.login_per_minute: must be at least 1".into());
+        }
+        if h.db_connections == 0 {
+            p.push("http.db_connections: must be at least 1".into());
         }
         if self.retention.interval_s == 0 {
             p.push("retention.interval_s: must be at least 1".into());

@@ -1,5 +1,5 @@
-//! The hub's own endpoints: `/metrics` (Prometheus text) and `/healthz`. The API for people and
-//! programs (`/api/v1`) comes with the issue "Hub API".
+//! The hub's HTTP server: `/metrics` (Prometheus text), `/healthz`, and the API under
+//! `/api/v1` ([`crate::api`]).
 
 use crate::ingest::{IngestCounters, REJECT_REASONS};
 use axum::extract::State;
@@ -23,11 +23,19 @@ pub struct AppState {
     pub registry: Arc<Registry>,
 }
 
+/// What `/metrics` reads of the API.
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    pub counters: Arc<crate::api::ApiCounters>,
+    pub live: crate::api::live::Live,
+}
+
 type Labels<'a> = Vec<(&'a str, &'a str)>;
 
 #[derive(Debug)]
 struct Collector {
     counters: Arc<IngestCounters>,
+    api: Option<ApiMetrics>,
     started: Instant,
 }
 
@@ -128,19 +136,66 @@ impl prometheus_client::collector::Collector for Collector {
             "1 while connected to PostgreSQL",
             load(&c.db_connected) as f64,
         )?;
+        if let Some(api) = &self.api {
+            let a = &api.counters;
+            let logins: Vec<(Labels<'_>, u64)> = vec![
+                (vec![("result", "ok")], load(&a.logins_ok)),
+                (vec![("result", "failed")], load(&a.logins_failed)),
+                (vec![("result", "rate_limited")], load(&a.logins_limited)),
+            ];
+            counter(enc, "tapwatch_api_logins", "Login attempts, by result", &logins)?;
+            gauge(
+                enc,
+                "tapwatch_api_live_clients",
+                "WebSocket clients of /api/v1/live",
+                load(&a.live_clients) as f64,
+            )?;
+            counter(
+                enc,
+                "tapwatch_api_live_lagged",
+                "Live events dropped for clients too slow to take them",
+                &[(vec![], load(&a.live_lagged))],
+            )?;
+            counter(
+                enc,
+                "tapwatch_api_live_events",
+                "Events received from PostgreSQL for live push",
+                &[(vec![], load(&api.live.received))],
+            )?;
+            counter(
+                enc,
+                "tapwatch_api_live_suppressed",
+                "Anomaly events not pushed because a suppression rule matched",
+                &[(vec![], load(&api.live.suppressed))],
+            )?;
+            gauge(
+                enc,
+                "tapwatch_api_live_listening",
+                "1 while listening to PostgreSQL for live events",
+                load(&api.live.listening) as f64,
+            )?;
+        }
         Ok(())
     }
 }
 
 /// The registry `/metrics` encodes.
-pub fn registry(counters: Arc<IngestCounters>) -> Registry {
+pub fn registry(counters: Arc<IngestCounters>, api: Option<ApiMetrics>) -> Registry {
     let mut r = Registry::default();
-    r.register_collector(Box::new(Collector { counters, started: Instant::now() }));
+    r.register_collector(Box::new(Collector { counters, api, started: Instant::now() }));
     r
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(state)
+/// `/metrics` and `/healthz`, and the API when given.
+pub fn app(state: AppState, api: Option<crate::api::ApiState>) -> Router {
+    let own = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state);
+    match api {
+        Some(api) => own.merge(crate::api::router(api).0),
+        None => own,
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -509,6 +509,35 @@ async fn insert_stats(
         )
         .await?;
     }
+    // Top ports and talkers by the hour (what the API's port mix and top talkers read).
+    let mut what = Vec::new();
+    let mut key = Vec::new();
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for p in &s.top_ports {
+        what.push("port");
+        key.push(format!("{}/{}", p.protocol, p.port));
+        packets.push(p.packets as i64);
+        bytes.push(p.bytes as i64);
+    }
+    for h in &s.top_talkers {
+        what.push("host");
+        key.push(h.ip.to_string());
+        packets.push(h.packets as i64);
+        bytes.push(h.bytes as i64);
+    }
+    if !what.is_empty() {
+        tx.execute(
+            "INSERT INTO traffic_top_1h AS t (device, bucket, what, key, packets, bytes)
+             SELECT $1, date_trunc('hour', $2::timestamptz), w, k, sum(p), sum(b)
+             FROM unnest($3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS u(w, k, p, b)
+             GROUP BY w, k
+             ON CONFLICT (device, bucket, what, key) DO UPDATE SET
+               packets = t.packets + excluded.packets, bytes = t.bytes + excluded.bytes",
+            &[&s.device.as_str(), &time(s.interval_start), &what, &key, &packets, &bytes],
+        )
+        .await?;
+    }
     Ok(())
 }
 

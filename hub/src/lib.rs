@@ -5,10 +5,12 @@
 //! - [`ingest`]: MQTT to PostgreSQL, idempotent, acknowledging only what is committed.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) for a single machine.
 //! - [`db`]: connecting, migrations, day partitions, retention.
-//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`api`]: the API under `/api/v1`: statistics, flows, anomalies, users and roles, live push.
+//! - [`http`]: the HTTP server: `/metrics`, `/healthz` and the API.
 //! - [`config`]: the configuration file, hub.toml.
 //! - [`cli`]: the command line.
 
+pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;

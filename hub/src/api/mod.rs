@@ -1,0 +1,313 @@
+//! The API for people and programs, under `/api/v1`: devices, traffic statistics, flows,
+//! anomalies, analyses, suppression rules, users and tokens, the audit log, and live push.
+//!
+//! Every handler is annotated for utoipa; [`router`] collects them with utoipa-axum, so the
+//! OpenAPI document served at `/api/v1/openapi.json` is the routes that exist. Each operation's
+//! `security` names the least role it needs (a scope of `session` and `token`); the route sweep
+//! test holds every route to that.
+//!
+//! Errors are RFC 9457 problem documents ([`Problem`]): 4xx name the field at fault, 5xx say
+//! only that the hub failed (the cause goes to the log, not to the caller).
+
+pub mod anomalies;
+pub mod auth;
+pub mod data;
+pub mod live;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use auth::{Caller, Role};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: deadpool_postgres::Pool,
+    pub auth: Arc<auth::AuthConfig>,
+    pub limiter: Arc<auth::LoginLimiter>,
+    pub live: live::Live,
+    pub counters: Arc<ApiCounters>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+/// Counted for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    pub logins_ok: std::sync::atomic::AtomicU64,
+    pub logins_failed: std::sync::atomic::AtomicU64,
+    pub logins_limited: std::sync::atomic::AtomicU64,
+    pub server_errors: std::sync::atomic::AtomicU64,
+    pub live_clients: std::sync::atomic::AtomicU64,
+    pub live_lagged: std::sync::atomic::AtomicU64,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem it is.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request field at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Seconds to wait before trying again (429).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            retry_after_s: None,
+        }
+    }
+    pub fn bad(field: &str, detail: impl Into<String>) -> Problem {
+        Problem { field: Some(field.to_string()), ..Problem::new(StatusCode::BAD_REQUEST, detail) }
+    }
+    pub fn not_found(what: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, what)
+    }
+    pub fn conflict(field: &str, detail: impl Into<String>) -> Problem {
+        Problem { field: Some(field.to_string()), ..Problem::new(StatusCode::CONFLICT, detail) }
+    }
+    pub fn unauthorized() -> Problem {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "log in, or send an API token as `Authorization: Bearer`",
+        )
+    }
+    pub fn forbidden(need: Role) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, format!("this needs the {} role", need.name()))
+    }
+    /// A failure of the hub itself: logged here, and the caller learns nothing of its cause.
+    pub fn internal(e: impl std::fmt::Display) -> Problem {
+        tracing::error!("api: {e}");
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the hub could not serve this request")
+    }
+}
+
+impl From<tokio_postgres::Error> for Problem {
+    fn from(e: tokio_postgres::Error) -> Problem {
+        Problem::internal(format!("postgres: {e}"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Problem {
+    fn from(e: deadpool_postgres::PoolError) -> Problem {
+        let mut p = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable");
+        tracing::warn!("api: database pool: {e}");
+        p.retry_after_s = Some(1);
+        p
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, [(header::CONTENT_TYPE, "application/problem+json")], Json(&self))
+            .into_response();
+        if let Some(s) = self.retry_after_s {
+            if let Ok(v) = header::HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}
+
+pub type ApiResult<T> = Result<T, Problem>;
+
+/// The query string, deserialized; a bad one is a 400 naming the parameter.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        let q = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde_urlencoded names a missing field in its message, not in the path.
+            let field = if field == "." {
+                inner.split('`').nth(1).unwrap_or("query").to_string()
+            } else {
+                field
+            };
+            Problem::bad(&field, format!("query parameter {field}: {inner}"))
+        })
+    }
+}
+
+/// A JSON body, deserialized; a bad one is a 400 naming the field (or 415 when it is not JSON).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(';').next().unwrap_or("").trim() == "application/json");
+        if !json {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}"))
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { "body".to_string() } else { field };
+            Problem::bad(&field, format!("{field}: {}", e.into_inner()))
+        })
+    }
+}
+
+/// A time in RFC 3339, as the API reads and writes it.
+pub fn parse_time(field: &str, s: &str) -> ApiResult<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
+        Problem::bad(field, format!("{field}: {e} (want RFC 3339, e.g. 2026-11-28T12:00:00Z)"))
+    })
+}
+
+/// A `from`/`to` range: `to` defaults to now and `from` to `default_span` before `to`; at most
+/// `max_span` long.
+pub fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_span: time::Duration,
+    max_span: time::Duration,
+) -> ApiResult<(OffsetDateTime, OffsetDateTime)> {
+    let to = match to {
+        Some(s) => parse_time("to", s)?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let from = match from {
+        Some(s) => parse_time("from", s)?,
+        None => to - default_span,
+    };
+    if from >= to {
+        return Err(Problem::bad("from", "from must be before to"));
+    }
+    if to - from > max_span {
+        return Err(Problem::bad(
+            "from",
+            format!("the range is at most {} days", max_span.whole_days()),
+        ));
+    }
+    Ok((from, to))
+}
+
+/// Serde for `OffsetDateTime` fields in responses.
+pub use time::serde::rfc3339;
+
+/// The OpenAPI document's frame: title, security schemes, tags. The paths come from the router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tapwatch hub API",
+        description = "Statistics, flows, anomalies, analyses, devices, suppression rules, users \
+                       and tokens of a Tapwatch hub. Every operation needs a session cookie (from \
+                       POST /api/v1/auth/login) or an API token (Authorization: Bearer); its \
+                       security scope names the least role it needs: viewer < analyst < admin. \
+                       Changes made with the cookie must carry X-CSRF-Token."
+    ),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "auth"), (name = "devices"), (name = "statistics"), (name = "flows"),
+        (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "admin"),
+        (name = "live")
+    )
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::SESSION_COOKIE))),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The `/api/v1` router and its OpenAPI document.
+pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::list_users, auth::create_user))
+        .routes(routes!(auth::update_user, auth::delete_user))
+        .routes(routes!(auth::list_tokens, auth::create_token))
+        .routes(routes!(auth::delete_token))
+        .routes(routes!(auth::audit_log))
+        .routes(routes!(data::devices))
+        .routes(routes!(data::device))
+        .routes(routes!(data::device_metrics))
+        .routes(routes!(data::stats))
+        .routes(routes!(data::flows))
+        .routes(routes!(data::analyses))
+        .routes(routes!(anomalies::list))
+        .routes(routes!(anomalies::get_one, anomalies::update))
+        .routes(routes!(anomalies::add_note))
+        .routes(routes!(anomalies::evidence))
+        .routes(routes!(anomalies::list_rules, anomalies::create_rule))
+        .routes(routes!(anomalies::delete_rule))
+        .routes(routes!(live::live))
+        .with_state(state)
+        .split_for_parts();
+    doc.paths.paths = std::mem::take(&mut doc.paths.paths)
+        .into_iter()
+        .map(|(p, item)| (format!("/api/v1{p}"), item))
+        .collect();
+    let served = doc.clone();
+    let router = axum::Router::new()
+        .nest("/api/v1", router)
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let d = served.clone();
+                async move { Json(d) }
+            }),
+        )
+        .fallback(|| async { Problem::not_found("no such route") });
+    (router, doc)
+}
