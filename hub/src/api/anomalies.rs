@@ -2,8 +2,8 @@
 //! (acknowledge, resolve), notes, evidence as a pcap file; and suppression rules.
 
 use super::data::{check_kind, parse_net, Sql};
-use super::{ApiJson, ApiQuery, ApiResult, ApiState, Caller, Problem, Role};
-use axum::extract::{Path, State};
+use super::{Analyst, ApiJson, ApiPath, ApiQuery, ApiResult, ApiState, Authed, Problem, Viewer};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -148,10 +148,9 @@ pub struct AnomalyPage {
     responses((status = 200, body = AnomalyPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 pub async fn list(
     State(s): State<ApiState>,
-    caller: Caller,
+    _: Viewer,
     ApiQuery(q): ApiQuery<AnomalyQuery>,
 ) -> ApiResult<Json<AnomalyPage>> {
-    caller.require(Role::Viewer)?;
     let (from, to) = super::time_range(
         q.from.as_deref(),
         q.to.as_deref(),
@@ -269,10 +268,9 @@ async fn load(db: &tokio_postgres::Client, id: i64) -> ApiResult<AnomalyDetail> 
     responses((status = 200, body = AnomalyDetail), (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_one(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    _: Viewer,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<AnomalyDetail>> {
-    caller.require(Role::Viewer)?;
     let db = s.pool.get().await?;
     Ok(Json(load(&db, id).await?))
 }
@@ -292,11 +290,10 @@ pub struct StateChange {
         (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn update(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Analyst,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<StateChange>,
 ) -> ApiResult<Json<AnomalyDetail>> {
-    caller.require(Role::Analyst)?;
     if !STATES.contains(&req.state.as_str()) {
         return Err(Problem::bad("state", format!("one of {}", STATES.join(", "))));
     }
@@ -343,11 +340,10 @@ pub struct NewNote {
         (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn add_note(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Analyst,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<NewNote>,
 ) -> ApiResult<(StatusCode, Json<Note>)> {
-    caller.require(Role::Analyst)?;
     let body = req.body.trim();
     if body.is_empty() || body.chars().count() > 10_000 || body.contains('\0') {
         return Err(Problem::bad("body", "1 to 10000 characters, no NUL"));
@@ -375,10 +371,9 @@ pub async fn add_note(
         (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn evidence(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    _: Viewer,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Response> {
-    caller.require(Role::Viewer)?;
     let db = s.pool.get().await?;
     let row = db
         .query_opt(
@@ -437,8 +432,7 @@ fn rule_of(r: &tokio_postgres::Row) -> Rule {
 #[utoipa::path(get, path = "/suppressions", tag = "suppressions",
     security(("session" = ["viewer"]), ("token" = ["viewer"])),
     responses((status = 200, body = Vec<Rule>), (status = 401, body = Problem)))]
-pub async fn list_rules(State(s): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Rule>>> {
-    caller.require(Role::Viewer)?;
+pub async fn list_rules(State(s): State<ApiState>, _: Viewer) -> ApiResult<Json<Vec<Rule>>> {
     let db = s.pool.get().await?;
     let rows = db.query(&format!("{RULE_SELECT} ORDER BY id"), &[]).await?;
     Ok(Json(rows.iter().map(rule_of).collect()))
@@ -466,10 +460,9 @@ pub struct NewRule {
         (status = 403, body = Problem)))]
 pub async fn create_rule(
     State(s): State<ApiState>,
-    caller: Caller,
+    Authed(caller): Analyst,
     ApiJson(req): ApiJson<NewRule>,
 ) -> ApiResult<(StatusCode, Json<Rule>)> {
-    caller.require(Role::Analyst)?;
     if req.device.is_none()
         && req.kind.is_none()
         && req.host.is_none()
@@ -523,10 +516,9 @@ pub async fn create_rule(
         (status = 404, body = Problem)))]
 pub async fn delete_rule(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Analyst,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Role::Analyst)?;
     let db = s.pool.get().await?;
     if db.execute("DELETE FROM suppression_rules WHERE id = $1", &[&id]).await? == 0 {
         return Err(Problem::not_found(format!("no suppression rule {id}")));

@@ -10,10 +10,10 @@
 //! - Login attempts are limited per client address and per user name ([`LoginLimiter`]); a
 //!   failed attempt is audited like a successful one.
 
-use super::{ApiJson, ApiQuery, ApiResult, ApiState, Problem};
+use super::{ApiJson, ApiPath, ApiQuery, ApiResult, ApiState, Problem};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
@@ -194,6 +194,30 @@ impl FromRequestParts<ApiState> for Caller {
             via: Via::Session { csrf },
             ip,
         })
+    }
+}
+
+/// A caller with at least role `R` (0 viewer, 1 analyst, 2 admin): extracted before any body,
+/// so a caller without the role gets 403 whatever they sent. Use [`Viewer`], [`Analyst`],
+/// [`Admin`].
+#[derive(Debug, Clone)]
+pub struct Authed<const R: u8>(pub Caller);
+
+pub type Viewer = Authed<0>;
+pub type Analyst = Authed<1>;
+pub type Admin = Authed<2>;
+
+impl<const R: u8> FromRequestParts<ApiState> for Authed<R> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let need = match R {
+            0 => Role::Viewer,
+            1 => Role::Analyst,
+            _ => Role::Admin,
+        };
+        caller.require(need)?;
+        Ok(Authed(caller))
     }
 }
 
@@ -429,8 +453,7 @@ fn user_of(r: &tokio_postgres::Row) -> User {
 #[utoipa::path(get, path = "/users", tag = "admin",
     security(("session" = ["admin"]), ("token" = ["admin"])),
     responses((status = 200, body = Vec<User>), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn list_users(State(s): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<User>>> {
-    caller.require(Role::Admin)?;
+pub async fn list_users(State(s): State<ApiState>, _: Admin) -> ApiResult<Json<Vec<User>>> {
     let db = s.pool.get().await?;
     let rows = db
         .query("SELECT id, username, role, disabled, created_at FROM users ORDER BY id", &[])
@@ -454,10 +477,9 @@ pub struct NewUser {
         (status = 403, body = Problem), (status = 409, body = Problem)))]
 pub async fn create_user(
     State(s): State<ApiState>,
-    caller: Caller,
+    Authed(caller): Admin,
     ApiJson(req): ApiJson<NewUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
-    caller.require(Role::Admin)?;
     let db = s.pool.get().await?;
     let id = add_user(&db, &req.username, &req.password, req.role).await?;
     caller
@@ -494,11 +516,10 @@ pub struct UserChange {
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn update_user(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Admin,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<UserChange>,
 ) -> ApiResult<Json<User>> {
-    caller.require(Role::Admin)?;
     check_credentials(None, req.password.as_deref())?;
     let phc = match req.password.clone() {
         Some(p) => Some(
@@ -566,10 +587,9 @@ pub async fn update_user(
         (status = 404, body = Problem), (status = 409, body = Problem)))]
 pub async fn delete_user(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Admin,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin)?;
     let mut db = s.pool.get().await?;
     let tx = db.transaction().await?;
     tx.execute("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
@@ -627,8 +647,7 @@ const TOKEN_COLUMNS: &str =
 #[utoipa::path(get, path = "/tokens", tag = "admin",
     security(("session" = ["admin"]), ("token" = ["admin"])),
     responses((status = 200, body = Vec<Token>), (status = 401, body = Problem), (status = 403, body = Problem)))]
-pub async fn list_tokens(State(s): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Token>>> {
-    caller.require(Role::Admin)?;
+pub async fn list_tokens(State(s): State<ApiState>, _: Admin) -> ApiResult<Json<Vec<Token>>> {
     let db = s.pool.get().await?;
     let rows = db.query(&format!("SELECT {TOKEN_COLUMNS} ORDER BY t.id"), &[]).await?;
     Ok(Json(rows.iter().map(token_of).collect()))
@@ -661,10 +680,9 @@ pub struct CreatedToken {
         (status = 403, body = Problem), (status = 404, body = Problem)))]
 pub async fn create_token(
     State(s): State<ApiState>,
-    caller: Caller,
+    Authed(caller): Admin,
     ApiJson(req): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
-    caller.require(Role::Admin)?;
     if req.name.trim().is_empty() || req.name.len() > 200 {
         return Err(Problem::bad("name", "1 to 200 characters"));
     }
@@ -713,10 +731,9 @@ pub async fn create_token(
         (status = 404, body = Problem)))]
 pub async fn delete_token(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<i64>,
+    Authed(caller): Admin,
+    ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<StatusCode> {
-    caller.require(Role::Admin)?;
     let db = s.pool.get().await?;
     if db.execute("DELETE FROM api_tokens WHERE id = $1", &[&id]).await? == 0 {
         return Err(Problem::not_found(format!("no token {id}")));
@@ -765,10 +782,9 @@ pub struct AuditPage {
         (status = 403, body = Problem)))]
 pub async fn audit_log(
     State(s): State<ApiState>,
-    caller: Caller,
+    _: Admin,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
-    caller.require(Role::Admin)?;
     let (from, to) = super::time_range(
         q.from.as_deref(),
         q.to.as_deref(),

@@ -1,8 +1,8 @@
 //! What the edges measured: devices and their health and metrics, traffic statistics (from the
 //! rollups), flows, and model analyses. All read-only, for viewers and up.
 
-use super::{time_range, ApiQuery, ApiResult, ApiState, Caller, Problem, Role};
-use axum::extract::{Path, State};
+use super::{time_range, ApiPath, ApiQuery, ApiResult, ApiState, Problem, Viewer};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -159,8 +159,7 @@ fn device_of(r: &tokio_postgres::Row, now: OffsetDateTime) -> Device {
 #[utoipa::path(get, path = "/devices", tag = "devices",
     security(("session" = ["viewer"]), ("token" = ["viewer"])),
     responses((status = 200, body = Vec<Device>), (status = 401, body = Problem)))]
-pub async fn devices(State(s): State<ApiState>, caller: Caller) -> ApiResult<Json<Vec<Device>>> {
-    caller.require(Role::Viewer)?;
+pub async fn devices(State(s): State<ApiState>, _: Viewer) -> ApiResult<Json<Vec<Device>>> {
     let db = s.pool.get().await?;
     let rows = db.query(&format!("{DEVICE_SELECT} ORDER BY d.id"), &[]).await?;
     let now = OffsetDateTime::now_utc();
@@ -173,10 +172,9 @@ pub async fn devices(State(s): State<ApiState>, caller: Caller) -> ApiResult<Jso
     responses((status = 200, body = Device), (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn device(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    _: Viewer,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Device>> {
-    caller.require(Role::Viewer)?;
     let db = s.pool.get().await?;
     let row = db.query_opt(&format!("{DEVICE_SELECT} WHERE d.id = $1"), &[&id]).await?;
     let row = row.ok_or_else(|| Problem::not_found(format!("no device {id:?}")))?;
@@ -242,11 +240,10 @@ pub struct MetricsPoint {
         (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn device_metrics(
     State(s): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    _: Viewer,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Vec<MetricsPoint>>> {
-    caller.require(Role::Viewer)?;
     if q.device.is_some() {
         return Err(Problem::bad("device", "the device is in the path"));
     }
@@ -349,10 +346,9 @@ pub struct Stats {
     responses((status = 200, body = Stats), (status = 400, body = Problem), (status = 401, body = Problem)))]
 pub async fn stats(
     State(s): State<ApiState>,
-    caller: Caller,
+    _: Viewer,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Stats>> {
-    caller.require(Role::Viewer)?;
     let (from, to) =
         time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(400))?;
     let bucket = bucket_of(q.bucket, from, to)?;
@@ -552,10 +548,9 @@ fn decode_cursor(s: &str) -> ApiResult<(OffsetDateTime, String, i64, i16)> {
     responses((status = 200, body = FlowPage), (status = 400, body = Problem), (status = 401, body = Problem)))]
 pub async fn flows(
     State(s): State<ApiState>,
-    caller: Caller,
+    _: Viewer,
     ApiQuery(q): ApiQuery<FlowQuery>,
 ) -> ApiResult<Json<FlowPage>> {
-    caller.require(Role::Viewer)?;
     let (from, to) =
         time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(1), Duration::days(31))?;
     let limit = i64::from(q.limit.unwrap_or(100));
@@ -715,10 +710,9 @@ pub struct Analyses {
     responses((status = 200, body = Analyses), (status = 400, body = Problem), (status = 401, body = Problem)))]
 pub async fn analyses(
     State(s): State<ApiState>,
-    caller: Caller,
+    _: Viewer,
     ApiQuery(q): ApiQuery<AnalysisQuery>,
 ) -> ApiResult<Json<Analyses>> {
-    caller.require(Role::Viewer)?;
     let (from, to) =
         time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(31))?;
     let bucket = bucket_of(q.bucket, from, to)?;

@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::{Caller, Role};
+pub use auth::{Admin, Analyst, Authed, Caller, Role, Viewer};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -310,4 +310,15 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         )
         .fallback(|| async { Problem::not_found("no such route") });
     (router, doc)
+}
+
+/// A path parameter; a bad one is a 400 naming it.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct ApiPath<T>(pub T);
+
+impl From<axum::extract::rejection::PathRejection> for Problem {
+    fn from(e: axum::extract::rejection::PathRejection) -> Problem {
+        Problem::bad("id", format!("path: {}", e.body_text()))
+    }
 }
