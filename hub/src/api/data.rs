@@ -574,7 +574,7 @@ pub async fn flows(
     }
     if let Some(n) = q.net.as_deref() {
         let p = sql.bind(parse_net("net", n)?);
-        sql.push(&format!(" AND (src_ip <<= {p} OR dst_ip <<= {p})"));
+        sql.push(&format!(" AND (src_ip <<= {p}::cidr OR dst_ip <<= {p}::cidr)"));
     }
     if let Some(port) = q.port {
         let p = sql.bind(i32::from(port));
