@@ -33,3 +33,6 @@ fi
 
 step "workspace tests"
 cargo test --workspace --all-features
+
+step "schemathesis against the hub's OpenAPI document (no 5xx, every response as documented)"
+ST_EXAMPLES=50 bash scripts/schemathesis.sh

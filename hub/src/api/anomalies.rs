@@ -1,7 +1,7 @@
 //! Anomaly episodes: lists with filters, one episode with its notes, state changes
 //! (acknowledge, resolve), notes, evidence as a pcap file; and suppression rules.
 
-use super::data::{check_kind, parse_net, Sql};
+use super::data::{parse_net, Kind, Sql};
 use super::{Analyst, ApiJson, ApiPath, ApiQuery, ApiResult, ApiState, Authed, Problem, Viewer};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -13,7 +13,35 @@ use std::net::IpAddr;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-pub const STATES: [&str; 3] = ["new", "acknowledged", "resolved"];
+/// Where an analyst has got to with an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyState {
+    New,
+    Acknowledged,
+    Resolved,
+}
+
+impl AnomalyState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyState::New => "new",
+            AnomalyState::Acknowledged => "acknowledged",
+            AnomalyState::Resolved => "resolved",
+        }
+    }
+}
+
+/// How urgent, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
 pub const SEVERITIES: [&str; 4] = ["low", "medium", "high", "critical"];
 
 /// SQL true when a suppression rule matches the anomaly row `a`.
@@ -118,15 +146,16 @@ fn anomaly_of(r: &tokio_postgres::Row) -> Anomaly {
 #[into_params(parameter_in = Query)]
 pub struct AnomalyQuery {
     /// RFC 3339: episodes still going at or after this; default 7 days before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339: episodes begun before this; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub device: Option<String>,
-    pub kind: Option<String>,
-    /// low, medium, high or critical: this severity or worse.
-    pub severity: Option<String>,
-    /// new, acknowledged or resolved.
-    pub state: Option<String>,
+    pub kind: Option<Kind>,
+    /// This severity or worse.
+    pub severity: Option<Severity>,
+    pub state: Option<AnomalyState>,
     /// Also those a suppression rule matches.
     pub include_suppressed: Option<bool>,
     /// The previous page's `next_cursor`.
@@ -173,22 +202,16 @@ pub async fn list(
         sql.push(&format!(" AND a.device = {p}"));
     }
     if let Some(k) = q.kind {
-        check_kind("kind", &k)?;
-        let p = sql.bind(k);
+        let p = sql.bind(k.name());
         sql.push(&format!(" AND a.kind = {p}"));
     }
-    if let Some(sev) = q.severity.as_deref() {
-        let Some(i) = SEVERITIES.iter().position(|x| *x == sev) else {
-            return Err(Problem::bad("severity", format!("one of {}", SEVERITIES.join(", "))));
-        };
-        let p = sql.bind(SEVERITIES[i..].iter().map(|x| x.to_string()).collect::<Vec<_>>());
+    if let Some(sev) = q.severity {
+        let p =
+            sql.bind(SEVERITIES[sev as usize..].iter().map(|x| x.to_string()).collect::<Vec<_>>());
         sql.push(&format!(" AND a.severity = ANY({p})"));
     }
     if let Some(st) = q.state {
-        if !STATES.contains(&st.as_str()) {
-            return Err(Problem::bad("state", format!("one of {}", STATES.join(", "))));
-        }
-        let p = sql.bind(st);
+        let p = sql.bind(st.name());
         sql.push(&format!(" AND a.state = {p}"));
     }
     if !q.include_suppressed.unwrap_or(false) {
@@ -278,8 +301,7 @@ pub async fn get_one(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateChange {
-    /// new, acknowledged or resolved.
-    pub state: String,
+    pub state: AnomalyState,
 }
 
 /// Acknowledge or resolve an episode (or set it back to new). Analysts and admins.
@@ -294,9 +316,6 @@ pub async fn update(
     ApiPath(id): ApiPath<i64>,
     ApiJson(req): ApiJson<StateChange>,
 ) -> ApiResult<Json<AnomalyDetail>> {
-    if !STATES.contains(&req.state.as_str()) {
-        return Err(Problem::bad("state", format!("one of {}", STATES.join(", "))));
-    }
     let db = s.pool.get().await?;
     let n = db
         .execute(
@@ -308,7 +327,7 @@ pub async fn update(
                resolved_at = CASE WHEN $2 = 'resolved' THEN now() ELSE NULL END,
                resolved_by = CASE WHEN $2 = 'resolved' THEN $3 ELSE NULL END
              WHERE id = $1",
-            &[&id, &req.state, &caller.username],
+            &[&id, &req.state.name(), &caller.username],
         )
         .await?;
     if n == 0 {
@@ -328,7 +347,8 @@ pub async fn update(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewNote {
-    /// 1 to 10 000 characters.
+    /// 1 to 10 000 characters, not all blank, no NUL.
+    #[schema(min_length = 1, max_length = 10000, pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$")]
     pub body: String,
 }
 
@@ -440,9 +460,11 @@ pub async fn list_rules(State(s): State<ApiState>, _: Viewer) -> ApiResult<Json<
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct NewRule {
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
     pub device: Option<String>,
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     /// Either end of the anomaly is this address.
     #[schema(value_type = Option<String>)]
     pub host: Option<IpAddr>,
@@ -450,6 +472,8 @@ pub struct NewRule {
     pub net: Option<String>,
     /// The anomaly's destination port.
     pub port: Option<u16>,
+    /// At most 1000 characters, no NUL.
+    #[schema(max_length = 1000, pattern = r"^[^\u0000]*$")]
     pub comment: Option<String>,
 }
 
@@ -474,9 +498,6 @@ pub async fn create_rule(
             "a rule needs at least one of device, kind, host, net, port",
         ));
     }
-    if let Some(k) = req.kind.as_deref() {
-        check_kind("kind", k)?;
-    }
     if let Some(d) = req.device.as_deref() {
         if !firmware::proto::valid_device_id(d) {
             return Err(Problem::bad("device", "1-64 of A-Z a-z 0-9 _ . -"));
@@ -493,7 +514,7 @@ pub async fn create_rule(
             "INSERT INTO suppression_rules (created_by, device, kind, host, net, port, comment)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              RETURNING id, created_at, created_by, device, kind, host(host), net::text, port, comment",
-            &[&caller.username, &req.device, &req.kind, &req.host, &net, &req.port.map(i32::from), &comment],
+            &[&caller.username, &req.device, &req.kind.map(Kind::name), &req.host, &net, &req.port.map(i32::from), &comment],
         )
         .await?;
     let rule = rule_of(&row);

@@ -278,7 +278,7 @@ pub fn check_credentials(username: Option<&str>, password: Option<&str>) -> ApiR
         }
     }
     if let Some(p) = password {
-        if p.chars().count() < 10 || p.len() > 1024 {
+        if !(10..=1024).contains(&p.chars().count()) {
             return Err(Problem::bad("password", "10 to 1024 characters"));
         }
     }
@@ -464,8 +464,9 @@ pub async fn list_users(State(s): State<ApiState>, _: Admin) -> ApiResult<Json<V
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub username: String,
-    /// At least 10 characters.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
     pub role: Role,
 }
@@ -503,6 +504,7 @@ pub async fn create_user(
 #[serde(deny_unknown_fields)]
 pub struct UserChange {
     pub role: Option<Role>,
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: Option<String>,
     pub disabled: Option<bool>,
 }
@@ -656,9 +658,11 @@ pub async fn list_tokens(State(s): State<ApiState>, _: Admin) -> ApiResult<Json<
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    /// What the token is for.
+    /// What the token is for: 1 to 200 characters, not all blank.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// The user it acts as (and whose role it has); the caller when absent.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub username: Option<String>,
     /// Days until it expires; never when absent.
     #[schema(minimum = 1, maximum = 3650)]
@@ -683,7 +687,7 @@ pub async fn create_token(
     Authed(caller): Admin,
     ApiJson(req): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
-    if req.name.trim().is_empty() || req.name.len() > 200 {
+    if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(Problem::bad("name", "1 to 200 characters"));
     }
     if let Some(d) = req.expires_days {
@@ -747,8 +751,10 @@ pub async fn delete_token(
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// RFC 3339; default 7 days before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Rows before this id (the previous page's `next_before`).
     pub before: Option<i64>,

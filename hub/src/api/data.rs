@@ -175,6 +175,9 @@ pub async fn device(
     _: Viewer,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Device>> {
+    if !firmware::proto::valid_device_id(&id) {
+        return Err(Problem::not_found(format!("no device {id:?}")));
+    }
     let db = s.pool.get().await?;
     let row = db.query_opt(&format!("{DEVICE_SELECT} WHERE d.id = $1"), &[&id]).await?;
     let row = row.ok_or_else(|| Problem::not_found(format!("no device {id:?}")))?;
@@ -186,12 +189,14 @@ pub async fn device(
 #[into_params(parameter_in = Query)]
 pub struct RangeQuery {
     /// RFC 3339; default 24 hours before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// Bucket size in seconds (at least 60, a multiple of 60); default so that the range has
     /// about 300 buckets.
-    #[param(minimum = 60)]
+    #[param(minimum = 60, maximum = 31536000, multiple_of = 60)]
     pub bucket: Option<u32>,
     /// Only this device.
     pub device: Option<String>,
@@ -211,6 +216,22 @@ fn bucket_of(q: Option<u32>, from: OffsetDateTime, to: OffsetDateTime) -> ApiRes
         return Err(Problem::bad("bucket", "at most 10000 buckets in the range"));
     }
     Ok(b)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MetricsQuery {
+    /// RFC 3339; default 24 hours before `to`.
+    #[param(format = DateTime)]
+    pub from: Option<String>,
+    /// RFC 3339; default now.
+    #[param(format = DateTime)]
+    pub to: Option<String>,
+    /// Bucket size in seconds (at least 60, a multiple of 60); default so that the range has
+    /// about 300 buckets.
+    #[param(minimum = 60, maximum = 31536000, multiple_of = 60)]
+    pub bucket: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -234,7 +255,7 @@ pub struct MetricsPoint {
 
 /// A device's system metrics over time.
 #[utoipa::path(get, path = "/devices/{id}/metrics", tag = "devices",
-    params(("id" = String, Path), RangeQuery),
+    params(("id" = String, Path), MetricsQuery),
     security(("session" = ["viewer"]), ("token" = ["viewer"])),
     responses((status = 200, body = Vec<MetricsPoint>), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 404, body = Problem)))]
@@ -242,16 +263,15 @@ pub async fn device_metrics(
     State(s): State<ApiState>,
     _: Viewer,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(q): ApiQuery<RangeQuery>,
+    ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<Vec<MetricsPoint>>> {
-    if q.device.is_some() {
-        return Err(Problem::bad("device", "the device is in the path"));
-    }
     let (from, to) =
         time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(31))?;
     let bucket = bucket_of(q.bucket, from, to)?;
     let db = s.pool.get().await?;
-    if db.query_opt("SELECT 1 FROM devices WHERE id = $1", &[&id]).await?.is_none() {
+    if !firmware::proto::valid_device_id(&id)
+        || db.query_opt("SELECT 1 FROM devices WHERE id = $1", &[&id]).await?.is_none()
+    {
         return Err(Problem::not_found(format!("no device {id:?}")));
     }
     let rows = db
@@ -444,8 +464,10 @@ pub async fn stats(
 #[into_params(parameter_in = Query)]
 pub struct FlowQuery {
     /// RFC 3339, on the flow's end; default 1 hour before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub device: Option<String>,
     /// Either end is this address.
@@ -459,7 +481,7 @@ pub struct FlowQuery {
     pub protocol: Option<u8>,
     /// Flows of an anomaly of this kind: the same device, the anomaly's source at either end,
     /// ended between its first and last sighting.
-    pub kind: Option<String>,
+    pub kind: Option<Kind>,
     /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
@@ -495,25 +517,29 @@ pub struct FlowPage {
     pub next_cursor: Option<String>,
 }
 
-pub const KINDS: [&str; 11] = [
-    "port_scan",
-    "host_sweep",
-    "syn_flood",
-    "udp_flood",
-    "icmp_flood",
-    "reflection",
-    "brute_force",
-    "dns_tunnel",
-    "arp_spoof",
-    "dhcp_starvation",
-    "anomalous_flow",
-];
+/// An attack or anomaly kind, as the edges name them (firmware::proto::AnomalyKind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    PortScan,
+    HostSweep,
+    SynFlood,
+    UdpFlood,
+    IcmpFlood,
+    Reflection,
+    BruteForce,
+    DnsTunnel,
+    ArpSpoof,
+    DhcpStarvation,
+    AnomalousFlow,
+}
 
-pub fn check_kind(field: &str, k: &str) -> ApiResult<()> {
-    if KINDS.contains(&k) {
-        Ok(())
-    } else {
-        Err(Problem::bad(field, format!("{field}: one of {}", KINDS.join(", "))))
+impl Kind {
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default()
     }
 }
 
@@ -585,8 +611,7 @@ pub async fn flows(
         sql.push(&format!(" AND protocol = {p}"));
     }
     if let Some(k) = q.kind {
-        check_kind("kind", &k)?;
-        let p = sql.bind(k);
+        let p = sql.bind(k.name());
         sql.push(&format!(
             " AND EXISTS (SELECT 1 FROM anomalies a WHERE a.kind = {p} AND a.device = f.device
                 AND (a.src_ip = f.src_ip OR a.src_ip = f.dst_ip)
@@ -658,13 +683,15 @@ pub async fn flows(
 #[into_params(parameter_in = Query)]
 pub struct AnalysisQuery {
     /// RFC 3339; default 24 hours before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
     pub device: Option<String>,
     pub model: Option<String>,
     /// Bucket of the series, seconds (at least 60, a multiple of 60).
-    #[param(minimum = 60)]
+    #[param(minimum = 60, maximum = 31536000, multiple_of = 60)]
     pub bucket: Option<u32>,
 }
 

@@ -149,6 +149,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
         let q = parts.uri.query().unwrap_or_default();
+        // PostgreSQL text cannot hold NUL: refuse it here, naming the parameter.
+        if let Some((k, _)) =
+            form_urlencoded::parse(q.as_bytes()).find(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
+            return Err(Problem::bad(&k, format!("query parameter {k}: NUL is not allowed")));
+        }
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(q.as_bytes()));
         serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
             let field = e.path().to_string();
@@ -185,12 +191,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("cannot read the body: {e}"))
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Problem::bad("body", format!("body: not JSON: {e}")))?;
+        // PostgreSQL text cannot hold NUL: refuse it here, naming the field.
+        if let Some(field) = nul_in(&value, "") {
+            return Err(Problem::bad(&field, format!("{field}: NUL is not allowed")));
+        }
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." { "body".to_string() } else { field };
             Problem::bad(&field, format!("{field}: {}", e.into_inner()))
         })
+    }
+}
+
+/// The path of the first string (or key) holding NUL.
+fn nul_in(v: &serde_json::Value, at: &str) -> Option<String> {
+    let here = || if at.is_empty() { "body".to_string() } else { at.to_string() };
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(here()),
+        serde_json::Value::Array(a) => {
+            a.iter().enumerate().find_map(|(i, x)| nul_in(x, &format!("{}[{i}]", here())))
+        }
+        serde_json::Value::Object(o) => o.iter().find_map(|(k, x)| {
+            let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+            if k.contains('\0') {
+                Some(here())
+            } else {
+                nul_in(x, &path)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -244,6 +275,7 @@ pub use time::serde::rfc3339;
                        Changes made with the cookie must carry X-CSRF-Token."
     ),
     modifiers(&SecurityAddon),
+    components(schemas(data::Kind, anomalies::Severity, anomalies::AnomalyState)),
     tags(
         (name = "auth"), (name = "devices"), (name = "statistics"), (name = "flows"),
         (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "admin"),
@@ -265,6 +297,68 @@ impl Modify for SecurityAddon {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every operation's error responses, the same way everywhere: each is a [`Problem`] as
+/// `application/problem+json`; a secured operation may answer 401, 403 and 503 (database away),
+/// one with parameters or a body 400, one with a body 415 and 413.
+fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let problem = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+                )
+                .build(),
+        )
+    };
+    let generic = [
+        ("400", "Bad input: `field` names what is wrong"),
+        ("401", "No valid session cookie or token"),
+        ("403", "The caller's role may not do this, or a cookie change lacks X-CSRF-Token"),
+        ("404", "No such thing"),
+        ("409", "Conflicts with what exists"),
+        ("413", "The body is too large"),
+        ("415", "The body is not JSON"),
+        ("426", "Not a WebSocket upgrade"),
+        ("429", "Too many attempts: wait Retry-After seconds"),
+        ("503", "The database is unavailable: try again"),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+        for op in ops.into_iter().flatten() {
+            let secured = op.security.as_ref().is_some_and(|s| {
+                serde_json::to_value(s).is_ok_and(|v| v != serde_json::json!([{}]))
+            });
+            let mut codes: Vec<&str> = Vec::new();
+            if secured {
+                codes.extend(["401", "403", "503"]);
+            }
+            if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || op.request_body.is_some() {
+                codes.push("400");
+            }
+            if op.request_body.is_some() {
+                codes.extend(["400", "413", "415", "503"]);
+            }
+            let responses = &mut op.responses.responses;
+            for code in codes {
+                responses.entry(code.to_string()).or_insert_with(|| problem(""));
+            }
+            for (code, r) in responses.iter_mut() {
+                if code.starts_with('4') || code.starts_with('5') {
+                    let text = generic.iter().find(|g| g.0 == code).map_or("", |g| g.1);
+                    let old = match r {
+                        RefOr::T(r) if !r.description.is_empty() => r.description.clone(),
+                        _ => text.to_string(),
+                    };
+                    *r = problem(&old);
+                }
+            }
+        }
     }
 }
 
@@ -298,6 +392,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .into_iter()
         .map(|(p, item)| (format!("/api/v1{p}"), item))
         .collect();
+    document_problems(&mut doc);
     let served = doc.clone();
     let router = axum::Router::new()
         .nest("/api/v1", router)
