@@ -516,7 +516,7 @@ impl prometheus_client::collector::Collector for Collector {
             "Bytes of live pages in the database",
             &one(load(&st.size_bytes) as f64),
         )?;
-        let per_stream = |a: &[AtomicU64; 6]| -> Vec<(Labels<'_>, u64)> {
+        let per_stream = |a: &[AtomicU64; Stream::COUNT]| -> Vec<(Labels<'_>, u64)> {
             Stream::ALL.iter().zip(a).map(|(s, c)| (vec![("stream", s.name())], load(c))).collect()
         };
         counter(

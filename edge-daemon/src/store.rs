@@ -8,6 +8,7 @@
 //! deletes the oldest rows first, and every deleted row is counted by table and reason.
 
 use crate::config::StoreConfig;
+use base64::Engine as _;
 use firmware::engine::FinishedFlow;
 use firmware::features::{FEATURE_SET_VERSION, N_FEATURES};
 use firmware::proto::{MetricsMsg, StatsMsg, Stream, FLOW_BATCH_MAX};
@@ -85,10 +86,10 @@ pub struct StoreCounters {
     /// Bytes the database's live pages take.
     pub size_bytes: AtomicU64,
     /// Messages queued for the hub, by stream (order of [`Stream::ALL`]).
-    pub outbox_queued: [AtomicU64; 6],
+    pub outbox_queued: [AtomicU64; Stream::COUNT],
     /// Queued messages dropped before the broker took them because the outbox was over
     /// `sync.outbox_max_messages`, by stream.
-    pub outbox_dropped: [AtomicU64; 6],
+    pub outbox_dropped: [AtomicU64; Stream::COUNT],
     /// Messages in the outbox.
     pub outbox_depth: AtomicU64,
 }
@@ -201,7 +202,7 @@ pub enum Row {
 struct Outbox {
     device: String,
     max_messages: u64,
-    last_seq: [u64; 6],
+    last_seq: [u64; Stream::COUNT],
 }
 
 /// A message with its header stamped, as JSON.
@@ -266,7 +267,7 @@ impl Store {
     /// [`firmware::proto::FLOW_BATCH_MAX`], statistics, metrics. Seqs continue from the last one
     /// this database gave out.
     pub fn enable_outbox(&mut self, device: &str, max_messages: u64) -> Result<(), StoreError> {
-        let mut last_seq = [0u64; 6];
+        let mut last_seq = [0u64; Stream::COUNT];
         let mut stmt = self.conn.prepare("SELECT stream, last FROM sync_seq")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
@@ -328,13 +329,14 @@ impl Store {
     pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let mut n = [0u64; 5];
-        let mut queued = [0u64; 6];
+        let mut queued = [0u64; Stream::COUNT];
         {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let created = now_us();
+            let syncing = self.outbox.is_some();
             let outbox = &mut self.outbox;
             // Queue one message: the next seq of its stream.
             let mut queue = |stream: Stream,
@@ -390,7 +392,8 @@ impl Store {
             )?;
             let mut evidence = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1
-                 WHERE anomaly_id IS NULL AND ts_us >= ?2 AND (src = ?3 OR dst = ?3)",
+                 WHERE anomaly_id IS NULL AND ts_us >= ?2 AND (src = ?3 OR dst = ?3)
+                 RETURNING ts_us, link_type, wire_len, data",
             )?;
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
             // Reused text buffers for the addresses: no allocation per row.
@@ -491,7 +494,32 @@ impl Store {
                     }
                     Row::Evidence { anomaly, host, since_us } => {
                         let ip = ip_bytes(host);
-                        evidence.execute(params![anomaly, since_us, ip])?;
+                        let mut marked: Vec<(i64, i32, u32, Vec<u8>)> = evidence
+                            .query_map(params![anomaly, since_us, ip], |r| {
+                                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                            })?
+                            .collect::<Result<_, _>>()?;
+                        if syncing && !marked.is_empty() {
+                            // The packets just marked go to the hub, in parts that fit a
+                            // message: each a pcap file.
+                            marked.sort_by_key(|p| p.0);
+                            for (n, pcap) in evidence_parts(&marked) {
+                                let msg = firmware::proto::EvidenceMsg {
+                                    schema: 0,
+                                    device: Default::default(),
+                                    seq: 0,
+                                    ts: 0,
+                                    anomaly: *anomaly as u64,
+                                    packets: n,
+                                    pcap: base64::engine::general_purpose::STANDARD.encode(&pcap),
+                                };
+                                queue(
+                                    Stream::Evidence,
+                                    &|d, seq| stamped(&msg, d, seq, created),
+                                    None,
+                                )?;
+                            }
+                        }
                     }
                     Row::Metrics(m) => {
                         queue(Stream::Metrics, &|d, seq| stamped(&**m, d, seq, created), None)?;
@@ -678,6 +706,55 @@ impl Store {
             }
         })
     }
+}
+
+/// Evidence packets (Unix µs, DLT, wire length, bytes; in time order) as pcap files of at most
+/// `EVIDENCE_PCAP_MAX` bytes, each of one link type, with its packet count. A packet too large
+/// for any part (not possible with the capture's snaplen) is left out.
+pub fn evidence_parts(rows: &[(i64, i32, u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    const HEADER: usize = 24;
+    const RECORD: usize = 16;
+    let max = firmware::proto::EVIDENCE_PCAP_MAX;
+    let mut parts = Vec::new();
+    let mut current: Option<(PcapWriter<Vec<u8>>, i32, usize, u32)> = None;
+    for (ts, link, len, data) in rows {
+        let size = RECORD + data.len();
+        if HEADER + size > max {
+            continue;
+        }
+        let full = current.as_ref().is_some_and(|c| c.1 != *link || c.2 + size > max);
+        if full {
+            if let Some((w, _, _, n)) = current.take() {
+                parts.push((n, w.into_writer()));
+            }
+        }
+        let (w, _, bytes, n) = match current.as_mut() {
+            Some(c) => c,
+            None => {
+                let header = PcapHeader {
+                    datalink: pcap_file::DataLink::from(*link as u32),
+                    snaplen: 262_144,
+                    ..PcapHeader::default()
+                };
+                let Ok(w) = PcapWriter::with_header(Vec::with_capacity(max), header) else {
+                    continue;
+                };
+                current.insert((w, *link, HEADER, 0))
+            }
+        };
+        let at = std::time::Duration::from_micros(ts.max(&0).unsigned_abs());
+        if w.write_packet(&PcapPacket::new(at, *len, data)).is_ok() {
+            *bytes += size;
+            *n += 1;
+        }
+    }
+    if let Some((w, _, _, n)) = current {
+        if n > 0 {
+            parts.push((n, w.into_writer()));
+        }
+    }
+    parts
 }
 
 /// Write packets (Unix µs, DLT, wire length, bytes) as a pcap file; all must share a link type.

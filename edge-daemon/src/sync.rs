@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 pub struct SyncCounters {
     /// Messages handed to the broker, by stream (order of [`Stream::ALL`]); a message sent
     /// again after a reconnect counts again.
-    pub published: [AtomicU64; 6],
+    pub published: [AtomicU64; Stream::COUNT],
     /// Messages the broker acknowledged (and the outbox released), by stream.
-    pub acked: [AtomicU64; 6],
+    pub acked: [AtomicU64; Stream::COUNT],
     /// Flow records in acknowledged flow batches.
     pub flows_acked: AtomicU64,
     /// Flow records a batch named but store retention had deleted before they were sent.

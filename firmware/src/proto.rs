@@ -22,6 +22,9 @@ pub const DEVICE_ID_MAX: usize = 64;
 pub const FLOW_BATCH_MAX: usize = 32;
 /// Features per flow the contract can carry.
 pub const FEATURES_MAX: usize = 128;
+/// Bytes of pcap file in one evidence message at most (before base64: a message stays well
+/// under the hub's 256 KiB payload limit).
+pub const EVIDENCE_PCAP_MAX: usize = 128 * 1024;
 
 /// A device id: `[A-Za-z0-9_.-]`, 1 to 64 characters (it is a topic level).
 pub type DeviceId = String<DEVICE_ID_MAX>;
@@ -39,16 +42,20 @@ pub enum Stream {
     Metrics,
     Analyses,
     Status,
+    Evidence,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 6] = [
+    /// How many streams there are.
+    pub const COUNT: usize = 7;
+    pub const ALL: [Stream; Stream::COUNT] = [
         Stream::Anomalies,
         Stream::Flows,
         Stream::Stats,
         Stream::Metrics,
         Stream::Analyses,
         Stream::Status,
+        Stream::Evidence,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -58,6 +65,7 @@ impl Stream {
             Stream::Metrics => "metrics",
             Stream::Analyses => "analyses",
             Stream::Status => "status",
+            Stream::Evidence => "evidence",
         }
     }
     pub fn from_name(name: &str) -> Option<Stream> {
@@ -395,6 +403,24 @@ message! {
     }
 }
 
+#[cfg(feature = "std")]
+message! {
+    /// `evidence` stream: packets an edge kept as evidence of an anomaly episode, as a pcap file.
+    /// An episode's evidence may come in several parts (its packets as they were marked, split
+    /// to fit [`EVIDENCE_PCAP_MAX`]); each part is a whole pcap file. Host-side only (it needs
+    /// the heap).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct EvidenceMsg => Evidence {
+        /// The episode's id ([`AnomalyMsg::id`]).
+        pub anomaly: u64,
+        /// Packets in this part.
+        pub packets: u32,
+        /// The pcap file, base64 (standard alphabet, padded).
+        #[cfg_attr(feature = "schema", schemars(length(max = 174764)))]
+        pub pcap: std::string::String,
+    }
+}
+
 /// The JSON Schema of each stream's message, by stream name.
 #[cfg(feature = "schema")]
 pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
@@ -411,6 +437,7 @@ pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
         one::<MetricsMsg>(),
         one::<AnalysisMsg>(),
         one::<StatusMsg>(),
+        one::<EvidenceMsg>(),
     ]
 }
 

@@ -30,7 +30,8 @@ fn now_us() -> i64 {
 }
 
 async fn fill_flows(db: &tokio_postgres::Client, n: i64, devices: usize, t0: i64) {
-    let have: i64 = db.query_one("SELECT count(*) FROM traffic_features", &[]).await.unwrap().get(0);
+    let have: i64 =
+        db.query_one("SELECT count(*) FROM traffic_features", &[]).await.unwrap().get(0);
     if have >= n {
         println!("flows: {have} rows already");
         return;
@@ -96,8 +97,10 @@ async fn fill_stats(config: &Config, devices: usize, t0: i64) {
                 })
                 .collect();
             let hosts: Vec<Value> = (0..10u64)
-                .map(|h| json!({"ip": format!("10.{}.{}.{}", d, (i / 360) % 200, h + 1),
-                                "packets": 800 - h * 70, "bytes": 700_000 - h * 60_000}))
+                .map(|h| {
+                    json!({"ip": format!("10.{}.{}.{}", d, (i / 360) % 200, h + 1),
+                                "packets": 800 - h * 70, "bytes": 700_000 - h * 60_000})
+                })
                 .collect();
             let v = json!({"schema": 1, "device": device, "seq": i + 1, "ts": start + 10_000_000,
                 "interval_start": start, "interval_end": start + 10_000_000,
@@ -179,9 +182,11 @@ async fn main() {
     fill_stats(&config, devices, t0).await;
     fill_anomalies(&db, anomalies, devices, t0).await;
     db.batch_execute("ANALYZE").await.unwrap();
-    let rows: i64 = db.query_one("SELECT count(*) FROM traffic_features", &[]).await.unwrap().get(0);
+    let rows: i64 =
+        db.query_one("SELECT count(*) FROM traffic_features", &[]).await.unwrap().get(0);
     let stats: i64 = db.query_one("SELECT count(*) FROM traffic_stats", &[]).await.unwrap().get(0);
-    let anomalies_n: i64 = db.query_one("SELECT count(*) FROM anomalies", &[]).await.unwrap().get(0);
+    let anomalies_n: i64 =
+        db.query_one("SELECT count(*) FROM anomalies", &[]).await.unwrap().get(0);
     println!("database: {rows} flow rows, {stats} statistics intervals, {anomalies_n} anomalies");
 
     let state = tapwatch_hub::cli::api_state(&config).unwrap();
@@ -234,13 +239,29 @@ async fn main() {
     );
     let cases: Vec<(&'static str, f64, String)> = vec![
         ("stats: 24 h, all devices, 5-minute buckets", 200.0, format!("/api/v1/stats?{day}")),
-        ("stats: 24 h, all devices, 1-minute buckets", 200.0, format!("/api/v1/stats?{day}&bucket=60")),
+        (
+            "stats: 24 h, all devices, 1-minute buckets",
+            200.0,
+            format!("/api/v1/stats?{day}&bucket=60"),
+        ),
         ("stats: 24 h, one device", 200.0, format!("/api/v1/stats?{day}&device=tap-1")),
         ("anomalies: first page (50)", 50.0, "/api/v1/anomalies?limit=50".to_string()),
         ("anomalies: 20th page (50)", 50.0, format!("/api/v1/anomalies?{day}&limit=50{cursor}")),
-        ("anomalies: kind and severity", 50.0, "/api/v1/anomalies?kind=brute_force&severity=high&limit=50".to_string()),
-        ("anomalies: one device, new", 50.0, "/api/v1/anomalies?device=tap-2&state=new&limit=50".to_string()),
-        ("flows: one host, last hour, first page", f64::NAN, format!("/api/v1/flows?host=10.3.4.5&to={}", fmt(end))),
+        (
+            "anomalies: kind and severity",
+            50.0,
+            "/api/v1/anomalies?kind=brute_force&severity=high&limit=50".to_string(),
+        ),
+        (
+            "anomalies: one device, new",
+            50.0,
+            "/api/v1/anomalies?device=tap-2&state=new&limit=50".to_string(),
+        ),
+        (
+            "flows: one host, last hour, first page",
+            f64::NAN,
+            format!("/api/v1/flows?host=10.3.4.5&to={}", fmt(end)),
+        ),
         ("devices", f64::NAN, "/api/v1/devices".to_string()),
     ];
     let mut results = Vec::new();
@@ -258,8 +279,16 @@ async fn main() {
     println!("\n{:<44} {:>9} {:>9} {:>9} {:>8}", "request", "p50 ms", "p95 ms", "max ms", "target");
     for t in &results {
         let p = |q: f64| t.ms[((t.ms.len() as f64 - 1.0) * q).round() as usize];
-        let target = if t.target_ms.is_nan() { "-".to_string() } else { format!("{}", t.target_ms) };
-        println!("{:<44} {:>9.1} {:>9.1} {:>9.1} {:>8}", t.name, p(0.5), p(0.95), t.ms[t.ms.len() - 1], target);
+        let target =
+            if t.target_ms.is_nan() { "-".to_string() } else { format!("{}", t.target_ms) };
+        println!(
+            "{:<44} {:>9.1} {:>9.1} {:>9.1} {:>8}",
+            t.name,
+            p(0.5),
+            p(0.95),
+            t.ms[t.ms.len() - 1],
+            target
+        );
     }
     db.execute("DELETE FROM users WHERE username = $1", &[&name]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;

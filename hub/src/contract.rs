@@ -5,9 +5,10 @@
 //! [`MAX_PAYLOAD`]; it is JSON; its `schema` is a version we know; it has the shape of its stream's
 //! message; the `device` inside matches the topic's. Nothing is partially accepted.
 
+use base64::Engine;
 use firmware::proto::{
-    parse_topic, AnalysisMsg, AnomalyMsg, FlowBatch, Header, Message, MetricsMsg, StatsMsg,
-    StatusMsg, Stream, SCHEMA_VERSION,
+    parse_topic, AnalysisMsg, AnomalyMsg, EvidenceMsg, FlowBatch, Header, Message, MetricsMsg,
+    StatsMsg, StatusMsg, Stream, EVIDENCE_PCAP_MAX, SCHEMA_VERSION,
 };
 
 /// Largest payload accepted. A full flow batch (32 flows of 128 features) is about 60 KiB.
@@ -23,6 +24,8 @@ pub enum Decoded {
     Metrics(MetricsMsg),
     Analysis(AnalysisMsg),
     Status(StatusMsg),
+    /// With the pcap file decoded from base64 (and checked whole).
+    Evidence(Box<EvidenceMsg>, Vec<u8>),
 }
 
 impl Decoded {
@@ -34,6 +37,7 @@ impl Decoded {
             Decoded::Metrics(m) => m.header(),
             Decoded::Analysis(m) => m.header(),
             Decoded::Status(m) => m.header(),
+            Decoded::Evidence(m, _) => m.header(),
         }
     }
     pub fn stream(&self) -> Stream {
@@ -44,6 +48,7 @@ impl Decoded {
             Decoded::Metrics(_) => MetricsMsg::STREAM,
             Decoded::Analysis(_) => AnalysisMsg::STREAM,
             Decoded::Status(_) => StatusMsg::STREAM,
+            Decoded::Evidence(..) => EvidenceMsg::STREAM,
         }
     }
 }
@@ -103,6 +108,9 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Decoded, Reject> {
         Stream::Metrics => serde_json::from_slice(payload).map(Decoded::Metrics),
         Stream::Analyses => serde_json::from_slice(payload).map(Decoded::Analysis),
         Stream::Status => serde_json::from_slice(payload).map(Decoded::Status),
+        Stream::Evidence => {
+            serde_json::from_slice(payload).map(|m| Decoded::Evidence(Box::new(m), Vec::new()))
+        }
     };
     if let Ok(msg) = typed {
         let schema = msg.header().schema;
@@ -130,6 +138,7 @@ pub fn decode(topic: &str, payload: &[u8]) -> Result<Decoded, Reject> {
         Stream::Metrics => Decoded::Metrics(shape(stream, v)?),
         Stream::Analyses => Decoded::Analysis(shape(stream, v)?),
         Stream::Status => Decoded::Status(shape(stream, v)?),
+        Stream::Evidence => Decoded::Evidence(Box::new(shape(stream, v)?), Vec::new()),
     };
     accept(device, msg)
 }
@@ -141,7 +150,36 @@ fn accept(device: &str, msg: Decoded) -> Result<Decoded, Reject> {
         return Err(Reject::DeviceMismatch { topic: device.into(), inside: inside.into() });
     }
     check_times(&msg)?;
-    Ok(msg)
+    match msg {
+        Decoded::Evidence(m, _) => {
+            let pcap = check_evidence(&m)?;
+            Ok(Decoded::Evidence(m, pcap))
+        }
+        msg => Ok(msg),
+    }
+}
+
+/// An evidence part's pcap: base64 of a whole pcap file of at most [`EVIDENCE_PCAP_MAX`] bytes
+/// holding `packets` packets.
+fn check_evidence(m: &EvidenceMsg) -> Result<Vec<u8>, Reject> {
+    let bad = |message: String| Reject::Shape { stream: "evidence", message };
+    let pcap = base64::engine::general_purpose::STANDARD
+        .decode(&m.pcap)
+        .map_err(|e| bad(format!("pcap: not base64: {e}")))?;
+    if pcap.len() > EVIDENCE_PCAP_MAX {
+        return Err(bad(format!("pcap: {} bytes, over {EVIDENCE_PCAP_MAX}", pcap.len())));
+    }
+    let mut reader = pcap_file::pcap::PcapReader::new(&pcap[..])
+        .map_err(|e| bad(format!("pcap: not a pcap file: {e}")))?;
+    let mut n = 0u32;
+    while let Some(p) = reader.next_packet() {
+        p.map_err(|e| bad(format!("pcap: packet {n}: {e}")))?;
+        n += 1;
+    }
+    if n != m.packets || n == 0 {
+        return Err(bad(format!("pcap: {n} packets, the message says {}", m.packets)));
+    }
+    Ok(pcap)
 }
 
 /// Latest time accepted: 2100-01-01, Unix microseconds. Earlier than 1970 is refused too: such
@@ -228,6 +266,60 @@ mod tests {
         for (topic, payload, reason) in cases {
             let err = decode(topic, &payload).unwrap_err();
             assert_eq!(err.reason(), reason, "{topic}: {err}");
+        }
+    }
+
+    /// A pcap file of `n` small packets.
+    fn pcap(n: usize) -> Vec<u8> {
+        let header = pcap_file::pcap::PcapHeader::default();
+        let mut w = pcap_file::pcap::PcapWriter::with_header(Vec::new(), header).unwrap();
+        for i in 0..n {
+            let p = pcap_file::pcap::PcapPacket::new(
+                std::time::Duration::from_micros(i as u64),
+                60,
+                &[0u8; 60],
+            );
+            w.write_packet(&p).unwrap();
+        }
+        w.into_writer()
+    }
+
+    fn evidence(pcap: &[u8], packets: u32) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pcap);
+        json!({"schema": 1, "device": "tap-1", "seq": 1, "ts": 5, "anomaly": 9,
+               "packets": packets, "pcap": b64})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn test_evidence_is_a_whole_pcap_file() {
+        let topic = "tapwatch/v1/tap-1/evidence";
+        match decode(topic, &evidence(&pcap(3), 3)).unwrap() {
+            Decoded::Evidence(m, bytes) => {
+                assert_eq!((m.anomaly, m.packets), (9, 3));
+                assert_eq!(bytes, pcap(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        let whole = pcap(3);
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (evidence(&whole, 2), "3 packets, the message says 2"),
+            (evidence(&whole[..whole.len() - 10], 3), "packet 2"),
+            (evidence(b"not a pcap file at all, no", 1), "not a pcap file"),
+            (evidence(&pcap(0), 0), "0 packets"),
+            (
+                json!({"schema": 1, "device": "tap-1", "seq": 1, "ts": 5, "anomaly": 9,
+                       "packets": 1, "pcap": "!!!"})
+                .to_string()
+                .into_bytes(),
+                "not base64",
+            ),
+        ];
+        for (payload, why) in bad {
+            let err = decode(topic, &payload).unwrap_err();
+            assert_eq!(err.reason(), "shape", "{err}");
+            assert!(err.to_string().contains(why), "{err} / {why}");
         }
     }
 

@@ -114,6 +114,8 @@ pub struct Retained {
     pub dead_letters_deleted: u64,
     /// Rows of the minute and hour rollups (statistics, top ports and talkers).
     pub rollups_deleted: u64,
+    /// Evidence parts received before the cutoff.
+    pub evidence_deleted: u64,
 }
 
 /// Drop day partitions older than `max_age_days`, then the oldest while the partitioned tables
@@ -187,6 +189,9 @@ pub async fn retention(
         client.execute("DELETE FROM ingest_log WHERE received_at < $1", &[&cutoff_time]).await?;
     r.dead_letters_deleted =
         client.execute("DELETE FROM dead_letters WHERE received_at < $1", &[&cutoff_time]).await?;
+    r.evidence_deleted = client
+        .execute("DELETE FROM anomaly_evidence WHERE received_at < $1", &[&cutoff_time])
+        .await?;
     for table in ["traffic_stats_1m", "traffic_stats_1h", "traffic_top_1h"] {
         r.rollups_deleted += client
             .execute(&format!("DELETE FROM {table} WHERE bucket < $1"), &[&cutoff_time])

@@ -67,7 +67,7 @@ impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let per_stream = |a: &[AtomicU64; 6]| -> Vec<(Labels<'_>, u64)> {
+        let per_stream = |a: &[AtomicU64; Stream::COUNT]| -> Vec<(Labels<'_>, u64)> {
             Stream::ALL.iter().zip(a).map(|(s, c)| (vec![("stream", s.name())], load(c))).collect()
         };
         let enc = &mut enc;

@@ -53,9 +53,9 @@ pub const REJECT_REASONS: [&str; 8] = [
 #[derive(Debug, Default)]
 pub struct IngestCounters {
     /// Messages whose rows were committed, by stream (order of [`Stream::ALL`]).
-    pub accepted: [AtomicU64; 6],
+    pub accepted: [AtomicU64; Stream::COUNT],
     /// Messages already ingested (sent again), by stream.
-    pub duplicates: [AtomicU64; 6],
+    pub duplicates: [AtomicU64; Stream::COUNT],
     /// Messages refused, by reason (order of [`REJECT_REASONS`]).
     pub rejected: [AtomicU64; 8],
     /// Flow records committed.
@@ -339,8 +339,8 @@ impl Ingestor {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        let mut accepted = [0u64; 6];
-        let mut duplicates = [0u64; 6];
+        let mut accepted = [0u64; Stream::COUNT];
+        let mut duplicates = [0u64; Stream::COUNT];
         let mut flows = Vec::new();
         let mut anomalies: HashMap<(String, u64), &firmware::proto::AnomalyMsg> = HashMap::new();
         let mut seen_devices = HashSet::new();
@@ -421,6 +421,20 @@ impl Ingestor {
                         anomalies.insert(key, a);
                     }
                 }
+                Decoded::Evidence(e, pcap) => {
+                    tx.execute(
+                        "INSERT INTO anomaly_evidence (device, edge_id, seq, packets, pcap)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[
+                            &e.device.as_str(),
+                            &(e.anomaly as i64),
+                            &(e.seq as i64),
+                            &(e.packets as i32),
+                            pcap,
+                        ],
+                    )
+                    .await?;
+                }
                 Decoded::Status(s) => {
                     let state = serde_json::to_value(s.state).unwrap_or_default();
                     tx.execute(
@@ -444,7 +458,7 @@ impl Ingestor {
         tx.execute("UPDATE devices SET last_seen = now() WHERE id = ANY($1)", &[&seen]).await?;
         tx.commit().await?;
         let c = &self.counters;
-        for i in 0..6 {
+        for i in 0..Stream::COUNT {
             c.accepted[i].fetch_add(accepted[i], Ordering::Relaxed);
             c.duplicates[i].fetch_add(duplicates[i], Ordering::Relaxed);
         }

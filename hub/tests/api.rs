@@ -317,6 +317,17 @@ async fn seed(hub: &Hub, device: &str, t0: i64) {
     hub.ingest(&m).await;
 }
 
+/// A pcap file's packets: time, wire length, bytes.
+fn read_pcap(bytes: &[u8]) -> Vec<(Duration, u32, Vec<u8>)> {
+    let mut r = pcap_file::pcap::PcapReader::new(bytes).unwrap();
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let p = p.unwrap();
+        out.push((p.timestamp, p.orig_len, p.data.to_vec()));
+    }
+    out
+}
+
 /// What the document says a route needs: None for no credentials, else the least role.
 fn needs(op: &utoipa::openapi::path::Operation) -> Option<Role> {
     let reqs = op.security.as_ref().expect("every operation states its security");
@@ -728,13 +739,33 @@ async fn test_data_routes_read_what_was_ingested() {
     let r = hub.call(Method::GET, &format!("{url}/evidence"), &v, None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.json["detail"].as_str().unwrap().contains("evidence"));
-    let pcap =
+    // The edge sends its evidence in parts, each a pcap file; the hub gives them back as one.
+    let file =
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/benign/rsync.pcap"))
             .unwrap();
-    hub.sql().await.execute(
-        "INSERT INTO anomaly_evidence (device, edge_id, packets, pcap) VALUES ('tap-1', 1, 3, $1)",
-        &[&pcap],
-    ).await.unwrap();
+    let packets = read_pcap(&file);
+    assert!(packets.len() >= 4);
+    let half = packets.len() / 2;
+    let mut parts = Vec::new();
+    for (i, chunk) in [&packets[..half], &packets[half..]].into_iter().enumerate() {
+        let header = pcap_file::pcap::PcapReader::new(&file[..]).unwrap().header();
+        let mut w = pcap_file::pcap::PcapWriter::with_header(Vec::new(), header).unwrap();
+        for (ts, len, data) in chunk {
+            w.write_packet(&pcap_file::pcap::PcapPacket::new(*ts, *len, data)).unwrap();
+        }
+        use base64::Engine;
+        let pcap = base64::engine::general_purpose::STANDARD.encode(w.into_writer());
+        parts.push(msg(
+            "tap-1",
+            "evidence",
+            i as u64 + 1,
+            end,
+            json!({"anomaly": 1, "packets": chunk.len(), "pcap": pcap}),
+        ));
+    }
+    // In the wrong order, as two hubs may take them: the download is in seq order.
+    parts.reverse();
+    hub.ingest(&parts).await;
     let r = hub.call(Method::GET, &format!("{url}/evidence"), &v, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/vnd.tcpdump.pcap");
@@ -742,7 +773,8 @@ async fn test_data_routes_read_what_was_ingested() {
         .to_str()
         .unwrap()
         .contains(&format!("anomaly-{id}.pcap")));
-    assert_eq!(r.bytes, pcap);
+    assert_eq!(read_pcap(&r.bytes), packets);
+    assert_eq!(hub.get(&url, &v).await["has_evidence"], true);
 
     // Suppression: matching episodes leave the list unless asked for.
     let r = hub

@@ -677,6 +677,41 @@ fn test_end_to_end_counts_and_dead_letters() {
         db.query(&format!("SELECT kind FROM anomalies WHERE device = '{d}'")).trim(),
         "port_scan"
     );
+    // Its evidence: the ring's packets to or from the source, marked and sent as pcap parts.
+    let iface: std::sync::Arc<str> = std::sync::Arc::from("eth9");
+    for i in 0..5u8 {
+        edge.send(Row::Packet(Box::new(tapwatch_edge::store::PacketRow {
+            ts_us: 1_790_000_000_000_000 + i64::from(i),
+            interface: iface.clone(),
+            link_type: 1,
+            wire_len: 1514,
+            src: Some([10, 9, 9, 9].into()),
+            dst: Some([10, 0, 0, i].into()),
+            data: vec![i; 64],
+        })));
+    }
+    edge.send(Row::Evidence {
+        anomaly: 7,
+        host: [10, 9, 9, 9].into(),
+        since_us: 1_790_000_000_000_000,
+    });
+    let sql = format!(
+        "SELECT coalesce(sum(packets), 0) FROM anomaly_evidence WHERE device = '{d}' AND edge_id = 7"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.count(&sql) != 5 {
+        assert!(Instant::now() < deadline, "evidence packets: {}", db.count(&sql));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pcap = db.query(&format!(
+        "SELECT encode(pcap, 'hex') FROM anomaly_evidence WHERE device = '{d}' AND edge_id = 7"
+    ));
+    let bytes: Vec<u8> = (0..pcap.trim().len() / 2)
+        .map(|i| u8::from_str_radix(&pcap.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let mut r = pcap_file::pcap::PcapReader::new(&bytes[..]).unwrap();
+    let first = r.next_packet().unwrap().unwrap();
+    assert_eq!((first.orig_len, first.data.len()), (1514, 64));
     // The hub still ingests after all that.
     edge.produce(100);
     assert_exactly(&db, &edge, &[&hub]);

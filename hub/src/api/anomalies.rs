@@ -395,18 +395,23 @@ pub async fn evidence(
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Response> {
     let db = s.pool.get().await?;
-    let row = db
-        .query_opt(
-            "SELECT a.id, e.pcap FROM anomalies a
-             LEFT JOIN anomaly_evidence e ON e.device = a.device AND e.edge_id = a.edge_id
-             WHERE a.id = $1",
-            &[&id],
-        )
+    let anomaly = db
+        .query_opt("SELECT device, edge_id FROM anomalies WHERE id = $1", &[&id])
         .await?
         .ok_or_else(|| Problem::not_found(format!("no anomaly {id}")))?;
-    let Some(pcap) = row.get::<_, Option<Vec<u8>>>(1) else {
+    let parts: Vec<Vec<u8>> = db
+        .query(
+            "SELECT pcap FROM anomaly_evidence WHERE device = $1 AND edge_id = $2 ORDER BY seq",
+            &[&anomaly.get::<_, &str>(0), &anomaly.get::<_, i64>(1)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if parts.is_empty() {
         return Err(Problem::not_found(format!("anomaly {id}: its edge has sent no evidence yet")));
-    };
+    }
+    let pcap = merge_pcaps(&parts).map_err(Problem::internal)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
@@ -415,6 +420,33 @@ pub async fn evidence(
         pcap,
     )
         .into_response())
+}
+
+/// One pcap file of the packets of `parts` (pcap files, as the ingest checked them), in order,
+/// with the first part's header; parts of another link type are left out (one pcap file has one).
+pub fn merge_pcaps(parts: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+    use pcap_file::pcap::{PcapReader, PcapWriter};
+    let mut writer: Option<(PcapWriter<Vec<u8>>, pcap_file::DataLink)> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let mut reader = PcapReader::new(&part[..]).map_err(|e| format!("part {i}: {e}"))?;
+        let header = reader.header();
+        let w = match writer.as_mut() {
+            Some((_, link)) if *link != header.datalink => {
+                tracing::warn!("evidence part {i} has another link type: left out");
+                continue;
+            }
+            Some((w, _)) => w,
+            None => {
+                let w = PcapWriter::with_header(Vec::new(), header).map_err(|e| e.to_string())?;
+                &mut writer.insert((w, header.datalink)).0
+            }
+        };
+        while let Some(p) = reader.next_packet() {
+            let p = p.map_err(|e| format!("part {i}: {e}"))?;
+            w.write_packet(&p).map_err(|e| e.to_string())?;
+        }
+    }
+    writer.map(|(w, _)| w.into_writer()).ok_or_else(|| "no parts".to_string())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
