@@ -9,6 +9,7 @@ apt_packages=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
   iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3 python3-venv   # live-capture tests and benches
   hydra openssh-server vsftpd dnsmasq-base iodine bind9-dnsutils   # the lab (models/lab/lab.sh)
+  chromium                                      # the dashboard's browser tests (playwright-core)
 )
 arm64_packages=(libpcap-dev:arm64)
 
@@ -59,3 +60,17 @@ components=$(rustup component list --installed)
 for c in rustfmt clippy; do
   grep -q "^$c" <<< "$components" || rustup component add "$c"
 done
+
+# The dashboard (hub/web): its packages as the lock file pins them, and its build, with the
+# machine's Node.js (20.19 or later, for Vite 7) and npm.
+if ! command -v npm > /dev/null; then
+  echo "scripts/setup.sh: npm not found; install Node.js 20.19 or later with npm" >&2
+  exit 1
+fi
+web="$(cd "$(dirname "$0")/.." && pwd)/hub/web"
+if [ -f "$web/package-lock.json" ]; then
+  if [ ! -d "$web/node_modules" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  (cd "$web" && npm run --silent build > /dev/null)
+fi

@@ -36,3 +36,6 @@ cargo test --workspace --all-features
 
 step "schemathesis against the hub's OpenAPI document (no 5xx, every response as documented)"
 ST_EXAMPLES=50 bash scripts/schemathesis.sh
+
+step "the dashboard in Debian's Chromium (playwright-core): screenshots in bench-out/browser"
+bash scripts/browser-test.sh

@@ -202,7 +202,18 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
                 Some(api_metrics),
             )),
         };
-        let app = crate::http::app(state, Some(api))
+        let web_root = (!config.http.web_root.as_os_str().is_empty())
+            .then_some(config.http.web_root.as_path());
+        match web_root {
+            Some(p) if p.join("index.html").is_file() => {
+                tracing::info!("dashboard: serving {}", p.display())
+            }
+            _ => tracing::warn!(
+                "dashboard: http.web_root {:?} holds no index.html; / says so",
+                config.http.web_root
+            ),
+        }
+        let app = crate::http::app(state, Some(api), web_root)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -33,6 +33,8 @@ pub struct HttpConfig {
     pub login_per_minute: u32,
     /// PostgreSQL connections the API uses at most.
     pub db_connections: usize,
+    /// The dashboard's built files (hub/web/dist), served at `/`; empty: none.
+    pub web_root: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +45,7 @@ impl Default for HttpConfig {
             cookie_secure: false,
             login_per_minute: 10,
             db_connections: 8,
+            web_root: PathBuf::from("/usr/share/tapwatch/web"),
         }
     }
 }

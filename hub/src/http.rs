@@ -186,16 +186,48 @@ pub fn registry(counters: Arc<IngestCounters>, api: Option<ApiMetrics>) -> Regis
     r
 }
 
-/// `/metrics` and `/healthz`, and the API when given.
-pub fn app(state: AppState, api: Option<crate::api::ApiState>) -> Router {
+/// `/metrics` and `/healthz`, the API when given, and the dashboard's files from `web_root`
+/// (when it exists) at `/`.
+pub fn app(
+    state: AppState,
+    api: Option<crate::api::ApiState>,
+    web_root: Option<&std::path::Path>,
+) -> Router {
     let own = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state);
-    match api {
+    let app = match api {
         Some(api) => own.merge(crate::api::router(api).0),
         None => own,
-    }
+    };
+    let app = match web_root.filter(|p| p.join("index.html").is_file()) {
+        Some(root) => app.fallback_service(tower_http::services::ServeDir::new(root)),
+        None => app.fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "The dashboard is not installed here: build hub/web (npm run build) and set \
+                 http.web_root to its dist folder.\n",
+            )
+        }),
+    };
+    // The dashboard runs only its own scripts, talks only to this hub, and is never framed.
+    let headers = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ];
+    headers.into_iter().fold(app, |app, (name, value)| {
+        app.layer(tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+            name,
+            header::HeaderValue::from_static(value),
+        ))
+    })
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -394,17 +394,16 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .collect();
     document_problems(&mut doc);
     let served = doc.clone();
-    let router = axum::Router::new()
-        .nest("/api/v1", router)
+    let router = router
         .route(
-            "/api/v1/openapi.json",
+            "/openapi.json",
             axum::routing::get(move || {
                 let d = served.clone();
                 async move { Json(d) }
             }),
         )
         .fallback(|| async { Problem::not_found("no such route") });
-    (router, doc)
+    (axum::Router::new().nest("/api/v1", router), doc)
 }
 
 /// A path parameter; a bad one is a 400 naming it.

@@ -1,0 +1,192 @@
+// Small DOM helpers, formatting, the time range every page shares, and toasts.
+
+type Child = Node | string | number | null | undefined | false;
+
+/** An element with attributes (on* are listeners) and children. */
+export function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, unknown> = {},
+  ...children: (Child | Child[])[]
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") {
+      el.addEventListener(k.slice(2).toLowerCase(), v as EventListener);
+    } else if (k === "class") {
+      el.className = String(v);
+    } else if (v === true) {
+      el.setAttribute(k, "");
+    } else {
+      el.setAttribute(k, String(v));
+    }
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+export function bytes(n: number): string {
+  const units = ["B", "KB", "MB", "GB", "TB", "PB"];
+  let i = 0;
+  let v = n;
+  while (Math.abs(v) >= 1000 && i < units.length - 1) {
+    v /= 1000;
+    i++;
+  }
+  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+export function count(n: number): string {
+  return new Intl.NumberFormat("en", { notation: n >= 10000 ? "compact" : "standard" }).format(n);
+}
+
+export function when(iso: string | null | undefined): string {
+  if (!iso) return "–";
+  const d = new Date(iso);
+  return d.toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" });
+}
+
+export function ago(iso: string | null | undefined): string {
+  if (!iso) return "never";
+  const s = Math.round((Date.now() - new Date(iso).getTime()) / 1000);
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+export const PROTOCOLS: Record<number, string> = { 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6" };
+export function proto(n: number | null | undefined): string {
+  return n === null || n === undefined ? "–" : (PROTOCOLS[n] ?? String(n));
+}
+
+export function kindName(k: string): string {
+  return k.replace(/_/g, " ");
+}
+
+// The time range every page shows: a preset (last N minutes) or fixed from/to.
+export interface Range {
+  preset: number | null; // minutes
+  from: Date;
+  to: Date;
+}
+
+const PRESETS: [string, number][] = [
+  ["15 min", 15],
+  ["1 h", 60],
+  ["6 h", 360],
+  ["24 h", 1440],
+  ["7 d", 10080],
+];
+
+let range: Range = rangeOf(Number(localStorage.getItem("tapwatch.range") ?? 60) || 60);
+const listeners: (() => void)[] = [];
+
+function rangeOf(minutes: number): Range {
+  const to = new Date();
+  return { preset: minutes, from: new Date(to.getTime() - minutes * 60_000), to };
+}
+
+/** The current range; a preset is moved to now each time it is read. */
+export function currentRange(): Range {
+  if (range.preset !== null) range = rangeOf(range.preset);
+  return range;
+}
+
+export function onRangeChange(f: () => void) {
+  listeners.push(f);
+}
+export function clearRangeListeners() {
+  listeners.length = 0;
+}
+
+function setRange(r: Range) {
+  range = r;
+  if (r.preset !== null) localStorage.setItem("tapwatch.range", String(r.preset));
+  for (const f of listeners) f();
+}
+
+function localInput(d: Date): string {
+  const off = d.getTimezoneOffset() * 60_000;
+  return new Date(d.getTime() - off).toISOString().slice(0, 16);
+}
+
+/** The range picker: presets, and a custom from/to. */
+export function rangePicker(): HTMLElement {
+  const r = currentRange();
+  const from = h("input", { type: "datetime-local", value: localInput(r.from), "aria-label": "from" });
+  const to = h("input", { type: "datetime-local", value: localInput(r.to), "aria-label": "to" });
+  const box = h(
+    "div",
+    { class: "range" },
+    PRESETS.map(([label, m]) =>
+      h(
+        "button",
+        {
+          class: r.preset === m ? "on" : "",
+          onclick: () => {
+            setRange(rangeOf(m));
+            box.replaceWith(rangePicker());
+          },
+        },
+        label,
+      ),
+    ),
+    from,
+    to,
+    h(
+      "button",
+      {
+        onclick: () => {
+          const f = new Date(from.value);
+          const t = new Date(to.value);
+          if (isNaN(f.getTime()) || isNaN(t.getTime()) || f >= t) {
+            toast("The range needs a start before its end.", "error");
+            return;
+          }
+          setRange({ preset: null, from: f, to: t });
+          box.replaceWith(rangePicker());
+        },
+      },
+      "Apply",
+    ),
+  );
+  return box;
+}
+
+/** A message in the corner for a few seconds (errors stay until clicked). */
+export function toast(text: string, kind: "info" | "error" | "alert" = "info", onclick?: () => void) {
+  const box = document.getElementById("toasts");
+  if (!box) return;
+  const t = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, text);
+  t.addEventListener("click", () => {
+    onclick?.();
+    t.remove();
+  });
+  box.append(t);
+  if (kind !== "error") setTimeout(() => t.remove(), 8000);
+}
+
+/** A panel that shows loading, then the content, an empty state, or the error. */
+export async function panel<T>(
+  el: HTMLElement,
+  load: () => Promise<T>,
+  draw: (v: T) => Node | Node[] | null,
+  empty = "Nothing in this range.",
+) {
+  el.replaceChildren(h("p", { class: "loading" }, "Loading…"));
+  try {
+    const v = await load();
+    const out = draw(v);
+    if (out === null || (Array.isArray(out) && out.length === 0)) {
+      el.replaceChildren(h("p", { class: "empty" }, empty));
+    } else {
+      el.replaceChildren(...(Array.isArray(out) ? out : [out]));
+    }
+  } catch (e) {
+    el.replaceChildren(h("p", { class: "error", role: "alert" }, `Could not load: ${(e as Error).message}`));
+  }
+}
