@@ -255,6 +255,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
             let opened = Store::open(&config.store, counters.clone()).and_then(|mut s| {
                 if config.sync.enabled {
                     s.enable_outbox(&config.device.id, config.sync.outbox_max_messages)?;
+                    s.set_evidence_limit(u64::from(config.sync.evidence_max_mb) << 20);
                 }
                 Ok(s)
             });

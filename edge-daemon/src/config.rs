@@ -337,6 +337,9 @@ pub struct SyncConfig {
     pub outbox_max_messages: u64,
     /// How often the host and pipeline metrics are queued for the hub.
     pub metrics_interval_s: u32,
+    /// Evidence sent to the hub per anomaly episode at most, MiB; the rest stays in the store
+    /// (`export-pcap`) and is counted in tapwatch_sync_evidence_unsent_packets_total.
+    pub evidence_max_mb: u32,
     /// Wait before reconnecting: from the first, doubling to the second, milliseconds.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
@@ -358,6 +361,7 @@ impl Default for SyncConfig {
             keepalive_s: 30,
             inflight: 64,
             outbox_max_messages: 1_000_000,
+            evidence_max_mb: 4,
             metrics_interval_s: 30,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,

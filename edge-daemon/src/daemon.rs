@@ -94,6 +94,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         store
             .enable_outbox(&config.device.id, config.sync.outbox_max_messages)
             .map_err(|e| e.to_string())?;
+        store.set_evidence_limit(u64::from(config.sync.evidence_max_mb) << 20);
     }
     let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));

@@ -531,6 +531,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Queued messages dropped unsent because the outbox was full, by stream",
             &per_stream(&st.outbox_dropped),
         )?;
+        counter(
+            enc,
+            "tapwatch_sync_evidence_unsent_packets",
+            "Evidence packets kept in the store but not sent: their episode sent sync.evidence_max_mb",
+            &one(load(&st.evidence_unsent)),
+        )?;
         gauge(
             enc,
             "tapwatch_sync_outbox_messages",

@@ -92,6 +92,9 @@ pub struct StoreCounters {
     pub outbox_dropped: [AtomicU64; Stream::COUNT],
     /// Messages in the outbox.
     pub outbox_depth: AtomicU64,
+    /// Evidence packets not sent to the hub because their episode had sent
+    /// `sync.evidence_max_mb` already (they stay in the store for `export-pcap`).
+    pub evidence_unsent: AtomicU64,
 }
 
 /// Index of a stream in [`Stream::ALL`], for per-stream counters.
@@ -203,6 +206,9 @@ struct Outbox {
     device: String,
     max_messages: u64,
     last_seq: [u64; Stream::COUNT],
+    /// Evidence bytes an episode may send at most, and what each has sent (since start).
+    evidence_max_bytes: u64,
+    evidence_sent: std::collections::HashMap<i64, u64>,
 }
 
 /// A message with its header stamped, as JSON.
@@ -277,7 +283,13 @@ impl Store {
             }
         }
         drop(stmt);
-        self.outbox = Some(Outbox { device: device.to_string(), max_messages, last_seq });
+        self.outbox = Some(Outbox {
+            device: device.to_string(),
+            max_messages,
+            last_seq,
+            evidence_max_bytes: 4 << 20,
+            evidence_sent: std::collections::HashMap::new(),
+        });
         self.update_outbox_depth()?;
         Ok(())
     }
@@ -318,6 +330,13 @@ impl Store {
         Ok(())
     }
 
+    /// Evidence bytes one episode sends to the hub at most (default 4 MiB); the rest stays here.
+    pub fn set_evidence_limit(&mut self, bytes: u64) {
+        if let Some(o) = self.outbox.as_mut() {
+            o.evidence_max_bytes = bytes;
+        }
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -330,6 +349,12 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut n = [0u64; 5];
         let mut queued = [0u64; Stream::COUNT];
+        // What each episode may still send; taken out of the outbox for this transaction
+        // (the queueing closure borrows the outbox) and put back after it.
+        let mut evidence_sent =
+            self.outbox.as_mut().map(|o| std::mem::take(&mut o.evidence_sent)).unwrap_or_default();
+        let evidence_max = self.outbox.as_ref().map_or(0, |o| o.evidence_max_bytes);
+        let mut evidence_unsent = 0u64;
         {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
@@ -501,8 +526,19 @@ impl Store {
                             .collect::<Result<_, _>>()?;
                         if syncing && !marked.is_empty() {
                             // The packets just marked go to the hub, in parts that fit a
-                            // message: each a pcap file.
+                            // message: each a pcap file; up to the episode's budget.
                             marked.sort_by_key(|p| p.0);
+                            let sent = evidence_sent.entry(*anomaly).or_insert(0);
+                            let mut keep = 0;
+                            for p in &marked {
+                                if *sent + p.3.len() as u64 > evidence_max {
+                                    break;
+                                }
+                                *sent += p.3.len() as u64;
+                                keep += 1;
+                            }
+                            evidence_unsent += (marked.len() - keep) as u64;
+                            marked.truncate(keep);
                             for (n, pcap) in evidence_parts(&marked) {
                                 let msg = firmware::proto::EvidenceMsg {
                                     schema: 0,
@@ -562,6 +598,14 @@ impl Store {
         // until the next recount, at most ten seconds.)
         self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
         tx.commit()?;
+        self.counters.evidence_unsent.fetch_add(evidence_unsent, Ordering::Relaxed);
+        if let Some(o) = self.outbox.as_mut() {
+            // Bounded: episodes are few, but a long-running edge forgets the oldest budgets.
+            if evidence_sent.len() > 100_000 {
+                evidence_sent.clear();
+            }
+            o.evidence_sent = evidence_sent;
+        }
         for (c, v) in self.counters.written.iter().zip(n) {
             c.fetch_add(v, Ordering::Relaxed);
         }
@@ -1002,6 +1046,67 @@ mod tests {
             .unwrap();
         assert_eq!(min_a, 30);
         assert_eq!(c.ring_rotated.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn test_evidence_goes_to_the_outbox_in_parts_up_to_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        s.enable_outbox("tap-1", 1_000_000).unwrap();
+        s.set_evidence_limit(250_000);
+        // Five 60 kB packets from the source, one from elsewhere.
+        let packet = |ts: i64, src: [u8; 4]| {
+            Row::Packet(Box::new(PacketRow {
+                ts_us: ts,
+                interface: "a".into(),
+                link_type: 1,
+                wire_len: 60_000,
+                src: Some(src.into()),
+                dst: Some([10, 0, 0, 9].into()),
+                data: vec![ts as u8; 60_000],
+            }))
+        };
+        let mut rows: Vec<Row> = (1..=5).map(|i| packet(i, [10, 0, 0, 1])).collect();
+        rows.push(packet(6, [10, 0, 0, 2]));
+        rows.push(Row::Evidence { anomaly: 7, host: [10, 0, 0, 1].into(), since_us: 0 });
+        s.write_batch(&rows).unwrap();
+        // Four fit the 250 kB budget, in two parts of two (a part is at most 128 KiB).
+        let parts: Vec<(u64, u32, Vec<u8>)> = {
+            let mut stmt = s
+                .connection()
+                .prepare("SELECT seq, payload FROM outbox WHERE stream = 'evidence' ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                .unwrap()
+                .map(|r| {
+                    let (seq, payload) = r.unwrap();
+                    let m: firmware::proto::EvidenceMsg = serde_json::from_slice(&payload).unwrap();
+                    assert_eq!((m.anomaly, m.device.as_str()), (7, "tap-1"));
+                    let pcap = base64::engine::general_purpose::STANDARD.decode(&m.pcap).unwrap();
+                    assert!(pcap.len() <= firmware::proto::EVIDENCE_PCAP_MAX);
+                    (seq as u64, m.packets, pcap)
+                })
+                .collect()
+        };
+        assert_eq!(parts.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), [(1, 2), (2, 2)]);
+        let mut r = pcap_file::pcap::PcapReader::new(&parts[1].2[..]).unwrap();
+        let p = r.next_packet().unwrap().unwrap();
+        assert_eq!((p.timestamp.as_micros(), p.orig_len, p.data[0]), (3, 60_000, 3));
+        assert_eq!(c.evidence_unsent.load(Ordering::Relaxed), 1);
+        // All five are the episode's evidence in the store, sent or not.
+        let marked: i64 = s
+            .connection()
+            .query_row("SELECT count(*) FROM packets WHERE anomaly_id = 7", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(marked, 5);
+        // A later marking finds the budget spent.
+        s.write_batch(&[
+            packet(8, [10, 0, 0, 1]),
+            Row::Evidence { anomaly: 7, host: [10, 0, 0, 1].into(), since_us: 0 },
+        ])
+        .unwrap();
+        assert_eq!(c.evidence_unsent.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -149,11 +149,17 @@ impl FromRequestParts<ApiState> for Caller {
         if let Some(token) = bearer {
             let row = db
                 .query_opt(
-                    "UPDATE api_tokens t SET last_used = now()
-                     FROM users u
-                     WHERE t.secret_hash = $1 AND u.id = t.user_id AND NOT u.disabled
-                       AND (t.expires_at IS NULL OR t.expires_at > now())
-                     RETURNING t.id, u.id, u.username, u.role",
+                    // last_used is written at most once a minute, not on every request.
+                    "WITH t AS (
+                       SELECT t.id, u.id AS user_id, u.username, u.role, t.last_used
+                       FROM api_tokens t JOIN users u ON u.id = t.user_id
+                       WHERE t.secret_hash = $1 AND NOT u.disabled
+                         AND (t.expires_at IS NULL OR t.expires_at > now())),
+                     touched AS (
+                       UPDATE api_tokens SET last_used = now()
+                       WHERE id = (SELECT id FROM t)
+                         AND (last_used IS NULL OR last_used < now() - interval '1 minute'))
+                     SELECT id, user_id, username, role FROM t",
                     &[&hash_secret(token)],
                 )
                 .await?;

@@ -26,9 +26,13 @@ export function overview(p: Page) {
     box("Devices", devices, "card wide"),
   );
 
+  // One-minute buckets up to a day (1,440 points); longer ranges let the hub choose.
   const loadStats = () => {
     const r = currentRange();
-    return api.get<Stats>(`/stats${qs({ from: r.from.toISOString(), to: r.to.toISOString() })}`);
+    const day = r.to.getTime() - r.from.getTime() <= 86_400_000;
+    return api.get<Stats>(
+      `/stats${qs({ from: r.from.toISOString(), to: r.to.toISOString(), bucket: day ? 60 : undefined })}`,
+    );
   };
   const drawStats = () =>
     panel(
