@@ -61,6 +61,9 @@ pub struct ModelsConfig {
     pub batch: u32,
     /// Verdicts of one kind for one source, within the host window, before it is an anomaly.
     pub min_flows: u32,
+    /// Brute force is many attempts: it needs this many verdicts within the host window (a
+    /// person's few requests to one server look like single attempts).
+    pub min_flows_brute_force: u32,
     /// How often the files are checked for a change, seconds (a changed file is loaded again;
     /// one that fails to load is refused and the model running keeps running).
     pub reload_check_s: u32,
@@ -73,6 +76,7 @@ impl Default for ModelsConfig {
             classifier: String::new(),
             batch: 64,
             min_flows: 3,
+            min_flows_brute_force: 10,
             reload_check_s: 2,
         }
     }
@@ -599,8 +603,8 @@ impl Config {
         if !(1..=4096).contains(&m.batch) {
             p.push(format!("detect.models.batch {}: must be 1 to 4096", m.batch));
         }
-        if m.min_flows == 0 {
-            p.push("detect.models.min_flows: must be at least 1".into());
+        if m.min_flows == 0 || m.min_flows_brute_force == 0 {
+            p.push("detect.models.min_flows and min_flows_brute_force: at least 1".into());
         }
         if m.reload_check_s == 0 {
             p.push("detect.models.reload_check_s: must be at least 1".into());

@@ -5,7 +5,8 @@
 //! `min_confidence`; otherwise the flow is `anomalous_flow` when its reconstruction error is over
 //! the autoencoder's threshold; otherwise it is benign. Verdicts are not alerts: a source becomes
 //! a model trip (and so an episode, through [`firmware::detect::WindowDetector::observe`]) once
-//! `min_flows` of its flows got the same kind within the host window. The source is the flow's
+//! `min_flows` of its flows (`min_flows_brute_force` for brute force: many attempts) got the same
+//! kind within the host window. The source is the flow's
 //! initiator, except for reflection: there it is the victim, the end that receives the larger
 //! answers, so that many reflectors make one episode. Every verdict carries the features that
 //! drove it: the three with the largest share of the autoencoder's error.
@@ -96,6 +97,7 @@ pub struct ModelStage {
     pub classifier: Option<Model>,
     batch: usize,
     min_flows: u32,
+    min_flows_brute_force: u32,
     window_us: i64,
     pending: Vec<Pending>,
     hits: HashMap<(IpAddr, AnomalyKind), Hits>,
@@ -119,6 +121,7 @@ impl ModelStage {
             classifier,
             batch: batch.max(1),
             min_flows: min_flows.max(1),
+            min_flows_brute_force: min_flows.max(1),
             window_us,
             pending: Vec::with_capacity(batch),
             hits: HashMap::new(),
@@ -283,7 +286,11 @@ impl ModelStage {
                 *h = Hits { flows: 0, first_us: p.end_us };
             }
             h.flows += 1;
-            if h.flows >= self.min_flows {
+            let needed = match kind {
+                AnomalyKind::BruteForce => self.min_flows_brute_force,
+                _ => self.min_flows,
+            };
+            if h.flows >= needed {
                 let t = Trip { kind, counter: detector, value: score, threshold };
                 let detail = Detail {
                     detector,
@@ -413,6 +420,7 @@ impl ModelStage {
             m.min_flows,
             i64::from(config.flows.host_window_s) * 1_000_000,
         );
+        stage.min_flows_brute_force = m.min_flows_brute_force.max(1);
         let mut refused = Vec::new();
         for (kind, path) in
             [(ModelKind::Autoencoder, &m.autoencoder), (ModelKind::Classifier, &m.classifier)]
