@@ -9,49 +9,19 @@
 # schemathesis into a venv of its own the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=${CARGO_TARGET_DIR:-target}
-hub="$target/debug/tapwatch-hub"
-[ -x "$hub" ] || cargo build -q -p tapwatch-hub
 venv=${TAPWATCH_ST_VENV:-/var/cache/tapwatch-st-venv}
 if ! "$venv/bin/st" --version > /dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q schemathesis==4.32.5
 fi
-
-work=$(mktemp -d)
-db="tapwatch_st_$$"
-psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
-pid=
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2> /dev/null && wait "$pid" 2> /dev/null
-  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-cat > "$work/hub.toml" << EOF
-[postgres]
-url = "host=127.0.0.1 user=postgres dbname=$db"
-[mqtt]
-client_id = "tapwatch-st-$$"
-topic_prefix = "st-$$/"
-[http]
-listen = "127.0.0.1:0"
-login_per_minute = 100000
-EOF
-TAPWATCH_ADMIN_USER=st-admin TAPWATCH_ADMIN_PASSWORD=st-admin-password \
-  "$hub" run --config "$work/hub.toml" > "$work/hub.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do
-  url=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/hub.log" | head -n 1)
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { cat "$work/hub.log"; echo "the hub did not start" >&2; exit 1; }
+. scripts/test-hub.sh
+test_hub_start st st-admin-password "login_per_minute = 100000"
+url=$HUB_URL
+work=$HUB_WORK
 
 # An admin token, made the way an operator would: log in, then POST /tokens with the CSRF token.
 curl -sf -c "$work/cookies" -H 'content-type: application/json' \
-  -d '{"username":"st-admin","password":"st-admin-password"}' "$url/api/v1/auth/login" > "$work/login.json"
+  -d '{"username":"admin","password":"st-admin-password"}' "$url/api/v1/auth/login" > "$work/login.json"
 csrf=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["csrf_token"])' "$work/login.json")
 curl -sf -b "$work/cookies" -H "x-csrf-token: $csrf" -H 'content-type: application/json' \
   -d '{"name":"schemathesis"}' "$url/api/v1/tokens" > "$work/token.json"
@@ -69,8 +39,8 @@ status=0
 # Everything but what would revoke the run's own credentials, then those last.
 run --exclude-path-regex '^/api/v1/(tokens|users)/\{id\}$' "$@" || status=$?
 run --include-path-regex '^/api/v1/(tokens|users)/\{id\}$' --checks not_a_server_error "$@" || status=$?
-if grep -q "panicked" "$work/hub.log"; then
-  grep -B2 -A10 "panicked" "$work/hub.log"
+if grep -q "panicked" "$HUB_WORK/hub.log"; then
+  grep -B2 -A10 "panicked" "$HUB_WORK/hub.log"
   status=1
 fi
 exit "$status"

@@ -802,3 +802,33 @@ pub async fn analyses(
             .collect(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API's kinds are the contract's (the hub's copy exists only to carry a schema).
+    #[test]
+    fn test_kinds_are_the_contracts() {
+        let schema = firmware::proto::json_schemas()
+            .into_iter()
+            .find(|(name, _)| *name == "anomalies")
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        let mut contract: Vec<String> = Vec::new();
+        for alt in schema["$defs"]["AnomalyKind"]["oneOf"].as_array().into_iter().flatten() {
+            for v in alt["enum"].as_array().into_iter().flatten().chain([&alt["const"]]) {
+                if let Some(s) = v.as_str() {
+                    contract.push(s.to_string());
+                }
+            }
+        }
+        let ours: Vec<String> = serde_json::from_value::<Vec<Kind>>(serde_json::json!(contract))
+            .expect("every contract kind is an API kind")
+            .into_iter()
+            .map(Kind::name)
+            .collect();
+        assert_eq!(ours, contract);
+        assert_eq!(contract.len(), 11);
+    }
+}
