@@ -346,8 +346,11 @@ pub async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<SessionInfo>)> {
     let ip = connect.map(|c| c.0 .0.ip());
-    if req.username.len() > 256 || req.password.len() > 1024 {
-        return Err(Problem::bad("username", "too long"));
+    if req.username.len() > 256 {
+        return Err(Problem::bad("username", "at most 256 bytes"));
+    }
+    if req.password.len() > 1024 {
+        return Err(Problem::bad("password", "at most 1024 bytes"));
     }
     if let Err(wait) = s.limiter.check(ip, &req.username) {
         s.counters.logins_limited.fetch_add(1, Ordering::Relaxed);

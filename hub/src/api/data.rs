@@ -385,12 +385,11 @@ pub async fn stats(
     );
     let series_params: [&(dyn ToSql + Sync); 4] = [&from, &to, &bucket_s, &q.device];
     let series = db.query(&series_sql, &series_params);
-    let hour_from = from
-        .replace_minute(0)
-        .and_then(|t| t.replace_second(0))
-        .map_err(Problem::internal)?
-        .replace_nanosecond(0)
-        .map_err(Problem::internal)?;
+    // The hours that overlap the range, on UTC hours (as the ingest buckets them).
+    let utc = from.to_offset(time::UtcOffset::UTC);
+    let hour_from = utc
+        - Duration::seconds(i64::from(utc.minute()) * 60 + i64::from(utc.second()))
+        - Duration::nanoseconds(i64::from(utc.nanosecond()));
     let top = |what: &'static str| {
         let db = &db;
         let device = q.device.clone();

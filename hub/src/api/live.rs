@@ -74,13 +74,15 @@ impl Live {
         let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
             .map_err(|e| format!("cannot connect: {e}"))?;
-        let (msg_tx, mut msg_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Bounded: while the fan-out is behind, the driver waits and PostgreSQL queues the
+        // notifications (its queue is 8 GB).
+        let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel(BACKLOG);
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let driver = tokio::spawn(async move {
             while let Some(m) = messages.next().await {
                 match m {
                     Ok(AsyncMessage::Notification(n)) => {
-                        if msg_tx.send(n.payload().to_string()).is_err() {
+                        if msg_tx.send(n.payload().to_string()).await.is_err() {
                             break;
                         }
                     }
