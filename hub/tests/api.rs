@@ -620,6 +620,11 @@ async fn test_data_routes_read_what_was_ingested() {
     let pts = pts.as_array().unwrap();
     assert!((3..=4).contains(&pts.len()), "{pts:?}");
     assert_eq!(pts.last().unwrap()["kernel_drops"], 17);
+    // 1000 bytes more every 10 minutes, in every bucket (each holds whole samples).
+    for p in pts {
+        let rx = p["net_rx_bps"].as_f64().unwrap();
+        assert!((rx - 1000.0 / 600.0).abs() < 1e-9, "{p}");
+    }
 
     // Statistics: the sums of what the edges sent, by minute or hour, and the top ports and
     // talkers of the hours in the range.

@@ -276,17 +276,25 @@ pub async fn device_metrics(
     }
     let rows = db
         .query(
-            "WITH m AS (
+            // Network rates from each sample and the one before it (counters since the edge
+            // started: a restart's drop counts as nothing), so a bucket of one sample has one.
+            "WITH s AS (
+               SELECT *,
+                 greatest(net_rx_bytes - lag(net_rx_bytes) OVER w, 0)
+                   / nullif(extract(epoch FROM ts - lag(ts) OVER w), 0) AS rx_bps,
+                 greatest(net_tx_bytes - lag(net_tx_bytes) OVER w, 0)
+                   / nullif(extract(epoch FROM ts - lag(ts) OVER w), 0) AS tx_bps
+               FROM system_metrics
+               WHERE device = $1 AND ts >= $2::timestamptz - interval '10 minutes' AND ts < $3
+               WINDOW w AS (ORDER BY ts)),
+             m AS (
                SELECT date_bin(make_interval(secs => $4), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, *,
                  (SELECT coalesce(sum((c->>'kernel_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS kd,
                  (SELECT coalesce(sum((c->>'queue_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS qd
-               FROM system_metrics WHERE device = $1 AND ts >= $2 AND ts < $3)
+               FROM s WHERE ts >= $2)
              SELECT b, avg(cpu_percent)::float8, max(mem_used_bytes), max(mem_total_bytes),
                max(disk_used_bytes), max(disk_total_bytes),
-               coalesce((max(net_rx_bytes) - min(net_rx_bytes))
-                 / nullif(extract(epoch FROM max(ts) - min(ts)), 0), 0)::float8,
-               coalesce((max(net_tx_bytes) - min(net_tx_bytes))
-                 / nullif(extract(epoch FROM max(ts) - min(ts)), 0), 0)::float8,
+               coalesce(avg(rx_bps), 0)::float8, coalesce(avg(tx_bps), 0)::float8,
                max(flows_active), max(kd)::bigint, max(qd)::bigint, max(store_dropped)
              FROM m GROUP BY b ORDER BY b",
             &[&id, &from, &to, &(bucket as f64)],
