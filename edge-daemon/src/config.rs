@@ -76,7 +76,7 @@ impl Default for ModelsConfig {
             classifier: String::new(),
             batch: 64,
             min_flows: 3,
-            min_flows_brute_force: 10,
+            min_flows_brute_force: 6,
             reload_check_s: 2,
         }
     }

@@ -6,10 +6,10 @@
 //! the autoencoder's threshold; otherwise it is benign. Verdicts are not alerts: a source becomes
 //! a model trip (and so an episode, through [`firmware::detect::WindowDetector::observe`]) once
 //! `min_flows` of its flows (`min_flows_brute_force` for brute force: many attempts) got the same
-//! kind within the host window. The source is the flow's
-//! initiator, except for reflection: there it is the victim, the end that receives the larger
-//! answers, so that many reflectors make one episode. Every verdict carries the features that
-//! drove it: the three with the largest share of the autoencoder's error.
+//! kind within the host window. The source is the flow's initiator, except for reflection: there
+//! it is the victim, the end that receives the larger answers, so that many reflectors make one
+//! episode. Every verdict carries the features that drove it: the three with the largest share of
+//! the autoencoder's error.
 
 use crate::model::{Model, ModelError, ModelKind};
 use firmware::detect::Trip;
