@@ -218,6 +218,26 @@ fn bucket_of(q: Option<u32>, from: OffsetDateTime, to: OffsetDateTime) -> ApiRes
     Ok(b)
 }
 
+/// The range a query asks for (by default the last `default`, at most `max` long) and its bucket,
+/// seconds.
+fn range_and_bucket(
+    from: Option<&str>,
+    to: Option<&str>,
+    bucket: Option<u32>,
+    default: Duration,
+    max: Duration,
+) -> ApiResult<(OffsetDateTime, OffsetDateTime, i64)> {
+    let (from, to) = time_range(from, to, default, max)?;
+    Ok((from, to, bucket_of(bucket, from, to)?))
+}
+
+/// SQL for the bucket of a time `column`: `secs` (a bound parameter) wide, on UTC boundaries.
+fn bin(secs: &str, column: &str) -> String {
+    format!(
+        "date_bin(make_interval(secs => {secs}), {column}, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    )
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -265,9 +285,13 @@ pub async fn device_metrics(
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<MetricsQuery>,
 ) -> ApiResult<Json<Vec<MetricsPoint>>> {
-    let (from, to) =
-        time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(31))?;
-    let bucket = bucket_of(q.bucket, from, to)?;
+    let (from, to, bucket) = range_and_bucket(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.bucket,
+        Duration::hours(24),
+        Duration::days(31),
+    )?;
     let db = s.pool.get().await?;
     if !firmware::proto::valid_device_id(&id)
         || db.query_opt("SELECT 1 FROM devices WHERE id = $1", &[&id]).await?.is_none()
@@ -278,7 +302,8 @@ pub async fn device_metrics(
         .query(
             // Network rates from each sample and the one before it (counters since the edge
             // started: a restart's drop counts as nothing), so a bucket of one sample has one.
-            "WITH s AS (
+            &format!(
+                "WITH s AS (
                SELECT *,
                  greatest(net_rx_bytes - lag(net_rx_bytes) OVER w, 0)
                    / nullif(extract(epoch FROM ts - lag(ts) OVER w), 0) AS rx_bps,
@@ -288,7 +313,7 @@ pub async fn device_metrics(
                WHERE device = $1 AND ts >= $2::timestamptz - interval '10 minutes' AND ts < $3
                WINDOW w AS (ORDER BY ts)),
              m AS (
-               SELECT date_bin(make_interval(secs => $4), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b, *,
+               SELECT {b} AS b, *,
                  (SELECT coalesce(sum((c->>'kernel_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS kd,
                  (SELECT coalesce(sum((c->>'queue_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS qd
                FROM s WHERE ts >= $2)
@@ -297,6 +322,8 @@ pub async fn device_metrics(
                coalesce(avg(rx_bps), 0)::float8, coalesce(avg(tx_bps), 0)::float8,
                max(flows_active), max(kd)::bigint, max(qd)::bigint, max(store_dropped)
              FROM m GROUP BY b ORDER BY b",
+                b = bin("$4", "ts")
+            ),
             &[&id, &from, &to, &(bucket as f64)],
         )
         .await?;
@@ -377,19 +404,24 @@ pub async fn stats(
     _: Viewer,
     ApiQuery(q): ApiQuery<RangeQuery>,
 ) -> ApiResult<Json<Stats>> {
-    let (from, to) =
-        time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(400))?;
-    let bucket = bucket_of(q.bucket, from, to)?;
+    let (from, to, bucket) = range_and_bucket(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.bucket,
+        Duration::hours(24),
+        Duration::days(400),
+    )?;
     let table = if bucket % 3600 == 0 { "traffic_stats_1h" } else { "traffic_stats_1m" };
     let db = s.pool.get().await?;
     let bucket_s = bucket as f64;
     let series_sql = format!(
-            "SELECT date_bin(make_interval(secs => $3), bucket, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b,
+        "SELECT {b} AS b,
                sum(packets)::bigint, sum(bytes)::bigint, sum(tcp_packets)::bigint,
                sum(udp_packets)::bigint, sum(icmp_packets)::bigint, sum(other_packets)::bigint,
                sum(flows_started)::bigint, sum(flows_ended)::bigint
              FROM {table} WHERE bucket >= $1 AND bucket < $2 AND ($4::text IS NULL OR device = $4)
-             GROUP BY b ORDER BY b"
+             GROUP BY b ORDER BY b",
+        b = bin("$3", "bucket")
     );
     let series_params: [&(dyn ToSql + Sync); 4] = [&from, &to, &bucket_s, &q.device];
     let series = db.query(&series_sql, &series_params);
@@ -747,9 +779,13 @@ pub async fn analyses(
     _: Viewer,
     ApiQuery(q): ApiQuery<AnalysisQuery>,
 ) -> ApiResult<Json<Analyses>> {
-    let (from, to) =
-        time_range(q.from.as_deref(), q.to.as_deref(), Duration::hours(24), Duration::days(31))?;
-    let bucket = bucket_of(q.bucket, from, to)?;
+    let (from, to, bucket) = range_and_bucket(
+        q.from.as_deref(),
+        q.to.as_deref(),
+        q.bucket,
+        Duration::hours(24),
+        Duration::days(31),
+    )?;
     let db = s.pool.get().await?;
     let filter = "ts >= $1 AND ts < $2 AND ($3::text IS NULL OR device = $3)
                   AND ($4::text IS NULL OR model = $4)";
@@ -765,12 +801,13 @@ pub async fn analyses(
              GROUP BY device, model, model_version ORDER BY device, model, model_version"
     );
     let series_sql = format!(
-            "SELECT device, model, date_bin(make_interval(secs => $5), ts, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS b,
+        "SELECT device, model, {b} AS b,
                sum(rows)::bigint, sum(flagged)::bigint,
                coalesce(sum(score_mean * rows) / nullif(sum(rows), 0), 0)::float8,
                max(score_max)::float8
              FROM analyses WHERE {filter}
-             GROUP BY device, model, b ORDER BY device, model, b"
+             GROUP BY device, model, b ORDER BY device, model, b",
+        b = bin("$5", "ts")
     );
     let summary_params: [&(dyn ToSql + Sync); 4] = [&from, &to, &q.device, &q.model];
     let series_params: [&(dyn ToSql + Sync); 5] = [&from, &to, &q.device, &q.model, &bucket_s];

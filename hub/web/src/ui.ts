@@ -190,3 +190,49 @@ export async function panel<T>(
     el.replaceChildren(h("p", { class: "error", role: "alert" }, `Could not load: ${(e as Error).message}`));
   }
 }
+
+/**
+ * A table filled a page at a time: `load(cursor)` gives rows and the next cursor (the API's
+ * cursor pages). Returns the element (the table, then its "More" button) and `reload`, which
+ * starts again from the first page.
+ */
+export function pagedTable<T>(
+  head: string[],
+  row: (x: T) => Node,
+  load: (cursor: string | null) => Promise<{ rows: T[]; next: string | null }>,
+  empty: string,
+  cls = "",
+): { el: HTMLElement; reload: () => Promise<void> } {
+  const table = h("div", {});
+  const more = h("button", { hidden: true }, "More");
+  let cursor: string | null = null;
+  let tbody: HTMLElement | null = null;
+  const page = async (from: string | null) => {
+    const p = await load(from);
+    cursor = p.next;
+    more.hidden = !cursor;
+    return p.rows;
+  };
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      tbody?.append(...(await page(cursor)).map(row));
+    } catch (e) {
+      toast((e as Error).message, "error");
+    } finally {
+      more.disabled = false;
+    }
+  });
+  const reload = () =>
+    panel(
+      table,
+      () => page(null),
+      (rows) => {
+        if (rows.length === 0) return null;
+        tbody = h("tbody", {}, rows.map(row));
+        return h("table", { class: cls }, h("thead", {}, h("tr", {}, head.map((c) => h("th", {}, c)))), tbody);
+      },
+      empty,
+    );
+  return { el: h("div", {}, table, more), reload };
+}

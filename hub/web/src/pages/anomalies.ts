@@ -4,7 +4,7 @@
 import { api, qs, Anomaly, Flow, Note } from "../api";
 import { chart, palette } from "../charts";
 import type { Page } from "../main";
-import { bytes, count, currentRange, h, kindName, onRangeChange, panel, proto, rangePicker, toast, when } from "../ui";
+import { bytes, count, currentRange, h, kindName, onRangeChange, pagedTable, panel, proto, rangePicker, toast, when } from "../ui";
 
 const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
@@ -21,10 +21,6 @@ export function anomalyList(p: Page) {
   const state = select("state", ["new", "acknowledged", "resolved"], "any state");
   const device = h("input", { name: "device", placeholder: "device", size: 12 });
   const suppressed = h("input", { type: "checkbox", name: "include_suppressed" });
-  const table = h("div", {});
-  const more = h("button", { hidden: true }, "More");
-  let cursor: string | null = null;
-  let tbody: HTMLElement | null = null;
 
   const row = (a: Anomaly) =>
     h(
@@ -41,58 +37,35 @@ export function anomalyList(p: Page) {
       h("td", {}, when(a.last_seen)),
     );
 
-  const load = async (append: boolean) => {
-    const r = currentRange();
-    const q = qs({
-      from: r.from.toISOString(),
-      to: r.to.toISOString(),
-      kind: kind.value,
-      severity: severity.value,
-      state: state.value,
-      device: device.value.trim(),
-      include_suppressed: suppressed.checked || undefined,
-      cursor: append ? cursor : undefined,
-      limit: 50,
-    });
-    const page = await api.get<{ anomalies: Anomaly[]; next_cursor: string | null }>(`/anomalies${q}`);
-    cursor = page.next_cursor;
-    more.hidden = !cursor;
-    return page.anomalies;
-  };
-  const reload = () =>
-    panel(
-      table,
-      () => load(false),
-      (list) => {
-        if (list.length === 0) return null;
-        tbody = h("tbody", {}, list.map(row));
-        return h(
-          "table",
-          { class: "anomalies" },
-          h("thead", {}, h("tr", {}, ["Kind", "Severity", "State", "Device", "Source", "Target", "Count", "First seen", "Last seen"].map((c) => h("th", {}, c)))),
-          tbody,
-        );
-      },
-      "No anomalies match.",
-    );
-  more.addEventListener("click", async () => {
-    more.disabled = true;
-    try {
-      const list = await load(true);
-      tbody?.append(...list.map(row));
-    } catch (e) {
-      toast((e as Error).message, "error");
-    } finally {
-      more.disabled = false;
-    }
-  });
+  const list = pagedTable(
+    ["Kind", "Severity", "State", "Device", "Source", "Target", "Count", "First seen", "Last seen"],
+    row,
+    async (cursor) => {
+      const r = currentRange();
+      const q = qs({
+        from: r.from.toISOString(),
+        to: r.to.toISOString(),
+        kind: kind.value,
+        severity: severity.value,
+        state: state.value,
+        device: device.value.trim(),
+        include_suppressed: suppressed.checked || undefined,
+        cursor,
+        limit: 50,
+      });
+      const page = await api.get<{ anomalies: Anomaly[]; next_cursor: string | null }>(`/anomalies${q}`);
+      return { rows: page.anomalies, next: page.next_cursor };
+    },
+    "No anomalies match.",
+    "anomalies",
+  );
+  const reload = list.reload;
   for (const el of [kind, severity, state, suppressed]) el.addEventListener("change", reload);
   device.addEventListener("change", reload);
   p.main.replaceChildren(
     h("header", {}, h("h2", {}, "Anomalies"), rangePicker()),
     h("div", { class: "filters" }, kind, severity, state, device, h("label", {}, suppressed, " suppressed too")),
-    table,
-    more,
+    list.el,
   );
   reload();
   onRangeChange(reload);

@@ -2,7 +2,7 @@
 
 import { api, qs, Flow } from "../api";
 import type { Page } from "../main";
-import { bytes, count, currentRange, h, kindName, onRangeChange, panel, proto, rangePicker, toast, when } from "../ui";
+import { bytes, count, currentRange, h, kindName, onRangeChange, pagedTable, proto, rangePicker, when } from "../ui";
 
 const KINDS = ["", "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force", "dns_tunnel", "arp_spoof", "dhcp_starvation", "anomalous_flow"];
 
@@ -14,46 +14,27 @@ export function flows(p: Page) {
   const port = field("port", "port", 6);
   const protocol = h("select", { name: "protocol", "aria-label": "protocol" }, [["", "any protocol"], ["6", "TCP"], ["17", "UDP"], ["1", "ICMP"], ["58", "ICMPv6"]].map(([v, l]) => h("option", { value: v }, l)));
   const kind = h("select", { name: "kind", "aria-label": "kind" }, KINDS.map((k) => h("option", { value: k }, k ? kindName(k) : "any anomaly kind")));
-  const table = h("div", {});
-  const more = h("button", { hidden: true }, "More");
-  let cursor: string | null = null;
-  let tbody: HTMLElement | null = null;
   const row = (f: Flow) =>
     h("tr", {}, h("td", {}, when(f.end)), h("td", {}, f.device), h("td", {}, `${f.src_ip}:${f.src_port}`), h("td", {}, `${f.dst_ip}:${f.dst_port}`), h("td", {}, proto(f.protocol)), h("td", {}, count(f.packets)), h("td", {}, bytes(f.bytes)), h("td", {}, f.end_reason));
-  const load = async (append: boolean) => {
-    const r = currentRange();
-    const page = await api.get<{ flows: Flow[]; next_cursor: string | null }>(
-      `/flows${qs({ from: r.from.toISOString(), to: r.to.toISOString(), device: device.value.trim(), host: host.value.trim(), net: net.value.trim(), port: port.value.trim(), protocol: protocol.value, kind: kind.value, cursor: append ? cursor : undefined, limit: 100 })}`,
-    );
-    cursor = page.next_cursor;
-    more.hidden = !cursor;
-    return page.flows;
-  };
-  const reload = () =>
-    panel(
-      table,
-      () => load(false),
-      (list) => {
-        if (list.length === 0) return null;
-        tbody = h("tbody", {}, list.map(row));
-        return h("table", {}, h("thead", {}, h("tr", {}, ["End", "Device", "Source", "Destination", "Protocol", "Packets", "Bytes", "Ended by"].map((c) => h("th", {}, c)))), tbody);
-      },
-      "No flows match.",
-    );
-  more.addEventListener("click", async () => {
-    try {
-      tbody?.append(...(await load(true)).map(row));
-    } catch (e) {
-      toast((e as Error).message, "error");
-    }
-  });
+  const { el, reload } = pagedTable(
+    ["End", "Device", "Source", "Destination", "Protocol", "Packets", "Bytes", "Ended by"],
+    row,
+    async (cursor) => {
+      const r = currentRange();
+      const page = await api.get<{ flows: Flow[]; next_cursor: string | null }>(
+        `/flows${qs({ from: r.from.toISOString(), to: r.to.toISOString(), device: device.value.trim(), host: host.value.trim(), net: net.value.trim(), port: port.value.trim(), protocol: protocol.value, kind: kind.value, cursor, limit: 100 })}`,
+      );
+      return { rows: page.flows, next: page.next_cursor };
+    },
+    "No flows match.",
+  );
   const form = h(
     "form",
     { class: "filters", onsubmit: (e: Event) => { e.preventDefault(); reload(); } },
     device, host, net, port, protocol, kind,
     h("button", { type: "submit" }, "Search"),
   );
-  p.main.replaceChildren(h("header", {}, h("h2", {}, "Flows"), rangePicker()), form, table, more);
+  p.main.replaceChildren(h("header", {}, h("h2", {}, "Flows"), rangePicker()), form, el);
   reload();
   onRangeChange(reload);
 }
