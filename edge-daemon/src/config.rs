@@ -5,6 +5,7 @@
 //! [`Config::load`] reports every problem it finds at once, each naming its field.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -61,9 +62,9 @@ pub struct ModelsConfig {
     pub batch: u32,
     /// Verdicts of one kind for one source, within the host window, before it is an anomaly.
     pub min_flows: u32,
-    /// Brute force is many attempts: it needs this many verdicts within the host window (a
-    /// person's few requests to one server look like single attempts).
-    pub min_flows_brute_force: u32,
+    /// Kinds that need another count than `min_flows` (brute force is many attempts: a
+    /// person's few requests to one server look, one by one, like single attempts).
+    pub min_flows_per_kind: BTreeMap<firmware::proto::AnomalyKind, u32>,
     /// How often the files are checked for a change, seconds (a changed file is loaded again;
     /// one that fails to load is refused and the model running keeps running).
     pub reload_check_s: u32,
@@ -76,7 +77,7 @@ impl Default for ModelsConfig {
             classifier: String::new(),
             batch: 64,
             min_flows: 3,
-            min_flows_brute_force: 6,
+            min_flows_per_kind: BTreeMap::from([(firmware::proto::AnomalyKind::BruteForce, 6)]),
             reload_check_s: 2,
         }
     }
@@ -603,8 +604,16 @@ impl Config {
         if !(1..=4096).contains(&m.batch) {
             p.push(format!("detect.models.batch {}: must be 1 to 4096", m.batch));
         }
-        if m.min_flows == 0 || m.min_flows_brute_force == 0 {
-            p.push("detect.models.min_flows and min_flows_brute_force: at least 1".into());
+        if m.min_flows == 0 {
+            p.push("detect.models.min_flows: must be at least 1".into());
+        }
+        for (kind, n) in &m.min_flows_per_kind {
+            if *n == 0 {
+                // The kind as the file spells it (snake_case).
+                let name = serde_json::to_value(kind).unwrap_or_default();
+                let name = name.as_str().unwrap_or_default();
+                p.push(format!("detect.models.min_flows_per_kind.{name}: must be at least 1"));
+            }
         }
         if m.reload_check_s == 0 {
             p.push("detect.models.reload_check_s: must be at least 1".into());
@@ -801,6 +810,29 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("unknown field `nmae`"), "{text}");
         assert!(text.contains("x.toml"), "{text}");
+    }
+
+    #[test]
+    fn test_min_flows_per_kind_names_the_kind() {
+        let base = "[device]\nid = \"t\"\n[detect.models]\n";
+        let c = Config::parse(&format!("{base}min_flows_per_kind = {{ port_scan = 9 }}\n"), "x")
+            .unwrap();
+        assert_eq!(
+            c.detect.models.min_flows_per_kind,
+            BTreeMap::from([(firmware::proto::AnomalyKind::PortScan, 9)]),
+            "a table given replaces the default one"
+        );
+        let err = Config::parse(&format!("{base}min_flows_per_kind = {{ brute = 4 }}\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `brute`") && err.contains("brute_force"), "{err}");
+        let err = Config::parse(&format!("{base}min_flows_per_kind = {{ dns_tunnel = 0 }}\n"), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("detect.models.min_flows_per_kind.dns_tunnel: must be at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! `min_confidence`; otherwise the flow is `anomalous_flow` when its reconstruction error is over
 //! the autoencoder's threshold; otherwise it is benign. Verdicts are not alerts: a source becomes
 //! a model trip (and so an episode, through [`firmware::detect::WindowDetector::observe`]) once
-//! `min_flows` of its flows (`min_flows_brute_force` for brute force: many attempts) got the same
-//! kind within the host window. The source is the flow's initiator, except for reflection: there
+//! `min_flows` of its flows (or its kind's own count: brute force is many attempts) got the same
+//! kind within any span of the host window (a sliding window: the last `min_flows` verdicts'
+//! times, so a burst is counted whole wherever it falls). The source is the flow's initiator, except for reflection: there
 //! it is the victim, the end that receives the larger answers, so that many reflectors make one
 //! episode. Every verdict carries the features that drove it: the three with the largest share of
 //! the autoencoder's error.
@@ -16,7 +17,7 @@ use firmware::detect::Trip;
 use firmware::engine::FinishedFlow;
 use firmware::features::FeatureVector;
 use firmware::proto::{AnalysisMsg, AnomalyKind};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 
 /// What drove one model verdict (the detail of an episode the models opened).
@@ -46,10 +47,32 @@ struct Pending {
     end_us: i64,
 }
 
-#[derive(Debug)]
+/// When a source's last verdicts of one kind came (at most as many as the kind needs).
+#[derive(Debug, Default)]
 struct Hits {
-    flows: u32,
-    first_us: i64,
+    times: VecDeque<i64>,
+}
+
+impl Hits {
+    /// Count a verdict at `t_us`; true when the newest `needed` verdicts fall within
+    /// `window_us`. Flows end out of order (their timeouts differ), so the times are kept in
+    /// order and the oldest is dropped.
+    fn add(&mut self, t_us: i64, needed: u32, window_us: i64) -> bool {
+        let needed = needed.max(1) as usize;
+        let at = self.times.partition_point(|&t| t <= t_us);
+        self.times.insert(at, t_us);
+        while self.times.len() > needed {
+            self.times.pop_front();
+        }
+        match (self.times.front(), self.times.back()) {
+            (Some(lo), Some(hi)) => self.times.len() == needed && hi - lo <= window_us,
+            _ => false,
+        }
+    }
+
+    fn newest(&self) -> i64 {
+        self.times.back().copied().unwrap_or(i64::MIN)
+    }
 }
 
 /// Score statistics of one model over a statistics interval.
@@ -97,7 +120,7 @@ pub struct ModelStage {
     pub classifier: Option<Model>,
     batch: usize,
     min_flows: u32,
-    min_flows_brute_force: u32,
+    min_flows_per_kind: BTreeMap<AnomalyKind, u32>,
     window_us: i64,
     pending: Vec<Pending>,
     hits: HashMap<(IpAddr, AnomalyKind), Hits>,
@@ -121,7 +144,7 @@ impl ModelStage {
             classifier,
             batch: batch.max(1),
             min_flows: min_flows.max(1),
-            min_flows_brute_force: min_flows.max(1),
+            min_flows_per_kind: BTreeMap::new(),
             window_us,
             pending: Vec::with_capacity(batch),
             hits: HashMap::new(),
@@ -177,8 +200,14 @@ impl ModelStage {
         self.pending.len() >= self.batch
     }
 
-    /// Run the waiting flows through the models. A source that reaches `min_flows` verdicts of
-    /// one kind goes to `trip` (source, trip, packet time, detail), once per such flow.
+    /// Flows of one kind one source needs within the host window.
+    pub fn set_min_flows(&mut self, kind: AnomalyKind, n: u32) {
+        self.min_flows_per_kind.insert(kind, n.max(1));
+    }
+
+    /// Run the waiting flows through the models. A source whose last `min_flows` verdicts of
+    /// one kind fall within the host window goes to `trip` (source, trip, packet time, detail),
+    /// once per such flow.
     pub fn flush(&mut self, trip: &mut impl FnMut(IpAddr, Trip, i64, Detail)) {
         if self.pending.is_empty() {
             return;
@@ -280,17 +309,8 @@ impl ModelStage {
                 AnomalyKind::Reflection if !p.responder_heavier => p.dst,
                 _ => p.src,
             };
-            let h =
-                self.hits.entry((source, kind)).or_insert(Hits { flows: 0, first_us: p.end_us });
-            if p.end_us - h.first_us > self.window_us {
-                *h = Hits { flows: 0, first_us: p.end_us };
-            }
-            h.flows += 1;
-            let needed = match kind {
-                AnomalyKind::BruteForce => self.min_flows_brute_force,
-                _ => self.min_flows,
-            };
-            if h.flows >= needed {
+            let needed = self.min_flows_per_kind.get(&kind).copied().unwrap_or(self.min_flows);
+            if self.hits.entry((source, kind)).or_default().add(p.end_us, needed, self.window_us) {
                 let t = Trip { kind, counter: detector, value: score, threshold };
                 let detail = Detail {
                     detector,
@@ -309,7 +329,7 @@ impl ModelStage {
         if self.hits.len() > 4096 {
             let newest = pending.iter().map(|p| p.end_us).max().unwrap_or(0);
             let w = self.window_us;
-            self.hits.retain(|_, h| newest - h.first_us <= w);
+            self.hits.retain(|_, h| newest - h.newest() <= w);
         }
         // The batch's buffer serves the next batch.
         let mut pending = pending;
@@ -420,7 +440,9 @@ impl ModelStage {
             m.min_flows,
             i64::from(config.flows.host_window_s) * 1_000_000,
         );
-        stage.min_flows_brute_force = m.min_flows_brute_force.max(1);
+        for (kind, n) in &m.min_flows_per_kind {
+            stage.set_min_flows(*kind, *n);
+        }
         let mut refused = Vec::new();
         for (kind, path) in
             [(ModelKind::Autoencoder, &m.autoencoder), (ModelKind::Classifier, &m.classifier)]
@@ -496,5 +518,45 @@ pub fn watch(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hits;
+
+    const S: i64 = 1_000_000;
+
+    #[test]
+    fn a_burst_counts_whole_wherever_it_falls() {
+        // Three verdicts 9 s apart, then a burst of six 11 s after the first: a window that
+        // started at the first verdict would have reset and missed the burst's start.
+        let mut h = Hits::default();
+        let mut tripped = Vec::new();
+        for t in [0, 9 * S, 18 * S, 20 * S, 20 * S + 1, 20 * S + 2, 20 * S + 3, 20 * S + 4] {
+            tripped.push(h.add(t, 6, 10 * S));
+        }
+        assert_eq!(tripped, [false, false, false, false, false, false, false, true]);
+    }
+
+    #[test]
+    fn verdicts_spread_wider_than_the_window_never_trip() {
+        let mut h = Hits::default();
+        for i in 0..100 {
+            assert!(!h.add(i * 4 * S, 3, 7 * S), "verdict {i}");
+        }
+        assert!(h.times.len() <= 3, "only the last few times are kept");
+    }
+
+    #[test]
+    fn flows_that_end_out_of_order_are_measured_by_their_span() {
+        let mut h = Hits::default();
+        assert!(!h.add(10 * S, 3, 5 * S));
+        assert!(!h.add(2 * S, 3, 5 * S));
+        // 2 s to 10 s is wider than 5 s, whatever order they came in.
+        assert!(!h.add(9 * S, 3, 5 * S));
+        assert!(h.add(8 * S, 3, 5 * S), "10, 9 and 8 s fall within 5 s");
+        let mut one = Hits::default();
+        assert!(one.add(0, 1, 0), "a count of one trips on its first verdict");
     }
 }

@@ -48,10 +48,14 @@ fn lab_attacks_are_named_and_benign_traffic_is_not() {
                 (v["kind"].as_str().unwrap().to_string(), v["src_ip"].as_str().unwrap().to_string())
             })
             .collect();
+        // On a miss, what analyze saw (its summary: packets, flows) says whether the tool or the
+        // detection fell short.
+        let summary = String::from_utf8_lossy(&out.stderr);
+        let summary = summary.lines().last().unwrap_or_default();
         if label == "benign" {
-            assert!(found.is_empty(), "{file}: benign traffic raised {found:?}");
+            assert!(found.is_empty(), "{file}: benign traffic raised {found:?} ({summary})");
         } else {
-            assert_eq!(found, [(label.to_string(), source.to_string())], "{file}");
+            assert_eq!(found, [(label.to_string(), source.to_string())], "{file} ({summary})");
         }
         checked += 1;
     }

