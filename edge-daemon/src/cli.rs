@@ -253,6 +253,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         Some(_) => {
             let counters = Arc::new(StoreCounters::default());
             let opened = Store::open(&config.store, counters.clone()).and_then(|mut s| {
+                s.without_sync()?;
                 if config.sync.enabled {
                     s.enable_outbox(&config.device.id, config.sync.outbox_max_messages)?;
                     s.set_evidence_limit(u64::from(config.sync.evidence_max_mb) << 20);

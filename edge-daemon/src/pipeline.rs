@@ -385,15 +385,11 @@ impl Pipeline {
         if self.store.is_some() {
             self.send(Row::Anomaly(Box::new(msg)));
             // Evidence: the packets to or from the source since the episode began, as far back
-            // as the ring reaches. The ring's newest packets go to the store first.
-            if self.ring_cap > 0 {
-                self.write_rings();
-            }
-            self.send(Row::Evidence {
-                anomaly: e.id as i64,
-                host: e.src,
-                since_us: e.first_seen.total_micros() - self.window_us,
-            });
+            // as the ring reaches: those still in memory go with the marking (the rest of the
+            // ring waits for its next write, so an episode's updates do not write it whole).
+            let since_us = e.first_seen.total_micros() - self.window_us;
+            let packets = self.take_evidence(e.src, since_us);
+            self.send(Row::Evidence { anomaly: e.id as i64, host: e.src, since_us, packets });
         }
     }
 
@@ -624,6 +620,22 @@ impl Pipeline {
                 self.send(Row::Analysis(Box::new(a)));
             }
         }
+    }
+
+    /// Take the ring packets in memory to or from `host` since `since_us`, oldest first.
+    fn take_evidence(&mut self, host: IpAddr, since_us: i64) -> Vec<PacketRow> {
+        let mut out = Vec::new();
+        for ring in &mut self.rings {
+            let hit =
+                |p: &PacketRow| p.ts_us >= since_us && (p.src == Some(host) || p.dst == Some(host));
+            if ring.iter().any(hit) {
+                let (taken, kept): (VecDeque<_>, VecDeque<_>) = ring.drain(..).partition(hit);
+                out.extend(taken);
+                *ring = kept;
+            }
+        }
+        out.sort_by_key(|p| p.ts_us);
+        out
     }
 
     fn write_rings(&mut self) {

@@ -677,23 +677,26 @@ fn test_end_to_end_counts_and_dead_letters() {
         db.query(&format!("SELECT kind FROM anomalies WHERE device = '{d}'")).trim(),
         "port_scan"
     );
-    // Its evidence: the ring's packets to or from the source, marked and sent as pcap parts.
+    // Its evidence: the ring's packets to or from the source, three already stored (marked)
+    // and two still in memory (sent with the marking), stored and sent as pcap parts.
     let iface: std::sync::Arc<str> = std::sync::Arc::from("eth9");
-    for i in 0..5u8 {
-        edge.send(Row::Packet(Box::new(tapwatch_edge::store::PacketRow {
-            ts_us: 1_790_000_000_000_000 + i64::from(i),
-            interface: iface.clone(),
-            link_type: 1,
-            wire_len: 1514,
-            src: Some([10, 9, 9, 9].into()),
-            dst: Some([10, 0, 0, i].into()),
-            data: vec![i; 64],
-        })));
+    let packet = |i: u8| tapwatch_edge::store::PacketRow {
+        ts_us: 1_790_000_000_000_000 + i64::from(i),
+        interface: iface.clone(),
+        link_type: 1,
+        wire_len: 1514,
+        src: Some([10, 9, 9, 9].into()),
+        dst: Some([10, 0, 0, i].into()),
+        data: vec![i; 64],
+    };
+    for i in 0..3u8 {
+        edge.send(Row::Packet(Box::new(packet(i))));
     }
     edge.send(Row::Evidence {
         anomaly: 7,
         host: [10, 9, 9, 9].into(),
         since_us: 1_790_000_000_000_000,
+        packets: vec![packet(3), packet(4)],
     });
     let sql = format!(
         "SELECT coalesce(sum(packets), 0) FROM anomaly_evidence WHERE device = '{d}' AND edge_id = 7"
