@@ -6,49 +6,18 @@
 //!
 //! Run: `cargo bench -p tapwatch-edge --bench inference`
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use firmware::engine::FinishedFlow;
-use std::path::{Path, PathBuf};
-use tapwatch_edge::config::Config;
+use std::path::Path;
 use tapwatch_edge::inference::ModelStage;
 use tapwatch_edge::model::{Model, ModelKind};
-use tapwatch_edge::pipeline::{PacketIn, Pipeline};
-
-fn flows() -> Vec<FinishedFlow> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let files: Vec<PathBuf> = match std::env::var_os("TAPWATCH_BENCH_PCAP") {
-        Some(p) => vec![p.into()],
-        None => std::fs::read_dir(root.join("tests/data"))
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default(),
-    };
-    let config = Config::offline(None);
-    let mut out = Vec::new();
-    let mut p = Pipeline::new(&config, vec!["bench".into()], None);
-    for f in files {
-        let mut keep = |f: &FinishedFlow| out.push(*f);
-        let _ = tapwatch_edge::offline::read_file(&f, None, |pk| {
-            p.packet(
-                PacketIn {
-                    iface: 0,
-                    link: pk.link,
-                    dlt: pk.dlt,
-                    ts_us: pk.ts_us,
-                    wire_len: pk.wire_len,
-                    data: pk.data,
-                },
-                &mut keep,
-            )
-        });
-        p.finish(&mut keep);
-    }
-    out
-}
 
 fn bench(c: &mut Criterion) {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
     let load = |name: &str, kind| Model::load(&shipped.join(name), kind).expect("shipped model");
-    let all = flows();
+    let all = common::finished_flows();
     assert!(!all.is_empty(), "no flows to bench");
     // At least 4096 flows per iteration (the set repeated).
     let set: Vec<(FinishedFlow, firmware::features::FeatureVector)> =

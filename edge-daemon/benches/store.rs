@@ -8,47 +8,15 @@
 //!
 //! Run: `cargo bench -p tapwatch-edge --bench store`
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use firmware::engine::FinishedFlow;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tapwatch_edge::config::{Config, StoreConfig};
-use tapwatch_edge::pipeline::{PacketIn, Pipeline};
+use tapwatch_edge::config::StoreConfig;
 use tapwatch_edge::store::{spawn_writer, AgeClock, FlowRow, Row, Store, StoreCounters};
 
-fn flows() -> Vec<FlowRow> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let files: Vec<PathBuf> = match std::env::var_os("TAPWATCH_BENCH_PCAP") {
-        Some(p) => vec![p.into()],
-        None => std::fs::read_dir(root.join("tests/data"))
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default(),
-    };
-    let config = Config::offline(None);
-    let mut out = Vec::new();
-    let mut p = Pipeline::new(&config, vec!["bench".into()], None);
-    for f in files {
-        let mut keep = |f: &FinishedFlow| out.push(FlowRow::from(f));
-        let _ = tapwatch_edge::offline::read_file(&f, None, |pk| {
-            p.packet(
-                PacketIn {
-                    iface: 0,
-                    link: pk.link,
-                    dlt: pk.dlt,
-                    ts_us: pk.ts_us,
-                    wire_len: pk.wire_len,
-                    data: pk.data,
-                },
-                &mut keep,
-            )
-        });
-        p.finish(&mut keep);
-    }
-    out
-}
-
 fn bench(c: &mut Criterion) {
-    let all = flows();
+    let all: Vec<FlowRow> = common::finished_flows().iter().map(FlowRow::from).collect();
     assert!(!all.is_empty(), "no flows to bench");
     let dir = tempfile::tempdir().expect("temporary folder");
     let config = StoreConfig {

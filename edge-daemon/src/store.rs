@@ -408,11 +408,24 @@ impl Store {
                  protocol, vlan, end_reason, packets, bytes, feature_set, features)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
-            let mut packet = tx.prepare_cached(
+            let mut packet_stmt = tx.prepare_cached(
                 "INSERT INTO packets (ts_us, interface, link_type, wire_len, src, dst, data,
                  anomaly_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            // A ring packet (no anomaly) or an anomaly's evidence.
+            let mut packet = |p: &PacketRow, anomaly: Option<i64>| {
+                packet_stmt.execute(params![
+                    p.ts_us,
+                    &*p.interface,
+                    p.link_type,
+                    p.wire_len,
+                    p.src.as_ref().map(ip_bytes),
+                    p.dst.as_ref().map(ip_bytes),
+                    p.data,
+                    anomaly,
+                ])
+            };
             let mut stats = tx.prepare_cached(
                 "INSERT INTO traffic_stats (interval_start_us, interval_end_us, packets, bytes,
                  tcp_packets, udp_packets, icmp_packets, other_packets, flows_started, flows_ended,
@@ -481,16 +494,7 @@ impl Store {
                         };
                     }
                     Row::Packet(p) => {
-                        packet.execute(params![
-                            p.ts_us,
-                            &*p.interface,
-                            p.link_type,
-                            p.wire_len,
-                            p.src.as_ref().map(ip_bytes),
-                            p.dst.as_ref().map(ip_bytes),
-                            p.data,
-                            None::<i64>,
-                        ])?;
+                        packet(p, None)?;
                         n[Table::Packets as usize] += 1;
                     }
                     Row::Stats(s) => {
@@ -543,16 +547,7 @@ impl Store {
                             })?
                             .collect::<Result<_, _>>()?;
                         for p in packets {
-                            packet.execute(params![
-                                p.ts_us,
-                                &*p.interface,
-                                p.link_type,
-                                p.wire_len,
-                                p.src.as_ref().map(ip_bytes),
-                                p.dst.as_ref().map(ip_bytes),
-                                p.data,
-                                anomaly,
-                            ])?;
+                            packet(p, Some(*anomaly))?;
                             n[Table::Packets as usize] += 1;
                             if syncing {
                                 marked.push((p.ts_us, p.link_type, p.wire_len, p.data.clone()));
