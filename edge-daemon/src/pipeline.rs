@@ -97,9 +97,10 @@ fn sink_flow(
 /// Hand a row to the store: wait for room (offline) or drop and count when the queue is full.
 fn send_row(store: &StoreLink, blocking: bool, row: Row) {
     if let Some((tx, c)) = store {
+        let rows = row.rows();
         let sent = if blocking { tx.send(row).is_ok() } else { tx.try_send(row).is_ok() };
         if !sent {
-            c.queue_drops.fetch_add(1, Ordering::Relaxed);
+            c.queue_drops.fetch_add(rows, Ordering::Relaxed);
         }
     }
 }

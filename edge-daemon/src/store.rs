@@ -202,6 +202,17 @@ pub enum Row {
     Analysis(Box<firmware::proto::AnalysisMsg>),
 }
 
+impl Row {
+    /// The rows this stands for (a marking carries the evidence packets it stores): what a
+    /// full queue's drop of it loses.
+    pub fn rows(&self) -> u64 {
+        match self {
+            Row::Evidence { packets, .. } => 1 + packets.len() as u64,
+            _ => 1,
+        }
+    }
+}
+
 /// Queueing for the hub: which device the messages name, and the next seq of each stream.
 #[derive(Debug)]
 struct Outbox {
