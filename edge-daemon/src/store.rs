@@ -1021,6 +1021,67 @@ mod tests {
     }
 
     #[test]
+    fn test_flows_keep_their_order_and_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        s.enable_outbox("tap-1", 1_000_000).unwrap();
+        // 70 and 40 flows around a packet row, each with its own address and features.
+        let numbered = |i: i64| match flow(i) {
+            Row::Flow(mut f) => {
+                f.src_ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
+                f.features[0] = i as f32;
+                Row::Flow(f)
+            }
+            _ => unreachable!(),
+        };
+        let mut rows: Vec<Row> = (1..=70).map(numbered).collect();
+        rows.push(Row::Packet(Box::new(PacketRow {
+            ts_us: 0,
+            interface: "a".into(),
+            link_type: 1,
+            wire_len: 60,
+            src: None,
+            dst: None,
+            data: vec![0; 60],
+        })));
+        rows.extend((71..=110).map(numbered));
+        s.write_batch(&rows).unwrap();
+        let stored: Vec<(i64, i64, String, Vec<u8>)> = s
+            .connection()
+            .prepare("SELECT id, end_us, src_ip, features FROM traffic_features ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored.len(), 110);
+        for (n, (id, end_us, src, features)) in stored.iter().enumerate() {
+            let i = n as i64 + 1;
+            assert_eq!((*id, *end_us), (i, i), "row {n}");
+            assert_eq!(*src, std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string());
+            assert_eq!(f32::from_le_bytes(features[..4].try_into().unwrap()), i as f32);
+        }
+        assert_eq!(c.written[Table::TrafficFeatures as usize].load(Ordering::Relaxed), 110);
+        // The outbox's flow batches cover every id once, in order.
+        let ranges: Vec<(i64, i64)> = s
+            .connection()
+            .prepare("SELECT first_row, last_row FROM outbox WHERE stream = 'flows' ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut next = 1;
+        for (first, last) in ranges {
+            assert_eq!(first, next);
+            assert!(last - first < FLOW_BATCH_MAX as i64);
+            next = last + 1;
+        }
+        assert_eq!(next, 111);
+    }
+
+    #[test]
     fn test_retention_by_age_counts() {
         let dir = tempfile::tempdir().unwrap();
         let c = Arc::new(StoreCounters::default());
