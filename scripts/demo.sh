@@ -56,17 +56,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The network: a bridge (the mirror port the edge watches) and three hosts.
-ip link add twdemo0 type bridge
-ip link set twdemo0 up
-for pair in srv:$srv cli:$cli atk:$atk; do
-  name=${pair%%:*} addr=${pair#*:}
-  ip netns add "twd-$name"
-  ip link add "twd-$name-h" type veth peer name eth0 netns "twd-$name"
-  ip link set "twd-$name-h" master twdemo0 up
-  ip netns exec "twd-$name" ip addr add "$addr/24" dev eth0
-  ip netns exec "twd-$name" ip link set eth0 up
-  ip netns exec "twd-$name" ip link set lo up
-done
+source scripts/bridge-hosts.sh # (the working folder is the repository)
+bridge_hosts twdemo0 twd srv:$srv cli:$cli atk:$atk
 inside() { local ns=$1; shift; ip netns exec "twd-$ns" "$@"; }
 head -c $((2 << 20)) /dev/urandom > "$out/www/file.bin"
 echo "<h1>demo</h1>" > "$out/www/index.html"

@@ -52,17 +52,8 @@ cleanup
 work=$(mktemp -d /tmp/twlab.XXXXXX)
 cd "$work" # hydra leaves a restore file where it runs when it is stopped
 
-ip link add twlab0 type bridge
-ip link set twlab0 up
-for pair in srv:$srv cli:$cli atk:$atk; do
-  name=${pair%%:*} addr=${pair#*:}
-  ip netns add "twl-$name"
-  ip link add "twl-$name-h" type veth peer name eth0 netns "twl-$name"
-  ip link set "twl-$name-h" master twlab0 up
-  ip netns exec "twl-$name" ip addr add "$addr/24" dev eth0
-  ip netns exec "twl-$name" ip link set eth0 up
-  ip netns exec "twl-$name" ip link set lo up
-done
+source "$here/../../scripts/bridge-hosts.sh"
+bridge_hosts twlab0 twl srv:$srv cli:$cli atk:$atk
 ip netns exec twl-srv ip addr add "$tun/24" dev eth0
 ip netns exec twl-srv sysctl -qw net.ipv4.ip_forward=1
 ip netns exec twl-atk ip route add 10.89.0.0/24 via "$srv"
