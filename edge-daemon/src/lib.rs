@@ -16,6 +16,7 @@ pub mod model;
 pub mod offline;
 pub mod output;
 pub mod pipeline;
+pub mod ring;
 pub mod store;
 pub mod sync;
 

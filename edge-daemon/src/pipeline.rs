@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::inference::{Detail, ModelStage};
 use crate::model::Model;
+use crate::ring::{Ring, RingPacket};
 use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
 use crate::EdgeEngine;
 use firmware::detect::{Episode, EpisodeEvent};
@@ -14,7 +15,6 @@ use firmware::proto::{AnomalyKind, AnomalyMsg, HostCount, PortCount, StatsMsg};
 use firmware::wire::{LinkType, PacketMeta, L3, L4};
 use firmware::Instant;
 use rustc_hash::FxHashMap as HashMap;
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,12 +117,11 @@ fn top<K>(m: HashMap<K, Count>, n: usize) -> Vec<(K, Count)> {
 #[derive(Debug)]
 pub struct Pipeline {
     engine: Box<EdgeEngine>,
-    interfaces: Vec<Arc<str>>,
     interval_us: i64,
     top_n: usize,
     stats: Option<Interval>,
     /// Per interface: packets since the last ring write, newest last.
-    rings: Vec<VecDeque<PacketRow>>,
+    rings: Vec<Ring>,
     ring_cap: usize,
     /// When the ring was last written, by the wall clock: at most `ring_cap` packets per
     /// interface a second reach the store, whatever the packet rate (offline, packet time runs
@@ -234,9 +233,8 @@ impl Pipeline {
             if store.is_some() { config.store.evidence_ring_packets as usize } else { 0 };
         Pipeline {
             engine: crate::new_engine(config.engine()),
-            rings: interfaces.iter().map(|_| VecDeque::new()).collect(),
             iface_errors: vec![[0; firmware::wire::DissectError::ALL.len()]; interfaces.len()],
-            interfaces,
+            rings: interfaces.into_iter().map(|i| Ring::new(i, ring_cap)).collect(),
             interval_us: i64::from(config.stats.interval_s) * 1_000_000,
             top_n: config.stats.top_n,
             stats: None,
@@ -504,21 +502,15 @@ impl Pipeline {
             }
         };
         if self.ring_cap > 0 {
-            let ring = &mut self.rings[p.iface];
-            if ring.len() >= self.ring_cap {
-                self.counters.ring_rotated += 1;
-                ring.pop_front();
-            }
-            let data = p.data.to_vec();
-            ring.push_back(PacketRow {
+            let rotated = self.rings[p.iface].push(RingPacket {
                 ts_us: p.ts_us,
-                interface: self.interfaces[p.iface].clone(),
                 link_type: p.dlt,
                 wire_len: p.wire_len,
                 src,
                 dst,
-                data,
+                data: p.data,
             });
+            self.counters.ring_rotated += u64::from(rotated);
             self.since_clock += 1;
             if self.since_clock >= 256 {
                 self.since_clock = 0;
@@ -625,23 +617,15 @@ impl Pipeline {
 
     /// Take the ring packets in memory to or from `host` since `since_us`, oldest first.
     fn take_evidence(&mut self, host: IpAddr, since_us: i64) -> Vec<PacketRow> {
-        let mut out = Vec::new();
-        for ring in &mut self.rings {
-            let hit =
-                |p: &PacketRow| p.ts_us >= since_us && (p.src == Some(host) || p.dst == Some(host));
-            if ring.iter().any(hit) {
-                let (taken, kept): (VecDeque<_>, VecDeque<_>) = ring.drain(..).partition(hit);
-                out.extend(taken);
-                *ring = kept;
-            }
-        }
+        let mut out: Vec<PacketRow> =
+            self.rings.iter_mut().flat_map(|r| r.take_host(host, since_us)).collect();
         out.sort_by_key(|p| p.ts_us);
         out
     }
 
     fn write_rings(&mut self) {
         self.last_ring_write = std::time::Instant::now();
-        let rows: Vec<PacketRow> = self.rings.iter_mut().flat_map(|r| r.drain(..)).collect();
+        let rows: Vec<PacketRow> = self.rings.iter_mut().flat_map(Ring::drain).collect();
         for r in rows {
             self.send(Row::Packet(Box::new(r)));
         }
