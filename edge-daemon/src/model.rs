@@ -15,6 +15,9 @@ use firmware::proto::AnomalyKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{ElementWiseMiniOp, TypedModelPatch};
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8};
 
 /// What a model computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,130 @@ fn check_graph(proto: &tract_onnx::pb::ModelProto) -> Result<(), String> {
     Ok(())
 }
 
+/// An activation quantized to int8 and straight back (the QDQ format's pair around every
+/// activation), as one element-wise op.
+///
+/// tract runs the pair as two: `QuantizeLinearI8`, a scalar loop with a branchy
+/// round-half-to-even per value (a third of both models' time in `cargo bench --bench
+/// inference`), then `DequantizeLinearF32`. This computes the same value, bit for bit, in a loop
+/// the compiler vectorises: `((clamp(round(x * inv_scale), lo, hi) + zp - dq_zp) * dq_scale`,
+/// clamping before rounding (the bounds are integers, so the order does not change the result),
+/// rounding by adding and taking away 1.5 * 2^23 (ties to even, exact for |v| < 2^22; |v| is at
+/// most 256 here), and a NaN going to 0 as tract's cast of it does. (Past 2^31, tract's
+/// `as i32 + zero_point` overflows, wrapping in a release build; this saturates, as ONNX's
+/// QuantizeLinear says. Activations of our models are far from that.)
+#[derive(Debug, Clone, PartialEq)]
+struct QuantDequantI8 {
+    inv_scale: f32,
+    lo: f32,
+    hi: f32,
+    offset: f32,
+    scale: f32,
+}
+
+impl Eq for QuantDequantI8 {}
+
+impl QuantDequantI8 {
+    fn new(q: &QuantizeLinearI8, dq: &DequantizeLinearF32) -> Self {
+        let zp = i32::from(q.zero_point);
+        QuantDequantI8 {
+            inv_scale: q.scale,
+            lo: (-128 - zp) as f32,
+            hi: (127 - zp) as f32,
+            offset: (zp - dq.zero_point) as f32,
+            scale: dq.scale,
+        }
+    }
+
+    #[inline]
+    fn apply(&self, x: f32) -> f32 {
+        const ROUND: f32 = 12_582_912.0;
+        let v = x * self.inv_scale;
+        let v = if v.is_nan() { 0.0 } else { v.max(self.lo).min(self.hi) };
+        ((v + ROUND - ROUND) + self.offset) * self.scale
+    }
+}
+
+impl ElementWiseMiniOp for QuantDequantI8 {
+    fn name(&self) -> String {
+        "QuantDequantI8".into()
+    }
+
+    fn eval_in_place(&self, t: &mut Tensor, _: Option<DatumType>) -> TractResult<()> {
+        clear_upper_vector_state();
+        for x in t.try_as_plain_ram_mut()?.as_slice_mut::<f32>()? {
+            *x = self.apply(*x);
+        }
+        Ok(())
+    }
+}
+
+/// tract's x86 kernels (AVX2, AVX-512) return with the upper halves of the vector registers
+/// dirty and no `vzeroupper`, and the SSE code that runs after them (ours, and tract's own Rust
+/// between its kernels) then pays a state transition on every vector instruction: on this
+/// machine the quantize loop above ran at 2 ns a value after a tract kernel and 0.2 ns
+/// otherwise. Clearing the state is one instruction, run after each tract kernel that may
+/// have left it dirty. Elsewhere there is no such state.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub fn clear_upper_vector_state() {
+    #[target_feature(enable = "avx")]
+    fn zeroupper() {
+        std::arch::x86_64::_mm256_zeroupper();
+    }
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: `zeroupper` needs AVX, which the CPU has (checked just above).
+        unsafe { zeroupper() }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn clear_upper_vector_state() {}
+
+/// Replace every f32 `QuantizeLinearI8` whose only consumer is a `DequantizeLinearF32` by one
+/// [`QuantDequantI8`]; how many were replaced.
+fn fuse_quant_dequant(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    loop {
+        let mut found = None;
+        for node in model.nodes() {
+            let Some(q) =
+                node.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
+            else {
+                continue;
+            };
+            if node.inputs.len() != 1
+                || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+            {
+                continue;
+            }
+            let Some(dq_node) = model.single_succ(node.id)? else { continue };
+            let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else { continue };
+            found = Some((node.inputs[0], dq_node.id, format!("{}.qdq", node.name), {
+                QuantDequantI8::new(q, dq)
+            }));
+            break;
+        }
+        let Some((input, dq_id, name, op)) = found else { return Ok(fused) };
+        let mut patch = TypedModelPatch::default();
+        let wire = patch.tap_model(model, input)?;
+        let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[wire])?[0];
+        patch.shunt_outside(model, OutletId::new(dq_id, 0), out)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+}
+
+/// A runnable plan of `model` for inputs of `fact`: typed, decluttered, each quantize and
+/// dequantize pair fused (unless `fuse` is false: the tests compare both), optimised.
+fn plan(model: InferenceModel, fact: InferenceFact, fuse: bool) -> TractResult<Plan> {
+    let mut typed = model.with_input_fact(0, fact)?.into_typed()?.into_decluttered()?;
+    if fuse {
+        fuse_quant_dequant(&mut typed)?;
+    }
+    typed.into_optimized()?.into_runnable()
+}
+
 /// The transform every model's normalisation starts from: sign(x) * ln(1 + |x|).
 ///
 /// `ln(1 + |x|)` rather than `ln_1p`: three times faster, and the same to within 1e-7 (where
@@ -92,7 +219,11 @@ fn check_graph(proto: &tract_onnx::pb::ModelProto) -> Result<(), String> {
 pub fn transform(v: &FeatureVector) -> FeatureVector {
     let mut t = *v;
     for x in &mut t {
-        *x = (1.0 + x.abs()).ln().copysign(*x);
+        // Most features of a flow are 0 (no such flags, no such packets), and so is their
+        // transform: skipping them saves most of the logarithms.
+        if *x != 0.0 {
+            *x = (1.0 + x.abs()).ln().copysign(*x);
+        }
     }
     t
 }
@@ -108,7 +239,9 @@ pub struct Model {
     pub features: Vec<&'static str>,
     index: Vec<usize>,
     mean: Vec<f32>,
-    scale: Vec<f32>,
+    /// 1 / scale: a multiplication per feature, not a division (a division's latency was a
+    /// quarter of the pipeline's per-flow cost in `cargo bench --bench inference`).
+    inv_scale: Vec<f32>,
     /// Class names, and the kind each names (`None`: benign).
     pub classes: Vec<String>,
     pub class_kinds: Vec<Option<AnomalyKind>>,
@@ -290,23 +423,13 @@ impl Model {
         let n = model.sym("N");
         let fact =
             InferenceFact::dt_shape(f32::datum_type(), [n.to_dim(), features.len().to_dim()]);
-        let fixed_plan = model
-            .clone()
-            .with_input_fact(
-                0,
-                InferenceFact::dt_shape(
-                    f32::datum_type(),
-                    [FIXED_BATCH.to_dim(), features.len().to_dim()],
-                ),
-            )
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| load_err(&format!("{e:#}")))?;
-        let plan = model
-            .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| load_err(&format!("{e:#}")))?;
+        let fixed = InferenceFact::dt_shape(
+            f32::datum_type(),
+            [FIXED_BATCH.to_dim(), features.len().to_dim()],
+        );
+        let fixed_plan =
+            plan(model.clone(), fixed, true).map_err(|e| load_err(&format!("{e:#}")))?;
+        let plan = plan(model, fact, true).map_err(|e| load_err(&format!("{e:#}")))?;
         let m = Model {
             path: path.into(),
             name,
@@ -314,8 +437,8 @@ impl Model {
             kind,
             features,
             index,
+            inv_scale: scale.iter().map(|s| s.recip()).collect(),
             mean,
-            scale,
             classes,
             class_kinds,
             threshold,
@@ -350,7 +473,11 @@ impl Model {
     /// models share it, so it is computed once per flow).
     pub fn normalise_transformed(&self, t: &FeatureVector, out: &mut Vec<f32>) {
         out.extend(
-            self.index.iter().zip(&self.mean).zip(&self.scale).map(|((&i, m), s)| (t[i] - m) / s),
+            self.index
+                .iter()
+                .zip(&self.mean)
+                .zip(&self.inv_scale)
+                .map(|((&i, m), r)| (t[i] - m) * r),
         );
     }
 
@@ -378,7 +505,9 @@ impl Model {
             .map_err(|e| run_err(&e))?
             .into_tensor();
         let plan = if rows == FIXED_BATCH { &self.fixed_plan } else { &self.plan };
-        let out = plan.run(tvec!(t.into())).map_err(|e| run_err(&format!("{e:#}")))?;
+        let out = plan.run(tvec!(t.into()));
+        clear_upper_vector_state();
+        let out = out.map_err(|e| run_err(&format!("{e:#}")))?;
         let view = out[0]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
@@ -392,5 +521,111 @@ impl Model {
             });
         }
         Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tract_onnx::tract_core::ops::quant::quantize_linear_f32_i8;
+
+    /// What tract's two ops give for one value.
+    fn pair(x: f32, inv_scale: f32, zp: i8, dq_zp: i32, scale: f32) -> f32 {
+        (i32::from(quantize_linear_f32_i8(x, inv_scale, i32::from(zp))) - dq_zp) as f32 * scale
+    }
+
+    #[test]
+    fn test_fused_quant_dequant_is_tracts_pair_bit_for_bit() {
+        let mut values: Vec<f32> = vec![0.0, -0.0, f32::NAN, f32::MIN_POSITIVE, 1e-30, 1e6, -1e6];
+        // Ties (k + 0.5 at inv_scale 1), both sides of them, and the clamp's edges.
+        for k in -300..300 {
+            let t = k as f32 + 0.5;
+            values.extend([t, t.next_up(), t.next_down(), k as f32]);
+        }
+        // A spread of ordinary values.
+        let mut x = 0.1f32;
+        for _ in 0..2000 {
+            x = (x * 1.618_034 + 0.377).fract() * 600.0 - 300.0;
+            values.push(x);
+            values.push(x * 1e-3);
+        }
+        for (inv_scale, zp, dq_zp, scale) in
+            [(1.0, 0i8, 0, 1.0), (37.5, -128, -128, 0.026_666), (0.9, 5, 5, 1.1), (3.0, 7, -3, 0.5)]
+        {
+            let op = QuantDequantI8::new(
+                &QuantizeLinearI8 { scale: inv_scale, zero_point: zp },
+                &DequantizeLinearF32 { scale, zero_point: dq_zp },
+            );
+            for &v in &values {
+                let (got, want) = (op.apply(v), pair(v, inv_scale, zp, dq_zp, scale));
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "x = {v:e} (inv_scale {inv_scale}, zp {zp}, dq_zp {dq_zp}): {got} vs {want}"
+                );
+            }
+            // Past 2^31, tract's `as i32 + zero_point` overflows (and wraps in a release
+            // build: 3e38 would quantize to -128); here it saturates, as ONNX defines.
+            let top = ((127 - dq_zp) as f32) * scale;
+            let bottom = ((-128 - dq_zp) as f32) * scale;
+            for (v, want) in [
+                (f32::MAX, top),
+                (f32::INFINITY, top),
+                (f32::MIN, bottom),
+                (f32::NEG_INFINITY, bottom),
+            ] {
+                assert_eq!(op.apply(v), want, "x = {v:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_shipped_models_fuse_every_pair_and_give_the_same_outputs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
+        for (name, kind) in
+            [("autoencoder", ModelKind::Autoencoder), ("classifier", ModelKind::Classifier)]
+        {
+            let path = dir.join(format!("{name}.onnx"));
+            let m = Model::load(&path, kind).unwrap();
+            let k = m.features.len();
+            let onnx = tract_onnx::onnx().model_for_path(&path).unwrap();
+            let fact = |n: usize| InferenceFact::dt_shape(f32::datum_type(), [n, k]);
+            // The graph as loaded has quantize-dequantize pairs; fused, none are left.
+            let mut typed = onnx.clone().with_input_fact(0, fact(8)).unwrap().into_typed().unwrap();
+            typed = typed.into_decluttered().unwrap();
+            let n = fuse_quant_dequant(&mut typed).unwrap();
+            assert!(n >= 2, "{name}: {n} pairs fused");
+            let fused = plan(onnx.clone(), fact(FIXED_BATCH), true).unwrap();
+            assert!(
+                !fused.model().nodes().iter().any(|n| n.op.name().contains("QuantizeLinear")),
+                "{name}: a quantize op is left"
+            );
+            let unfused = plan(onnx, fact(FIXED_BATCH), false).unwrap();
+            // Rows from real features, and rows far outside them (clamped by the quantizer).
+            let mut x = 0.3f32;
+            let input: Vec<f32> = (0..FIXED_BATCH * k)
+                .map(|i| {
+                    x = (x * 1.618_034 + 0.377).fract();
+                    if i < FIXED_BATCH * k / 2 {
+                        x * 6.0 - 3.0
+                    } else {
+                        x * 2000.0 - 1000.0
+                    }
+                })
+                .collect();
+            let run = |p: &Plan| {
+                let t = tract_ndarray::Array2::from_shape_vec((FIXED_BATCH, k), input.clone())
+                    .unwrap()
+                    .into_tensor();
+                let out = p.run(tvec!(t.into())).unwrap();
+                out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+            };
+            let (a, b) = (run(&fused), run(&unfused));
+            assert_eq!(a.len(), b.len());
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() <= 1e-6, "{name} output {i}: fused {x}, unfused {y}");
+            }
+        }
     }
 }
