@@ -93,8 +93,9 @@ fn check_graph(proto: &tract_onnx::pb::ModelProto) -> Result<(), String> {
 ///
 /// tract runs the pair as two: `QuantizeLinearI8`, a scalar loop with a branchy
 /// round-half-to-even per value (a third of both models' time in `cargo bench --bench
-/// inference`), then `DequantizeLinearF32`. This computes the same value, bit for bit, in a loop
-/// the compiler vectorises: `((clamp(round(x * inv_scale), lo, hi) + zp - dq_zp) * dq_scale`,
+/// inference` before this op), then `DequantizeLinearF32`. This computes the same value (bit
+/// for bit, for the zero points a quantizer writes: within int8's range) in a loop the compiler
+/// vectorises: `((clamp(round(x * inv_scale), lo, hi) + zp - dq_zp) * dq_scale`,
 /// clamping before rounding (the bounds are integers, so the order does not change the result),
 /// rounding by adding and taking away 1.5 * 2^23 (ties to even, exact for |v| < 2^22; |v| is at
 /// most 256 here), and a NaN going to 0 as tract's cast of it does. (Past 2^31, tract's
@@ -118,7 +119,8 @@ impl QuantDequantI8 {
             inv_scale: q.scale,
             lo: (-128 - zp) as f32,
             hi: (127 - zp) as f32,
-            offset: (zp - dq.zero_point) as f32,
+            // In f64: a dequantize zero point from a file can be any i32.
+            offset: (f64::from(zp) - f64::from(dq.zero_point)) as f32,
             scale: dq.scale,
         }
     }
