@@ -8,8 +8,8 @@
 //! each, only when they leave for the store: a write of the ring, or evidence of an anomaly.
 //!
 //! Memory: the byte deque keeps the capacity of the most bytes the ring has held at once (at
-//! most `cap` packets of at most the snap length each), as the per-packet buffers it replaces
-//! did at that moment.
+//! most `cap` packets of at most the snap length each; it grows by a quarter at a time), as the
+//! per-packet buffers it replaces did at that moment.
 
 use crate::store::PacketRow;
 use std::collections::VecDeque;
@@ -81,6 +81,11 @@ impl Ring {
             src: p.src,
             dst: p.dst,
         });
+        if self.bytes.capacity() - self.bytes.len() < p.data.len() {
+            // Grow by a quarter rather than double: the deque stays near the most bytes the
+            // ring has held at once.
+            self.bytes.reserve_exact(p.data.len().max(self.bytes.len() / 4));
+        }
         self.bytes.extend(p.data);
         rotated
     }
