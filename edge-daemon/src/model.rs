@@ -171,37 +171,35 @@ pub fn clear_upper_vector_state() {
 pub fn clear_upper_vector_state() {}
 
 /// Replace every f32 `QuantizeLinearI8` whose only consumer is a `DequantizeLinearF32` by one
-/// [`QuantDequantI8`]; how many were replaced.
+/// [`QuantDequantI8`]; how many were replaced. The pairs are found in one pass; a patch
+/// reroutes what read the pair's output, so each later pair's input is read when it is fused.
 fn fuse_quant_dequant(model: &mut TypedModel) -> TractResult<usize> {
-    let mut fused = 0;
-    loop {
-        let mut found = None;
-        for node in model.nodes() {
-            let Some(q) =
-                node.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
-            else {
-                continue;
-            };
-            if node.inputs.len() != 1
-                || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
-            {
-                continue;
-            }
-            let Some(dq_node) = model.single_succ(node.id)? else { continue };
-            let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else { continue };
-            found = Some((node.inputs[0], dq_node.id, format!("{}.qdq", node.name), {
-                QuantDequantI8::new(q, dq)
-            }));
-            break;
+    let mut pairs = Vec::new();
+    for node in model.nodes() {
+        let Some(q) =
+            node.op_as::<ElementWiseOp>().and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
+        else {
+            continue;
+        };
+        if node.inputs.len() != 1
+            || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type()
+        {
+            continue;
         }
-        let Some((input, dq_id, name, op)) = found else { return Ok(fused) };
+        let Some(dq_node) = model.single_succ(node.id)? else { continue };
+        let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else { continue };
+        pairs.push((node.id, dq_node.id, QuantDequantI8::new(q, dq)));
+    }
+    for (q_id, dq_id, op) in &pairs {
+        let q = model.node(*q_id);
+        let (input, name) = (q.inputs[0], format!("{}.qdq", q.name));
         let mut patch = TypedModelPatch::default();
         let wire = patch.tap_model(model, input)?;
-        let out = patch.wire_node(name, ElementWiseOp(Box::new(op), None), &[wire])?[0];
-        patch.shunt_outside(model, OutletId::new(dq_id, 0), out)?;
+        let out = patch.wire_node(name, ElementWiseOp(Box::new(op.clone()), None), &[wire])?[0];
+        patch.shunt_outside(model, OutletId::new(*dq_id, 0), out)?;
         patch.apply(model)?;
-        fused += 1;
     }
+    Ok(pairs.len())
 }
 
 /// A runnable plan of `model` for inputs of `fact`: typed, decluttered, each quantize and
