@@ -982,6 +982,25 @@ mod tests {
         StoreConfig { path: dir.join("edge.db"), max_size_mb: 8, ..StoreConfig::default() }
     }
 
+    /// A new store in `dir`, with its counters.
+    fn open(dir: &Path) -> (Store, Arc<StoreCounters>) {
+        let c = Arc::new(StoreCounters::default());
+        (Store::open(&cfg(dir), c.clone()).unwrap(), c)
+    }
+
+    /// A packet of `len` bytes (each `ts_us as u8`) on interface `a`, from `src` to 10.0.0.9.
+    fn packet_row(ts_us: i64, src: [u8; 4], len: u32) -> PacketRow {
+        PacketRow {
+            ts_us,
+            interface: "a".into(),
+            link_type: 1,
+            wire_len: len,
+            src: Some(src.into()),
+            dst: Some([10, 0, 0, 9].into()),
+            data: vec![ts_us as u8; len as usize],
+        }
+    }
+
     fn flow(end_us: i64) -> Row {
         Row::Flow(Box::new(FlowRow {
             start_us: end_us - 10,
@@ -1002,8 +1021,7 @@ mod tests {
     #[test]
     fn test_migrates_writes_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         s.write_batch(&[flow(100), flow(200)]).unwrap();
         drop(s);
         let s = Store::open(&cfg(dir.path()), Arc::new(StoreCounters::default())).unwrap();
@@ -1023,8 +1041,7 @@ mod tests {
     #[test]
     fn test_flows_keep_their_order_and_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         s.enable_outbox("tap-1", 1_000_000).unwrap();
         // 70 and 40 flows around a packet row, each with its own address and features.
         let numbered = |i: i64| match flow(i) {
@@ -1084,8 +1101,7 @@ mod tests {
     #[test]
     fn test_retention_by_age_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         let hour = 3_600_000_000i64;
         let now = 1_000 * hour;
         s.write_batch(&[flow(now - 200 * hour), flow(now - 169 * hour), flow(now - hour)]).unwrap();
@@ -1097,8 +1113,7 @@ mod tests {
     #[test]
     fn test_retention_by_size_evicts_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         // ~12 MiB of ring packets into an 8 MiB store.
         for b in 0..12 {
             let rows: Vec<Row> = (0..1024)
@@ -1130,8 +1145,7 @@ mod tests {
     #[test]
     fn test_ring_keeps_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         let rows: Vec<Row> = (0..50)
             .map(|i| {
                 Row::Packet(Box::new(PacketRow {
@@ -1159,22 +1173,11 @@ mod tests {
     #[test]
     fn test_evidence_goes_to_the_outbox_in_parts_up_to_its_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c.clone()).unwrap();
+        let (mut s, c) = open(dir.path());
         s.enable_outbox("tap-1", 1_000_000).unwrap();
         s.set_evidence_limit(250_000);
         // Five 60 kB packets from the source, one from elsewhere.
-        let packet = |ts: i64, src: [u8; 4]| {
-            Row::Packet(Box::new(PacketRow {
-                ts_us: ts,
-                interface: "a".into(),
-                link_type: 1,
-                wire_len: 60_000,
-                src: Some(src.into()),
-                dst: Some([10, 0, 0, 9].into()),
-                data: vec![ts as u8; 60_000],
-            }))
-        };
+        let packet = |ts: i64, src: [u8; 4]| Row::Packet(Box::new(packet_row(ts, src, 60_000)));
         let mut rows: Vec<Row> = (1..=5).map(|i| packet(i, [10, 0, 0, 1])).collect();
         rows.push(packet(6, [10, 0, 0, 2]));
         rows.push(Row::Evidence {
@@ -1225,18 +1228,9 @@ mod tests {
     #[test]
     fn test_evidence_from_memory_joins_the_stored_ring_packets() {
         let dir = tempfile::tempdir().unwrap();
-        let c = Arc::new(StoreCounters::default());
-        let mut s = Store::open(&cfg(dir.path()), c).unwrap();
+        let (mut s, _) = open(dir.path());
         s.enable_outbox("tap-1", 1_000).unwrap();
-        let packet = |ts: i64, src: [u8; 4]| PacketRow {
-            ts_us: ts,
-            interface: "a".into(),
-            link_type: 1,
-            wire_len: 100,
-            src: Some(src.into()),
-            dst: Some([10, 0, 0, 9].into()),
-            data: vec![ts as u8; 100],
-        };
+        let packet = |ts: i64, src: [u8; 4]| packet_row(ts, src, 100);
         // In the stored ring: two of the source's (one before the episode) and another host's.
         s.write_batch(&[
             Row::Packet(Box::new(packet(1, [10, 0, 0, 1]))),
