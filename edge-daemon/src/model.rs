@@ -202,14 +202,20 @@ fn fuse_quant_dequant(model: &mut TypedModel) -> TractResult<usize> {
     Ok(pairs.len())
 }
 
-/// A runnable plan of `model` for inputs of `fact`: typed, decluttered, each quantize and
-/// dequantize pair fused (unless `fuse` is false: the tests compare both), optimised.
-fn plan(model: InferenceModel, fact: InferenceFact, fuse: bool) -> TractResult<Plan> {
+/// The runnable plans of `model`, which reads `k` values a row: for any batch size, and for
+/// batches of exactly [`FIXED_BATCH`]. Typed, decluttered and fused once (each quantize and
+/// dequantize pair one op, unless `fuse` is false: the tests compare both), then optimised for
+/// each.
+fn plans(model: InferenceModel, k: usize, fuse: bool) -> TractResult<(Plan, Plan)> {
+    let n = model.sym("N");
+    let fact = InferenceFact::dt_shape(f32::datum_type(), [n.to_dim(), k.to_dim()]);
     let mut typed = model.with_input_fact(0, fact)?.into_typed()?.into_decluttered()?;
     if fuse {
         fuse_quant_dequant(&mut typed)?;
     }
-    typed.into_optimized()?.into_runnable()
+    let batch = std::collections::HashMap::from([(n, FIXED_BATCH.to_dim())]);
+    let fixed = typed.set_symbols(&batch)?.into_optimized()?.into_runnable()?;
+    Ok((typed.into_optimized()?.into_runnable()?, fixed))
 }
 
 /// The transform every model's normalisation starts from: sign(x) * ln(1 + |x|).
@@ -419,17 +425,9 @@ impl Model {
                 problem: "an autoencoder's threshold must be above 0".into(),
             });
         }
-        // Batch size is a symbol: one plan serves every batch.
-        let n = model.sym("N");
-        let fact =
-            InferenceFact::dt_shape(f32::datum_type(), [n.to_dim(), features.len().to_dim()]);
-        let fixed = InferenceFact::dt_shape(
-            f32::datum_type(),
-            [FIXED_BATCH.to_dim(), features.len().to_dim()],
-        );
-        let fixed_plan =
-            plan(model.clone(), fixed, true).map_err(|e| load_err(&format!("{e:#}")))?;
-        let plan = plan(model, fact, true).map_err(|e| load_err(&format!("{e:#}")))?;
+        // Batch size is a symbol: one plan serves every batch, another the usual one.
+        let (plan, fixed_plan) =
+            plans(model, features.len(), true).map_err(|e| load_err(&format!("{e:#}")))?;
         let m = Model {
             path: path.into(),
             name,
@@ -596,12 +594,14 @@ mod tests {
             typed = typed.into_decluttered().unwrap();
             let n = fuse_quant_dequant(&mut typed).unwrap();
             assert!(n >= 2, "{name}: {n} pairs fused");
-            let fused = plan(onnx.clone(), fact(FIXED_BATCH), true).unwrap();
-            assert!(
-                !fused.model().nodes().iter().any(|n| n.op.name().contains("QuantizeLinear")),
-                "{name}: a quantize op is left"
-            );
-            let unfused = plan(onnx, fact(FIXED_BATCH), false).unwrap();
+            let (any, fused) = plans(onnx.clone(), k, true).unwrap();
+            for p in [&any, &fused] {
+                assert!(
+                    !p.model().nodes().iter().any(|n| n.op.name().contains("QuantizeLinear")),
+                    "{name}: a quantize op is left"
+                );
+            }
+            let (_, unfused) = plans(onnx, k, false).unwrap();
             // Rows from real features, and rows far outside them (clamped by the quantizer).
             let mut x = 0.3f32;
             let input: Vec<f32> = (0..FIXED_BATCH * k)
