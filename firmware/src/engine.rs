@@ -266,7 +266,8 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     ) {
         let f = &record.flow;
         let failed = if f.protocol == 6 {
-            (f.tcp.syn && !f.tcp.syn_ack) || (f.tcp.rst && !f.tcp.established)
+            let tcp = f.tcp();
+            (tcp.syn && !tcp.syn_ack) || (tcp.rst && !tcp.established)
         } else {
             f.bwd.packets == 0 && !is_group(record.dst())
         };

@@ -6,7 +6,7 @@
 
 use crate::flow::{FlowRecord, FIRST_PACKETS};
 use crate::hosts::HostFeatures;
-use crate::RunningStats;
+use crate::Moments;
 
 include!(concat!(env!("OUT_DIR"), "/features_gen.rs"));
 
@@ -34,18 +34,12 @@ fn ratio(a: f64, b: f64) -> f32 {
     }
 }
 
-fn put_stats(
-    v: &mut FeatureVector,
-    s: &RunningStats,
-    max: usize,
-    min: usize,
-    mean: usize,
-    std: usize,
-) {
+/// Maximum, minimum, mean and standard deviation of `n` samples into the four features named.
+fn put_stats(v: &mut FeatureVector, s: &Moments, n: u32, [max, min, mean, std]: [usize; 4]) {
     v[max] = s.max() as f32;
     v[min] = s.min() as f32;
-    v[mean] = s.mean() as f32;
-    v[std] = s.std() as f32;
+    v[mean] = s.mean(n) as f32;
+    v[std] = s.std(n) as f32;
 }
 
 /// Compute the features of a finished flow, with `host` the initiator's window features.
@@ -68,29 +62,18 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     v[TOT_BWD_PKTS] = b.packets as f32;
     v[TOTLEN_FWD_PKTS] = fwd_payload as f32;
     v[TOTLEN_BWD_PKTS] = bwd_payload as f32;
-    put_stats(
-        &mut v,
-        &f.payload,
-        FWD_PKT_LEN_MAX,
-        FWD_PKT_LEN_MIN,
-        FWD_PKT_LEN_MEAN,
-        FWD_PKT_LEN_STD,
-    );
-    put_stats(
-        &mut v,
-        &b.payload,
-        BWD_PKT_LEN_MAX,
-        BWD_PKT_LEN_MIN,
-        BWD_PKT_LEN_MEAN,
-        BWD_PKT_LEN_STD,
-    );
+    let fwd_len = [FWD_PKT_LEN_MAX, FWD_PKT_LEN_MIN, FWD_PKT_LEN_MEAN, FWD_PKT_LEN_STD];
+    put_stats(&mut v, &f.payload, f.packets, fwd_len);
+    let bwd_len = [BWD_PKT_LEN_MAX, BWD_PKT_LEN_MIN, BWD_PKT_LEN_MEAN, BWD_PKT_LEN_STD];
+    put_stats(&mut v, &b.payload, b.packets, bwd_len);
     v[FLOW_BYTS_S] = per_sec(fwd_payload + bwd_payload, duration);
     v[FLOW_PKTS_S] = per_sec(packets, duration);
-    put_stats(&mut v, &flow.iat, FLOW_IAT_MAX, FLOW_IAT_MIN, FLOW_IAT_MEAN, FLOW_IAT_STD);
+    let flow_iat = [FLOW_IAT_MAX, FLOW_IAT_MIN, FLOW_IAT_MEAN, FLOW_IAT_STD];
+    put_stats(&mut v, &flow.iat, flow.gaps(), flow_iat);
     v[FWD_IAT_TOT] = f.iat.sum() as f32;
-    put_stats(&mut v, &f.iat, FWD_IAT_MAX, FWD_IAT_MIN, FWD_IAT_MEAN, FWD_IAT_STD);
+    put_stats(&mut v, &f.iat, f.gaps(), [FWD_IAT_MAX, FWD_IAT_MIN, FWD_IAT_MEAN, FWD_IAT_STD]);
     v[BWD_IAT_TOT] = b.iat.sum() as f32;
-    put_stats(&mut v, &b.iat, BWD_IAT_MAX, BWD_IAT_MIN, BWD_IAT_MEAN, BWD_IAT_STD);
+    put_stats(&mut v, &b.iat, b.gaps(), [BWD_IAT_MAX, BWD_IAT_MIN, BWD_IAT_MEAN, BWD_IAT_STD]);
     v[FWD_PSH_FLAGS] = f.psh as f32;
     v[BWD_PSH_FLAGS] = b.psh as f32;
     v[FWD_URG_FLAGS] = f.urg as f32;
@@ -100,13 +83,10 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     v[FWD_PKTS_S] = per_sec(f64::from(f.packets), duration);
     v[BWD_PKTS_S] = per_sec(f64::from(b.packets), duration);
 
-    let mut all = f.payload;
-    merge(&mut all, &b.payload);
-    v[PKT_LEN_MIN] = all.min() as f32;
-    v[PKT_LEN_MAX] = all.max() as f32;
-    v[PKT_LEN_MEAN] = all.mean() as f32;
-    v[PKT_LEN_STD] = all.std() as f32;
-    v[PKT_LEN_VAR] = all.variance() as f32;
+    let all = f.payload.merged(&b.payload);
+    let n = flow.packets();
+    put_stats(&mut v, &all, n, [PKT_LEN_MAX, PKT_LEN_MIN, PKT_LEN_MEAN, PKT_LEN_STD]);
+    v[PKT_LEN_VAR] = all.variance(n) as f32;
 
     let flag_idx = [
         FIN_FLAG_CNT,
@@ -118,8 +98,8 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
         ECE_FLAG_CNT,
         CWR_FLAG_CNT,
     ];
-    for (i, &at) in flag_idx.iter().enumerate() {
-        v[at] = flow.flag_counts[i] as f32;
+    for (&at, count) in flag_idx.iter().zip(flow.flag_counts()) {
+        v[at] = count as f32;
     }
     v[DOWN_UP_RATIO] = ratio(f64::from(b.packets), f64::from(f.packets));
     v[PKT_SIZE_AVG] = ratio(fwd_payload + bwd_payload, packets);
@@ -132,17 +112,18 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     v[FWD_WIRE_BYTES] = f.wire_bytes as f32;
     v[BWD_WIRE_BYTES] = b.wire_bytes as f32;
 
-    let t = &flow.tcp;
+    let t = flow.tcp();
     let tcp = flow.protocol == 6;
     v[TCP_HANDSHAKE] = f32::from(u8::from(t.established));
     v[TCP_SYN_UNANSWERED] = f32::from(u8::from(tcp && t.syn && !t.syn_ack));
     v[TCP_REFUSED] = f32::from(u8::from(t.rst && !t.established));
     v[TCP_MSS] = t.mss.map_or(0.0, f32::from);
     v[TCP_WSCALE] = t.window_scale.map_or(-1.0, f32::from);
-    v[ICMP_TYPE] = f32::from(flow.icmp_type) - 1.0;
-    v[ICMP_CODE] = f32::from(flow.icmp_code) - 1.0;
+    let icmp = flow.icmp();
+    v[ICMP_TYPE] = icmp.map_or(-1.0, |(t, _)| f32::from(t));
+    v[ICMP_CODE] = icmp.map_or(-1.0, |(_, c)| f32::from(c));
 
-    let d = &flow.dns;
+    let d = flow.dns();
     v[DNS_QUERIES] = d.queries as f32;
     v[DNS_RESPONSES] = d.responses as f32;
     v[DNS_NXDOMAIN] = d.nxdomain as f32;
@@ -179,11 +160,6 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     v[HOST_DHCP_RATE] = host.dhcp_rate;
     v[HOST_DHCP_MACS] = host.dhcp_macs;
     v
-}
-
-/// Merge two running statistics (both directions' packet sizes).
-fn merge(into: &mut RunningStats, other: &RunningStats) {
-    *into = into.merged(other);
 }
 
 #[cfg(test)]

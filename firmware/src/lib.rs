@@ -27,4 +27,4 @@ mod stats;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
-pub(crate) use stats::RunningStats;
+pub(crate) use stats::Moments;
