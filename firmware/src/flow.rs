@@ -1120,6 +1120,13 @@ mod tests {
         assert_eq!(t.counters().created, t.len() as u64 + t.counters().ended_total());
     }
 
+    /// The flow slot is most of the daemon's memory (100,000 flows at 304 bytes are 29 MiB, and
+    /// `bench/memory.sh` has 64 MiB for everything): growing it should be a decision.
+    #[test]
+    fn test_flow_slot_stays_small() {
+        assert!(core::mem::size_of::<Flow>() <= 304, "{}", core::mem::size_of::<Flow>());
+    }
+
     #[test]
     fn test_vlan_separates_flows() {
         let mut t = FlowTable::<16>::default();
