@@ -107,7 +107,20 @@ pub struct AnalyzeArgs {
 }
 
 /// Parse arguments and run; the exit code says whether every input was read whole.
+/// A panic anywhere stops the process, as `panic = "abort"` would (the workspace unwinds for
+/// the hub's sake): a capture, pipeline or store thread that died leaves a daemon that only
+/// looks alive, so it exits and its service manager starts it again. The message is printed
+/// first.
+fn abort_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        std::process::abort();
+    }));
+}
+
 pub fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     init_logging();
     match cli.command {

@@ -302,11 +302,42 @@ pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz` and the local admin endpoints. Keep it on loopback or a
     /// management network: the admin endpoints change capture rules.
     pub listen: SocketAddr,
+    /// File holding the token the admin endpoints (`/admin/...`) want as `Authorization:
+    /// Bearer` (its first line, 16 characters at least); empty: the admin endpoints are off.
+    pub admin_token_file: PathBuf,
+    /// Host names the admin endpoints answer to (the `Host` header, without its port), beside
+    /// `localhost`, `127.0.0.1`, `::1` and the listen address: a page that rebinds its own
+    /// name to this address is refused.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9187)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
+            admin_token_file: PathBuf::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The admin token from `admin_token_file`; `None` when the file is not set.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        if self.admin_token_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.admin_token_file).map_err(|e| {
+            format!("http.admin_token_file {}: {e}", self.admin_token_file.display())
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.len() < 16 {
+            return Err(format!(
+                "http.admin_token_file {}: the token must be 16 characters or more",
+                self.admin_token_file.display()
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -467,6 +498,9 @@ impl Config {
     /// Every problem with the values (the shape was checked by parsing).
     pub fn check(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Err(e) = self.http.admin_token() {
+            p.push(e);
+        }
         if !firmware::proto::valid_device_id(&self.device.id) {
             p.push(format!(
                 "device.id {:?}: must be 1-64 characters of A-Z a-z 0-9 _ . -",

@@ -272,6 +272,7 @@ async fn serve(
         shared: shared.clone(),
         registry: Arc::new(crate::metrics::registry(shared.clone())),
         reload: reload_fn.clone(),
+        admin: Arc::new(crate::http::AdminGate::from_config(&config.http)?),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {

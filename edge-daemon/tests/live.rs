@@ -129,8 +129,9 @@ impl Daemon {
     }
 
     fn get(&self, path: &str) -> String {
+        let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
         let out = Command::new("curl")
-            .args(["-s", "-m", "5", &format!("{}{path}", self.base)])
+            .args(["-s", "-m", "5", "-H", &auth, &format!("{}{path}", self.base)])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -175,8 +176,12 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The admin token the test's daemon is given.
+const ADMIN_TOKEN: &str = "live-test-admin-token-0123456789";
+
 fn config(dir: &Path, iface: &str, rules: &str) -> std::path::PathBuf {
     let path = dir.join("edge.toml");
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
     std::fs::write(
         &path,
         format!(
@@ -195,8 +200,10 @@ batch_rows = 500
 flush_interval_ms = 200
 [http]
 listen = "127.0.0.1:0"
+admin_token_file = "{token}"
 "#,
-            db = dir.join("edge.db").display()
+            db = dir.join("edge.db").display(),
+            token = dir.join("admin.token").display(),
         ),
     )
     .unwrap();
@@ -260,8 +267,23 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
         std::fs::read_to_string(&cfg).unwrap().replace("protocol = \"icmp\"", "bpf = \"icmp and\""),
     )
     .unwrap();
+    // The admin endpoints want the token and a local Host.
+    let status = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST"])
+            .args(args)
+            .arg(format!("{}/admin/reload", d.base))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    assert_eq!(status(&[]), "401");
+    assert_eq!(status(&["-H", "Authorization: Bearer not-the-token-at-all"]), "401");
+    assert_eq!(status(&["-H", &auth, "-H", "Host: attacker.example"]), "403");
+    assert_eq!(status(&["-H", &auth, "-H", "Origin: http://attacker.example"]), "403");
     let refused = Command::new("curl")
-        .args(["-s", "-XPOST", &format!("{}/admin/reload", d.base)])
+        .args(["-s", "-XPOST", "-H", &auth, &format!("{}/admin/reload", d.base)])
         .output()
         .unwrap();
     let refused = String::from_utf8_lossy(&refused.stdout);

@@ -141,9 +141,11 @@ pub fn api_state(config: &Config) -> Result<crate::api::ApiState, String> {
         auth: std::sync::Arc::new(crate::api::auth::AuthConfig {
             session_hours: config.http.session_hours,
             cookie_secure: config.http.cookie_secure,
+            trusted_proxies: config.http.trusted_proxies.clone(),
         }),
         limiter: std::sync::Arc::new(crate::api::auth::LoginLimiter::new(
             config.http.login_per_minute,
+            config.http.login_global_per_minute,
         )),
         live,
         counters: std::sync::Arc::default(),
@@ -340,7 +342,7 @@ pub fn main() -> ExitCode {
                 eprintln!("tapwatch-hub: cannot read the payload: {e}");
                 return ExitCode::from(66);
             }
-            match decode(&topic, &payload) {
+            match decode(&topic, &payload, crate::ingest::now_us()) {
                 Ok(m) => {
                     let h = m.header();
                     println!(

@@ -29,8 +29,14 @@ pub struct HttpConfig {
     pub session_hours: u32,
     /// Mark the session cookie Secure (set it when the hub is reached over HTTPS).
     pub cookie_secure: bool,
-    /// Login attempts allowed per minute, per client address and per user name.
+    /// Login attempts allowed per minute for one user name from one client address (five times
+    /// as many from one address whatever the names); more get 429.
     pub login_per_minute: u32,
+    /// Login attempts allowed per minute from everyone together (each costs a password hash).
+    pub login_global_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or networks); from
+    /// anyone else the header is ignored.
+    pub trusted_proxies: Vec<cidr::IpCidr>,
     /// PostgreSQL connections the API uses at most.
     pub db_connections: usize,
     /// The dashboard's built files (hub/web/dist), served at `/`; empty: none.
@@ -44,6 +50,8 @@ impl Default for HttpConfig {
             session_hours: 12,
             cookie_secure: false,
             login_per_minute: 10,
+            login_global_per_minute: 600,
+            trusted_proxies: Vec::new(),
             db_connections: 8,
             web_root: PathBuf::from("/usr/share/tapwatch/web"),
         }
@@ -140,11 +148,19 @@ pub struct IngestConfig {
     /// Take messages from devices the hub does not know, registering them; when false they are
     /// refused (reason unknown_device) until `tapwatch-hub device add`.
     pub auto_register_devices: bool,
+    /// Evidence one anomaly episode may hold at the hub, MiB; parts beyond it are refused (dead
+    /// letter, reason evidence_limit).
+    pub evidence_max_mb: u64,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { batch_messages: 512, batch_ms: 50, auto_register_devices: false }
+        IngestConfig {
+            batch_messages: 512,
+            batch_ms: 50,
+            auto_register_devices: false,
+            evidence_max_mb: 32,
+        }
     }
 }
 
@@ -157,11 +173,20 @@ pub struct RetentionConfig {
     pub max_size_mb: u64,
     /// How often retention runs, seconds.
     pub interval_s: u32,
+    /// Dead letters kept at most, MiB (payloads and reasons): the oldest go first, counted. The
+    /// ingest trims as it writes them, so a device sending refused messages cannot fill the disk
+    /// between two retention runs.
+    pub dead_letters_max_mb: u64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { max_age_days: 30, max_size_mb: 10 * 1024, interval_s: 300 }
+        RetentionConfig {
+            max_age_days: 30,
+            max_size_mb: 10 * 1024,
+            interval_s: 300,
+            dead_letters_max_mb: 64,
+        }
     }
 }
 
@@ -233,6 +258,9 @@ impl Config {
         let h = &self.http;
         if h.session_hours == 0 || h.session_hours > 24 * 90 {
             p.push("http.session_hours: 1 to 2160".into());
+        }
+        if h.login_global_per_minute < h.login_per_minute {
+            p.push("http.login_global_per_minute: must be at least http.login_per_minute".into());
         }
         if h.login_per_minute == 0 {
             p.push("http.login_per_minute: must be at least 1".into());

@@ -104,6 +104,26 @@ pub async fn add_device(client: &Client, id: &str) -> Result<bool, tokio_postgre
         == 1)
 }
 
+/// Delete the oldest dead letters while those kept hold more than `max_bytes` (payloads and
+/// reasons); how many went.
+pub async fn trim_dead_letters(
+    client: &Client,
+    max_bytes: u64,
+) -> Result<u64, tokio_postgres::Error> {
+    let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    client
+        .execute(
+            "DELETE FROM dead_letters WHERE id IN (
+               SELECT id FROM (
+                 SELECT id, sum(octet_length(payload) + octet_length(detail))
+                   OVER (ORDER BY id DESC) AS upto
+                 FROM dead_letters) d
+               WHERE upto > $1)",
+            &[&max],
+        )
+        .await
+}
+
 /// What retention removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Retained {
@@ -112,6 +132,8 @@ pub struct Retained {
     pub anomalies_deleted: u64,
     pub log_deleted: u64,
     pub dead_letters_deleted: u64,
+    /// Dead letters deleted, the oldest first, to keep them under their size cap.
+    pub dead_letters_trimmed: u64,
     /// Rows of the minute and hour rollups (statistics, top ports and talkers).
     pub rollups_deleted: u64,
     /// Evidence parts received before the cutoff.
@@ -123,10 +145,10 @@ pub struct Retained {
 /// `max_age_days`.
 pub async fn retention(
     client: &Client,
-    max_age_days: u32,
-    max_size_mb: u64,
+    config: &crate::config::RetentionConfig,
     now: SystemTime,
 ) -> Result<Retained, tokio_postgres::Error> {
+    let (max_age_days, max_size_mb) = (config.max_age_days, config.max_size_mb);
     let mut r = Retained::default();
     let now_us = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
     let cutoff_day = day_of(now_us) - max_age_days as i32;
@@ -189,8 +211,20 @@ pub async fn retention(
         client.execute("DELETE FROM ingest_log WHERE received_at < $1", &[&cutoff_time]).await?;
     r.dead_letters_deleted =
         client.execute("DELETE FROM dead_letters WHERE received_at < $1", &[&cutoff_time]).await?;
+    r.dead_letters_trimmed =
+        trim_dead_letters(client, config.dead_letters_max_mb.saturating_mul(1 << 20)).await?;
     r.evidence_deleted = client
         .execute("DELETE FROM anomaly_evidence WHERE received_at < $1", &[&cutoff_time])
+        .await?;
+    // Evidence of an episode the hub never heard of within an hour: its anomaly was refused or
+    // never sent (or the part was forged); nothing will ever show it.
+    r.evidence_deleted += client
+        .execute(
+            "DELETE FROM anomaly_evidence e
+             WHERE received_at < now() - interval '1 hour' AND NOT EXISTS (
+               SELECT 1 FROM anomalies a WHERE a.device = e.device AND a.edge_id = e.edge_id)",
+            &[],
+        )
         .await?;
     for table in ["traffic_stats_1m", "traffic_stats_1h", "traffic_top_1h"] {
         r.rollups_deleted += client

@@ -102,6 +102,18 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             enc,
+            "tapwatch_ingest_dead_letters_trimmed",
+            "Dead letters deleted, the oldest first, to keep them under retention.dead_letters_max_mb",
+            &[(vec![], load(&c.dead_letters_trimmed))],
+        )?;
+        counter(
+            enc,
+            "tapwatch_ingest_panics",
+            "Ingest batches whose commit panicked (then taken one message at a time)",
+            &[(vec![], load(&c.panics))],
+        )?;
+        counter(
+            enc,
             "tapwatch_ingest_flows",
             "Flow records committed",
             &[(vec![], load(&c.flows))],
@@ -155,6 +167,18 @@ impl prometheus_client::collector::Collector for Collector {
                 "tapwatch_api_live_lagged",
                 "Live events dropped for clients too slow to take them",
                 &[(vec![], load(&a.live_lagged))],
+            )?;
+            counter(
+                enc,
+                "tapwatch_api_live_revoked",
+                "Live connections closed because their session or token ended",
+                &[(vec![], load(&a.live_revoked))],
+            )?;
+            counter(
+                enc,
+                "tapwatch_api_panics",
+                "Requests whose handler panicked (answered 500; the hub went on)",
+                &[(vec![], load(&a.panics))],
             )?;
             counter(
                 enc,

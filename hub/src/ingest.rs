@@ -22,13 +22,22 @@ use crate::config::Config;
 use crate::contract::{decode, Decoded, Reject};
 use crate::db::{self, day_of, time, Partitions};
 use firmware::proto::{Header, Stream};
+use futures_util::FutureExt as _;
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
+
+/// The largest MQTT packet the hub's client takes (told to the broker in CONNECT). Well above
+/// the contract's [`crate::contract::MAX_PAYLOAD`]: a broker drops, silently, a message larger
+/// than its subscriber's limit, so the hub takes what a broker may pass and refuses the oversize
+/// ones itself, as counted dead letters. Brokers should cap publishes well below this
+/// (Mosquitto's `message_size_limit`; the generated configuration does).
+pub const MAX_PACKET: u32 = 16 << 20;
 
 /// One message off the wire.
 #[derive(Debug, Clone)]
@@ -38,15 +47,19 @@ pub struct Incoming {
 }
 
 /// Reasons a message is refused, for counters (the contract's, plus the hub's own).
-pub const REJECT_REASONS: [&str; 8] = [
+pub const REJECT_REASONS: [&str; 12] = [
     "topic",
     "oversize",
     "malformed_json",
     "schema_version",
     "shape",
     "device_mismatch",
+    "range",
     "unknown_device",
     "database",
+    "seq_conflict",
+    "evidence_limit",
+    "panic",
 ];
 
 /// Counters for `/metrics` and tests.
@@ -57,7 +70,12 @@ pub struct IngestCounters {
     /// Messages already ingested (sent again), by stream.
     pub duplicates: [AtomicU64; Stream::COUNT],
     /// Messages refused, by reason (order of [`REJECT_REASONS`]).
-    pub rejected: [AtomicU64; 8],
+    pub rejected: [AtomicU64; REJECT_REASONS.len()],
+    /// Batches whose commit panicked (then taken one message at a time; one that panics alone
+    /// is a dead letter with reason `panic`).
+    pub panics: AtomicU64,
+    /// Dead letters deleted (the oldest) to keep them under `retention.dead_letters_max_mb`.
+    pub dead_letters_trimmed: AtomicU64,
     /// Flow records committed.
     pub flows: AtomicU64,
     /// Transactions committed, and failed.
@@ -128,6 +146,11 @@ pub struct Ingestor {
     partitions: Partitions,
     counters: Arc<IngestCounters>,
     log: RateLimitedLog,
+    /// Dead-letter bytes written since the last trim, and the cap.
+    dead_bytes: u64,
+    dead_letters_max: u64,
+    /// Evidence bytes one episode may hold.
+    evidence_max: u64,
 }
 
 /// A message taken or refused, as the transaction sees it.
@@ -145,11 +168,24 @@ pub struct Prepared {
     decoded: Result<Box<Decoded>, Refusal>,
 }
 
+/// The wall clock, Unix microseconds (what the contract's "not in the future" is checked against).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// Decode a message received on a topic under `prefix`.
 pub fn prepare(prefix: &str, incoming: Incoming) -> Prepared {
     let decoded = match incoming.topic.strip_prefix(prefix) {
         None => Err(Reject::Topic(incoming.topic.clone()).into()),
-        Some(topic) => decode(topic, &incoming.payload).map(Box::new).map_err(Refusal::from),
+        Some(topic) => {
+            let now = now_us();
+            match std::panic::catch_unwind(|| decode(topic, &incoming.payload, now)) {
+                Ok(d) => d.map(Box::new).map_err(Refusal::from),
+                Err(_) => Err(Refusal { reason: "panic", detail: "decoding panicked".into() }),
+            }
+        }
     };
     Prepared { incoming, decoded }
 }
@@ -179,6 +215,9 @@ impl Ingestor {
             partitions: Partitions::default(),
             counters,
             log: RateLimitedLog::default(),
+            dead_bytes: 0,
+            dead_letters_max: config.retention.dead_letters_max_mb.saturating_mul(1 << 20),
+            evidence_max: config.ingest.evidence_max_mb.saturating_mul(1 << 20),
         }
     }
 
@@ -268,6 +307,16 @@ impl Ingestor {
         }
     }
 
+    /// Keep `m` in `dead_letters` with `reason`, counted, and nothing else of it.
+    pub async fn dead_letter(
+        &mut self,
+        m: &Incoming,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<(), tokio_postgres::Error> {
+        self.write(&[m], &[Item::Refused(Refusal { reason, detail })]).await
+    }
+
     async fn make_partitions(&mut self, items: &[Item<'_>]) -> Result<(), tokio_postgres::Error> {
         let mut need: HashSet<(&'static str, i32)> = HashSet::new();
         for item in items {
@@ -301,20 +350,17 @@ impl Ingestor {
         batch: &[&Incoming],
         items: &[Item<'_>],
     ) -> Result<(), tokio_postgres::Error> {
+        let evidence_max = self.evidence_max;
         let tx = self.client.transaction().await?;
         let mut refused = Vec::new();
+        let mut dead_bytes = 0u64;
         // The log rows of accepted messages (status is state, not a record: it is not logged).
-        let (mut devs, mut streams, mut seqs, mut sent) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut devs, mut streams, mut seqs, mut sent, mut digests) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (m, item) in batch.iter().zip(items) {
             match item {
                 Item::Refused(r) => {
-                    tx.execute(
-                        "INSERT INTO dead_letters (topic, reason, detail, payload)
-                         VALUES ($1, $2, $3, $4)",
-                        &[&m.topic, &r.reason, &r.detail, &m.payload.as_ref()],
-                    )
-                    .await?;
+                    dead_bytes += insert_dead_letter(&tx, m, r).await?;
                     refused.push((m.topic.clone(), r.clone()));
                 }
                 Item::Ok(d) if d.stream() != Stream::Status => {
@@ -323,17 +369,19 @@ impl Ingestor {
                     streams.push(d.stream().name().to_string());
                     seqs.push(h.seq as i64);
                     sent.push(time(h.ts));
+                    digests.push(digest(&m.payload));
                 }
                 Item::Ok(_) => {}
             }
         }
         let mut fresh: HashSet<(String, String, i64)> = tx
             .query(
-                "INSERT INTO ingest_log (device, stream, seq, hub, sent_at)
-                 SELECT d, s, q, $4, t
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[]) AS u(d, s, q, t)
+                "INSERT INTO ingest_log (device, stream, seq, hub, sent_at, digest)
+                 SELECT d, s, q, $4, t, h
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::bytea[])
+                   AS u(d, s, q, t, h)
                  ON CONFLICT DO NOTHING RETURNING device, stream, seq",
-                &[&devs, &streams, &seqs, &self.hub, &sent],
+                &[&devs, &streams, &seqs, &self.hub, &sent, &digests],
             )
             .await?
             .iter()
@@ -344,22 +392,44 @@ impl Ingestor {
         let mut flows = Vec::new();
         let mut anomalies: HashMap<(String, u64), &firmware::proto::AnomalyMsg> = HashMap::new();
         let mut seen_devices = HashSet::new();
-        for item in items {
+        let mut taken: Vec<(String, String, i64)> = Vec::new();
+        let mut conflicts: HashMap<(String, String), i64> = HashMap::new();
+        for (m, item) in batch.iter().zip(items) {
             let Item::Ok(d) = item else { continue };
             let h: Header<'_> = d.header();
             seen_devices.insert(h.device.to_string());
             let i = stream_index(d.stream());
             // A message the broker sent twice can be twice in one batch: the first takes the
             // log row, the second is a duplicate.
-            if d.stream() != Stream::Status
-                && !fresh.remove(&(
-                    h.device.to_string(),
-                    d.stream().name().to_string(),
-                    h.seq as i64,
-                ))
-            {
-                duplicates[i] += 1;
+            let key = (h.device.to_string(), d.stream().name().to_string(), h.seq as i64);
+            if d.stream() != Stream::Status && !fresh.remove(&key) {
+                // Taken before: a resend if its content is the same, else a conflict (an edge
+                // that started its seqs again, or another publisher), which must not vanish.
+                let taken: Option<Vec<u8>> = tx
+                    .query_one(
+                        "SELECT digest FROM ingest_log WHERE device = $1 AND stream = $2 AND seq = $3",
+                        &[&key.0, &key.1, &key.2],
+                    )
+                    .await?
+                    .get(0);
+                if taken.is_some_and(|t| t != digest(&m.payload)) {
+                    let r = Refusal {
+                        reason: "seq_conflict",
+                        detail: format!(
+                            "seq {} of {}'s {} stream was taken before with other content",
+                            h.seq, h.device, key.1
+                        ),
+                    };
+                    dead_bytes += insert_dead_letter(&tx, m, &r).await?;
+                    refused.push((m.topic.clone(), r));
+                    *conflicts.entry((key.0, key.1)).or_insert(0) += 1;
+                } else {
+                    duplicates[i] += 1;
+                }
                 continue;
+            }
+            if d.stream() != Stream::Status {
+                taken.push(key);
             }
             accepted[i] += 1;
             match d {
@@ -422,6 +492,13 @@ impl Ingestor {
                     }
                 }
                 Decoded::Evidence(e, pcap) => {
+                    if let Some(detail) = evidence_over(&tx, e, pcap.len(), evidence_max).await? {
+                        let r = Refusal { reason: "evidence_limit", detail };
+                        dead_bytes += insert_dead_letter(&tx, m, &r).await?;
+                        refused.push((m.topic.clone(), r));
+                        accepted[i] -= 1;
+                        continue;
+                    }
                     tx.execute(
                         "INSERT INTO anomaly_evidence (device, edge_id, seq, packets, pcap)
                          VALUES ($1, $2, $3, $4, $5)",
@@ -452,6 +529,7 @@ impl Ingestor {
                 }
             }
         }
+        update_sequences(&tx, &taken, &conflicts).await?;
         let n_flows = copy_flows(&tx, &flows).await?;
         upsert_anomalies(&tx, anomalies.values().copied()).await?;
         let seen: Vec<String> = seen_devices.into_iter().collect();
@@ -468,8 +546,144 @@ impl Ingestor {
             c.rejected[reason_index(r.reason)].fetch_add(1, Ordering::Relaxed);
             self.log.refused(&topic, &r);
         }
+        // Dead letters stay under their cap between retention runs: trimmed once a quarter of
+        // the cap has been written since the last trim.
+        self.dead_bytes += dead_bytes;
+        if self.dead_bytes > self.dead_letters_max / 4 {
+            self.dead_bytes = 0;
+            let n = db::trim_dead_letters(&self.client, self.dead_letters_max).await?;
+            c.dead_letters_trimmed.fetch_add(n, Ordering::Relaxed);
+        }
         Ok(())
     }
+}
+
+/// The SHA-256 of a payload, as `ingest_log.digest` keeps it.
+fn digest(payload: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(payload).to_vec()
+}
+
+/// `device_streams` after a batch: `taken` are the (device, stream, seq) newly taken, in the
+/// order they came; an arrival below the stream's highest seq so far is a regression.
+async fn update_sequences(
+    tx: &tokio_postgres::Transaction<'_>,
+    taken: &[(String, String, i64)],
+    conflicts: &HashMap<(String, String), i64>,
+) -> Result<(), tokio_postgres::Error> {
+    if taken.is_empty() && conflicts.is_empty() {
+        return Ok(());
+    }
+    let keys: HashSet<(&str, &str)> = taken
+        .iter()
+        .map(|(d, s, _)| (d.as_str(), s.as_str()))
+        .chain(conflicts.keys().map(|(d, s)| (d.as_str(), s.as_str())))
+        .collect();
+    let (devs, streams): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let mut last: HashMap<(String, String), i64> = tx
+        .query(
+            "SELECT t.device, t.stream, t.last_seq FROM device_streams t
+             JOIN unnest($1::text[], $2::text[]) AS u(d, s) ON t.device = u.d AND t.stream = u.s",
+            &[&devs, &streams],
+        )
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    // (highest, received, regressions) per stream in this batch.
+    let mut delta: HashMap<(&str, &str), (i64, i64, i64)> = HashMap::new();
+    for (d, s, seq) in taken {
+        let high = last.entry((d.clone(), s.clone())).or_insert(0);
+        let e = delta.entry((d.as_str(), s.as_str())).or_insert((0, 0, 0));
+        e.0 = e.0.max(*seq);
+        e.1 += 1;
+        if *seq < *high {
+            e.2 += 1;
+        }
+        *high = (*high).max(*seq);
+    }
+    let (mut d_col, mut s_col) = (Vec::new(), Vec::new());
+    let (mut high_col, mut received_col, mut regressions_col, mut conflicts_col) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (d, s) in keys {
+        let (high, received, regressions) = delta.get(&(d, s)).copied().unwrap_or_default();
+        d_col.push(d);
+        s_col.push(s);
+        high_col.push(high);
+        received_col.push(received);
+        regressions_col.push(regressions);
+        conflicts_col.push(conflicts.get(&(d.to_string(), s.to_string())).copied().unwrap_or(0));
+    }
+    tx.execute(
+        "INSERT INTO device_streams AS t (device, stream, last_seq, received, regressions, conflicts)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+         ON CONFLICT (device, stream) DO UPDATE SET
+           last_seq = greatest(t.last_seq, excluded.last_seq),
+           received = t.received + excluded.received,
+           regressions = t.regressions + excluded.regressions,
+           conflicts = t.conflicts + excluded.conflicts",
+        &[&d_col, &s_col, &high_col, &received_col, &regressions_col, &conflicts_col],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Why an evidence part of `bytes` may not be kept, if it may not: its episode would hold
+/// more than `ingest.evidence_max_mb`, or (for an episode the hub does not know yet) the
+/// device's evidence of unknown episodes would.
+async fn evidence_over(
+    tx: &tokio_postgres::Transaction<'_>,
+    e: &firmware::proto::EvidenceMsg,
+    bytes: usize,
+    max: u64,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let edge_id = i64::try_from(e.anomaly).unwrap_or(i64::MAX);
+    let row = tx
+        .query_one(
+            "SELECT
+               coalesce(sum(octet_length(pcap)) FILTER (WHERE edge_id = $2), 0)::bigint,
+               coalesce(sum(octet_length(pcap)) FILTER (WHERE NOT EXISTS (
+                 SELECT 1 FROM anomalies a WHERE a.device = e.device AND a.edge_id = e.edge_id
+               )), 0)::bigint,
+               EXISTS (SELECT 1 FROM anomalies WHERE device = $1 AND edge_id = $2)
+             FROM anomaly_evidence e WHERE device = $1",
+            &[&e.device.as_str(), &edge_id],
+        )
+        .await?;
+    let (episode, orphans, known): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let with = |held: i64| held.max(0) as u64 + bytes as u64;
+    Ok(if with(episode) > max {
+        Some(format!(
+            "episode {} would hold {} bytes of evidence, over ingest.evidence_max_mb ({max} bytes)",
+            e.anomaly,
+            with(episode)
+        ))
+    } else if !known && with(orphans) > max {
+        Some(format!(
+            "episode {} is not known and the device's evidence of unknown episodes would be {} bytes, over {max}",
+            e.anomaly,
+            with(orphans)
+        ))
+    } else {
+        None
+    })
+}
+
+/// Keep a refused message in `dead_letters`; the bytes it took. An oversize payload is kept cut
+/// to the largest accepted (the detail says how large it was): what a dead letter holds is
+/// bounded.
+async fn insert_dead_letter(
+    tx: &tokio_postgres::Transaction<'_>,
+    m: &Incoming,
+    r: &Refusal,
+) -> Result<u64, tokio_postgres::Error> {
+    let kept = &m.payload[..m.payload.len().min(crate::contract::MAX_PAYLOAD)];
+    tx.execute(
+        "INSERT INTO dead_letters (topic, reason, detail, payload) VALUES ($1, $2, $3, $4)",
+        &[&m.topic, &r.reason, &r.detail, &kept],
+    )
+    .await?;
+    Ok((kept.len() + r.detail.len()) as u64)
 }
 
 async fn insert_stats(
@@ -511,13 +725,13 @@ async fn insert_stats(
                         udp_packets, icmp_packets, other_packets, flows_started, flows_ended
                  FROM traffic_stats WHERE device = $1 AND seq = $2 AND interval_start = $3
                  ON CONFLICT (device, bucket) DO UPDATE SET
-                   packets = t.packets + excluded.packets, bytes = t.bytes + excluded.bytes,
-                   tcp_packets = t.tcp_packets + excluded.tcp_packets,
-                   udp_packets = t.udp_packets + excluded.udp_packets,
-                   icmp_packets = t.icmp_packets + excluded.icmp_packets,
-                   other_packets = t.other_packets + excluded.other_packets,
-                   flows_started = t.flows_started + excluded.flows_started,
-                   flows_ended = t.flows_ended + excluded.flows_ended"
+                   packets = tapwatch_sat(t.packets::numeric + excluded.packets), bytes = tapwatch_sat(t.bytes::numeric + excluded.bytes),
+                   tcp_packets = tapwatch_sat(t.tcp_packets::numeric + excluded.tcp_packets),
+                   udp_packets = tapwatch_sat(t.udp_packets::numeric + excluded.udp_packets),
+                   icmp_packets = tapwatch_sat(t.icmp_packets::numeric + excluded.icmp_packets),
+                   other_packets = tapwatch_sat(t.other_packets::numeric + excluded.other_packets),
+                   flows_started = tapwatch_sat(t.flows_started::numeric + excluded.flows_started),
+                   flows_ended = tapwatch_sat(t.flows_ended::numeric + excluded.flows_ended)"
             ),
             &[&s.device.as_str(), &(s.seq as i64), &time(s.interval_start)],
         )
@@ -543,11 +757,11 @@ async fn insert_stats(
     if !what.is_empty() {
         tx.execute(
             "INSERT INTO traffic_top_1h AS t (device, bucket, what, key, packets, bytes)
-             SELECT $1, date_trunc('hour', $2::timestamptz), w, k, sum(p), sum(b)
+             SELECT $1, date_trunc('hour', $2::timestamptz), w, k, tapwatch_sat(sum(p)), tapwatch_sat(sum(b))
              FROM unnest($3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS u(w, k, p, b)
              GROUP BY w, k
              ON CONFLICT (device, bucket, what, key) DO UPDATE SET
-               packets = t.packets + excluded.packets, bytes = t.bytes + excluded.bytes",
+               packets = tapwatch_sat(t.packets::numeric + excluded.packets), bytes = tapwatch_sat(t.bytes::numeric + excluded.bytes)",
             &[&s.device.as_str(), &time(s.interval_start), &what, &key, &packets, &bytes],
         )
         .await?;
@@ -680,6 +894,40 @@ async fn copy_flows(
     writer.finish().await
 }
 
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
+/// After a batch's commit panicked: each message committed alone on a fresh connection, and
+/// one that panics alone kept as a dead letter (reason `panic`), so no message can stop the
+/// stream. `Err` is the database away, as for [`Ingestor::commit`].
+async fn one_by_one(
+    config: &Config,
+    counters: &Arc<IngestCounters>,
+    batch: &[Prepared],
+) -> Result<Ingestor, tokio_postgres::Error> {
+    let fresh = || async {
+        db::connect(&config.postgres.url).await.map(|c| Ingestor::new(c, config, counters.clone()))
+    };
+    let mut ing = fresh().await?;
+    for p in batch {
+        match AssertUnwindSafe(ing.commit(std::slice::from_ref(p))).catch_unwind().await {
+            Ok(r) => r?,
+            Err(panic) => {
+                let detail = format!("committing it panicked: {}", panic_text(&*panic));
+                tracing::error!(topic = %p.incoming.topic, "ingest: {detail}; kept as a dead letter");
+                ing = fresh().await?;
+                ing.dead_letter(&p.incoming, "panic", detail).await?;
+            }
+        }
+    }
+    Ok(ing)
+}
+
 /// Run the ingest until `stop`: the MQTT loop, batching, commits, acknowledgements, and
 /// retention. Reconnects to the broker and to PostgreSQL as needed.
 pub async fn run(
@@ -697,7 +945,7 @@ pub async fn run(
         .set_clean_start(false)
         .set_session_expiry_interval(Some(config.mqtt.session_expiry_s))
         .set_receive_maximum(Some(config.mqtt.receive_maximum))
-        .set_max_packet_size(Some(1 << 20))
+        .set_max_packet_size(Some(MAX_PACKET))
         .set_manual_acks(true);
     if !config.mqtt.username.is_empty() || !config.mqtt.password_file.as_os_str().is_empty() {
         let password = if config.mqtt.password_file.as_os_str().is_empty() {
@@ -856,7 +1104,23 @@ pub async fn run(
             if incoming.is_empty() {
                 break;
             }
-            match ing.commit(&incoming).await {
+            let committed = AssertUnwindSafe(ing.commit(&incoming)).catch_unwind().await;
+            let committed = match committed {
+                Ok(r) => r,
+                Err(panic) => {
+                    counters.panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        "ingest: a batch's commit panicked ({}); taking it one message at a time",
+                        panic_text(&*panic)
+                    );
+                    // The connection may be inside a transaction: start again on a new one.
+                    ingestor = None;
+                    one_by_one(&config, &counters, &incoming).await.map(|ing| {
+                        ingestor = Some(ing);
+                    })
+                }
+            };
+            match committed {
                 Ok(()) => break,
                 Err(e) => {
                     counters.commit_errors.fetch_add(1, Ordering::Relaxed);
@@ -880,15 +1144,11 @@ pub async fn run(
             if last_retention.is_none_or(|t| t.elapsed() >= retention_every) {
                 last_retention = Some(Instant::now());
                 let r = &config.retention;
-                match db::retention(
-                    ing.client(),
-                    r.max_age_days,
-                    r.max_size_mb,
-                    std::time::SystemTime::now(),
-                )
-                .await
-                {
+                match db::retention(ing.client(), r, std::time::SystemTime::now()).await {
                     Ok(done) => {
+                        counters
+                            .dead_letters_trimmed
+                            .fetch_add(done.dead_letters_trimmed, Ordering::Relaxed);
                         if done != db::Retained::default() {
                             tracing::info!(?done, "retention");
                             ing.partitions().forget();

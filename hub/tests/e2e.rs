@@ -619,7 +619,8 @@ fn test_end_to_end_counts_and_dead_letters() {
     publish(&format!("tapwatch/v1/{d}/stats"), b"{\"schema\": 1, \"device\":");
     publish(&format!("tapwatch/v1/{d}/stats"), stats(&d, 7).as_bytes());
     publish(&format!("tapwatch/v1/{d}/stats"), stats("someone-else", 1).as_bytes());
-    publish(&format!("tapwatch/v1/{d}/flows"), &vec![b' '; 300 * 1024]);
+    // Over the 1 MiB the hub's client used to take: the broker dropped it unseen.
+    publish(&format!("tapwatch/v1/{d}/flows"), &vec![b' '; 2 << 20]);
     publish(&format!("tapwatch/v1/{d}/flows"), stats(&d, 1).as_bytes());
     let deadline = Instant::now() + Duration::from_secs(20);
     while db.count("SELECT count(*) FROM dead_letters") < 5 {
@@ -639,9 +640,12 @@ fn test_end_to_end_counts_and_dead_letters() {
     assert_eq!(db.count("SELECT count(*) FROM traffic_stats WHERE seq = 999999"), 0);
     assert_eq!(
         db.count("SELECT max(octet_length(payload)) FROM dead_letters"),
-        300 * 1024,
-        "the payload is kept whole"
+        tapwatch_hub::contract::MAX_PAYLOAD as i64,
+        "an oversize payload is kept cut to the largest accepted"
     );
+    assert!(db
+        .query("SELECT detail FROM dead_letters WHERE reason = 'oversize'")
+        .contains("2097152"));
     let metrics = hub.get("/metrics");
     for reason in ["device_mismatch", "malformed_json", "oversize", "schema_version", "shape"] {
         assert!(

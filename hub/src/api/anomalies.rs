@@ -224,7 +224,7 @@ pub async fn list(
         let (us, id) = text.split_once('|').ok_or_else(bad)?;
         let us: i128 = us.parse().map_err(|_| bad())?;
         let id: i64 = id.parse().map_err(|_| bad())?;
-        let last = OffsetDateTime::from_unix_timestamp_nanos(us * 1000).map_err(|_| bad())?;
+        let last = super::time_of_us("cursor", us).map_err(|_| bad())?;
         let (l, i) = (sql.bind(last), sql.bind(id));
         sql.push(&format!(" AND (a.last_seen, a.id) < ({l}, {i})"));
     }
@@ -423,30 +423,72 @@ pub async fn evidence(
 }
 
 /// One pcap file of the packets of `parts` (pcap files, as the ingest checked them), in order,
-/// with the first part's header; parts of another link type are left out (one pcap file has one).
+/// with the first part's link type; parts of another link type are left out (one pcap file has
+/// one). The snap length is the largest of the parts' and of the packets' own lengths, so parts
+/// an edge wrote with different snap lengths merge whole.
 pub fn merge_pcaps(parts: &[Vec<u8>]) -> Result<Vec<u8>, String> {
     use pcap_file::pcap::{PcapReader, PcapWriter};
-    let mut writer: Option<(PcapWriter<Vec<u8>>, pcap_file::DataLink)> = None;
+    let mut readers = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
-        let mut reader = PcapReader::new(&part[..]).map_err(|e| format!("part {i}: {e}"))?;
+        readers.push(PcapReader::new(&part[..]).map_err(|e| format!("part {i}: {e}"))?);
+    }
+    let Some(first) = readers.first().map(|r| r.header()) else {
+        return Err("no parts".to_string());
+    };
+    let mut packets = Vec::new();
+    let mut snaplen = 0u32;
+    for (i, mut reader) in readers.into_iter().enumerate() {
         let header = reader.header();
-        let w = match writer.as_mut() {
-            Some((_, link)) if *link != header.datalink => {
-                tracing::warn!("evidence part {i} has another link type: left out");
-                continue;
-            }
-            Some((w, _)) => w,
-            None => {
-                let w = PcapWriter::with_header(Vec::new(), header).map_err(|e| e.to_string())?;
-                &mut writer.insert((w, header.datalink)).0
-            }
-        };
+        if header.datalink != first.datalink {
+            tracing::warn!("evidence part {i} has another link type: left out");
+            continue;
+        }
+        snaplen = snaplen.max(header.snaplen);
         while let Some(p) = reader.next_packet() {
-            let p = p.map_err(|e| format!("part {i}: {e}"))?;
-            w.write_packet(&p).map_err(|e| e.to_string())?;
+            let p = p.map_err(|e| format!("part {i}: {e}"))?.into_owned();
+            snaplen = snaplen.max(u32::try_from(p.data.len()).unwrap_or(u32::MAX));
+            packets.push(p);
         }
     }
-    writer.map(|(w, _)| w.into_writer()).ok_or_else(|| "no parts".to_string())
+    let header = pcap_file::pcap::PcapHeader { snaplen, ..first };
+    let mut w = PcapWriter::with_header(Vec::new(), header).map_err(|e| e.to_string())?;
+    for p in &packets {
+        w.write_packet(p).map_err(|e| e.to_string())?;
+    }
+    Ok(w.into_writer())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_pcaps;
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
+
+    fn part(snaplen: u32, sizes: &[usize]) -> Vec<u8> {
+        let header = PcapHeader { snaplen, ..PcapHeader::default() };
+        let mut w = PcapWriter::with_header(Vec::new(), header).unwrap();
+        for (i, n) in sizes.iter().enumerate() {
+            let data = vec![i as u8; *n];
+            let t = std::time::Duration::from_micros(i as u64);
+            w.write_packet(&PcapPacket::new(t, *n as u32, &data)).unwrap();
+        }
+        w.into_writer()
+    }
+
+    /// Parts written with different snap lengths merge into one file holding every packet (a
+    /// header with the first part's 96 bytes made the download fail on the second part's).
+    #[test]
+    fn test_parts_of_different_snap_lengths_merge_whole() {
+        let merged =
+            merge_pcaps(&[part(96, &[60, 90]), part(65535, &[1500, 40]), part(200, &[])]).unwrap();
+        let mut r = PcapReader::new(&merged[..]).unwrap();
+        assert!(r.header().snaplen >= 1500);
+        let mut sizes = Vec::new();
+        while let Some(p) = r.next_packet() {
+            sizes.push(p.unwrap().data.len());
+        }
+        assert_eq!(sizes, [60, 90, 1500, 40]);
+        assert!(merge_pcaps(&[]).is_err());
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -7,8 +7,9 @@
 //!   the session's CSRF token in `X-CSRF-Token` (a token sent as `Authorization: Bearer` needs
 //!   none: browsers never attach it on their own).
 //! - Roles are ordered: viewer < analyst < admin. Handlers call [`Caller::require`].
-//! - Login attempts are limited per client address and per user name ([`LoginLimiter`]); a
-//!   failed attempt is audited like a successful one.
+//! - Login attempts are limited per user name and client address, per address, and for all
+//!   ([`LoginLimiter`]); the address is the peer's, or `X-Forwarded-For`'s from a trusted proxy.
+//!   A failed attempt is audited like a successful one.
 
 use super::{ApiJson, ApiPath, ApiQuery, ApiResult, ApiState, Problem};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -60,34 +61,81 @@ impl Role {
 pub struct AuthConfig {
     pub session_hours: u32,
     pub cookie_secure: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<cidr::IpCidr>,
 }
 
-/// Login attempts allowed per minute per client address and per user name.
+impl AuthConfig {
+    /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
+    /// address in `X-Forwarded-For` that is not itself a trusted proxy (walking from the right,
+    /// since the left of the header is whatever the client wrote).
+    pub fn client_ip(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        let trusted = |ip: &IpAddr| self.trusted_proxies.iter().any(|n| n.contains(ip));
+        let mut ip = peer?;
+        if !trusted(&ip) {
+            return Some(ip);
+        }
+        let hops = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.into_iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(next) => {
+                    ip = next;
+                    if !trusted(&ip) {
+                        break;
+                    }
+                }
+                // A hop that is not an address: the proxy's view ends here.
+                Err(_) => break,
+            }
+        }
+        Some(ip)
+    }
+}
+
+/// Login attempts allowed per minute: `per_minute` for one user name from one address, five
+/// times that from one address whatever the names (spraying), and a ceiling for everyone
+/// together (each attempt costs an argon2 hash). No bucket is shared by every address for one
+/// name, so failing attempts from elsewhere cannot lock the owner out.
 #[derive(Debug)]
 pub struct LoginLimiter {
+    by_pair: DefaultKeyedRateLimiter<(Option<IpAddr>, String)>,
     by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    by_user: DefaultKeyedRateLimiter<String>,
+    global: governor::DefaultDirectRateLimiter,
 }
 
 impl LoginLimiter {
-    pub fn new(per_minute: u32) -> LoginLimiter {
-        let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_minute(n);
+    pub fn new(per_minute: u32, global_per_minute: u32) -> LoginLimiter {
+        let quota =
+            |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN));
         LoginLimiter {
-            by_ip: DefaultKeyedRateLimiter::keyed(quota),
-            by_user: DefaultKeyedRateLimiter::keyed(quota),
+            by_pair: DefaultKeyedRateLimiter::keyed(quota(per_minute)),
+            by_ip: DefaultKeyedRateLimiter::keyed(quota(per_minute.saturating_mul(5))),
+            global: governor::RateLimiter::direct(quota(global_per_minute)),
         }
     }
     /// Ok, or the seconds to wait.
     fn check(&self, ip: Option<IpAddr>, user: &str) -> Result<(), u64> {
         let now = DefaultClock::default().now();
         let wait = |d: std::time::Duration| d.as_secs().max(1);
+        self.by_pair
+            .check_key(&(ip, user.to_lowercase()))
+            .map_err(|n| wait(n.wait_time_from(now)))?;
         if let Some(ip) = ip {
             self.by_ip.check_key(&ip).map_err(|n| wait(n.wait_time_from(now)))?;
         }
-        self.by_user.check_key(&user.to_lowercase()).map_err(|n| wait(n.wait_time_from(now)))?;
-        if self.by_user.len() > 10_000 {
-            self.by_user.retain_recent();
+        self.global.check().map_err(|n| wait(n.wait_time_from(now)))?;
+        if self.by_pair.len() > 10_000 {
+            self.by_pair.retain_recent();
             self.by_ip.retain_recent();
         }
         Ok(())
@@ -97,8 +145,45 @@ impl LoginLimiter {
 /// How the caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Via {
-    Session { csrf: String },
-    Token { id: i64 },
+    /// A session, by the SHA-256 of its cookie (as `sessions` keeps it).
+    Session {
+        csrf: String,
+        secret_hash: Vec<u8>,
+    },
+    Token {
+        id: i64,
+    },
+}
+
+impl Caller {
+    /// Whether the credential this caller came with still holds: the session or token exists,
+    /// has not expired, and its user is not disabled. What an open WebSocket checks again and
+    /// again, since it outlives the request that opened it.
+    pub async fn still_valid(
+        &self,
+        db: &tokio_postgres::Client,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let row = match &self.via {
+            Via::Session { secret_hash, .. } => {
+                db.query_opt(
+                    "SELECT 1 FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.secret_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
+                    &[secret_hash],
+                )
+                .await?
+            }
+            Via::Token { id } => {
+                db.query_opt(
+                    "SELECT 1 FROM api_tokens t JOIN users u ON u.id = t.user_id
+                     WHERE t.id = $1 AND NOT u.disabled
+                       AND (t.expires_at IS NULL OR t.expires_at > now())",
+                    &[id],
+                )
+                .await?
+            }
+        };
+        Ok(row.is_some())
+    }
 }
 
 /// The authenticated caller. Extracting it is what makes a route need credentials.
@@ -122,8 +207,9 @@ impl Caller {
     }
 }
 
-fn client_ip(parts: &Parts) -> Option<IpAddr> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+fn client_ip(parts: &Parts, auth: &AuthConfig) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    auth.client_ip(peer, &parts.headers)
 }
 
 pub fn hash_secret(secret: &str) -> Vec<u8> {
@@ -138,7 +224,7 @@ fn new_secret() -> String {
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = Problem;
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Problem> {
-        let ip = client_ip(parts);
+        let ip = client_ip(parts, &state.auth);
         let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -174,12 +260,13 @@ impl FromRequestParts<ApiState> for Caller {
         }
         let jar = CookieJar::from_headers(&parts.headers);
         let Some(cookie) = jar.get(SESSION_COOKIE) else { return Err(Problem::unauthorized()) };
+        let secret_hash = hash_secret(cookie.value());
         let row = db
             .query_opt(
                 "SELECT u.id, u.username, u.role, s.csrf FROM sessions s
                  JOIN users u ON u.id = s.user_id
                  WHERE s.secret_hash = $1 AND s.expires_at > now() AND NOT u.disabled",
-                &[&hash_secret(cookie.value())],
+                &[&secret_hash],
             )
             .await?;
         let Some(row) = row else { return Err(Problem::unauthorized()) };
@@ -197,7 +284,7 @@ impl FromRequestParts<ApiState> for Caller {
             user_id: row.get(0),
             username: row.get(1),
             role: Role::parse(row.get(2)).unwrap_or(Role::Viewer),
-            via: Via::Session { csrf },
+            via: Via::Session { csrf, secret_hash },
             ip,
         })
     }
@@ -342,10 +429,11 @@ pub struct SessionInfo {
 pub async fn login(
     State(s): State<ApiState>,
     connect: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: axum::http::HeaderMap,
     jar: CookieJar,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<(CookieJar, Json<SessionInfo>)> {
-    let ip = connect.map(|c| c.0 .0.ip());
+    let ip = s.auth.client_ip(connect.map(|c| c.0 .0.ip()), &headers);
     if req.username.len() > 256 {
         return Err(Problem::bad("username", "at most 256 bytes"));
     }
@@ -432,7 +520,7 @@ pub async fn logout(
     responses((status = 200, body = SessionInfo), (status = 401, body = Problem)))]
 pub async fn me(caller: Caller) -> Json<SessionInfo> {
     let csrf_token = match caller.via {
-        Via::Session { csrf } => Some(csrf),
+        Via::Session { csrf, .. } => Some(csrf),
         Via::Token { .. } => None,
     };
     Json(SessionInfo { username: caller.username, role: caller.role, csrf_token })
@@ -519,7 +607,8 @@ pub struct UserChange {
 }
 
 /// Change a user's role, password or disabled state (admin). A new password or disabling ends
-/// the user's sessions; the last enabled admin cannot be demoted or disabled.
+/// the user's sessions (and open live connections); a new password also revokes the user's API
+/// tokens. The last enabled admin cannot be demoted or disabled.
 #[utoipa::path(patch, path = "/users/{id}", tag = "admin", request_body = UserChange,
     params(("id" = i64, Path)),
     security(("session" = ["admin"]), ("token" = ["admin"])),
@@ -579,13 +668,21 @@ pub async fn update_user(
     if phc.is_some() || disabled {
         tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&id]).await?;
     }
+    // A new password is what one sets after a credential leaked: the user's API tokens go too
+    // (they were made under the old one), as their sessions do.
+    let tokens_revoked = if phc.is_some() {
+        tx.execute("DELETE FROM api_tokens WHERE user_id = $1", &[&id]).await?
+    } else {
+        0
+    };
     tx.commit().await?;
     caller
         .audit(
             &db,
             "user_update",
             &format!("user/{id}"),
-            serde_json::json!({"role": req.role, "disabled": req.disabled, "password_changed": req.password.is_some()}),
+            serde_json::json!({"role": req.role, "disabled": req.disabled,
+                "password_changed": req.password.is_some(), "tokens_revoked": tokens_revoked}),
         )
         .await?;
     Ok(Json(user_of(&row)))

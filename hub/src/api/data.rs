@@ -89,13 +89,37 @@ pub struct Device {
     pub registered_at: OffsetDateTime,
     /// The latest system metrics, when any came.
     pub metrics: Option<LatestMetrics>,
+    /// Each stream's sequence as the hub took it (all but status).
+    pub streams: Vec<StreamSeq>,
+}
+
+/// One stream of a device, by its seqs: what came, what is missing, what came out of order,
+/// and what conflicted with a seq taken before (kept as dead letters, reason seq_conflict).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StreamSeq {
+    pub stream: String,
+    /// The highest seq taken.
+    pub last_seq: i64,
+    /// Distinct seqs taken.
+    pub received: i64,
+    /// Seqs below `last_seq` never taken (sent by no edge, lost, or still on their way).
+    pub missing: i64,
+    /// Messages that came after one with a higher seq (late, or an edge whose seqs started over).
+    pub regressions: i64,
+    /// Messages whose seq was taken before with other content.
+    pub conflicts: i64,
 }
 
 const DEVICE_SELECT: &str = "
     SELECT d.id, d.state, d.version, d.uptime_s, d.last_seen, d.created_at,
            greatest(d.last_seen, m.ts) AS heard, m.ts, m.cpu_percent, m.mem_used_bytes,
            m.mem_total_bytes, m.disk_used_bytes, m.disk_total_bytes, m.net_rx_bytes,
-           m.net_tx_bytes, m.flows_active, m.store_dropped, m.capture
+           m.net_tx_bytes, m.flows_active, m.store_dropped, m.capture,
+           (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                     'stream', stream, 'last_seq', last_seq, 'received', received,
+                     'missing', greatest(last_seq - received, 0), 'regressions', regressions,
+                     'conflicts', conflicts) ORDER BY stream), '[]'::jsonb)
+            FROM device_streams ds WHERE ds.device = d.id) AS streams
     FROM devices d
     LEFT JOIN LATERAL (SELECT * FROM system_metrics s WHERE s.device = d.id
                        ORDER BY s.ts DESC LIMIT 1) m ON true";
@@ -152,6 +176,7 @@ fn device_of(r: &tokio_postgres::Row, now: OffsetDateTime) -> Device {
         last_seen: heard,
         registered_at: r.get("created_at"),
         metrics,
+        streams: serde_json::from_value(r.get("streams")).unwrap_or_default(),
     }
 }
 
@@ -314,13 +339,13 @@ pub async fn device_metrics(
                WINDOW w AS (ORDER BY ts)),
              m AS (
                SELECT {b} AS b, *,
-                 (SELECT coalesce(sum((c->>'kernel_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS kd,
-                 (SELECT coalesce(sum((c->>'queue_drops')::bigint), 0) FROM jsonb_array_elements(capture) c) AS qd
+                 (SELECT coalesce(sum((c->>'kernel_drops')::numeric), 0) FROM jsonb_array_elements(capture) c) AS kd,
+                 (SELECT coalesce(sum((c->>'queue_drops')::numeric), 0) FROM jsonb_array_elements(capture) c) AS qd
                FROM s WHERE ts >= $2)
              SELECT b, avg(cpu_percent)::float8, max(mem_used_bytes), max(mem_total_bytes),
                max(disk_used_bytes), max(disk_total_bytes),
                coalesce(avg(rx_bps), 0)::float8, coalesce(avg(tx_bps), 0)::float8,
-               max(flows_active), max(kd)::bigint, max(qd)::bigint, max(store_dropped)
+               max(flows_active), tapwatch_sat(max(kd)), tapwatch_sat(max(qd)), max(store_dropped)
              FROM m GROUP BY b ORDER BY b",
                 b = bin("$4", "ts")
             ),
@@ -416,9 +441,9 @@ pub async fn stats(
     let bucket_s = bucket as f64;
     let series_sql = format!(
         "SELECT {b} AS b,
-               sum(packets)::bigint, sum(bytes)::bigint, sum(tcp_packets)::bigint,
-               sum(udp_packets)::bigint, sum(icmp_packets)::bigint, sum(other_packets)::bigint,
-               sum(flows_started)::bigint, sum(flows_ended)::bigint
+               tapwatch_sat(sum(packets)), tapwatch_sat(sum(bytes)), tapwatch_sat(sum(tcp_packets)),
+               tapwatch_sat(sum(udp_packets)), tapwatch_sat(sum(icmp_packets)), tapwatch_sat(sum(other_packets)),
+               tapwatch_sat(sum(flows_started)), tapwatch_sat(sum(flows_ended))
              FROM {table} WHERE bucket >= $1 AND bucket < $2 AND ($4::text IS NULL OR device = $4)
              GROUP BY b ORDER BY b",
         b = bin("$3", "bucket")
@@ -435,7 +460,7 @@ pub async fn stats(
         let device = q.device.clone();
         async move {
             db.query(
-                "SELECT key, sum(packets)::bigint AS p, sum(bytes)::bigint AS b FROM traffic_top_1h
+                "SELECT key, tapwatch_sat(sum(packets)) AS p, tapwatch_sat(sum(bytes)) AS b FROM traffic_top_1h
                  WHERE what = $1 AND bucket >= $2 AND bucket < $3
                    AND ($4::text IS NULL OR device = $4)
                  GROUP BY key ORDER BY b DESC, key LIMIT 10",
@@ -469,14 +494,14 @@ pub async fn stats(
         flows_ended: 0,
     };
     for p in &series {
-        totals.packets += p.packets;
-        totals.bytes += p.bytes;
-        totals.tcp_packets += p.tcp_packets;
-        totals.udp_packets += p.udp_packets;
-        totals.icmp_packets += p.icmp_packets;
-        totals.other_packets += p.other_packets;
-        totals.flows_started += p.flows_started;
-        totals.flows_ended += p.flows_ended;
+        totals.packets = totals.packets.saturating_add(p.packets);
+        totals.bytes = totals.bytes.saturating_add(p.bytes);
+        totals.tcp_packets = totals.tcp_packets.saturating_add(p.tcp_packets);
+        totals.udp_packets = totals.udp_packets.saturating_add(p.udp_packets);
+        totals.icmp_packets = totals.icmp_packets.saturating_add(p.icmp_packets);
+        totals.other_packets = totals.other_packets.saturating_add(p.other_packets);
+        totals.flows_started = totals.flows_started.saturating_add(p.flows_started);
+        totals.flows_ended = totals.flows_ended.saturating_add(p.flows_ended);
     }
     let top_ports = ports
         .iter()
@@ -602,7 +627,7 @@ fn decode_cursor(s: &str) -> ApiResult<(OffsetDateTime, String, i64, i16)> {
     let batch: i64 = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
     let idx: i16 = it.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
     let device = it.next().ok_or_else(bad)?.to_string();
-    let end = OffsetDateTime::from_unix_timestamp_nanos(us * 1000).map_err(|_| bad())?;
+    let end = super::time_of_us("cursor", us).map_err(|_| bad())?;
     Ok((end, device, batch, idx))
 }
 
@@ -791,7 +816,7 @@ pub async fn analyses(
                   AND ($4::text IS NULL OR model = $4)";
     let bucket_s = bucket as f64;
     let summary_sql = format!(
-        "SELECT device, model, model_version, count(*), sum(rows)::bigint, sum(flagged)::bigint,
+        "SELECT device, model, model_version, count(*), tapwatch_sat(sum(rows)), tapwatch_sat(sum(flagged)),
                min(score_min)::float8,
                (sum(score_mean * rows) / nullif(sum(rows), 0))::float8,
                max(score_max)::float8,
@@ -802,7 +827,7 @@ pub async fn analyses(
     );
     let series_sql = format!(
         "SELECT device, model, {b} AS b,
-               sum(rows)::bigint, sum(flagged)::bigint,
+               tapwatch_sat(sum(rows)), tapwatch_sat(sum(flagged)),
                coalesce(sum(score_mean * rows) / nullif(sum(rows), 0), 0)::float8,
                max(score_max)::float8
              FROM analyses WHERE {filter}

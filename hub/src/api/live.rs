@@ -135,7 +135,7 @@ impl Live {
         (status = 426, description = "Not a WebSocket upgrade", body = Problem)))]
 pub async fn live(
     State(s): State<ApiState>,
-    _: Viewer,
+    super::Authed(caller): Viewer,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
@@ -149,24 +149,50 @@ pub async fn live(
     let ws = ws.map_err(|e| Problem::new(StatusCode::UPGRADE_REQUIRED, e.body_text()))?;
     let rx = s.live.subscribe();
     let counters = s.counters.clone();
+    let pool = s.pool.clone();
     Ok(ws.on_upgrade(move |socket| async move {
         counters.live_clients.fetch_add(1, Ordering::Relaxed);
-        serve(socket, rx, &counters).await;
+        serve(socket, rx, &counters, &pool, &caller).await;
         counters.live_clients.fetch_sub(1, Ordering::Relaxed);
     }))
 }
+
+/// How often an open WebSocket checks that its session or token still holds: a logout, a
+/// disabled user, a revoked token or an expiry closes it within this long.
+pub const RECHECK: Duration = Duration::from_secs(2);
+
+/// Close code for a credential that no longer holds (the 4000s are the application's).
+const CLOSE_REVOKED: u16 = 4401;
 
 async fn serve(
     mut socket: WebSocket,
     mut rx: broadcast::Receiver<Arc<str>>,
     counters: &super::ApiCounters,
+    pool: &deadpool_postgres::Pool,
+    caller: &super::Caller,
 ) {
     let hello = r#"{"type":"hello"}"#;
     if socket.send(Message::Text(hello.into())).await.is_err() {
         return;
     }
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = recheck.tick() => {
+                // A database that is away keeps the socket open; only a credential that is
+                // known to be gone closes it.
+                let Ok(db) = pool.get().await else { continue };
+                if let Ok(false) = caller.still_valid(&db).await {
+                    counters.live_revoked.fetch_add(1, Ordering::Relaxed);
+                    let close = axum::extract::ws::CloseFrame {
+                        code: CLOSE_REVOKED,
+                        reason: "the session or token has ended".into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(close))).await;
+                    return;
+                }
+            }
             event = rx.recv() => {
                 let text = match event {
                     Ok(t) => t.to_string(),

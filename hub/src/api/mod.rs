@@ -55,6 +55,10 @@ pub struct ApiCounters {
     pub server_errors: std::sync::atomic::AtomicU64,
     pub live_clients: std::sync::atomic::AtomicU64,
     pub live_lagged: std::sync::atomic::AtomicU64,
+    /// Live connections closed because their session or token ended.
+    pub live_revoked: std::sync::atomic::AtomicU64,
+    /// Requests whose handler panicked (answered 500; the hub goes on).
+    pub panics: std::sync::atomic::AtomicU64,
 }
 
 /// An RFC 9457 problem document.
@@ -225,11 +229,27 @@ fn nul_in(v: &serde_json::Value, at: &str) -> Option<String> {
     }
 }
 
-/// A time in RFC 3339, as the API reads and writes it.
+/// A time in RFC 3339, as the API reads and writes it: between 1970 and 2100 (the contract's
+/// range), in UTC.
+///
+/// The range is checked here, where the time enters: a valid RFC 3339 time such as
+/// `9999-12-31T23:59:59-23:59` is year 10000 in UTC, which the time crate cannot hold and
+/// postgres-types panicked on while binding it.
 pub fn parse_time(field: &str, s: &str) -> ApiResult<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
-        Problem::bad(field, format!("{field}: {e} (want RFC 3339, e.g. 2026-11-28T12:00:00Z)"))
-    })
+    let t =
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| {
+            Problem::bad(field, format!("{field}: {e} (want RFC 3339, e.g. 2026-11-28T12:00:00Z)"))
+        })?;
+    time_of_us(field, t.unix_timestamp_nanos() / 1000)
+}
+
+/// A time from Unix microseconds (as cursors carry them), between 1970 and 2100, in UTC.
+pub fn time_of_us(field: &str, us: i128) -> ApiResult<OffsetDateTime> {
+    let out = || Problem::bad(field, format!("{field}: not a time between 1970 and 2100"));
+    if !(0..=i128::from(crate::contract::MAX_TIME_US)).contains(&us) {
+        return Err(out());
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(us * 1000).map_err(|_| out())
 }
 
 /// A `from`/`to` range: `to` defaults to now and `from` to `default_span` before `to`; at most
@@ -364,6 +384,7 @@ fn document_problems(doc: &mut utoipa::openapi::OpenApi) {
 
 /// The `/api/v1` router and its OpenAPI document.
 pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let counters = state.counters.clone();
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
@@ -402,8 +423,26 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
                 async move { Json(d) }
             }),
         )
-        .fallback(|| async { Problem::not_found("no such route") });
+        .fallback(|| async { Problem::not_found("no such route") })
+        .layer(catch_panic(counters));
     (axum::Router::new().nest("/api/v1", router), doc)
+}
+
+/// A panic in a handler becomes a 500 problem, logged and counted; the hub goes on serving.
+fn catch_panic(
+    counters: Arc<ApiCounters>,
+) -> tower_http::catch_panic::CatchPanicLayer<
+    impl Fn(Box<dyn std::any::Any + Send>) -> Response + Clone,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(move |panic: Box<dyn std::any::Any + Send>| {
+        counters.panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        Problem::internal(format!("a handler panicked: {what}")).into_response()
+    })
 }
 
 /// A path parameter; a bad one is a 400 naming it.
@@ -414,5 +453,38 @@ pub struct ApiPath<T>(pub T);
 impl From<axum::extract::rejection::PathRejection> for Problem {
     fn from(e: axum::extract::rejection::PathRejection) -> Problem {
         Problem::bad("id", format!("path: {}", e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    /// A handler that panics gets a 500 problem and a count; the router serves the next request.
+    #[tokio::test]
+    async fn test_a_panic_is_a_500_not_the_end() {
+        let counters = Arc::new(ApiCounters::default());
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a bug in a handler");
+                    }
+                    "never"
+                }),
+            )
+            .route("/fine", axum::routing::get(|| async { "ok" }))
+            .layer(catch_panic(counters.clone()));
+        let get = |uri: &str| {
+            axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap_or_default()
+        };
+        let r = app.clone().oneshot(get("/boom")).await.unwrap_or_default();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(counters.panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let r = app.oneshot(get("/fine")).await.unwrap_or_default();
+        assert_eq!(r.status(), StatusCode::OK);
     }
 }
