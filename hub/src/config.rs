@@ -78,7 +78,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             embedded: false,
-            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 1883)),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1883)),
             listen_v5: std::net::SocketAddr::from(([127, 0, 0, 1], 1884)),
             max_connections: 10_000,
             segment_mb: 16,
