@@ -95,12 +95,16 @@ listen = "127.0.0.1:$edge_http"
 [sync]
 enabled = true
 broker = "127.0.0.1:$edges_port"
+username = "demo-tap"
+password_file = "$out/edge-mqtt-password"
 metrics_interval_s = 5
 [detect.models]
 autoencoder = "$root/models/shipped/autoencoder.onnx"
 classifier = "$root/models/shipped/classifier.onnx"
 TOML
 
+# The edge's credential on the hub's broker (every edge needs one).
+"$hub" device add --config "$out/hub.toml" --password-file "$out/edge-mqtt-password" demo-tap > /dev/null
 TAPWATCH_ADMIN_USER=$user TAPWATCH_ADMIN_PASSWORD=$password "$hub" run --config "$out/hub.toml" 2> "$out/hub.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "mqtt: subscribed" "$out/hub.log" && break; sleep 0.1; done

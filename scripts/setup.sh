@@ -9,6 +9,7 @@ apt_packages=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
   iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3 python3-venv   # live-capture tests and benches
   hydra openssh-server vsftpd dnsmasq-base iodine bind9-dnsutils   # the lab (models/lab/lab.sh)
+  mosquitto mosquitto-clients openssl   # hub tests: brokers of their own (dynamic security), certificates
   chromium                                      # the dashboard's browser tests (playwright-core)
 )
 arm64_packages=(libpcap-dev:arm64)

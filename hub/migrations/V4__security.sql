@@ -24,3 +24,7 @@ CREATE TABLE device_streams (
     conflicts    bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (device, stream)
 );
+
+-- A device's broker password for the embedded broker, as its SHA-256 (the password is 32 random
+-- bytes, so a fast hash is enough): set by `tapwatch-hub device add`, checked at CONNECT.
+ALTER TABLE devices ADD COLUMN mqtt_secret_hash bytea;

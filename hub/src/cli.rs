@@ -36,6 +36,9 @@ pub enum Command {
     /// People and programs allowed to use the API.
     #[command(subcommand)]
     User(UserCommand),
+    /// The hub's own identity at the broker.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -56,11 +59,28 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Register a device id (its messages are refused until it is registered, unless
-    /// ingest.auto_register_devices is set).
+    /// ingest.auto_register_devices is set). With the embedded broker, or mqtt.admin_username
+    /// set, also give it a new broker password (user name and client id = the id; an old
+    /// password stops working); at a Mosquitto, it may then publish only its own streams and
+    /// read only its own hub-to-edge topics.
     Add {
         #[arg(long, short)]
         config: PathBuf,
+        /// Write the device's broker password here (mode 0600) instead of printing it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Give the hub (mqtt.username, with mqtt.password_file) its identity at the broker: the
+    /// shared subscription to every device's streams, which no device may take, and the
+    /// hub-to-edge topics. Needs mqtt.admin_username.
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -180,11 +200,19 @@ async fn first_admin(client: &tokio_postgres::Client) -> Result<(), String> {
 
 fn run_hub(path: &std::path::Path) -> Result<(), String> {
     let mut config = Config::load(path)?;
+    let credentials = crate::broker::Credentials::default();
     if config.broker.embedded {
-        crate::broker::start(&config.broker)?;
+        // The ingest's credential on the embedded broker: made for this process.
+        let password = crate::provision::new_password();
+        crate::broker::start(&config.broker, credentials.clone(), &password)?;
         config.mqtt.broker = config.broker.listen_v5.to_string();
+        config.mqtt.username = crate::broker::INGEST_USER.to_string();
+        config.mqtt.password = Some(password);
     }
     runtime()?.block_on(async move {
+        if config.broker.embedded {
+            credentials.watch(config.postgres.url.clone());
+        }
         let client = prepare(&config).await?;
         first_admin(&client).await?;
         drop(client);
@@ -234,6 +262,20 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
     })
 }
 
+/// Write a secret to a new file only its owner reads.
+fn write_secret(path: &std::path::Path, secret: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(f, "{secret}").map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn exit(r: Result<(), String>, code: u8) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -252,7 +294,7 @@ pub fn main() -> ExitCode {
             Config::load(&config).and_then(|c| runtime()?.block_on(prepare(&c)).map(|_| ())),
             78,
         ),
-        Command::Device(DeviceCommand::Add { config, id }) => exit(
+        Command::Device(DeviceCommand::Add { config, password_file, id }) => exit(
             (|| {
                 if !firmware::proto::valid_device_id(&id) {
                     return Err(format!("device id {id:?}: must be 1-64 of A-Z a-z 0-9 _ . -"));
@@ -263,8 +305,54 @@ pub fn main() -> ExitCode {
                     let new =
                         crate::db::add_device(&client, &id).await.map_err(|e| e.to_string())?;
                     println!("{id}: {}", if new { "added" } else { "already registered" });
+                    if !c.broker.embedded && c.mqtt.admin_username.is_empty() {
+                        return Ok(());
+                    }
+                    let password = crate::provision::new_password();
+                    if c.broker.embedded {
+                        crate::db::set_device_secret(&client, &id, &password)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if !c.mqtt.admin_username.is_empty() {
+                        let commands =
+                            crate::provision::device_commands(&id, &password, &c.mqtt.topic_prefix);
+                        crate::provision::apply(&c, commands).await?;
+                    }
+                    match &password_file {
+                        Some(p) => {
+                            write_secret(p, &password)?;
+                            println!("{id}: broker user {id}, password in {}", p.display());
+                        }
+                        None => println!("{id}: broker user {id}, password {password}"),
+                    }
                     Ok(())
                 })
+            })(),
+            78,
+        ),
+        Command::Broker(BrokerCommand::Init { config }) => exit(
+            (|| {
+                let c = Config::load(&config)?;
+                let m = &c.mqtt;
+                if m.username.is_empty() || m.password_file.as_os_str().is_empty() {
+                    return Err("mqtt.username and mqtt.password_file: the hub's identity".into());
+                }
+                let password = std::fs::read_to_string(&m.password_file)
+                    .map_err(|e| format!("mqtt.password_file: {e}"))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let commands = crate::provision::hub_commands(
+                    &m.username,
+                    &password,
+                    &m.share_group,
+                    &m.topic_prefix,
+                );
+                runtime()?.block_on(crate::provision::apply(&c, commands))?;
+                println!("broker user {}: the hub's identity is set", m.username);
+                Ok(())
             })(),
             78,
         ),

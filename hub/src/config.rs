@@ -98,6 +98,22 @@ pub struct MqttConfig {
     pub username: String,
     /// File holding the broker password (its first line); empty means none.
     pub password_file: PathBuf,
+    /// The password itself, set in memory (the embedded broker's credential for the ingest);
+    /// wins over `password_file`. Never read from or written to a file.
+    #[serde(skip)]
+    pub password: Option<String>,
+    /// The broker's dynamic-security admin (Mosquitto's plugin), for `tapwatch-hub device add`
+    /// and `broker init` to give each device, and the hub, an identity and its authorisation;
+    /// empty: they only register devices.
+    pub admin_username: String,
+    /// File holding that admin's password (its first line).
+    pub admin_password_file: PathBuf,
+    /// Connect to the broker over TLS, trusting `ca_file`; with `client_cert_file` and
+    /// `client_key_file` (PEM), present that certificate.
+    pub tls: bool,
+    pub ca_file: PathBuf,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
     /// Shared-subscription group: hubs in one group share the edges' messages.
     pub share_group: String,
     /// Put before `tapwatch/v1/...` in the topics read (as the edges' `sync.topic_prefix`).
@@ -116,6 +132,13 @@ impl Default for MqttConfig {
             client_id: "tapwatch-hub-1".into(),
             username: String::new(),
             password_file: PathBuf::new(),
+            password: None,
+            admin_username: String::new(),
+            admin_password_file: PathBuf::new(),
+            tls: false,
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
             share_group: "tapwatch-hub".into(),
             topic_prefix: String::new(),
             keepalive_s: 30,
@@ -190,7 +213,62 @@ impl Default for RetentionConfig {
     }
 }
 
+/// The first line of a secret's file (`what` names the setting in an error).
+pub fn read_first_line(path: &Path, what: &str) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
 impl MqttConfig {
+    /// The client options for `client_id` at the broker: its address, the credentials (`login`,
+    /// else the in-memory password, else `username` and `password_file`) and TLS.
+    pub fn options(
+        &self,
+        client_id: &str,
+        login: Option<(&str, String)>,
+    ) -> Result<rumqttc::v5::MqttOptions, String> {
+        let (host, port) = self.broker_addr()?;
+        let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
+        match (login, &self.password) {
+            (Some((user, password)), _) => {
+                o.set_credentials(user, password);
+            }
+            (None, Some(password)) => {
+                o.set_credentials(self.username.clone(), password.clone());
+            }
+            (None, None)
+                if !self.username.is_empty() || !self.password_file.as_os_str().is_empty() =>
+            {
+                let password = if self.password_file.as_os_str().is_empty() {
+                    String::new()
+                } else {
+                    read_first_line(&self.password_file, "mqtt.password_file")?
+                };
+                o.set_credentials(self.username.clone(), password);
+            }
+            (None, None) => {}
+        }
+        if self.tls {
+            let read = |p: &Path, what: &str| {
+                std::fs::read(p).map_err(|e| format!("mqtt.{what} {}: {e}", p.display()))
+            };
+            let ca = read(&self.ca_file, "ca_file")?;
+            let client_auth = if self.client_cert_file.as_os_str().is_empty() {
+                None
+            } else {
+                Some((
+                    read(&self.client_cert_file, "client_cert_file")?,
+                    read(&self.client_key_file, "client_key_file")?,
+                ))
+            };
+            // One process-wide crypto provider for rustls (ring); a second install is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            o.set_transport(rumqttc::Transport::tls(ca, client_auth, None));
+        }
+        Ok(o)
+    }
+
     pub fn broker_addr(&self) -> Result<(String, u16), String> {
         firmware::proto::split_host_port(&self.broker)
             .map(|(h, p)| (h.to_string(), p))

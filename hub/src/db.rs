@@ -124,6 +124,18 @@ pub async fn trim_dead_letters(
         .await
 }
 
+/// Set a device's broker password (for the embedded broker), kept as its SHA-256.
+pub async fn set_device_secret(
+    client: &Client,
+    id: &str,
+    password: &str,
+) -> Result<(), tokio_postgres::Error> {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(password.as_bytes()).to_vec();
+    client.execute("UPDATE devices SET mqtt_secret_hash = $2 WHERE id = $1", &[&id, &hash]).await?;
+    Ok(())
+}
+
 /// What retention removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Retained {

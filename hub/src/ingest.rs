@@ -937,29 +937,15 @@ pub async fn run(
 ) -> Result<(), String> {
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use rumqttc::v5::{AsyncClient, Event};
 
-    let (host, port) = config.mqtt.broker_addr()?;
-    let mut o = MqttOptions::new(config.mqtt.client_id.clone(), host, port);
+    let mut o = config.mqtt.options(&config.mqtt.client_id, None)?;
     o.set_keep_alive(Duration::from_secs(config.mqtt.keepalive_s.into()))
         .set_clean_start(false)
         .set_session_expiry_interval(Some(config.mqtt.session_expiry_s))
         .set_receive_maximum(Some(config.mqtt.receive_maximum))
         .set_max_packet_size(Some(MAX_PACKET))
         .set_manual_acks(true);
-    if !config.mqtt.username.is_empty() || !config.mqtt.password_file.as_os_str().is_empty() {
-        let password = if config.mqtt.password_file.as_os_str().is_empty() {
-            String::new()
-        } else {
-            std::fs::read_to_string(&config.mqtt.password_file)
-                .map_err(|e| format!("mqtt.password_file: {e}"))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        };
-        o.set_credentials(config.mqtt.username.clone(), password);
-    }
     let (client, mut eventloop) =
         AsyncClient::new(o, usize::from(config.mqtt.receive_maximum) + 64);
     let filter =

@@ -18,3 +18,4 @@ pub mod contract;
 pub mod db;
 pub mod http;
 pub mod ingest;
+pub mod provision;

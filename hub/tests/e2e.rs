@@ -884,8 +884,26 @@ fn test_embedded_broker() {
         ),
     )
     .unwrap();
-    hub.restart();
+    // Every edge needs its device credential.
     let mut edge = Edge::new(dir.path(), edges, &prefix);
+    let pw = dir.path().join("edge-password");
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+        .args(["device", "add", "--config"])
+        .arg(&hub.config)
+        .arg("--password-file")
+        .arg(&pw)
+        .arg(&edge.device)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    hub.restart();
+    // Anonymous, then a wrong password: refused, nothing leaves the outbox.
+    assert_refused(&mut edge);
+    edge.sync_cfg.username = edge.device.clone();
+    edge.sync_cfg.password_file = dir.path().join("wrong");
+    std::fs::write(&edge.sync_cfg.password_file, "guess\n").unwrap();
+    assert_refused(&mut edge);
+    edge.sync_cfg.password_file = pw;
     edge.start_sync();
     edge.produce_over(3000, 1.0);
     assert_exactly(&db, &edge, &[&hub]);
@@ -1024,4 +1042,158 @@ fn test_broker_with_passwords() {
     std::fs::write(&edge_pw, "tap-secret\n").unwrap();
     edge.start_sync();
     assert_exactly(&db, &edge, &[&hub]);
+}
+
+/// Where Debian puts Mosquitto's dynamic-security plugin (the library directory of the arch).
+fn dynsec_plugin() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("mosquitto_dynamic_security.so"))
+        .find(|p| p.exists())
+        .expect("mosquitto_dynamic_security.so (Debian package mosquitto)")
+}
+
+/// `mosquitto_pub` or `mosquitto_sub` (MQTT 5, debug output) as `user`; what it printed.
+fn mosquitto_as(tool: &str, port: u16, user: &str, password: &str, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["3", tool, "-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5", "-d"])
+        .args(["-u", user, "-P", password, "-q", "1"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Each device speaks only as itself at the broker: with only its own password, device A can
+/// neither publish as B, nor read B's messages, nor join the hub's shared subscription (which
+/// swallowed half of B's records); B's records all arrive, and nothing A tried is stored.
+#[test]
+fn test_devices_isolated_at_the_broker() {
+    let dir = setup();
+    let dynsec = dir.path().join("dynsec.json");
+    let ok = Command::new("mosquitto_ctrl")
+        .args(["dynsec", "init"])
+        .arg(&dynsec)
+        .args(["broker-admin", "admin-secret-0123"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let broker = Broker::start_with(
+        dir.path().join("mosquitto"),
+        format!(
+            "allow_anonymous false\nplugin {}\nplugin_opt_config_file {}\n",
+            dynsec_plugin().display(),
+            dynsec.display()
+        ),
+    );
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("t"));
+    let mut hub = Hub::configure(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let secret = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{value}\n")).unwrap();
+        p
+    };
+    let (hub_pw, admin_pw) =
+        (secret("hub-password", "hub-secret-0123"), secret("admin-password", "admin-secret-0123"));
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace(
+            "[mqtt]\n",
+            &format!(
+                "[mqtt]\nusername = \"hub-user\"\npassword_file = \"{}\"\n\
+                 admin_username = \"broker-admin\"\nadmin_password_file = \"{}\"\n",
+                hub_pw.display(),
+                admin_pw.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let hub_cmd = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+            .args(args)
+            .arg("--config")
+            .arg(&hub.config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    hub_cmd(&["broker", "init"]);
+    let mut edge = Edge::new(dir.path(), broker.port, &prefix);
+    let b = edge.device.clone();
+    let b_pw = dir.path().join("b-password");
+    hub_cmd(&["device", "add", &b, "--password-file", b_pw.to_str().unwrap()]);
+    let said = hub_cmd(&["device", "add", "tap-a"]);
+    let a_pw = said.split("password ").nth(1).unwrap().trim().to_string();
+    hub.restart();
+
+    edge.sync_cfg.username = b.clone();
+    edge.sync_cfg.password_file = b_pw;
+    edge.start_sync();
+    edge.produce(320);
+    assert_exactly(&db, &edge, &[&hub]);
+
+    let port = broker.port;
+    let pub_a = |topic: String, payload: &str| {
+        let args = ["-i", "tap-a", "-t", &topic, "-m", payload];
+        mosquitto_as("mosquitto_pub", port, "tap-a", &a_pw, &args)
+    };
+    let t = 1_790_000_000_000_000i64;
+    // A publishes an anomaly as B, and pins B's status: refused at the broker (135).
+    let forged = format!(
+        r#"{{"schema":1,"device":"{b}","seq":1000000,"ts":{t},"id":77,"kind":"port_scan",
+        "severity":"critical","confidence":1.0,"score":1.0,"threshold":1.0,"detector":"forged",
+        "src_ip":"10.6.6.6","dst_ip":null,"dst_port":null,"protocol":6,"first_seen":{t},
+        "last_seen":{t},"count":1,"reasons":[]}}"#
+    );
+    let out = pub_a(format!("{prefix}tapwatch/v1/{b}/anomalies"), &forged);
+    assert!(out.contains("RC:135"), "publishing as B: {out}");
+    let pin = format!(
+        r#"{{"schema":1,"device":"{b}","seq":9223372036854775807,"ts":{t},"state":"offline",
+        "version":"x","uptime_s":0}}"#
+    );
+    let out = pub_a(format!("{prefix}tapwatch/v1/{b}/status"), &pin);
+    assert!(out.contains("RC:135"), "pinning B's status: {out}");
+    // A reads B's messages, or joins the hub's shared subscription: refused at SUBSCRIBE.
+    for filter in [
+        format!("{prefix}tapwatch/v1/{b}/#"),
+        format!("{prefix}tapwatch/v1/+/flows"),
+        format!("$share/tapwatch-hub/{prefix}tapwatch/v1/+/+"),
+        format!("$share/other/{prefix}tapwatch/v1/+/+"),
+    ] {
+        let args = ["-i", "tap-a", "-t", &filter, "-W", "1"];
+        let out = mosquitto_as("mosquitto_sub", port, "tap-a", &a_pw, &args);
+        assert!(out.contains("Subscribed (mid: 1): 135"), "subscribing {filter}: {out}");
+    }
+    // A wrong password gets no connection at all; nor does A under B's client id (which would
+    // take B's session over and knock B offline).
+    let own_topic = format!("{prefix}tapwatch/v1/tap-a/metrics");
+    let args = ["-i", "tap-a", "-t", &own_topic, "-m", "x"];
+    let out = mosquitto_as("mosquitto_pub", port, "tap-a", "guess", &args);
+    assert!(!out.contains("PUBACK"), "{out}");
+    let args = ["-i", &b, "-t", &own_topic, "-m", "x"];
+    let out = mosquitto_as("mosquitto_pub", port, "tap-a", &a_pw, &args);
+    assert!(!out.contains("PUBACK"), "{out}");
+    // A may publish as itself.
+    let own = format!(
+        r#"{{"schema":1,"device":"tap-a","seq":1,"ts":{t},"state":"online","version":"1","uptime_s":1}}"#
+    );
+    let out = pub_a(format!("{prefix}tapwatch/v1/tap-a/status"), &own);
+    assert!(out.contains("received PUBACK") && !out.contains("RC:135"), "{out}");
+
+    // B goes on; everything B sent is there, nothing A forged is.
+    edge.produce(320);
+    assert_exactly(&db, &edge, &[&hub]);
+    assert_eq!(db.count("SELECT count(*) FROM anomalies WHERE detector = 'forged'"), 0);
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters"), 0);
+    assert_eq!(db.query(&format!("SELECT state FROM devices WHERE id = '{b}'")).trim(), "online");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while db.query("SELECT state FROM devices WHERE id = 'tap-a'").trim() != "online" {
+        assert!(Instant::now() < deadline, "A's own status never arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
