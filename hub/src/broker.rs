@@ -65,13 +65,13 @@ impl Credentials {
     }
 
     /// Keep them current from `url`, every two seconds, on the running runtime.
-    pub fn watch(&self, url: String) {
+    pub fn watch(&self, url: String, tls: crate::db::PgTls) {
         let me = self.clone();
         tokio::spawn(async move {
             let mut db: Option<tokio_postgres::Client> = None;
             loop {
                 if db.as_ref().is_none_or(|c| c.is_closed()) {
-                    db = crate::db::connect(&url).await.ok();
+                    db = crate::db::connect_tls(&url, &tls).await.ok();
                 }
                 if let Some(c) = &db {
                     if let Err(e) = me.refresh(c).await {

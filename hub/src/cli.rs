@@ -126,7 +126,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Connect and migrate.
 async fn prepare(config: &Config) -> Result<tokio_postgres::Client, String> {
-    let mut client = crate::db::connect(&config.postgres.url)
+    let mut client = crate::db::connect_to(&config.postgres)
         .await
         .map_err(|e| format!("postgres.url: cannot connect: {e}"))?;
     crate::db::migrate(&mut client).await?;
@@ -137,13 +137,17 @@ async fn prepare(config: &Config) -> Result<tokio_postgres::Client, String> {
 pub fn pool(config: &Config) -> Result<deadpool_postgres::Pool, String> {
     let pg: tokio_postgres::Config =
         config.postgres.url.parse().map_err(|e| format!("postgres.url: {e}"))?;
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = match crate::db::PgTls::from_config(&config.postgres)? {
+        crate::db::PgTls::Plain => {
+            deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+        }
+        crate::db::PgTls::Rustls(tls) => {
+            deadpool_postgres::Manager::from_config(pg, tls, manager_config)
+        }
+    };
     deadpool_postgres::Pool::builder(manager)
         .max_size(config.http.db_connections)
         .wait_timeout(Some(std::time::Duration::from_secs(5)))
@@ -155,7 +159,7 @@ pub fn pool(config: &Config) -> Result<deadpool_postgres::Pool, String> {
 /// The API's state for a configuration (the live listener is started too).
 pub fn api_state(config: &Config) -> Result<crate::api::ApiState, String> {
     let live = crate::api::live::Live::default();
-    live.start(config.postgres.url.clone());
+    live.start(config.postgres.url.clone(), crate::db::PgTls::from_config(&config.postgres)?);
     Ok(crate::api::ApiState {
         pool: pool(config)?,
         auth: std::sync::Arc::new(crate::api::auth::AuthConfig {
@@ -211,17 +215,17 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
     }
     runtime()?.block_on(async move {
         if config.broker.embedded {
-            credentials.watch(config.postgres.url.clone());
+            let tls = crate::db::PgTls::from_config(&config.postgres)?;
+            credentials.watch(config.postgres.url.clone(), tls);
         }
         let client = prepare(&config).await?;
         first_admin(&client).await?;
         drop(client);
         let counters = std::sync::Arc::new(crate::ingest::IngestCounters::default());
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
+        let listener = std::net::TcpListener::bind(config.http.listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!("listening on http://{addr}");
         let api = api_state(&config)?;
         let api_metrics =
             crate::http::ApiMetrics { counters: api.counters.clone(), live: api.live.clone() };
@@ -245,7 +249,7 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
         }
         let app = crate::http::app(state, Some(api), web_root)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        serve_http(&config.http, listener, addr, app).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx));
         use tokio::signal::unix::{signal, SignalKind};
@@ -260,6 +264,44 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
         let _ = stop_tx.send(true);
         ingest.await.map_err(|e| e.to_string())?
     })
+}
+
+/// Serve the HTTP side on `listener`: HTTPS when `http.tls_cert_file` is set (the certificate
+/// and key read again on SIGHUP; a pair that does not load leaves the one in use), else plain.
+async fn serve_http(
+    http: &crate::config::HttpConfig,
+    listener: std::net::TcpListener,
+    addr: std::net::SocketAddr,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+        axum::Router,
+        std::net::SocketAddr,
+    >,
+) -> Result<(), String> {
+    if http.tls_cert_file.as_os_str().is_empty() {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        tracing::info!("listening on http://{addr}");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        return Ok(());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (cert, key) = (http.tls_cert_file.clone(), http.tls_key_file.clone());
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .map_err(|e| format!("http.tls_cert_file/tls_key_file: {e}"))?;
+    let server = axum_server::from_tcp_rustls(listener, tls.clone()).map_err(|e| e.to_string())?;
+    tracing::info!("listening on https://{addr}");
+    tokio::spawn(async move { server.serve(app).await });
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => tracing::info!("http: certificate reloaded"),
+                Err(e) => tracing::error!("http: certificate not reloaded, the old one stays: {e}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Write a secret to a new file only its owner reads.

@@ -41,6 +41,10 @@ pub struct HttpConfig {
     pub db_connections: usize,
     /// The dashboard's built files (hub/web/dist), served at `/`; empty: none.
     pub web_root: PathBuf,
+    /// Serve HTTPS with this certificate chain and key (PEM), read again on SIGHUP; empty:
+    /// plain HTTP (behind a TLS proxy).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -54,6 +58,8 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             db_connections: 8,
             web_root: PathBuf::from("/usr/share/tapwatch/web"),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -153,11 +159,18 @@ impl Default for MqttConfig {
 pub struct PostgresConfig {
     /// libpq-style connection string (`host=... user=... dbname=...`) or a postgresql:// URL.
     pub url: String,
+    /// CA certificate(s) (PEM) to trust for TLS to PostgreSQL; set, the hub speaks TLS where
+    /// the server offers it, and `sslmode=require` in `url` makes it refuse a server that does
+    /// not. Empty: plain connections.
+    pub ca_file: PathBuf,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: "host=127.0.0.1 user=postgres dbname=tapwatch".into() }
+        PostgresConfig {
+            url: "host=127.0.0.1 user=postgres dbname=tapwatch".into(),
+            ca_file: PathBuf::new(),
+        }
     }
 }
 

@@ -20,7 +20,68 @@ pub const PARTITIONED: [(&str, &str); 4] = [
 /// A session-level advisory lock id for migrations (hubs starting together migrate once).
 const MIGRATION_LOCK: i64 = 0x7461_7077_6174_6368; // "tapwatch"
 
-/// Connect; the connection's driver runs on a task of its own and ends with the client.
+/// How the hub reaches PostgreSQL: plain, or TLS trusting `postgres.ca_file`.
+#[derive(Clone)]
+pub enum PgTls {
+    Plain,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PgTls::Plain => "PgTls::Plain",
+            PgTls::Rustls(_) => "PgTls::Rustls",
+        })
+    }
+}
+
+impl PgTls {
+    pub fn from_config(c: &crate::config::PostgresConfig) -> Result<PgTls, String> {
+        use rustls_pki_types::pem::PemObject;
+        if c.ca_file.as_os_str().is_empty() {
+            return Ok(PgTls::Plain);
+        }
+        let bad =
+            |e: &dyn std::fmt::Display| format!("postgres.ca_file {}: {e}", c.ca_file.display());
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            rustls_pki_types::CertificateDer::pem_file_iter(&c.ca_file).map_err(|e| bad(&e))?
+        {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad(&"no certificate in it"));
+        }
+        let config =
+            rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        Ok(PgTls::Rustls(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+    }
+}
+
+/// Connect as `config` says (TLS with `postgres.ca_file`).
+pub async fn connect_to(config: &crate::config::PostgresConfig) -> Result<Client, String> {
+    connect_tls(&config.url, &PgTls::from_config(config)?).await.map_err(|e| e.to_string())
+}
+
+/// Connect with `tls`; the connection's driver runs on a task of its own.
+pub async fn connect_tls(url: &str, tls: &PgTls) -> Result<Client, tokio_postgres::Error> {
+    match tls {
+        PgTls::Plain => connect(url).await,
+        PgTls::Rustls(t) => {
+            let (client, connection) = tokio_postgres::connect(url, t.clone()).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("postgres connection ended: {e}");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// Connect, plain; the connection's driver runs on a task of its own and ends with the client.
 pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {

@@ -907,11 +907,14 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 /// stream. `Err` is the database away, as for [`Ingestor::commit`].
 async fn one_by_one(
     config: &Config,
+    tls: &db::PgTls,
     counters: &Arc<IngestCounters>,
     batch: &[Prepared],
 ) -> Result<Ingestor, tokio_postgres::Error> {
     let fresh = || async {
-        db::connect(&config.postgres.url).await.map(|c| Ingestor::new(c, config, counters.clone()))
+        db::connect_tls(&config.postgres.url, tls)
+            .await
+            .map(|c| Ingestor::new(c, config, counters.clone()))
     };
     let mut ing = fresh().await?;
     for p in batch {
@@ -939,6 +942,7 @@ pub async fn run(
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event};
 
+    let pg_tls = db::PgTls::from_config(&config.postgres)?;
     let mut o = config.mqtt.options(&config.mqtt.client_id, None)?;
     o.set_keep_alive(Duration::from_secs(config.mqtt.keepalive_s.into()))
         .set_clean_start(false)
@@ -1068,7 +1072,7 @@ pub async fn run(
         // Commit, retrying while the database is away; then acknowledge.
         loop {
             if ingestor.is_none() {
-                match db::connect(&config.postgres.url).await {
+                match db::connect_tls(&config.postgres.url, &pg_tls).await {
                     Ok(c) => {
                         counters.db_connected.store(1, Ordering::Relaxed);
                         tracing::info!("postgres: connected");
@@ -1101,7 +1105,7 @@ pub async fn run(
                     );
                     // The connection may be inside a transaction: start again on a new one.
                     ingestor = None;
-                    one_by_one(&config, &counters, &incoming).await.map(|ing| {
+                    one_by_one(&config, &pg_tls, &counters, &incoming).await.map(|ing| {
                         ingestor = Some(ing);
                     })
                 }

@@ -150,10 +150,17 @@ const SHARED_PG: &str = "host=127.0.0.1 port=5432 user=postgres";
 struct PrivatePg {
     dir: PathBuf,
     port: u16,
+    /// More server options (`-c name=value ...`).
+    opts: String,
 }
 
 impl PrivatePg {
     fn start(dir: &Path) -> PrivatePg {
+        let pg = PrivatePg::init(dir);
+        pg.ctl("start");
+        pg
+    }
+    fn init(dir: &Path) -> PrivatePg {
         let dir = dir.join("pg");
         std::fs::create_dir_all(&dir).unwrap();
         assert!(Command::new("chown")
@@ -173,15 +180,14 @@ impl PrivatePg {
             .status()
             .unwrap();
         assert!(ok.success(), "initdb failed");
-        let pg = PrivatePg { dir, port: free_port() };
-        pg.ctl("start");
-        pg
+        PrivatePg { dir, port: free_port(), opts: String::new() }
     }
     fn ctl(&self, what: &str) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.opts
         );
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"])
@@ -930,6 +936,38 @@ fn assert_refused(edge: &mut Edge) {
     edge.stop_sync();
 }
 
+/// A client certificate `NAME.crt` (and `NAME.key`) for CN=NAME, signed by `make_certs`'s CA.
+fn make_client_cert(dir: &Path, name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+    let subj = format!("/CN={name}");
+    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        .into_iter()
+        .chain(["-keyout", &key, "-out", &csr, "-subj", &subj])
+        .collect::<Vec<_>>());
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        &crt,
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+}
+
 /// A certificate authority and a server certificate for 127.0.0.1 (openssl, P-256).
 fn make_certs(dir: &Path) {
     let run = |args: &[&str]| {
@@ -1196,4 +1234,148 @@ fn test_devices_isolated_at_the_broker() {
         assert!(Instant::now() < deadline, "A's own status never arrived");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// TLS on the whole path: the edge to Mosquitto with a client certificate, Mosquitto to the hub
+/// with the hub's client certificate, the hub to a PostgreSQL that takes only TLS, and the hub's
+/// API over HTTPS; an edge without a certificate gets no connection, and everything the edge
+/// sent arrives.
+#[test]
+fn test_tls_end_to_end() {
+    let dir = setup();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_certs(&certs);
+    make_client_cert(&certs, "edge");
+    make_client_cert(&certs, "hub");
+    let c = |name: &str| certs.join(name);
+    // Mosquitto: a TLS listener that wants a client certificate from our CA.
+    let tls_port = free_port();
+    let _broker = Broker::start_with(
+        dir.path().join("mosquitto"),
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\n",
+            c("ca.crt").display(),
+            c("srv.crt").display(),
+            c("srv.key").display()
+        ),
+    );
+    wait_port(tls_port);
+    // PostgreSQL that refuses anything but TLS on TCP.
+    let mut pg = PrivatePg::init(dir.path());
+    for f in ["srv.crt", "srv.key"] {
+        let to = pg.dir.join(f);
+        std::fs::copy(c(f), &to).unwrap();
+        assert!(Command::new("chown").arg("postgres:").arg(&to).status().unwrap().success());
+        assert!(Command::new("chmod").arg("600").arg(&to).status().unwrap().success());
+    }
+    std::fs::write(
+        pg.dir.join("data/pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    pg.opts = format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        pg.dir.join("srv.crt").display(),
+        pg.dir.join("srv.key").display()
+    );
+    pg.ctl("start");
+    let plain = Command::new("psql")
+        .args([
+            "-X",
+            "-d",
+            &format!("{} sslmode=disable dbname=postgres", pg.server()),
+            "-c",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "PostgreSQL took a plain connection");
+    let db = Database::create(&format!("{} sslmode=require", pg.server()));
+
+    let prefix = format!("{}/", unique("t"));
+    let mut hub = Hub::configure(dir.path(), "hub", tls_port, &prefix, &db.url());
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    let text = text
+        .replace(
+            "[mqtt]\n",
+            &format!(
+                "[mqtt]\ntls = true\nca_file = \"{}\"\nclient_cert_file = \"{}\"\n\
+                 client_key_file = \"{}\"\n",
+                c("ca.crt").display(),
+                c("hub.crt").display(),
+                c("hub.key").display()
+            ),
+        )
+        .replace("[postgres]\n", &format!("[postgres]\nca_file = \"{}\"\n", c("ca.crt").display()))
+        .replace(
+            "[http]\n",
+            &format!(
+                "[http]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ncookie_secure = true\n",
+                c("https.crt").display(),
+                c("https.key").display()
+            ),
+        );
+    std::fs::write(&hub.config, text).unwrap();
+    std::fs::copy(c("srv.crt"), c("https.crt")).unwrap();
+    std::fs::copy(c("srv.key"), c("https.key")).unwrap();
+    hub.restart();
+
+    let mut edge = Edge::new(dir.path(), tls_port, &prefix);
+    edge.sync_cfg.tls = true;
+    edge.sync_cfg.ca_file = c("ca.crt");
+    // Without a client certificate: no connection.
+    assert_refused(&mut edge);
+    edge.sync_cfg.client_cert_file = c("edge.crt");
+    edge.sync_cfg.client_key_file = c("edge.key");
+    edge.start_sync();
+    edge.produce(640);
+    assert_exactly(&db, &edge, &[&hub]);
+
+    // The API over HTTPS, with a certificate our CA signed; plain HTTP gets nothing there.
+    let log = hub.log();
+    let addr = log
+        .rsplit("listening on https://")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the hub logs its https address")
+        .to_string();
+    let curl = |url: String| {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "--cacert"])
+            .arg(c("ca.crt"))
+            .arg(url)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, body) = curl(format!("https://{addr}/healthz"));
+    assert!(ok && body.contains(r#""mqtt":true"#) && body.contains(r#""postgres":true"#), "{body}");
+    let (ok, _) = curl(format!("http://{addr}/healthz"));
+    assert!(!ok, "plain HTTP answered on the HTTPS port");
+
+    // A new certificate (of another CA) is taken on SIGHUP, without a restart.
+    let next = dir.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    make_certs(&next);
+    std::fs::copy(next.join("srv.crt"), c("https.crt")).unwrap();
+    std::fs::copy(next.join("srv.key"), c("https.key")).unwrap();
+    let pid = hub.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "--cacert"])
+            .arg(next.join("ca.crt"))
+            .arg(format!("https://{addr}/healthz"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new certificate was not taken: {}", hub.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!curl(format!("https://{addr}/healthz")).0, "the old certificate is still served");
 }

@@ -52,13 +52,19 @@ impl Live {
     }
 
     /// Listen on `url` until the process ends, reconnecting with a backoff.
-    pub fn start(&self, url: String) {
+    pub fn start(&self, url: String, tls: crate::db::PgTls) {
         let live = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
             let mut first = true;
             loop {
-                match live.listen(&url, first).await {
+                let listened = match &tls {
+                    crate::db::PgTls::Plain => {
+                        live.listen(&url, tokio_postgres::NoTls, first).await
+                    }
+                    crate::db::PgTls::Rustls(t) => live.listen(&url, t.clone(), first).await,
+                };
+                match listened {
                     Ok(()) => backoff = Duration::from_millis(250),
                     Err(e) => tracing::warn!("live: {e}; listening again in {backoff:?}"),
                 }
@@ -70,10 +76,13 @@ impl Live {
         });
     }
 
-    async fn listen(&self, url: &str, first: bool) -> Result<(), String> {
-        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+    async fn listen<T>(&self, url: &str, tls: T, first: bool) -> Result<(), String>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, mut connection) =
+            tokio_postgres::connect(url, tls).await.map_err(|e| format!("cannot connect: {e}"))?;
         // Bounded: while the fan-out is behind, the driver waits and PostgreSQL queues the
         // notifications (its queue is 8 GB).
         let (msg_tx, mut msg_rx) = tokio::sync::mpsc::channel(BACKLOG);
