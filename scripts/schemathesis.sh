@@ -15,7 +15,8 @@ if ! "$venv/bin/st" --version > /dev/null 2>&1; then
   "$venv/bin/pip" install -q schemathesis==4.32.5
 fi
 . scripts/test-hub.sh
-test_hub_start st st-admin-password "login_per_minute = 100000"
+test_hub_start st st-admin-password "login_per_minute = 100000
+login_global_per_minute = 1000000"
 url=$HUB_URL
 work=$HUB_WORK
 
