@@ -168,6 +168,16 @@ export interface Device {
     store_dropped: number;
     capture: CaptureDrops[];
   } | null;
+  /** Each stream's seqs as the hub took them. */
+  streams: StreamSeq[];
+}
+export interface StreamSeq {
+  stream: string;
+  last_seq: number;
+  received: number;
+  missing: number;
+  regressions: number;
+  conflicts: number;
 }
 export interface MetricsPoint {
   bucket: string;

@@ -106,8 +106,12 @@ try {
   await page.goto(`${url}#/devices`);
   await page.locator(".card.device").first().click();
   await page.locator("main .chart [data-points]").first().waitFor();
+  // Each stream the device sent, with its seqs as the hub took them.
+  await page.locator("table[data-testid=streams] tbody tr").first().waitFor();
+  const streams = await page.locator("table[data-testid=streams] tbody tr td:first-child").allTextContents();
+  assert.ok(streams.includes("stats") && streams.includes("anomalies"), `streams shown: ${streams}`);
   await page.screenshot({ path: `${out}/device.png`, fullPage: true });
-  step("anomalies, devices (and one device's charts), flows and admin pages shown");
+  step("anomalies, devices (and one device's charts and streams), flows and admin pages shown");
   assert.deepEqual(failures, [], "the browser reported errors");
 } finally {
   await browser.close();

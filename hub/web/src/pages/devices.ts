@@ -42,7 +42,7 @@ export function deviceDetail(p: Page, id: string) {
   const draw = () => {
     panel(summary, () => api.get<Device>(`/devices/${encodeURIComponent(id)}`), (d) => {
       const m = d.metrics;
-      return h(
+      const capture = h(
         "table",
         {},
         h("thead", {}, h("tr", {}, ["Interface", "Packets", "Kernel drops", "Queue drops", "Parse errors"].map((c) => h("th", {}, c)))),
@@ -54,6 +54,21 @@ export function deviceDetail(p: Page, id: string) {
           ),
         ),
       );
+      // What the hub took of each stream: missing seqs, late arrivals, and conflicts (a seq
+      // taken before with other content: a reset edge, or a forgery).
+      const streams = h(
+        "table",
+        { "data-testid": "streams" },
+        h("thead", {}, h("tr", {}, ["Stream", "Last seq", "Received", "Missing", "Out of order", "Conflicts"].map((c) => h("th", {}, c)))),
+        h(
+          "tbody",
+          {},
+          d.streams.map((s) =>
+            h("tr", {}, h("td", {}, s.stream), h("td", {}, count(s.last_seq)), h("td", {}, count(s.received)), h("td", { class: s.missing ? "warn" : "" }, count(s.missing)), h("td", {}, count(s.regressions)), h("td", { class: s.conflicts ? "warn" : "" }, count(s.conflicts))),
+          ),
+        ),
+      );
+      return h("div", {}, capture, h("h3", {}, "Streams, as the hub took them"), streams);
     });
     panel(
       charts,
