@@ -287,16 +287,19 @@ impl Hub {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-    /// GET a path of the hub's HTTP endpoint (its address is in the log).
-    fn get(&self, path: &str) -> String {
-        use std::io::{Read, Write};
-        let log = self.log();
-        let addr = log
-            .rsplit("listening on http://")
+    /// The address of the hub's HTTP (or HTTPS) endpoint, from its log.
+    fn addr(&self, scheme: &str) -> String {
+        self.log()
+            .rsplit(&format!("listening on {scheme}://"))
             .next()
             .and_then(|s| s.split_whitespace().next())
             .expect("the hub logs its address")
-            .to_string();
+            .to_string()
+    }
+    /// GET a path of the hub's HTTP endpoint.
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.addr("http");
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
         let mut out = String::new();
@@ -936,71 +939,35 @@ fn assert_refused(edge: &mut Edge) {
     edge.stop_sync();
 }
 
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A P-256 key `NAME.key` and certificate `NAME.crt` for `subject`, signed by the CA in `dir`
+/// with the extensions in `ext` (a file in `dir`).
+fn issue(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+    let ec = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(dir, &[&ec[..], &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
+    let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key"];
+    let out = ["-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", ext];
+    openssl(dir, &[&sign[..], &out].concat());
+}
+
 /// A client certificate `NAME.crt` (and `NAME.key`) for CN=NAME, signed by `make_certs`'s CA.
 fn make_client_cert(dir: &Path, name: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
-    let subj = format!("/CN={name}");
-    run(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        .into_iter()
-        .chain(["-keyout", &key, "-out", &csr, "-subj", &subj])
-        .collect::<Vec<_>>());
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        &crt,
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ]);
+    issue(dir, name, &format!("/CN={name}"), "client.ext");
 }
 
 /// A certificate authority and a server certificate for 127.0.0.1 (openssl, P-256).
 fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tapwatch test CA"],
-    ]
-    .concat());
-    run(&[&["req"][..], &ec, &["-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]]
-        .concat());
+    let ca = ["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tapwatch test CA"];
+    openssl(dir, &[&["req", "-x509"][..], &ec, &ca].concat());
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
+    issue(dir, "srv", "/CN=127.0.0.1", "san.ext");
 }
 
 #[test]
@@ -1334,13 +1301,7 @@ fn test_tls_end_to_end() {
     assert_exactly(&db, &edge, &[&hub]);
 
     // The API over HTTPS, with a certificate our CA signed; plain HTTP gets nothing there.
-    let log = hub.log();
-    let addr = log
-        .rsplit("listening on https://")
-        .next()
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the hub logs its https address")
-        .to_string();
+    let addr = hub.addr("https");
     let curl = |url: String| {
         let out = Command::new("curl")
             .args(["-s", "-m", "5", "--cacert"])

@@ -119,12 +119,7 @@ impl Hub {
         };
         let mut req = req.body(body).unwrap();
         req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-        let res = self.app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, headers, json, bytes }
+        self.send(req).await
     }
 
     pub async fn get(&self, uri: &str, who: &Who) -> Value {
@@ -197,6 +192,11 @@ impl Hub {
         req = req.header(header::CONTENT_TYPE, "application/json");
         let mut req = req.body(Body::from(body.to_string())).unwrap();
         req.extensions_mut().insert(ConnectInfo(peer));
+        self.send(req).await
+    }
+
+    /// A request through the router, and its reply.
+    pub async fn send(&self, req: Request<Body>) -> Reply {
         let res = self.app.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
@@ -207,15 +207,9 @@ impl Hub {
 
     /// Messages in through the real ingest: decoded, checked and committed as from MQTT.
     pub async fn ingest(&self, messages: &[(String, Value)]) {
-        let counters = Arc::new(IngestCounters::default());
-        let mut ing = Ingestor::new(self.sql().await, &self.config, counters.clone());
-        let prepared: Vec<_> = messages
-            .iter()
-            .map(|(topic, v)| {
-                prepare("", Incoming { topic: topic.clone(), payload: v.to_string().into() })
-            })
-            .collect();
-        ing.commit(&prepared).await.unwrap();
+        let raw: Vec<(String, Vec<u8>)> =
+            messages.iter().map(|(t, v)| (t.clone(), v.to_string().into_bytes())).collect();
+        let counters = self.ingest_raw(&self.config, &raw).await;
         let rejected: u64 = counters.rejected.iter().map(|c| c.load(Ordering::Relaxed)).sum();
         assert_eq!(rejected, 0, "the ingest refused a test message");
     }
