@@ -311,7 +311,8 @@ impl ModelStage {
             };
             let needed = self.min_flows_per_kind.get(&kind).copied().unwrap_or(self.min_flows);
             if self.hits.entry((source, kind)).or_default().add(p.end_us, needed, self.window_us) {
-                let t = Trip { kind, counter: detector, value: score, threshold };
+                let by_victim = kind == AnomalyKind::Reflection;
+                let t = Trip { kind, counter: detector, value: score, threshold, by_victim };
                 let detail = Detail {
                     detector,
                     confidence,

@@ -172,6 +172,7 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
     let protocol = match e.kind {
         K::SynFlood | K::PortScan => Some(6),
         K::UdpFlood => Some(17),
+        K::Reflection if e.by_victim => Some(17),
         K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),
         _ => None,
     };
@@ -195,7 +196,8 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         threshold: e.threshold,
         detector: "window".try_into().unwrap_or_default(),
         src_ip: e.src,
-        dst_ip: None,
+        // An attack named by its victim (from many or spoofed sources): the victim is both.
+        dst_ip: e.by_victim.then_some(e.src),
         dst_port: None,
         protocol,
         first_seen: e.first_seen.total_micros(),
@@ -343,9 +345,9 @@ impl Pipeline {
         self.flush_models();
         let Some(d) = self.detector.as_mut() else { return };
         let mut events = Vec::new();
-        d.evaluate(self.engine.hosts(), Instant::from_micros(now_us), &mut |e, ev| {
-            events.push((*e, ev))
-        });
+        let now = Instant::from_micros(now_us);
+        d.evaluate_victims(self.engine.victims(), now, &mut |e, ev| events.push((*e, ev)));
+        d.evaluate(self.engine.hosts(), now, &mut |e, ev| events.push((*e, ev)));
         for (e, ev) in events {
             self.report(&e, ev);
         }

@@ -396,3 +396,32 @@ fn bpf_filter_applies_and_a_bad_one_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid capture filter \"port nonsense\""), "{err}");
 }
+
+/// Attacks from many or spoofed sources, in public captures of real DDoS traffic
+/// (tests/data/attacks, see PROVENANCE.md): each is one anomaly of its kind, named by its
+/// victim, from the victim-side windows.
+#[test]
+fn victim_side_attacks_are_named_by_their_victim() {
+    let cases = [
+        ("pkt.TCP.DOMINATE.syn.ecn.cwr.pcapng", "syn_flood", "victim_syn_rate"),
+        ("amp.TCP.reflection.SYNACK.pcap", "reflection", "victim_reflected_tcp"),
+        ("amp.UDP.isakmp.pcap", "reflection", "victim_amplified_ipsec_nat_t"),
+    ];
+    for (file, kind, counter) in cases {
+        let cap = data_dir().join("attacks").join(file);
+        let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let recs = records(&out);
+        let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
+        assert_eq!(anomalies.len(), 1, "{file}: one attack, one anomaly: {anomalies:?}");
+        let a = anomalies[0];
+        assert_eq!(
+            (a["kind"].as_str(), a["detector"].as_str()),
+            (Some(kind), Some("window")),
+            "{file}"
+        );
+        assert_eq!(a["src_ip"], "10.10.10.10", "{file}: named by its victim");
+        assert_eq!(a["dst_ip"], "10.10.10.10", "{file}");
+        assert_eq!(a["reasons"][0]["feature"], counter, "{file}");
+    }
+}

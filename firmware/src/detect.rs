@@ -11,6 +11,7 @@
 
 use crate::hosts::{HostFeatures, HostTable};
 use crate::proto::AnomalyKind;
+use crate::victims::{VictimFeatures, VictimTable};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
@@ -36,6 +37,19 @@ pub struct Thresholds {
     pub arp_spoof_replies: f32,
     /// Distinct client MACs in the DHCP requests of one source (starvation).
     pub dhcp_starvation_macs: f32,
+    /// Seen from the victim: TCP SYNs a second one host received from at least
+    /// `victim_sources` distinct sources, SYNs being at least `victim_syn_share` of what it
+    /// received (a SYN flood from many or spoofed sources; a busy server receives mostly the
+    /// rest of its connections).
+    pub victim_syn_rate: f32,
+    pub victim_sources: f32,
+    pub victim_syn_share: f32,
+    /// Seen from the victim: UDP packets a second one host received from amplifying services
+    /// (DNS, NTP, SNMP, ...), from at least `amplification_reflectors` of them, and at least
+    /// `amplification_ratio` times what it asked them (reflection and amplification).
+    pub amplification_rate: f32,
+    pub amplification_reflectors: f32,
+    pub amplification_ratio: f32,
 }
 
 impl Default for Thresholds {
@@ -49,6 +63,12 @@ impl Default for Thresholds {
             icmp_flood_rate: 200.0,
             arp_spoof_replies: 20.0,
             dhcp_starvation_macs: 20.0,
+            victim_syn_rate: 100.0,
+            victim_sources: 20.0,
+            victim_syn_share: 0.5,
+            amplification_rate: 50.0,
+            amplification_reflectors: 5.0,
+            amplification_ratio: 10.0,
         }
     }
 }
@@ -61,6 +81,8 @@ pub struct Trip {
     pub counter: &'static str,
     pub value: f32,
     pub threshold: f32,
+    /// Named by its victim (the host the trip's window is of received the attack).
+    pub by_victim: bool,
 }
 
 impl Thresholds {
@@ -68,7 +90,7 @@ impl Thresholds {
     pub fn trips(&self, f: &HostFeatures, out: &mut impl FnMut(Trip)) {
         let mut trip = |kind, counter, value: f32, threshold: f32| {
             if value >= threshold {
-                out(Trip { kind, counter, value, threshold });
+                out(Trip { kind, counter, value, threshold, by_victim: false });
             }
         };
         trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
@@ -85,13 +107,72 @@ impl Thresholds {
     }
 }
 
+impl Thresholds {
+    /// Every detector a destination's received window trips: attacks from many or spoofed
+    /// sources, named by their victim.
+    pub fn victim_trips(&self, f: &VictimFeatures, out: &mut impl FnMut(Trip)) {
+        if f.sources >= self.victim_sources
+            && f.syn_share >= self.victim_syn_share
+            && f.syn_rate >= self.victim_syn_rate
+        {
+            out(Trip {
+                kind: AnomalyKind::SynFlood,
+                counter: "victim_syn_rate",
+                value: f.syn_rate,
+                threshold: self.victim_syn_rate,
+                by_victim: true,
+            });
+        }
+        if f.sources >= self.amplification_reflectors
+            && f.reflection >= self.amplification_ratio
+            && f.syn_ack_rate >= self.amplification_rate
+        {
+            out(Trip {
+                kind: AnomalyKind::Reflection,
+                counter: "victim_reflected_tcp",
+                value: f.syn_ack_rate,
+                threshold: self.amplification_rate,
+                by_victim: true,
+            });
+        }
+        if f.sources >= self.amplification_reflectors
+            && f.amplification >= self.amplification_ratio
+            && f.amplified_rate >= self.amplification_rate
+        {
+            out(Trip {
+                kind: AnomalyKind::Reflection,
+                counter: amplification_counter(f.service),
+                value: f.amplified_rate,
+                threshold: self.amplification_rate,
+                by_victim: true,
+            });
+        }
+    }
+}
+
+/// The counter an amplification trips, naming its service ("victim_amplified_dns", ...).
+fn amplification_counter(port: u16) -> &'static str {
+    macro_rules! names {
+        ($($port:literal => $name:literal),* $(,)?) => {
+            match port { $($port => concat!("victim_amplified_", $name),)* _ => "victim_amplified_udp" }
+        };
+    }
+    names!(7 => "echo", 17 => "qotd", 19 => "chargen", 53 => "dns", 69 => "tftp", 111 => "portmap",
+        123 => "ntp", 137 => "netbios", 161 => "snmp", 389 => "cldap", 500 => "isakmp",
+        520 => "rip", 1434 => "mssql", 1900 => "ssdp", 3283 => "ard", 3702 => "ws_discovery",
+        4500 => "ipsec_nat_t", 5351 => "nat_pmp", 5353 => "mdns", 5683 => "coap", 10001 => "ubiquiti",
+        11211 => "memcached", 27015 => "steam", 37810 => "dvr", 47808 => "bacnet")
+}
+
 /// One anomaly episode: a source and a kind, while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Episode {
     /// Unique per episode: the millisecond it opened (packet time) times 1024, or one more than
     /// the last id when that is not more. Stable when a capture is analysed again.
     pub id: u64,
+    /// The source, or for an attack named by its victim (`by_victim`), the victim.
     pub src: IpAddr,
+    pub by_victim: bool,
     pub kind: AnomalyKind,
     pub first_seen: Instant,
     pub last_seen: Instant,
@@ -176,11 +257,42 @@ impl<const E: usize> WindowDetector<E> {
             self.thresholds.trips(&f, &mut |t| {
                 let _ = trips.push(t);
             });
-            for t in trips {
+            // The victim of a reflection seems to sweep its reflectors (their answers come back
+            // as replies to connections it never made): its reflection episode says what it is.
+            let reflected = self
+                .episodes
+                .iter()
+                .any(|e| e.src == *ip && e.by_victim && e.kind == AnomalyKind::Reflection);
+            for t in trips.into_iter().filter(|t| !(reflected && t.kind == AnomalyKind::HostSweep))
+            {
                 self.trip(*ip, t, now, out);
             }
         }
         self.close_quiet(now, out);
+    }
+
+    /// Read every destination's received window at `now` (call beside
+    /// [`evaluate`](Self::evaluate), before it: that one closes quiet episodes of both kinds).
+    pub fn evaluate_victims<const V: usize>(
+        &mut self,
+        victims: &VictimTable<V>,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        let window = victims.window();
+        for (ip, v) in victims.iter() {
+            if v.last.is_none_or(|l| now - l > window) {
+                continue;
+            }
+            let f = v.features(now, window);
+            let mut trips: heapless::Vec<Trip, 3> = heapless::Vec::new();
+            self.thresholds.victim_trips(&f, &mut |t| {
+                let _ = trips.push(t);
+            });
+            for t in trips {
+                self.trip(*ip, t, now, out);
+            }
+        }
     }
 
     /// A trip found outside the windows (a model's verdict on a source's flows): it opens or
@@ -203,7 +315,12 @@ impl<const E: usize> WindowDetector<E> {
         now: Instant,
         out: &mut impl FnMut(&Episode, EpisodeEvent),
     ) {
-        match self.episodes.iter_mut().find(|e| e.src == src && e.kind == t.kind) {
+        let by_victim = t.by_victim;
+        match self
+            .episodes
+            .iter_mut()
+            .find(|e| e.src == src && e.kind == t.kind && e.by_victim == by_victim)
+        {
             Some(e) => {
                 if now > e.last_seen {
                     e.last_seen = now;
@@ -224,6 +341,7 @@ impl<const E: usize> WindowDetector<E> {
                 let e = Episode {
                     id,
                     src,
+                    by_victim,
                     kind: t.kind,
                     first_seen: now,
                     last_seen: now,
@@ -321,9 +439,9 @@ mod tests {
         let mut events = Vec::new();
         let mut next = 0i64;
         let mut eval = |engine: &TestEngine, d: &mut WindowDetector<16>, ms: i64| {
-            d.evaluate(engine.hosts(), Instant::from_millis(ms), &mut |e, ev| {
-                events.push((*e, ev))
-            });
+            let now = Instant::from_millis(ms);
+            d.evaluate_victims(engine.victims(), now, &mut |e, ev| events.push((*e, ev)));
+            d.evaluate(engine.hosts(), now, &mut |e, ev| events.push((*e, ev)));
         };
         for p in packets {
             let ms = p.ts.total_millis();
@@ -360,6 +478,111 @@ mod tests {
         assert_eq!(closed.counter, "host_dst_ports");
         // It ended 30 s after the last second it tripped in.
         assert!(closed.last_seen.total_millis() >= 3_000);
+    }
+
+    fn tcp(src_port: u16, dst_port: u16, flags: u8) -> L4 {
+        L4::Tcp(TcpInfo {
+            src_port,
+            dst_port,
+            flags: TcpFlags(flags),
+            window: 1024,
+            header_len: 20,
+            payload_len: 0,
+            mss: None,
+            window_scale: None,
+        })
+    }
+
+    fn udp(src_port: u16, dst_port: u16) -> L4 {
+        L4::Udp(UdpInfo { src_port, dst_port, payload_len: 400, dns: None, dhcp: None })
+    }
+
+    /// A spread-out address for `i` (many sources, as spoofing makes them).
+    fn spoofed(i: u32) -> [u8; 4] {
+        i.wrapping_mul(2_654_435_761).to_be_bytes()
+    }
+
+    #[test]
+    fn test_spoofed_syn_flood_is_one_episode_named_by_its_victim() {
+        let victim = [10, 0, 0, 1];
+        // 1,000 SYNs a second for 8 s, each from another (spoofed) source.
+        let packets: Vec<PacketMeta> = (0..8_000u32)
+            .map(|i| {
+                packet(i64::from(i), spoofed(i), victim, tcp(1024 + (i % 5000) as u16, 80, 0x02))
+            })
+            .collect();
+        let events = run(&packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!(
+            (e.kind, e.src, e.by_victim),
+            (AnomalyKind::SynFlood, IpAddr::from(victim), true)
+        );
+        assert_eq!(e.counter, "victim_syn_rate");
+    }
+
+    #[test]
+    fn test_a_busy_server_is_no_victim() {
+        // 400 clients, each opening 5 connections: SYN, ACK and four data packets each, about
+        // 250 SYNs a second at the server for 8 s; and the server's answers.
+        let server = [10, 0, 0, 80];
+        let mut packets = Vec::new();
+        for c in 0..400u32 {
+            let client = [10, 1, (c / 250) as u8, (c % 250) as u8];
+            for k in 0..5u32 {
+                let t = i64::from((c * 5 + k) * 4);
+                let port = 20000 + (k as u16);
+                packets.push(packet(t, client, server, tcp(port, 443, 0x02)));
+                packets.push(packet(t, server, client, tcp(443, port, 0x12)));
+                for d in 0..5 {
+                    packets.push(packet(
+                        t + 1,
+                        client,
+                        server,
+                        tcp(port, 443, 0x10 | ((d % 2) * 0x08)),
+                    ));
+                }
+            }
+        }
+        packets.sort_by_key(|p| p.ts);
+        let events = run(&packets, 40_000);
+        assert!(events.is_empty(), "{events:?}");
+    }
+
+    #[test]
+    fn test_amplification_is_named_by_its_victim_and_service() {
+        let victim = [10, 0, 0, 7];
+        // 300 DNS answers a second for 8 s from 60 resolvers, to a host that asked nothing; and
+        // a client whose own lookups are answered one for one.
+        let mut packets: Vec<PacketMeta> = (0..2_400u32)
+            .map(|i| {
+                packet(i64::from(i) * 3 + 1, [192, 0, 2, (i % 60) as u8], victim, udp(53, 4444))
+            })
+            .collect();
+        for i in 0..400i64 {
+            let resolvers = [
+                [9, 9, 9, 9],
+                [1, 1, 1, 1],
+                [8, 8, 8, 8],
+                [8, 8, 4, 4],
+                [4, 2, 2, 2],
+                [9, 9, 9, 10],
+            ];
+            let r = resolvers[(i % 6) as usize];
+            packets.push(packet(i * 20, [10, 0, 0, 5], r, udp(5353 + (i % 100) as u16, 53)));
+            packets.push(packet(i * 20 + 1, r, [10, 0, 0, 5], udp(53, 5353 + (i % 100) as u16)));
+        }
+        packets.sort_by_key(|p| p.ts);
+        let events = run(&packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!(
+            (e.kind, e.src, e.by_victim),
+            (AnomalyKind::Reflection, IpAddr::from(victim), true)
+        );
+        assert_eq!(e.counter, "victim_amplified_dns");
     }
 
     #[test]

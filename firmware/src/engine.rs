@@ -8,6 +8,7 @@
 use crate::features::{self, FeatureVector};
 use crate::flow::{FlowConfig, FlowCounters, FlowMap, FlowRecord, FlowShards, FlowTable};
 use crate::hosts::{HostConfig, HostCounters, HostFeatures, HostTable};
+use crate::victims::{VictimTable, VICTIMS};
 use crate::wire::{dissect, DissectError, LinkType, PacketMeta, L3, L4};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -83,6 +84,7 @@ impl EngineCounters {
 pub struct Engine<const F: usize, const H: usize, M: FlowShards<F> = [FlowMap<F>; 1]> {
     flows: FlowTable<F, M>,
     hosts: HostTable<H>,
+    victims: VictimTable<VICTIMS>,
     config: EngineConfig,
     counters: EngineCounters,
     last_sweep: Option<Instant>,
@@ -106,6 +108,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         Engine {
             flows: FlowTable::new(config.flow),
             hosts: HostTable::new(config.hosts),
+            victims: VictimTable::new(config.hosts.window),
             config,
             counters: EngineCounters::default(),
             last_sweep: None,
@@ -126,6 +129,10 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     }
     pub fn hosts(&self) -> &HostTable<H> {
         &self.hosts
+    }
+    /// What each destination received (the victim-side windows).
+    pub fn victims(&self) -> &VictimTable<VICTIMS> {
+        &self.victims
     }
 
     /// Dissect and account one captured frame. Errors are counted before they are returned.
@@ -186,6 +193,18 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                         _ => {}
                     }
                 }
+                if !is_group(ip.dst) {
+                    let tcp = match ip.l4 {
+                        L4::Tcp(t) => Some((t.flags.syn(), t.flags.ack())),
+                        _ => None,
+                    };
+                    let udp = match ip.l4 {
+                        L4::Udp(u) => Some((u.src_port, u.dst_port)),
+                        _ => None,
+                    };
+                    let udp_tail = ip.fragment_tail && ip.protocol == 17;
+                    self.victims.note(ip.src, ip.dst, now, tcp, udp, udp_tail);
+                }
                 match ip.l4 {
                     L4::Tcp(t) if t.flags.syn() && t.flags.ack() => {
                         if let Some(w) = self.hosts.window_mut(ip.dst, now) {
@@ -237,6 +256,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             let hosts = &mut self.hosts;
             self.flows.expire(now, &mut |rec| Self::finish(hosts, rec, now, out));
             self.hosts.expire(now);
+            self.victims.expire(now);
         }
         self.last_sweep = Some(now);
     }
@@ -255,6 +275,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     pub fn reset(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
         self.flush(out);
         self.hosts.clear();
+        self.victims.clear();
         self.last_sweep = None;
     }
 

@@ -64,14 +64,14 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn ip_bits(ip: IpAddr) -> u64 {
+pub(crate) fn ip_bits(ip: IpAddr) -> u64 {
     let w = ip_word(&ip);
     (w as u64) ^ ((w >> 64) as u64).rotate_left(17)
 }
 
 /// A host address as a map key, hashed as one word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct HostKey(IpAddr);
+pub(crate) struct HostKey(pub(crate) IpAddr);
 
 impl Hash for HostKey {
     fn hash<H: Hasher>(&self, h: &mut H) {

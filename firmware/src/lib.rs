@@ -24,6 +24,7 @@ pub mod hosts;
 pub mod platform;
 pub mod proto;
 mod stats;
+pub mod victims;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};

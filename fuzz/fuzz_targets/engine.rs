@@ -42,11 +42,13 @@ fuzz_target!(|data: &[u8]| {
         t += Duration::from_millis(u64::from(*step) * 50);
         let _ = engine.process(LINKS[usize::from(*sel) % LINKS.len()], t, n as u32, pkt, &mut out);
         if t >= next_eval {
-            detector.evaluate(engine.hosts(), t, &mut |_, ev| match ev {
+            let mut count = |ev| match ev {
                 firmware::detect::EpisodeEvent::Opened => opened += 1,
                 firmware::detect::EpisodeEvent::Closed => closed += 1,
                 firmware::detect::EpisodeEvent::Updated => {}
-            });
+            };
+            detector.evaluate_victims(engine.victims(), t, &mut |_, ev| count(ev));
+            detector.evaluate(engine.hosts(), t, &mut |_, ev| count(ev));
             next_eval = t + Duration::from_secs(1);
         }
         rest = next;
