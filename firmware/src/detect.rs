@@ -111,42 +111,34 @@ impl Thresholds {
     /// Every detector a destination's received window trips: attacks from many or spoofed
     /// sources, named by their victim.
     pub fn victim_trips(&self, f: &VictimFeatures, out: &mut impl FnMut(Trip)) {
-        if f.sources >= self.victim_sources
-            && f.syn_share >= self.victim_syn_share
-            && f.syn_rate >= self.victim_syn_rate
-        {
-            out(Trip {
-                kind: AnomalyKind::SynFlood,
-                counter: "victim_syn_rate",
-                value: f.syn_rate,
-                threshold: self.victim_syn_rate,
-                by_victim: true,
-            });
-        }
-        if f.sources >= self.amplification_reflectors
-            && f.reflection >= self.amplification_ratio
-            && f.syn_ack_rate >= self.amplification_rate
-        {
-            out(Trip {
-                kind: AnomalyKind::Reflection,
-                counter: "victim_reflected_tcp",
-                value: f.syn_ack_rate,
-                threshold: self.amplification_rate,
-                by_victim: true,
-            });
-        }
-        if f.sources >= self.amplification_reflectors
-            && f.amplification >= self.amplification_ratio
-            && f.amplified_rate >= self.amplification_rate
-        {
-            out(Trip {
-                kind: AnomalyKind::Reflection,
-                counter: amplification_counter(f.service),
-                value: f.amplified_rate,
-                threshold: self.amplification_rate,
-                by_victim: true,
-            });
-        }
+        // Each: the kind, the counter, its rate and threshold, and the conditions beside it.
+        let mut trip = |kind, counter, value: f32, threshold: f32, also: bool| {
+            if also && value >= threshold {
+                out(Trip { kind, counter, value, threshold, by_victim: true });
+            }
+        };
+        let many = |at_least: f32| f.sources >= at_least;
+        trip(
+            AnomalyKind::SynFlood,
+            "victim_syn_rate",
+            f.syn_rate,
+            self.victim_syn_rate,
+            many(self.victim_sources) && f.syn_share >= self.victim_syn_share,
+        );
+        trip(
+            AnomalyKind::Reflection,
+            "victim_reflected_tcp",
+            f.syn_ack_rate,
+            self.amplification_rate,
+            many(self.amplification_reflectors) && f.reflection >= self.amplification_ratio,
+        );
+        trip(
+            AnomalyKind::Reflection,
+            amplification_counter(f.service),
+            f.amplified_rate,
+            self.amplification_rate,
+            many(self.amplification_reflectors) && f.amplification >= self.amplification_ratio,
+        );
     }
 }
 
@@ -502,6 +494,21 @@ mod tests {
         i.wrapping_mul(2_654_435_761).to_be_bytes()
     }
 
+    /// The packets make exactly one episode: `kind`, named by `victim`, from `counter`.
+    fn assert_one_by_victim(
+        packets: &[PacketMeta],
+        kind: AnomalyKind,
+        victim: [u8; 4],
+        counter: &str,
+    ) {
+        let events = run(packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!((e.kind, e.src, e.by_victim), (kind, IpAddr::from(victim), true));
+        assert_eq!(e.counter, counter);
+    }
+
     #[test]
     fn test_spoofed_syn_flood_is_one_episode_named_by_its_victim() {
         let victim = [10, 0, 0, 1];
@@ -511,15 +518,7 @@ mod tests {
                 packet(i64::from(i), spoofed(i), victim, tcp(1024 + (i % 5000) as u16, 80, 0x02))
             })
             .collect();
-        let events = run(&packets, 60_000);
-        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
-        assert_eq!(opened.len(), 1, "{opened:?}");
-        let e = opened[0].0;
-        assert_eq!(
-            (e.kind, e.src, e.by_victim),
-            (AnomalyKind::SynFlood, IpAddr::from(victim), true)
-        );
-        assert_eq!(e.counter, "victim_syn_rate");
+        assert_one_by_victim(&packets, AnomalyKind::SynFlood, victim, "victim_syn_rate");
     }
 
     #[test]
@@ -574,15 +573,7 @@ mod tests {
             packets.push(packet(i * 20 + 1, r, [10, 0, 0, 5], udp(53, 5353 + (i % 100) as u16)));
         }
         packets.sort_by_key(|p| p.ts);
-        let events = run(&packets, 60_000);
-        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
-        assert_eq!(opened.len(), 1, "{opened:?}");
-        let e = opened[0].0;
-        assert_eq!(
-            (e.kind, e.src, e.by_victim),
-            (AnomalyKind::Reflection, IpAddr::from(victim), true)
-        );
-        assert_eq!(e.counter, "victim_amplified_dns");
+        assert_one_by_victim(&packets, AnomalyKind::Reflection, victim, "victim_amplified_dns");
     }
 
     #[test]

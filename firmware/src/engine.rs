@@ -108,7 +108,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         Engine {
             flows: FlowTable::new(config.flow),
             hosts: HostTable::new(config.hosts),
-            victims: VictimTable::new(config.hosts.window),
+            victims: VictimTable::with_window(config.hosts.window),
             config,
             counters: EngineCounters::default(),
             last_sweep: None,

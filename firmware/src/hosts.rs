@@ -106,12 +106,56 @@ pub struct Window {
     pub dhcp_macs: Sketch,
 }
 
-/// A host's two windows.
+/// What a table keeps a window of: a tumbling window's counters, which know when they started.
+pub trait Tumbling: Copy + Default {
+    fn start(&self) -> Option<Instant>;
+    /// An empty window starting at `at`.
+    fn starting(at: Instant) -> Self;
+}
+
+impl Tumbling for Window {
+    fn start(&self) -> Option<Instant> {
+        self.start
+    }
+    fn starting(at: Instant) -> Self {
+        Window { start: Some(at), ..Window::default() }
+    }
+}
+
+/// A host's two windows, the current one and the one before, and when it was last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct HostWindow {
-    pub cur: Window,
-    pub prev: Window,
+pub struct Windows<W> {
+    pub cur: W,
+    pub prev: W,
     pub last: Option<Instant>,
+}
+
+/// A source host's windows.
+pub type HostWindow = Windows<Window>;
+
+impl<W: Tumbling> Windows<W> {
+    fn roll(&mut self, now: Instant, window: Duration) {
+        match self.cur.start() {
+            None => self.cur = W::starting(now),
+            Some(start) if now - start >= window => {
+                // A gap of two windows or more leaves nothing that overlaps.
+                self.prev = if now - start < window * 2 { self.cur } else { W::default() };
+                self.cur = W::starting(now);
+            }
+            Some(_) => {}
+        }
+        if self.last.is_none_or(|l| now > l) {
+            self.last = Some(now);
+        }
+    }
+
+    /// The weight of the previous window in the sliding one at `now`, and the window's length in
+    /// seconds.
+    pub fn slide(&self, now: Instant, window: Duration) -> (f32, f32) {
+        let w = window.total_micros().max(1) as f32;
+        let into = self.cur.start().map_or(0.0, |s| (now - s).total_micros() as f32);
+        ((1.0 - into / w).clamp(0.0, 1.0), w / 1e6)
+    }
 }
 
 /// The window features of one host, in the units of `models/features.json`.
@@ -138,29 +182,11 @@ pub struct HostFeatures {
 }
 
 impl HostWindow {
-    fn roll(&mut self, now: Instant, window: Duration) {
-        match self.cur.start {
-            None => self.cur.start = Some(now),
-            Some(start) if now - start >= window => {
-                // A gap of two windows or more leaves nothing that overlaps.
-                self.prev = if now - start < window * 2 { self.cur } else { Window::default() };
-                self.cur = Window { start: Some(now), ..Window::default() };
-            }
-            Some(_) => {}
-        }
-        if self.last.is_none_or(|l| now > l) {
-            self.last = Some(now);
-        }
-    }
-
     /// Features at `now`.
     pub fn features(&self, now: Instant, window: Duration) -> HostFeatures {
-        let w = window.total_micros().max(1) as f32;
-        let into = self.cur.start.map_or(0.0, |s| (now - s).total_micros() as f32);
-        let weight = (1.0 - into / w).clamp(0.0, 1.0);
+        let (weight, secs) = self.slide(now, window);
         let (c, p) = (&self.cur, &self.prev);
         let slide = |a: u32, b: u32| a as f32 + b as f32 * weight;
-        let secs = window.total_micros() as f32 / 1e6;
         let syns = slide(c.syns, p.syns);
         let arp = slide(c.arp, p.arp);
         HostFeatures {
@@ -183,7 +209,7 @@ impl HostWindow {
     }
 }
 
-/// Counters of the host table, for metrics.
+/// Counters of a window table, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HostCounters {
     pub created: u64,
@@ -191,15 +217,18 @@ pub struct HostCounters {
     pub evicted: u64,
 }
 
-/// Up to `N` hosts (a power of two).
+/// Up to `N` hosts (a power of two), each with its [`Windows`] of `W`.
 #[derive(Debug)]
-pub struct HostTable<const N: usize> {
-    map: Map<HostKey, HostWindow, N>,
-    config: HostConfig,
+pub struct WindowTable<W, const N: usize> {
+    map: Map<HostKey, Windows<W>, N>,
+    window: Duration,
     counters: HostCounters,
-    /// Where the last host looked up sits: runs of one sender skip the hash lookup.
+    /// Where the last host looked up sits: runs of one host skip the hash lookup.
     last_hit: Option<(HostKey, usize)>,
 }
+
+/// The source hosts' windows.
+pub type HostTable<const N: usize> = WindowTable<Window, N>;
 
 impl<const N: usize> Default for HostTable<N> {
     fn default() -> Self {
@@ -209,10 +238,23 @@ impl<const N: usize> Default for HostTable<N> {
 
 impl<const N: usize> HostTable<N> {
     pub fn new(config: HostConfig) -> Self {
-        HostTable { map: Map::new(), config, counters: HostCounters::default(), last_hit: None }
+        Self::with_window(config.window)
     }
-    pub fn config(&self) -> &HostConfig {
-        &self.config
+    pub fn config(&self) -> HostConfig {
+        HostConfig { window: self.window }
+    }
+    /// Features of `host` at `now`; zeros for a host not seen.
+    pub fn features(&self, host: &IpAddr, now: Instant) -> HostFeatures {
+        self.map.get(&HostKey(*host)).map(|h| h.features(now, self.window)).unwrap_or_default()
+    }
+}
+
+impl<W: Tumbling, const N: usize> WindowTable<W, N> {
+    pub fn with_window(window: Duration) -> Self {
+        WindowTable { map: Map::new(), window, counters: HostCounters::default(), last_hit: None }
+    }
+    pub fn window(&self) -> Duration {
+        self.window
     }
     pub fn counters(&self) -> &HostCounters {
         &self.counters
@@ -223,10 +265,10 @@ impl<const N: usize> HostTable<N> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-    pub fn get(&self, host: &IpAddr) -> Option<&HostWindow> {
+    pub fn get(&self, host: &IpAddr) -> Option<&Windows<W>> {
         self.map.get(&HostKey(*host))
     }
-    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &HostWindow)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Windows<W>)> {
         self.map.iter().map(|(k, v)| (&k.0, v))
     }
 
@@ -235,19 +277,11 @@ impl<const N: usize> HostTable<N> {
         self.map.clear();
     }
 
-    /// Features of `host` at `now`; zeros for a host not seen.
-    pub fn features(&self, host: &IpAddr, now: Instant) -> HostFeatures {
-        self.map
-            .get(&HostKey(*host))
-            .map(|h| h.features(now, self.config.window))
-            .unwrap_or_default()
-    }
-
     /// The host's current window, made room for and rolled forward to `now`. `None` only if the
     /// table cannot hold the host (capacity 0), counted as an eviction.
-    pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut Window> {
+    pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut W> {
         let key = HostKey(host);
-        let window = self.config.window;
+        let window = self.window;
         let found = match self.last_hit {
             Some((k, i)) if k == key && self.map.get_index(i).is_some_and(|(at, _)| *at == key) => {
                 Some(i)
@@ -260,7 +294,7 @@ impl<const N: usize> HostTable<N> {
                 if self.map.is_full() {
                     self.make_room(now);
                 }
-                if self.map.insert(key, HostWindow::default()).is_err() {
+                if self.map.insert(key, Windows::default()).is_err() {
                     self.counters.evicted += 1;
                     return None;
                 }
@@ -274,16 +308,24 @@ impl<const N: usize> HostTable<N> {
         Some(&mut h.cur)
     }
 
+    /// The host's current window if it is in the table already, rolled forward to `now`.
+    pub fn tracked_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut W> {
+        let window = self.window;
+        let h = self.map.get_mut(&HostKey(host))?;
+        h.roll(now, window);
+        Some(&mut h.cur)
+    }
+
     /// Forget hosts with nothing in either window.
     pub fn expire(&mut self, now: Instant) {
-        let limit = self.config.window * 2;
+        let limit = self.window * 2;
         let n = self.remove_where(usize::MAX, |h| h.last.is_none_or(|l| now - l >= limit));
         self.counters.expired += n as u64;
     }
 
     /// One pass, last to first, removing at most `limit` hosts that `gone` picks (see
     /// `FlowTable::remove_where` for why not `retain`).
-    fn remove_where(&mut self, limit: usize, mut gone: impl FnMut(&HostWindow) -> bool) -> usize {
+    fn remove_where(&mut self, limit: usize, mut gone: impl FnMut(&Windows<W>) -> bool) -> usize {
         let mut removed = 0;
         let mut i = self.map.len();
         while i > 0 && removed < limit {
@@ -304,13 +346,15 @@ impl<const N: usize> HostTable<N> {
         if !self.map.is_full() {
             return;
         }
-        let key = |h: &HostWindow| h.last.map_or(0, |l| l.total_micros());
+        let key = |h: &Windows<W>| h.last.map_or(0, |l| l.total_micros());
         let oldest = self.map.values().map(key).min().unwrap_or(0);
         let cutoff = oldest + (now.total_micros() - oldest) / 8;
         let n = self.remove_where((N / 8).max(1), |h| key(h) <= cutoff);
         self.counters.evicted += n as u64;
     }
+}
 
+impl<const N: usize> HostTable<N> {
     /// Record a port and host this host reached for the first time in a flow.
     /// A flow `host` initiated to `dst` (and `dst_port`, for TCP and UDP: ICMP identifiers and
     /// other protocols are not ports a scan walks).

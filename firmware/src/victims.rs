@@ -8,8 +8,7 @@
 //! what it asked those services for. Windows work as in [`crate::hosts`]: two tumbling windows
 //! read as a sliding one, distinct sources in a 512-bit sketch.
 
-use crate::flow::Map;
-use crate::hosts::{ip_bits, HostKey, Sketch};
+use crate::hosts::{ip_bits, Sketch, Tumbling, WindowTable, Windows};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
@@ -73,13 +72,17 @@ pub struct RxWindow {
     pub sources: Sketch,
 }
 
-/// A destination's two windows.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct VictimWindow {
-    pub cur: RxWindow,
-    pub prev: RxWindow,
-    pub last: Option<Instant>,
+impl Tumbling for RxWindow {
+    fn start(&self) -> Option<Instant> {
+        self.start
+    }
+    fn starting(at: Instant) -> Self {
+        RxWindow { start: Some(at), ..RxWindow::default() }
+    }
 }
+
+/// A destination's two windows.
+pub type VictimWindow = Windows<RxWindow>;
 
 /// What a host received over the window.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -100,28 +103,11 @@ pub struct VictimFeatures {
 }
 
 impl VictimWindow {
-    fn roll(&mut self, now: Instant, window: Duration) {
-        match self.cur.start {
-            None => self.cur.start = Some(now),
-            Some(start) if now - start >= window => {
-                self.prev = if now - start < window * 2 { self.cur } else { RxWindow::default() };
-                self.cur = RxWindow { start: Some(now), ..RxWindow::default() };
-            }
-            Some(_) => {}
-        }
-        if self.last.is_none_or(|l| now > l) {
-            self.last = Some(now);
-        }
-    }
-
     /// Features at `now`.
     pub fn features(&self, now: Instant, window: Duration) -> VictimFeatures {
-        let w = window.total_micros().max(1) as f32;
-        let into = self.cur.start.map_or(0.0, |s| (now - s).total_micros() as f32);
-        let weight = (1.0 - into / w).clamp(0.0, 1.0);
+        let (weight, secs) = self.slide(now, window);
         let (c, p) = (&self.cur, &self.prev);
         let slide = |a: u32, b: u32| a as f32 + b as f32 * weight;
-        let secs = w / 1e6;
         let syns = slide(c.syns, p.syns);
         let amplified = slide(c.amplified, p.amplified);
         VictimFeatures {
@@ -137,79 +123,14 @@ impl VictimWindow {
     }
 }
 
-/// Counters of the victim table, for metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VictimCounters {
-    pub created: u64,
-    pub expired: u64,
-    pub evicted: u64,
-}
-
-/// Up to `N` destinations (a power of two).
-#[derive(Debug)]
-pub struct VictimTable<const N: usize> {
-    map: Map<HostKey, VictimWindow, N>,
-    window: Duration,
-    counters: VictimCounters,
-    last_hit: Option<(HostKey, usize)>,
-}
+/// Up to `N` destinations (a power of two), evicted oldest first when full (a victim under
+/// attack is seen all the time), counted.
+pub type VictimTable<const N: usize> = WindowTable<RxWindow, N>;
 
 impl<const N: usize> VictimTable<N> {
-    pub fn new(window: Duration) -> Self {
-        VictimTable { map: Map::new(), window, counters: VictimCounters::default(), last_hit: None }
-    }
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-    pub fn counters(&self) -> &VictimCounters {
-        &self.counters
-    }
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &VictimWindow)> {
-        self.map.iter().map(|(k, v)| (&k.0, v))
-    }
-    pub fn clear(&mut self) {
-        self.map.clear();
-    }
-
     /// Features of `host` at `now`; zeros for a host not seen.
     pub fn features(&self, host: &IpAddr, now: Instant) -> VictimFeatures {
-        self.map.get(&HostKey(*host)).map(|h| h.features(now, self.window)).unwrap_or_default()
-    }
-
-    /// The host's current window, made room for and rolled forward to `now`.
-    pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut RxWindow> {
-        let key = HostKey(host);
-        let found = match self.last_hit {
-            Some((k, i)) if k == key && self.map.get_index(i).is_some_and(|(at, _)| *at == key) => {
-                Some(i)
-            }
-            _ => self.map.get_index_of(&key),
-        };
-        let i = match found {
-            Some(i) => i,
-            None => {
-                if self.map.is_full() {
-                    self.make_room(now);
-                }
-                if self.map.insert(key, VictimWindow::default()).is_err() {
-                    self.counters.evicted += 1;
-                    return None;
-                }
-                self.counters.created += 1;
-                self.map.len() - 1
-            }
-        };
-        self.last_hit = Some((key, i));
-        let window = self.window;
-        let (_, h) = self.map.get_index_mut(i)?;
-        h.roll(now, window);
-        Some(&mut h.cur)
+        self.get(host).map(|h| h.features(now, self.window())).unwrap_or_default()
     }
 
     /// Count a packet from `src` to `dst`: `tcp` its SYN and ACK flags, `udp` its UDP
@@ -252,54 +173,6 @@ impl<const N: usize> VictimTable<N> {
             }
         }
     }
-
-    /// The host's current window if it is tracked already, rolled forward to `now`.
-    fn tracked_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut RxWindow> {
-        let window = self.window;
-        let h = self.map.get_mut(&HostKey(host))?;
-        h.roll(now, window);
-        Some(&mut h.cur)
-    }
-
-    /// Forget destinations with nothing in either window.
-    pub fn expire(&mut self, now: Instant) {
-        let limit = self.window * 2;
-        let mut i = self.map.len();
-        while i > 0 {
-            i -= 1;
-            let Some((key, h)) = self.map.get_index(i) else { continue };
-            if h.last.is_none_or(|l| now - l >= limit) {
-                let key = *key;
-                if self.map.swap_remove(&key).is_some() {
-                    self.counters.expired += 1;
-                }
-            }
-        }
-    }
-
-    fn make_room(&mut self, now: Instant) {
-        self.expire(now);
-        if !self.map.is_full() {
-            return;
-        }
-        // The least recently seen eighth goes (a victim under attack is seen all the time).
-        let key = |h: &VictimWindow| h.last.map_or(0, |l| l.total_micros());
-        let oldest = self.map.values().map(key).min().unwrap_or(0);
-        let cutoff = oldest + (now.total_micros() - oldest) / 8;
-        let mut removed = 0;
-        let mut i = self.map.len();
-        while i > 0 && removed < (N / 8).max(1) {
-            i -= 1;
-            let Some((k, h)) = self.map.get_index(i) else { continue };
-            if key(h) <= cutoff {
-                let k = *k;
-                if self.map.swap_remove(&k).is_some() {
-                    removed += 1;
-                }
-            }
-        }
-        self.counters.evicted += removed as u64;
-    }
 }
 
 #[cfg(test)]
@@ -308,7 +181,7 @@ mod tests {
 
     #[test]
     fn test_spoofed_syns_are_many_sources_to_one_victim() {
-        let mut t = VictimTable::<64>::new(Duration::from_secs(10));
+        let mut t = VictimTable::<64>::with_window(Duration::from_secs(10));
         let victim: IpAddr = [10, 0, 0, 1].into();
         let now = Instant::from_secs(100);
         for i in 0..2000u32 {
@@ -324,7 +197,7 @@ mod tests {
 
     #[test]
     fn test_answers_beyond_the_questions_are_amplification() {
-        let mut t = VictimTable::<64>::new(Duration::from_secs(10));
+        let mut t = VictimTable::<64>::with_window(Duration::from_secs(10));
         let (victim, resolver): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 53].into());
         let now = Instant::from_secs(100);
         // A client's own lookups: one answer a question (the first question goes uncounted:
