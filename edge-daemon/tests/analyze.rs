@@ -425,3 +425,21 @@ fn victim_side_attacks_are_named_by_their_victim() {
         assert_eq!(a["reasons"][0]["feature"], counter, "{file}");
     }
 }
+
+/// A sweep of the local network by ARP alone (no IP packet at all), in a public capture: one
+/// host_sweep from the host that asked.
+#[test]
+fn arp_sweep_is_a_host_sweep() {
+    let cap = data_dir().join("attacks/arp_sweep.pcap");
+    let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&out);
+    let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    let a = anomalies[0];
+    assert_eq!(
+        (a["kind"].as_str(), a["src_ip"].as_str()),
+        (Some("host_sweep"), Some("10.0.0.128"))
+    );
+    assert_eq!(a["reasons"][0]["feature"], "host_arp_targets");
+}

@@ -23,7 +23,8 @@ pub struct Thresholds {
     /// Distinct destination ports one source opened flows to (port scan).
     pub port_scan_ports: f32,
     /// Distinct destination hosts one source opened flows to (host sweep), when it sent at most
-    /// `host_sweep_packets_per_host` packets per host on average (a probe each, not a session).
+    /// `host_sweep_packets_per_host` packets per host on average (a probe each, not a session);
+    /// or distinct addresses it asked for in ARP requests (a local sweep sends no IP at all).
     pub host_sweep_hosts: f32,
     pub host_sweep_packets_per_host: f32,
     /// TCP SYNs a second from one source to fewer than `port_scan_ports` ports (SYN flood; many
@@ -94,8 +95,13 @@ impl Thresholds {
             }
         };
         trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
-        if f.dst_hosts > 0.0 && f.packets / f.dst_hosts <= self.host_sweep_packets_per_host {
+        let probes =
+            f.dst_hosts > 0.0 && f.packets / f.dst_hosts <= self.host_sweep_packets_per_host;
+        if probes && f.dst_hosts >= self.host_sweep_hosts {
             trip(AnomalyKind::HostSweep, "host_dst_hosts", f.dst_hosts, self.host_sweep_hosts);
+        } else {
+            // A sweep of the local network by ARP alone (nmap -sn on a LAN): no IP flow at all.
+            trip(AnomalyKind::HostSweep, "host_arp_targets", f.arp_targets, self.host_sweep_hosts);
         }
         if f.dst_ports < self.port_scan_ports {
             trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
@@ -426,6 +432,16 @@ mod tests {
 
     /// Feed packets, evaluating once a second of packet time as the edge does; the events.
     fn run(packets: &[PacketMeta], until_ms: i64) -> Vec<(Episode, EpisodeEvent)> {
+        // A debug build makes the engine on the stack before boxing it: room for that.
+        let packets = packets.to_vec();
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || run_here(&packets, until_ms))
+            .and_then(|t| t.join().map_err(|_| std::io::Error::other("the test thread panicked")))
+            .unwrap()
+    }
+
+    fn run_here(packets: &[PacketMeta], until_ms: i64) -> Vec<(Episode, EpisodeEvent)> {
         let mut engine = std::boxed::Box::new(TestEngine::new(EngineConfig::default()));
         let mut d: WindowDetector<16> = WindowDetector::new(Thresholds::default());
         let mut events = Vec::new();
@@ -519,6 +535,40 @@ mod tests {
             })
             .collect();
         assert_one_by_victim(&packets, AnomalyKind::SynFlood, victim, "victim_syn_rate");
+    }
+
+    #[test]
+    fn test_an_arp_sweep_is_a_host_sweep_and_a_busy_lan_is_not() {
+        let arp = |ms: i64, sender: [u8; 4], target: [u8; 4]| PacketMeta {
+            ts: Instant::from_millis(ms),
+            wire_len: 60,
+            truncated: false,
+            vlan: 0,
+            vlan_depth: 0,
+            src_mac: None,
+            l3: L3::Arp(crate::wire::ArpInfo {
+                operation: 1,
+                sender_mac: [2, 0, 0, 0, 0, sender[3]],
+                sender_ip: sender.into(),
+                target_mac: [0; 6],
+                target_ip: target.into(),
+            }),
+        };
+        // One host asks for all 254 addresses of its /24, twice; a router asks for 30 hosts
+        // again and again, as a busy LAN's gateway does.
+        let mut packets: Vec<PacketMeta> = (0..508i64)
+            .map(|i| arp(i * 2, [10, 0, 0, 128], [10, 0, 0, (i % 254 + 1) as u8]))
+            .collect();
+        packets.extend(
+            (0..600i64).map(|i| arp(i * 2 + 1, [10, 0, 0, 1], [10, 0, 0, (i % 30 + 2) as u8])),
+        );
+        packets.sort_by_key(|p| p.ts);
+        let events = run(&packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!((e.kind, e.src), (AnomalyKind::HostSweep, IpAddr::from([10, 0, 0, 128])));
+        assert_eq!(e.counter, "host_arp_targets");
     }
 
     #[test]

@@ -236,7 +236,10 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                 if let Some(w) = self.hosts.window_mut(IpAddr::V4(a.sender_ip), now) {
                     w.arp += 1;
                     match a.operation {
-                        1 => w.arp_requests += 1,
+                        1 => {
+                            w.arp_requests += 1;
+                            w.arp_targets.insert(u64::from(u32::from(a.target_ip)));
+                        }
                         2 => w.arp_replies += 1,
                         _ => {}
                     }

@@ -104,6 +104,8 @@ pub struct Window {
     pub dst_ports: Sketch,
     pub dst_hosts: Sketch,
     pub dhcp_macs: Sketch,
+    /// Distinct addresses it asked for in ARP requests (a local sweep sends no IP at all).
+    pub arp_targets: Sketch,
 }
 
 /// What a table keeps a window of: a tumbling window's counters, which know when they started.
@@ -179,6 +181,8 @@ pub struct HostFeatures {
     pub arp_replies: f32,
     /// Packets it sent in the window.
     pub packets: f32,
+    /// Distinct addresses it asked for in ARP requests, for the window detectors.
+    pub arp_targets: f32,
 }
 
 impl HostWindow {
@@ -205,6 +209,7 @@ impl HostWindow {
             udp_rate: slide(c.udp, p.udp) / secs,
             arp_replies: slide(c.arp_replies, p.arp_replies),
             packets: slide(c.packets, p.packets),
+            arp_targets: c.arp_targets.union(&p.arp_targets).estimate(),
         }
     }
 }

@@ -12,9 +12,10 @@ use crate::hosts::{ip_bits, Sketch, Tumbling, WindowTable, Windows};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
-/// Destinations tracked at most. Few hosts are attacked at once; a sweep's many targets are
-/// evicted oldest first, counted.
-pub const VICTIMS: usize = 1024;
+/// Destinations tracked at most (about 120 KiB). Few hosts are attacked at once, and one under
+/// attack is seen all the time; the least recently seen are evicted first, counted. A flood's
+/// spoofed senders are never tracked.
+pub const VICTIMS: usize = 512;
 
 /// UDP ports whose answers are larger than their questions (the services reflection and
 /// amplification attacks use), with a name for the reason.
