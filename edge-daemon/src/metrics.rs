@@ -28,9 +28,12 @@ pub struct PipelineSnapshot {
     pub engine: EngineCounters,
     pub flows: FlowCounters,
     pub hosts: HostCounters,
+    /// The victim-side table (destinations and what they received).
+    pub victims: HostCounters,
     pub pipeline: PipelineCounters,
     pub flows_active: u64,
     pub hosts_active: u64,
+    pub victims_active: u64,
     /// Parse errors per interface, by kind (order of `DissectError::ALL`).
     pub iface_errors: Vec<[u64; DissectError::ALL.len()]>,
     /// The model stage: its counters, and the models in their slots (slot, name, version).
@@ -381,6 +384,18 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_hosts_evicted",
             "Hosts forgotten because the host table was full",
             &one(p.hosts.evicted),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_victims_active",
+            "Destinations with victim-side window counters (what they received)",
+            &one(p.victims_active as f64),
+        )?;
+        counter(
+            enc,
+            "tapwatch_victims_evicted",
+            "Destinations forgotten because the victim table was full",
+            &one(p.victims.evicted),
         )?;
         counter(
             enc,
