@@ -140,26 +140,12 @@ impl Thresholds {
         );
         trip(
             AnomalyKind::Reflection,
-            amplification_counter(f.service),
+            crate::victims::amplifier(f.service).unwrap_or("victim_amplified_udp"),
             f.amplified_rate,
             self.amplification_rate,
             many(self.amplification_reflectors) && f.amplification >= self.amplification_ratio,
         );
     }
-}
-
-/// The counter an amplification trips, naming its service ("victim_amplified_dns", ...).
-fn amplification_counter(port: u16) -> &'static str {
-    macro_rules! names {
-        ($($port:literal => $name:literal),* $(,)?) => {
-            match port { $($port => concat!("victim_amplified_", $name),)* _ => "victim_amplified_udp" }
-        };
-    }
-    names!(7 => "echo", 17 => "qotd", 19 => "chargen", 53 => "dns", 69 => "tftp", 111 => "portmap",
-        123 => "ntp", 137 => "netbios", 161 => "snmp", 389 => "cldap", 500 => "isakmp",
-        520 => "rip", 1434 => "mssql", 1900 => "ssdp", 3283 => "ard", 3702 => "ws_discovery",
-        4500 => "ipsec_nat_t", 5351 => "nat_pmp", 5353 => "mdns", 5683 => "coap", 10001 => "ubiquiti",
-        11211 => "memcached", 27015 => "steam", 37810 => "dvr", 47808 => "bacnet")
 }
 
 /// One anomaly episode: a source and a kind, while it lasts.

@@ -18,38 +18,40 @@ use core::net::IpAddr;
 pub const VICTIMS: usize = 512;
 
 /// UDP ports whose answers are larger than their questions (the services reflection and
-/// amplification attacks use), with a name for the reason.
+/// amplification attacks use), sorted by port, each with the counter its trip names
+/// ("victim_amplified_dns", ...).
 pub const AMPLIFIERS: [(u16, &str); 25] = [
-    (7, "echo"),
-    (17, "qotd"),
-    (19, "chargen"),
-    (53, "dns"),
-    (69, "tftp"),
-    (111, "portmap"),
-    (123, "ntp"),
-    (137, "netbios"),
-    (161, "snmp"),
-    (389, "cldap"),
-    (500, "isakmp"),
-    (520, "rip"),
-    (1434, "mssql"),
-    (1900, "ssdp"),
-    (3283, "ard"),
-    (3702, "ws-discovery"),
-    (4500, "ipsec-nat-t"),
-    (5351, "nat-pmp"),
-    (5353, "mdns"),
-    (5683, "coap"),
-    (10001, "ubiquiti"),
-    (11211, "memcached"),
-    (27015, "steam"),
-    (37810, "dvr"),
-    (47808, "bacnet"),
+    (7, "victim_amplified_echo"),
+    (17, "victim_amplified_qotd"),
+    (19, "victim_amplified_chargen"),
+    (53, "victim_amplified_dns"),
+    (69, "victim_amplified_tftp"),
+    (111, "victim_amplified_portmap"),
+    (123, "victim_amplified_ntp"),
+    (137, "victim_amplified_netbios"),
+    (161, "victim_amplified_snmp"),
+    (389, "victim_amplified_cldap"),
+    (500, "victim_amplified_isakmp"),
+    (520, "victim_amplified_rip"),
+    (1434, "victim_amplified_mssql"),
+    (1900, "victim_amplified_ssdp"),
+    (3283, "victim_amplified_ard"),
+    (3702, "victim_amplified_ws_discovery"),
+    (4500, "victim_amplified_ipsec_nat_t"),
+    (5351, "victim_amplified_nat_pmp"),
+    (5353, "victim_amplified_mdns"),
+    (5683, "victim_amplified_coap"),
+    (10001, "victim_amplified_ubiquiti"),
+    (11211, "victim_amplified_memcached"),
+    (27015, "victim_amplified_steam"),
+    (37810, "victim_amplified_dvr"),
+    (47808, "victim_amplified_bacnet"),
 ];
 
-/// The name of an amplifying service port.
+/// The counter of an amplifying service port, `None` for another port (a binary search: this
+/// runs for every UDP packet).
 pub fn amplifier(port: u16) -> Option<&'static str> {
-    AMPLIFIERS.iter().find(|(p, _)| *p == port).map(|(_, n)| *n)
+    AMPLIFIERS.binary_search_by_key(&port, |(p, _)| *p).ok().map(|i| AMPLIFIERS[i].1)
 }
 
 /// One tumbling window of what a host received.
@@ -216,7 +218,21 @@ mod tests {
         }
         let f = t.features(&victim, now);
         assert!(f.amplification > 20.0 && f.amplified_rate >= 60.0, "{f:?}");
-        assert_eq!(amplifier(f.service), Some("dns"));
+        assert_eq!(amplifier(f.service), Some("victim_amplified_dns"));
         assert!(f.sources > 40.0);
+    }
+}
+
+#[cfg(test)]
+mod amplifier_tests {
+    use super::*;
+
+    #[test]
+    fn test_amplifiers_are_sorted_and_found() {
+        assert!(AMPLIFIERS.windows(2).all(|w| w[0].0 < w[1].0));
+        for (port, counter) in AMPLIFIERS {
+            assert_eq!(amplifier(port), Some(counter));
+        }
+        assert_eq!(amplifier(443), None);
     }
 }

@@ -380,12 +380,8 @@ pub fn main() -> ExitCode {
                 if m.username.is_empty() || m.password_file.as_os_str().is_empty() {
                     return Err("mqtt.username and mqtt.password_file: the hub's identity".into());
                 }
-                let password = std::fs::read_to_string(&m.password_file)
-                    .map_err(|e| format!("mqtt.password_file: {e}"))?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
+                let password =
+                    crate::config::read_first_line(&m.password_file, "mqtt.password_file")?;
                 let commands = crate::provision::hub_commands(
                     &m.username,
                     &password,
