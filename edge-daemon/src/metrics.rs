@@ -415,6 +415,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Anomaly episodes a [[detect.suppress]] rule kept from being reported",
             &one(p.pipeline.anomalies_suppressed),
         )?;
+        counter(
+            enc,
+            "tapwatch_brute_force_unconfirmed",
+            "A model's brute_force verdicts left out: the analyzers saw no failed login from the source",
+            &one(p.pipeline.brute_force_unconfirmed),
+        )?;
         let inf = &p.inference;
         counter(enc, "tapwatch_model_rows", "Flows run through the models", &one(inf.rows))?;
         counter(

@@ -65,6 +65,9 @@ pub struct PipelineCounters {
     /// Anomaly episodes reported, and left out by a suppression rule.
     pub anomalies: u64,
     pub anomalies_suppressed: u64,
+    /// A model's brute_force verdicts left out because the analyzers saw no failed login from
+    /// that source (a client fetching pages makes many connections and fails none).
+    pub brute_force_unconfirmed: u64,
     /// Packets that could not be attributed to a port or talker in an interval's top lists
     /// because the interval already tracked [`STATS_KEYS_MAX`] of them.
     pub stats_overflow: u64,
@@ -166,11 +169,13 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
                 Severity::High
             }
         }
+        // One heartbeat or one service created is the attack itself, not a rate.
+        K::Heartbleed | K::LateralMovement => Severity::High,
         _ if ratio >= 10.0 => Severity::High,
         _ => Severity::Medium,
     };
     let protocol = match e.kind {
-        K::SynFlood | K::PortScan => Some(6),
+        K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),
         K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),
@@ -289,6 +294,19 @@ impl Pipeline {
         let mut trips = Vec::new();
         m.flush(&mut |src, t, now_us, d| trips.push((src, t, now_us, d)));
         for (src, t, now_us, d) in trips {
+            // Many attempts is not an attack; many failed ones is. The analyzers see failures
+            // where the protocol shows them (FTP, HTTP, Kerberos, SMB); SSH hides them, and
+            // there the model's verdict is the evidence there is.
+            if t.kind == AnomalyKind::BruteForce && d.dst_port != 22 {
+                let at = Instant::from_micros(now_us);
+                let failed = self.engine.analyzers().sources().get(&src).is_some_and(|w| {
+                    w.features(at, firmware::analyzers::WINDOW).auth_failures >= 1.0
+                });
+                if !failed {
+                    self.counters.brute_force_unconfirmed += 1;
+                    continue;
+                }
+            }
             let key = (src, t.kind);
             match self.model_detail.get(&key) {
                 Some(old) if old.score >= d.score => {}
@@ -347,6 +365,7 @@ impl Pipeline {
         let mut events = Vec::new();
         let now = Instant::from_micros(now_us);
         d.evaluate_victims(self.engine.victims(), now, &mut |e, ev| events.push((*e, ev)));
+        d.evaluate_analyzers(self.engine.analyzers(), now, &mut |e, ev| events.push((*e, ev)));
         d.evaluate(self.engine.hosts(), now, &mut |e, ev| events.push((*e, ev)));
         for (e, ev) in events {
             self.report(&e, ev);

@@ -443,3 +443,35 @@ fn arp_sweep_is_a_host_sweep() {
     );
     assert_eq!(a["reasons"][0]["feature"], "host_arp_targets");
 }
+
+/// What only a protocol analyzer sees, in public captures made by others with real tools
+/// (tests/data/attacks, see PROVENANCE.md): each is one anomaly of its kind from the attacker,
+/// with the analyzer counter that tripped.
+#[test]
+fn protocol_analyzers_name_the_attack_and_its_source() {
+    let cases = [
+        ("heartbleed.pcap", "heartbleed", "173.203.79.216", "tls_heartbleed"),
+        ("heartbleed-encrypted.pcap", "heartbleed", "54.221.166.250", "tls_heartbleed"),
+        ("dhcp_flood.pcap", "dhcp_starvation", "128.2.5.243", "dhcp_client_requests"),
+        ("arppoison.pcapng", "arp_spoof", "172.16.0.1", "arp_mac_addresses"),
+        ("ftp-crack-first3000.pcap", "brute_force", "10.234.125.254", "auth_failures_ftp"),
+        ("dns-tunnel-iodine.pcap", "dns_tunnel", "10.0.2.30", "dns_encoded_names"),
+        ("dns_txt_commands.pcap", "dns_tunnel", "192.168.100.121", "dns_txt_queries"),
+        ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
+    ];
+    for (file, kind, src, counter) in cases {
+        let cap = data_dir().join("attacks").join(file);
+        let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let recs = records(&out);
+        let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
+        assert_eq!(anomalies.len(), 1, "{file}: one attack, one anomaly: {anomalies:?}");
+        let a = anomalies[0];
+        assert_eq!(
+            (a["kind"].as_str(), a["src_ip"].as_str(), a["detector"].as_str()),
+            (Some(kind), Some(src), Some("window")),
+            "{file}"
+        );
+        assert_eq!(a["reasons"][0]["feature"], counter, "{file}");
+    }
+}

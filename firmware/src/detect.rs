@@ -9,6 +9,8 @@
 //! episode opens, at most every `update_every` while it lasts, and when it closes: one alert per
 //! source and kind while it lasts, not one per packet.
 
+use crate::analyzers::dns::DomainFeatures;
+use crate::analyzers::{Analyzers, Service, SourceFeatures};
 use crate::hosts::{HostFeatures, HostTable};
 use crate::proto::AnomalyKind;
 use crate::victims::{VictimFeatures, VictimTable};
@@ -51,6 +53,25 @@ pub struct Thresholds {
     pub amplification_rate: f32,
     pub amplification_reflectors: f32,
     pub amplification_ratio: f32,
+    /// The protocol analyzers' ([`crate::analyzers`]), over their window (60 s):
+    /// failed logins from one source (FTP 530, HTTP 401, KRB-ERROR, SMB logon failure).
+    pub brute_force_failures: f32,
+    /// Distinct accounts among one source's failed logins, with at most
+    /// `password_spray_per_account` failures each on average (many accounts, a few guesses).
+    pub password_spray_accounts: f32,
+    pub password_spray_per_account: f32,
+    /// TLS heartbeats that read memory, or came before any data, from one client.
+    pub heartbleed_heartbeats: f32,
+    /// Services one source created on other hosts over SMB or DCE-RPC.
+    pub lateral_movement_services: f32,
+    /// ARP bindings one host's MAC took from another, and addresses it claimed.
+    pub arp_spoof_changes: f32,
+    pub arp_spoof_addresses: f32,
+    /// Per source and registered domain: distinct names that carry data, and TXT/NULL queries.
+    pub dns_tunnel_names: f32,
+    pub dns_tunnel_txt: f32,
+    /// DHCP messages from one client hardware address.
+    pub dhcp_flood_requests: f32,
 }
 
 impl Default for Thresholds {
@@ -70,6 +91,16 @@ impl Default for Thresholds {
             amplification_rate: 50.0,
             amplification_reflectors: 5.0,
             amplification_ratio: 10.0,
+            brute_force_failures: 10.0,
+            password_spray_accounts: 8.0,
+            password_spray_per_account: 3.0,
+            heartbleed_heartbeats: 1.0,
+            lateral_movement_services: 1.0,
+            arp_spoof_changes: 1.0,
+            arp_spoof_addresses: 2.0,
+            dns_tunnel_names: 20.0,
+            dns_tunnel_txt: 40.0,
+            dhcp_flood_requests: 50.0,
         }
     }
 }
@@ -145,6 +176,69 @@ impl Thresholds {
             self.amplification_rate,
             many(self.amplification_reflectors) && f.amplification >= self.amplification_ratio,
         );
+    }
+}
+
+impl Thresholds {
+    /// Every detector one source's analyzer facts trip.
+    pub fn source_trips(&self, f: &SourceFeatures, out: &mut impl FnMut(Trip)) {
+        let mut trip = |kind, counter, value: f32, threshold: f32| {
+            if value >= threshold {
+                out(Trip { kind, counter, value, threshold, by_victim: false });
+            }
+        };
+        let spray = f.accounts >= self.password_spray_accounts
+            && f.auth_failures <= f.accounts * self.password_spray_per_account;
+        let (failures, accounts) = match f.auth_service {
+            Service::Ftp => ("auth_failures_ftp", "auth_accounts_ftp"),
+            Service::Http => ("auth_failures_http", "auth_accounts_http"),
+            Service::Kerberos => ("auth_failures_kerberos", "auth_accounts_kerberos"),
+            Service::Smb => ("auth_failures_smb", "auth_accounts_smb"),
+            Service::None => ("auth_failures", "auth_accounts"),
+        };
+        if spray {
+            trip(AnomalyKind::PasswordSpray, accounts, f.accounts, self.password_spray_accounts);
+        } else {
+            trip(AnomalyKind::BruteForce, failures, f.auth_failures, self.brute_force_failures);
+        }
+        trip(AnomalyKind::Heartbleed, "tls_heartbleed", f.heartbleed, self.heartbleed_heartbeats);
+        trip(
+            AnomalyKind::LateralMovement,
+            "smb_services_created",
+            f.services_created,
+            self.lateral_movement_services,
+        );
+        if f.arp_changes >= self.arp_spoof_changes {
+            trip(
+                AnomalyKind::ArpSpoof,
+                "arp_binding_changes",
+                f.arp_changes,
+                self.arp_spoof_changes,
+            );
+        } else {
+            trip(
+                AnomalyKind::ArpSpoof,
+                "arp_mac_addresses",
+                f.arp_claims,
+                self.arp_spoof_addresses,
+            );
+        }
+    }
+
+    /// Every detector one (source, domain) pair's DNS facts trip.
+    pub fn domain_trips(&self, f: &DomainFeatures, out: &mut impl FnMut(Trip)) {
+        let t = |counter, value: f32, threshold: f32| Trip {
+            kind: AnomalyKind::DnsTunnel,
+            counter,
+            value,
+            threshold,
+            by_victim: false,
+        };
+        if f.encoded_names >= self.dns_tunnel_names {
+            out(t("dns_encoded_names", f.encoded_names, self.dns_tunnel_names));
+        } else if f.txt >= self.dns_tunnel_txt {
+            out(t("dns_txt_queries", f.txt, self.dns_tunnel_txt));
+        }
     }
 }
 
@@ -279,6 +373,58 @@ impl<const E: usize> WindowDetector<E> {
         }
     }
 
+    /// Read the protocol analyzers' windows at `now` (call beside [`evaluate`](Self::evaluate),
+    /// before it: that one closes quiet episodes): authentication failures, heartbeats, remote
+    /// services, ARP bindings by source; DNS by source and domain; DHCP by client.
+    pub fn evaluate_analyzers(
+        &mut self,
+        a: &Analyzers,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        let window = crate::analyzers::WINDOW;
+        let live = |last: Option<Instant>| last.is_some_and(|l| now - l <= window);
+        for (ip, w) in a.sources().iter() {
+            if !live(w.last) {
+                continue;
+            }
+            let mut trips: heapless::Vec<Trip, 4> = heapless::Vec::new();
+            self.thresholds.source_trips(&w.features(now, window), &mut |t| {
+                let _ = trips.push(t);
+            });
+            for t in trips {
+                self.trip(*ip, t, now, out);
+            }
+        }
+        for ((ip, _), w) in a.domains().iter() {
+            if !live(w.last) {
+                continue;
+            }
+            let mut trip = None;
+            self.thresholds.domain_trips(&w.features(now, window), &mut |t| trip = Some(t));
+            if let Some(t) = trip {
+                self.trip(*ip, t, now, out);
+            }
+        }
+        for (_, w) in a.dhcp_clients().iter() {
+            if !live(w.last) {
+                continue;
+            }
+            let (n, src) = w.requests(now, window);
+            if n >= self.thresholds.dhcp_flood_requests {
+                let t = Trip {
+                    kind: AnomalyKind::DhcpStarvation,
+                    counter: "dhcp_client_requests",
+                    value: n,
+                    threshold: self.thresholds.dhcp_flood_requests,
+                    by_victim: false,
+                };
+                let src = src.unwrap_or(IpAddr::V4(core::net::Ipv4Addr::UNSPECIFIED));
+                self.trip(src, t, now, out);
+            }
+        }
+    }
+
     /// A trip found outside the windows (a model's verdict on a source's flows): it opens or
     /// updates that source's episode of its kind like a window trip does. Quiet episodes close
     /// at the next [`evaluate`](Self::evaluate).
@@ -388,6 +534,7 @@ mod tests {
             vlan: 0,
             vlan_depth: 0,
             src_mac: None,
+            payload_at: 0,
             l3: L3::Ip(IpInfo {
                 src: src.into(),
                 dst: dst.into(),
@@ -435,6 +582,7 @@ mod tests {
         let mut eval = |engine: &TestEngine, d: &mut WindowDetector<16>, ms: i64| {
             let now = Instant::from_millis(ms);
             d.evaluate_victims(engine.victims(), now, &mut |e, ev| events.push((*e, ev)));
+            d.evaluate_analyzers(engine.analyzers(), now, &mut |e, ev| events.push((*e, ev)));
             d.evaluate(engine.hosts(), now, &mut |e, ev| events.push((*e, ev)));
         };
         for p in packets {
@@ -532,6 +680,7 @@ mod tests {
             vlan: 0,
             vlan_depth: 0,
             src_mac: None,
+            payload_at: 0,
             l3: L3::Arp(crate::wire::ArpInfo {
                 operation: 1,
                 sender_mac: [2, 0, 0, 0, 0, sender[3]],

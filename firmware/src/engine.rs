@@ -5,6 +5,7 @@
 //! (at most once per `sweep_interval`), and [`Engine::tick`] lets a live caller advance time when
 //! no packet comes.
 
+use crate::analyzers::Analyzers;
 use crate::features::{self, FeatureVector};
 use crate::flow::{FlowConfig, FlowCounters, FlowMap, FlowRecord, FlowShards, FlowTable};
 use crate::hosts::{HostConfig, HostCounters, HostFeatures, HostTable};
@@ -85,6 +86,7 @@ pub struct Engine<const F: usize, const H: usize, M: FlowShards<F> = [FlowMap<F>
     flows: FlowTable<F, M>,
     hosts: HostTable<H>,
     victims: VictimTable<VICTIMS>,
+    analyzers: Analyzers,
     config: EngineConfig,
     counters: EngineCounters,
     last_sweep: Option<Instant>,
@@ -109,6 +111,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             flows: FlowTable::new(config.flow),
             hosts: HostTable::new(config.hosts),
             victims: VictimTable::with_window(config.hosts.window),
+            analyzers: Analyzers::new(),
             config,
             counters: EngineCounters::default(),
             last_sweep: None,
@@ -134,6 +137,10 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
     pub fn victims(&self) -> &VictimTable<VICTIMS> {
         &self.victims
     }
+    /// The protocol analyzers' facts (authentication, DNS, TLS, ARP, DHCP, SMB).
+    pub fn analyzers(&self) -> &Analyzers {
+        &self.analyzers
+    }
 
     /// Dissect and account one captured frame. Errors are counted before they are returned.
     pub fn process(
@@ -148,7 +155,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         self.counters.bytes += u64::from(wire_len.max(bytes.len() as u32));
         match dissect(link, ts, wire_len, bytes) {
             Ok(meta) => {
-                self.ingest(&meta, out);
+                self.ingest_with(&meta, meta.payload(bytes), out);
                 Ok(meta)
             }
             Err(e) => {
@@ -158,8 +165,19 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         }
     }
 
-    /// Account one dissected packet.
+    /// Account one dissected packet (without its payload: the analyzers that read payloads see
+    /// nothing of it).
     pub fn ingest(&mut self, meta: &PacketMeta, out: &mut impl FnMut(&FinishedFlow)) {
+        self.ingest_with(meta, &[], out);
+    }
+
+    /// Account one dissected packet with its transport payload ([`PacketMeta::payload`]).
+    pub fn ingest_with(
+        &mut self,
+        meta: &PacketMeta,
+        payload: &[u8],
+        out: &mut impl FnMut(&FinishedFlow),
+    ) {
         let now = meta.ts;
         self.tick(now, out);
         if meta.truncated {
@@ -221,6 +239,8 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                 let hosts = &mut self.hosts;
                 let ingested =
                     self.flows.ingest(meta, &ip, &mut |rec| Self::finish(hosts, rec, now, out));
+                let from_initiator = matches!(ingested.direction, crate::flow::Direction::Forward);
+                self.analyzers.ip(&ip, payload, from_initiator, now);
                 if ingested.new_flow {
                     let (sport, dport) = ip.l4.ports();
                     let (initiator, responder, port) = match ingested.direction {
@@ -233,6 +253,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             }
             L3::Arp(a) => {
                 self.counters.arp += 1;
+                self.analyzers.arp(meta, &a, now);
                 if let Some(w) = self.hosts.window_mut(IpAddr::V4(a.sender_ip), now) {
                     w.arp += 1;
                     match a.operation {
@@ -260,6 +281,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             self.flows.expire(now, &mut |rec| Self::finish(hosts, rec, now, out));
             self.hosts.expire(now);
             self.victims.expire(now);
+            self.analyzers.expire(now);
         }
         self.last_sweep = Some(now);
     }
@@ -279,6 +301,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         self.flush(out);
         self.hosts.clear();
         self.victims.clear();
+        self.analyzers.clear();
         self.last_sweep = None;
     }
 

@@ -962,6 +962,7 @@ mod tests {
             vlan: 0,
             vlan_depth: 0,
             src_mac: None,
+            payload_at: 0,
             l3: L3::Ip(IpInfo {
                 src: src.into(),
                 dst: dst.into(),

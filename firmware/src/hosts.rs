@@ -37,6 +37,13 @@ impl Sketch {
         self.0[(h / 64) as usize] |= 1 << (h % 64);
     }
 
+    /// Whether `value` may have been inserted (no false negatives; false positives as the
+    /// sketch fills).
+    pub fn contains(&self, value: u64) -> bool {
+        let h = mix(value) % u64::from(Self::BITS);
+        self.0[(h / 64) as usize] & (1 << (h % 64)) != 0
+    }
+
     pub fn union(&self, other: &Sketch) -> Sketch {
         let mut s = *self;
         for (a, b) in s.0.iter_mut().zip(other.0.iter()) {
@@ -69,13 +76,41 @@ pub(crate) fn ip_bits(ip: IpAddr) -> u64 {
     (w as u64) ^ ((w >> 64) as u64).rotate_left(17)
 }
 
-/// A host address as a map key, hashed as one word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HostKey(pub(crate) IpAddr);
+/// What a [`WindowTable`] is keyed by: a host address, or a host and something of it (a domain
+/// it queries), each folded into one word to hash.
+pub trait TableKey: Copy + Eq {
+    fn word(&self) -> u128;
+}
 
-impl Hash for HostKey {
+impl TableKey for IpAddr {
+    fn word(&self) -> u128 {
+        ip_word(self)
+    }
+}
+
+/// A host and a 32-bit hash of something it did (the registered domain of its DNS queries).
+impl TableKey for (IpAddr, u32) {
+    fn word(&self) -> u128 {
+        ip_word(&self.0) ^ (u128::from(self.1) << 96).rotate_left(13)
+    }
+}
+
+/// A hardware address (a DHCP client's).
+impl TableKey for [u8; 6] {
+    fn word(&self) -> u128 {
+        let mut b = [0u8; 16];
+        b[..6].copy_from_slice(self);
+        u128::from_le_bytes(b)
+    }
+}
+
+/// A key as the map holds it, hashed as one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostKey<K>(pub(crate) K);
+
+impl<K: TableKey> Hash for HostKey<K> {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u128(ip_word(&self.0));
+        h.write_u128(self.0.word());
     }
 }
 
@@ -222,14 +257,14 @@ pub struct HostCounters {
     pub evicted: u64,
 }
 
-/// Up to `N` hosts (a power of two), each with its [`Windows`] of `W`.
+/// Up to `N` hosts (a power of two), or other keys `K`, each with its [`Windows`] of `W`.
 #[derive(Debug)]
-pub struct WindowTable<W, const N: usize> {
-    map: Map<HostKey, Windows<W>, N>,
+pub struct WindowTable<W, const N: usize, K = IpAddr> {
+    map: Map<HostKey<K>, Windows<W>, N>,
     window: Duration,
     counters: HostCounters,
-    /// Where the last host looked up sits: runs of one host skip the hash lookup.
-    last_hit: Option<(HostKey, usize)>,
+    /// Where the last key looked up sits: runs of one host skip the hash lookup.
+    last_hit: Option<(HostKey<K>, usize)>,
 }
 
 /// The source hosts' windows.
@@ -254,7 +289,7 @@ impl<const N: usize> HostTable<N> {
     }
 }
 
-impl<W: Tumbling, const N: usize> WindowTable<W, N> {
+impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
     pub fn with_window(window: Duration) -> Self {
         WindowTable { map: Map::new(), window, counters: HostCounters::default(), last_hit: None }
     }
@@ -270,10 +305,10 @@ impl<W: Tumbling, const N: usize> WindowTable<W, N> {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-    pub fn get(&self, host: &IpAddr) -> Option<&Windows<W>> {
+    pub fn get(&self, host: &K) -> Option<&Windows<W>> {
         self.map.get(&HostKey(*host))
     }
-    pub fn iter(&self) -> impl Iterator<Item = (&IpAddr, &Windows<W>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Windows<W>)> {
         self.map.iter().map(|(k, v)| (&k.0, v))
     }
 
@@ -284,7 +319,7 @@ impl<W: Tumbling, const N: usize> WindowTable<W, N> {
 
     /// The host's current window, made room for and rolled forward to `now`. `None` only if the
     /// table cannot hold the host (capacity 0), counted as an eviction.
-    pub fn window_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut W> {
+    pub fn window_mut(&mut self, host: K, now: Instant) -> Option<&mut W> {
         let key = HostKey(host);
         let window = self.window;
         let found = match self.last_hit {
@@ -314,7 +349,7 @@ impl<W: Tumbling, const N: usize> WindowTable<W, N> {
     }
 
     /// The host's current window if it is in the table already, rolled forward to `now`.
-    pub fn tracked_mut(&mut self, host: IpAddr, now: Instant) -> Option<&mut W> {
+    pub fn tracked_mut(&mut self, host: K, now: Instant) -> Option<&mut W> {
         let window = self.window;
         let h = self.map.get_mut(&HostKey(host))?;
         h.roll(now, window);

@@ -8,6 +8,8 @@
 //! - [`wire`]: dissection of link, network and transport headers (smoltcp's `wire` types).
 //! - [`flow`]: the bounded bidirectional flow table.
 //! - [`hosts`]: per-source-host sliding-window counters (scans, sweeps, floods, ARP and DHCP rates).
+//! - [`analyzers`]: protocol analyzers (DNS, TLS, ARP, DHCP, FTP, HTTP, Kerberos, SMB and
+//!   DCE-RPC): the facts of attacks a header cannot show, in bounded tables.
 //! - [`features`]: the feature vector, in the order of `models/features.json`.
 //! - [`engine`]: wires the three together for one packet at a time.
 //! - [`proto`]: the versioned edge-to-hub messages.
@@ -15,6 +17,7 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod analyzers;
 pub mod detect;
 pub mod engine;
 pub mod features;

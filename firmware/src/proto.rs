@@ -226,6 +226,12 @@ pub enum AnomalyKind {
     DnsTunnel,
     ArpSpoof,
     DhcpStarvation,
+    /// Many accounts tried from one source, a few guesses each.
+    PasswordSpray,
+    /// A TLS heartbeat that reads the server's memory (CVE-2014-0160).
+    Heartbleed,
+    /// A service created on another host over SMB or DCE-RPC (PsExec, smbexec).
+    LateralMovement,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

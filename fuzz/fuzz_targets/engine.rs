@@ -24,6 +24,12 @@ fuzz_target!(|data: &[u8]| {
         icmp_flood_rate: 0.1,
         arp_spoof_replies: 1.0,
         dhcp_starvation_macs: 1.0,
+        brute_force_failures: 1.0,
+        password_spray_accounts: 1.0,
+        dns_tunnel_names: 1.0,
+        dns_tunnel_txt: 1.0,
+        dhcp_flood_requests: 1.0,
+        ..Default::default()
     };
     let mut detector: firmware::detect::WindowDetector<4> =
         firmware::detect::WindowDetector::new(low);
@@ -48,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
                 firmware::detect::EpisodeEvent::Updated => {}
             };
             detector.evaluate_victims(engine.victims(), t, &mut |_, ev| count(ev));
+            detector.evaluate_analyzers(engine.analyzers(), t, &mut |_, ev| count(ev));
             detector.evaluate(engine.hosts(), t, &mut |_, ev| count(ev));
             next_eval = t + Duration::from_secs(1);
         }

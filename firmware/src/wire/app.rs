@@ -21,6 +21,46 @@ pub struct DnsInfo {
     pub longest_label: u8,
     /// Shannon entropy of the name's characters, in millibits per character.
     pub entropy_millibits: u16,
+    /// Hashes (FNV-1a, case folded) of the whole name and of its registered domain: the last two
+    /// labels, three under a two-letter country code with a short second level (`co.uk`), or the
+    /// first label when the last is no top-level domain at all (`dnscat.<hex>`).
+    pub name_hash: u32,
+    pub domain_hash: u32,
+    /// A reverse lookup (`in-addr.arpa`, `ip6.arpa`).
+    pub reverse: bool,
+}
+
+/// Whether a label could be a top-level domain: letters only, 2 to 24 of them, or an IDN.
+fn tld_like(label: &[u8]) -> bool {
+    (2..=24).contains(&label.len()) && label.iter().all(u8::is_ascii_alphabetic)
+        || label.len() > 4 && label[..4].eq_ignore_ascii_case(b"xn--")
+}
+
+/// FNV-1a over labels joined by dots, case folded.
+fn hash_labels(labels: &[&[u8]]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            h = (h ^ u32::from(b'.')).wrapping_mul(0x0100_0193);
+        }
+        for &c in *l {
+            h = (h ^ u32::from(c.to_ascii_lowercase())).wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+/// The registered domain's labels (see [`DnsInfo::domain_hash`]).
+fn registered<'a, 'b>(labels: &'b [&'a [u8]]) -> &'b [&'a [u8]] {
+    let n = labels.len();
+    match labels {
+        [] | [_] => labels,
+        [.., second, tld] if tld_like(tld) => {
+            let three = tld.len() == 2 && second.len() <= 3 && n >= 3;
+            &labels[n - if three { 3 } else { 2 }..]
+        }
+        _ => &labels[..1],
+    }
 }
 
 /// DHCP facts for starvation and rogue-server detection.
@@ -47,6 +87,9 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
         labels: 0,
         longest_label: 0,
         entropy_millibits: 0,
+        name_hash: 0,
+        domain_hash: 0,
+        reverse: false,
     };
     if info.questions == 0 {
         return Some(info);
@@ -74,6 +117,9 @@ pub(crate) fn dns(bytes: &[u8]) -> Option<DnsInfo> {
             break; // Names are at most 255 bytes; pointers cannot loop, but stay bounded anyway.
         }
     }
+    info.name_hash = hash_labels(&labels);
+    info.domain_hash = hash_labels(registered(&labels));
+    info.reverse = labels.last().is_some_and(|l| l.eq_ignore_ascii_case(b"arpa"));
     info.qname_len =
         (total + u32::from(info.labels.saturating_sub(1))).min(u32::from(u16::MAX)) as u16;
     if total > 0 {
@@ -124,6 +170,19 @@ mod tests {
         assert_eq!(d.qname_len, 21);
         assert_eq!(d.longest_label, 7);
         assert!(d.entropy_millibits > 2500, "{}", d.entropy_millibits);
+    }
+
+    #[test]
+    fn test_registered_domain() {
+        let l = |s: &'static str| -> heapless::Vec<&'static [u8], 8> {
+            s.split('.').map(str::as_bytes).collect()
+        };
+        let r = |s| hash_labels(registered(&l(s)));
+        assert_eq!(r("a.b.example.com"), hash_labels(&l("example.com")));
+        assert_eq!(r("x.y.bbc.co.uk"), hash_labels(&l("bbc.co.uk")));
+        assert_eq!(r("dnscat.00e301f5.96de9dfc"), hash_labels(&l("dnscat")));
+        assert_eq!(r("A.Pirate.SEA"), r("b.pirate.sea"));
+        assert_eq!(r("localhost"), hash_labels(&l("localhost")));
     }
 
     #[test]

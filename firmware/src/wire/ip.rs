@@ -11,9 +11,10 @@ use smoltcp::wire::{
 const MAX_IPV6_EXT: u8 = 8;
 const IPPROTO_AH: u8 = 51;
 
-/// Parse an IP packet; the flag says whether the capture cut it short.
+/// Parse an IP packet; the flag says whether the capture cut it short, the offset where the
+/// transport payload starts in `bytes` (0 when there is no transport header).
 /// `version` is what the link layer announced (4 or 6); the header must agree.
-pub(crate) fn parse(bytes: &[u8], version: u8) -> Result<(IpInfo, bool), DissectError> {
+pub(crate) fn parse(bytes: &[u8], version: u8) -> Result<(IpInfo, bool, usize), DissectError> {
     match (bytes.first().map(|b| b >> 4), version) {
         (Some(4), 4) => ipv4(bytes),
         (Some(6), 6) => ipv6(bytes),
@@ -23,7 +24,16 @@ pub(crate) fn parse(bytes: &[u8], version: u8) -> Result<(IpInfo, bool), Dissect
     }
 }
 
-fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
+/// Where the transport payload starts: after the IP header (and extensions, `at`) and the
+/// transport header; 0 when there is no transport header.
+fn l4_at(l4: &L4, at: usize) -> usize {
+    match l4 {
+        L4::None => 0,
+        _ => at + l4.header_len() as usize,
+    }
+}
+
+fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
     if bytes.len() < smoltcp::wire::IPV4_HEADER_LEN {
         return Err(DissectError::Ipv4Malformed);
     }
@@ -67,10 +77,11 @@ fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
             l4,
         },
         cut,
+        l4_at(&l4, hl),
     ))
 }
 
-fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
+fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
     if bytes.len() < smoltcp::wire::IPV6_HEADER_LEN {
         return Err(DissectError::Ipv6Malformed);
     }
@@ -160,6 +171,8 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool), DissectError> {
             l4,
         },
         cut,
+        // `payload` is a slice of `bytes`: its start is how far the extensions went.
+        l4_at(&l4, payload.as_ptr() as usize - bytes.as_ptr() as usize),
     ))
 }
 
@@ -184,7 +197,7 @@ mod tests {
         p[2..4].copy_from_slice(&28u16.to_be_bytes());
         p[6..8].copy_from_slice(&(185u16).to_be_bytes()); // offset 185*8, no MF
         p[9] = 6;
-        let (ip, cut) = parse(&p, 4).unwrap();
+        let (ip, cut, _) = parse(&p, 4).unwrap();
         assert!(!cut);
         assert!(ip.fragment && ip.fragment_tail);
         assert_eq!(ip.l4, L4::None);
@@ -199,7 +212,7 @@ mod tests {
         p[24..26].copy_from_slice(&7u16.to_be_bytes());
         p[26..28].copy_from_slice(&9u16.to_be_bytes());
         p[28..30].copy_from_slice(&8u16.to_be_bytes());
-        let (ip, _) = parse(&p, 4).unwrap();
+        let (ip, _, _) = parse(&p, 4).unwrap();
         assert_eq!(ip.ipv4_options_len, 4);
         assert_eq!(ip.l4.ports(), (7, 9));
     }
@@ -230,7 +243,7 @@ mod tests {
         p[64..66].copy_from_slice(&1u16.to_be_bytes());
         p[66..68].copy_from_slice(&2u16.to_be_bytes());
         p[68..70].copy_from_slice(&8u16.to_be_bytes());
-        let (ip, _) = parse(&p, 6).unwrap();
+        let (ip, _, _) = parse(&p, 6).unwrap();
         assert_eq!(ip.ipv6_ext.routing_type, Some(0));
         assert_eq!(ip.l4.ports(), (1, 2));
     }

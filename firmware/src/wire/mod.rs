@@ -35,7 +35,25 @@ pub struct PacketMeta {
     pub vlan_depth: u8,
     /// Source MAC address, when the link layer has one.
     pub src_mac: Option<[u8; 6]>,
+    /// Where the transport payload (above TCP, UDP or ICMP) starts in the captured bytes, 0
+    /// when there is none: the protocol analyzers read it through [`PacketMeta::payload`].
+    pub payload_at: u16,
     pub l3: L3,
+}
+
+impl PacketMeta {
+    /// The transport payload as captured (`bytes` are the frame this was dissected from): cut
+    /// by the snap length, never past what the IP and transport headers say was sent (so an
+    /// Ethernet frame's padding is not payload).
+    pub fn payload<'a>(&self, bytes: &'a [u8]) -> &'a [u8] {
+        let L3::Ip(ip) = &self.l3 else { return &[] };
+        let at = usize::from(self.payload_at);
+        if at == 0 || at > bytes.len() {
+            return &[];
+        }
+        let len = (ip.l4.payload_len() as usize).min(bytes.len() - at);
+        &bytes[at..at + len]
+    }
 }
 
 /// The network layer of a packet.
@@ -230,13 +248,19 @@ pub fn dissect(
         vlan: frame.vlan,
         vlan_depth: frame.vlan_depth,
         src_mac: frame.src_mac,
+        payload_at: 0,
         l3: L3::Other(frame.ethertype),
     };
     match frame.ethertype {
         link::ETHERTYPE_IPV4 | link::ETHERTYPE_IPV6 => {
             let version = if frame.ethertype == link::ETHERTYPE_IPV4 { 4 } else { 6 };
-            let (info, cut) = ip::parse(frame.payload, version)?;
+            let (info, cut, l4_at) = ip::parse(frame.payload, version)?;
             meta.truncated |= cut;
+            if l4_at > 0 {
+                // The link header's length: the frame's payload is the tail of `bytes`.
+                let at = bytes.len() - frame.payload.len() + l4_at;
+                meta.payload_at = u16::try_from(at).unwrap_or(0);
+            }
             meta.l3 = L3::Ip(info);
         }
         link::ETHERTYPE_ARP => meta.l3 = L3::Arp(link::parse_arp(frame.payload)?),

@@ -595,6 +595,9 @@ pub enum Kind {
     DnsTunnel,
     ArpSpoof,
     DhcpStarvation,
+    PasswordSpray,
+    Heartbleed,
+    LateralMovement,
     AnomalousFlow,
 }
 

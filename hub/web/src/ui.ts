@@ -63,8 +63,71 @@ export function proto(n: number | null | undefined): string {
   return n === null || n === undefined ? "–" : (PROTOCOLS[n] ?? String(n));
 }
 
+// Every kind the edges name (firmware::proto::AnomalyKind), in the contract's order.
+export const KINDS = [
+  "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
+  "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
+  "anomalous_flow",
+];
+
+const KIND_NAMES: Record<string, string> = {
+  arp_spoof: "ARP spoofing",
+  dhcp_starvation: "DHCP starvation",
+  dns_tunnel: "DNS tunnel",
+  syn_flood: "SYN flood",
+  udp_flood: "UDP flood",
+  icmp_flood: "ICMP flood",
+};
+
 export function kindName(k: string): string {
-  return k.replace(/_/g, " ");
+  return KIND_NAMES[k] ?? k.replace(/_/g, " ");
+}
+
+// What a window or analyzer counter means, with its value: "{v}" is the value.
+const COUNTERS: Record<string, string> = {
+  host_dst_ports: "{v} destination ports tried",
+  host_dst_hosts: "{v} hosts probed",
+  host_arp_targets: "{v} addresses asked for by ARP",
+  host_syn_rate: "{v} TCP SYNs a second",
+  host_udp_rate: "{v} UDP packets a second",
+  host_icmp_echo_rate: "{v} ICMP echo requests a second",
+  host_arp_replies: "{v} ARP replies nobody asked for",
+  host_dhcp_macs: "{v} DHCP client addresses",
+  victim_syn_rate: "{v} TCP SYNs a second received from many sources",
+  victim_reflected_tcp: "{v} SYN-ACKs a second for connections it never opened",
+  auth_failures: "{v} failed logins",
+  auth_failures_ftp: "{v} FTP logins refused (530)",
+  auth_failures_http: "{v} HTTP requests refused (401/407)",
+  auth_failures_kerberos: "{v} Kerberos pre-auth failures or unknown accounts",
+  auth_failures_smb: "{v} SMB logons refused",
+  auth_accounts: "failed logins for {v} accounts",
+  auth_accounts_ftp: "failed FTP logins for {v} accounts",
+  auth_accounts_http: "failed HTTP logins for {v} accounts",
+  auth_accounts_kerberos: "Kerberos failures for {v} accounts",
+  auth_accounts_smb: "failed SMB logons for {v} accounts",
+  tls_heartbleed: "{v} TLS heartbeats reading server memory, or sent before any data",
+  smb_services_created: "{v} services created remotely (svcctl CreateService)",
+  arp_binding_changes: "{v} IP-to-MAC bindings taken from another MAC",
+  arp_mac_addresses: "one MAC claiming {v} addresses",
+  dns_encoded_names: "{v} distinct encoded names under one domain",
+  dns_txt_queries: "{v} TXT/NULL queries to one domain",
+  dhcp_client_requests: "{v} DHCP requests from one client address",
+};
+
+// One sentence a person reads: "41 Kerberos pre-auth failures or unknown accounts from
+// 10.0.0.5 in 60 s". Amplification counters name their service ("victim_amplified_ntp").
+export function explain(a: { reasons: { feature: string; value: number }[]; src_ip: string; detector: string; first_seen: string; last_seen: string }): string | null {
+  const r = a.reasons[0];
+  if (!r || a.detector !== "window") return null;
+  const v = Number.isInteger(r.value) || r.value >= 100 ? Math.round(r.value).toLocaleString() : r.value.toPrecision(3);
+  const amp = /^victim_amplified_(.+)$/.exec(r.feature);
+  const what = amp
+    ? `${v} packets a second from ${amp[1].replace(/_/g, " ").toUpperCase()} servers it never asked`
+    : COUNTERS[r.feature]?.replace("{v}", v);
+  if (!what) return null;
+  const secs = Math.max(1, Math.round((Date.parse(a.last_seen) - Date.parse(a.first_seen)) / 1000));
+  const role = r.feature.startsWith("victim_") ? "to" : "from";
+  return `${what} ${role} ${a.src_ip}, over ${secs} s.`;
 }
 
 // The time range every page shows: a preset (last N minutes) or fixed from/to.

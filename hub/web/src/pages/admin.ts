@@ -2,9 +2,9 @@
 
 import { api, Rule, Token, User } from "../api";
 import type { Page } from "../main";
-import { h, kindName, panel, toast, when } from "../ui";
+import { h, kindName, KINDS as ALL_KINDS, panel, toast, when } from "../ui";
 
-const KINDS = ["", "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force", "dns_tunnel", "arp_spoof", "dhcp_starvation", "anomalous_flow"];
+const KINDS = ["", ...ALL_KINDS];
 
 async function act(f: () => Promise<unknown>, done: string, then: () => void) {
   try {

@@ -4,12 +4,7 @@
 import { api, qs, Anomaly, Flow, Note } from "../api";
 import { chart, palette } from "../charts";
 import type { Page } from "../main";
-import { bytes, count, currentRange, h, kindName, onRangeChange, pagedTable, panel, proto, rangePicker, toast, when } from "../ui";
-
-const KINDS = [
-  "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
-  "dns_tunnel", "arp_spoof", "dhcp_starvation", "anomalous_flow",
-];
+import { bytes, count, currentRange, explain, h, kindName, KINDS, onRangeChange, pagedTable, panel, proto, rangePicker, toast, when } from "../ui";
 
 function select(name: string, options: string[], all: string): HTMLSelectElement {
   return h("select", { name, "aria-label": name }, h("option", { value: "" }, all), options.map((o) => h("option", { value: o }, kindName(o))));
@@ -98,6 +93,7 @@ function detail(p: Page, a: Anomaly & { notes: Note[] }, redraw: () => void): No
   };
   const facts: [string, string][] = [
     ["Kind", kindName(a.kind)],
+    ["What", explain(a) ?? "–"],
     ["Severity", a.severity],
     [
       "State",

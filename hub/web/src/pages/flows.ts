@@ -2,9 +2,9 @@
 
 import { api, qs, Flow } from "../api";
 import type { Page } from "../main";
-import { bytes, count, currentRange, h, kindName, onRangeChange, pagedTable, proto, rangePicker, when } from "../ui";
+import { bytes, count, currentRange, h, kindName, KINDS as ALL_KINDS, onRangeChange, pagedTable, proto, rangePicker, when } from "../ui";
 
-const KINDS = ["", "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force", "dns_tunnel", "arp_spoof", "dhcp_starvation", "anomalous_flow"];
+const KINDS = ["", ...ALL_KINDS];
 
 export function flows(p: Page) {
   const field = (name: string, placeholder: string, size = 14) => h("input", { name, placeholder, size, "aria-label": name });

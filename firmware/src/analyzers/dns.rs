@@ -1,0 +1,107 @@
+//! DNS: per source and registered domain, the distinct subdomains that carry data, and the
+//! queries of the types tunnels use to bring data back (TXT, NULL).
+//!
+//! A tunnel (iodine, dnscat2, dns2tcp over UDP, the TXT command channels of malware) sends what
+//! it carries as the names it asks for, under one domain it controls, each name new; or polls
+//! that domain's TXT records for commands. A resolver's normal clients ask for a few names per
+//! domain, short ones, again and again. A name "carries data" when a label is 20 characters or
+//! more, or the whole name 52 or more (hostnames that long are rare; encodings fill labels to 63).
+//! Reverse lookups are left out. Answers to a tracked pair add their bytes.
+
+use crate::hosts::{Sketch, Tumbling, WindowTable, Windows};
+use crate::wire::{DnsInfo, IpInfo};
+use crate::{Duration, Instant};
+use core::net::IpAddr;
+
+/// A label this long, or a name this long, carries data.
+pub const ENCODED_LABEL: u8 = 20;
+pub const ENCODED_NAME: u16 = 52;
+
+const TXT: u16 = 16;
+const NULL: u16 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DomainWindow {
+    pub start: Option<Instant>,
+    pub queries: u32,
+    /// Distinct names that carry data, and the queries for them.
+    pub encoded_names: Sketch,
+    pub encoded: u32,
+    /// TXT and NULL queries.
+    pub txt: u32,
+    /// Bytes of the answers it got (DNS payload).
+    pub answer_bytes: u32,
+    /// Bytes of the names it asked for.
+    pub name_bytes: u32,
+}
+
+impl Tumbling for DomainWindow {
+    fn start(&self) -> Option<Instant> {
+        self.start
+    }
+    fn starting(at: Instant) -> Self {
+        DomainWindow { start: Some(at), ..Default::default() }
+    }
+}
+
+/// A (source, domain) pair's facts over the sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DomainFeatures {
+    pub queries: f32,
+    pub encoded_names: f32,
+    pub txt: f32,
+    pub answer_bytes: f32,
+    pub name_bytes: f32,
+}
+
+impl Windows<DomainWindow> {
+    pub fn features(&self, now: Instant, window: Duration) -> DomainFeatures {
+        let (w, _) = self.slide(now, window);
+        let (c, p) = (&self.cur, &self.prev);
+        let s = |a: u32, b: u32| a as f32 + b as f32 * w;
+        DomainFeatures {
+            queries: s(c.queries, p.queries),
+            encoded_names: c.encoded_names.union(&p.encoded_names).estimate(),
+            txt: s(c.txt, p.txt),
+            answer_bytes: s(c.answer_bytes, p.answer_bytes),
+            name_bytes: s(c.name_bytes, p.name_bytes),
+        }
+    }
+}
+
+pub(crate) fn packet<const N: usize>(
+    t: &mut WindowTable<DomainWindow, N, (IpAddr, u32)>,
+    ip: &IpInfo,
+    d: &DnsInfo,
+    payload_len: u16,
+    now: Instant,
+) {
+    if d.reverse || d.questions == 0 || d.qname_len == 0 {
+        return;
+    }
+    if d.response {
+        if let Some(w) = t.tracked_mut((ip.dst, d.domain_hash), now) {
+            w.answer_bytes = w.answer_bytes.saturating_add(u32::from(payload_len));
+        }
+        return;
+    }
+    let encoded = d.longest_label >= ENCODED_LABEL || d.qname_len >= ENCODED_NAME;
+    let txt = matches!(d.qtype, TXT | NULL);
+    // Only what could be a tunnel takes a slot: a plain lookup of a short name does not.
+    let w = if encoded || txt {
+        t.window_mut((ip.src, d.domain_hash), now)
+    } else {
+        t.tracked_mut((ip.src, d.domain_hash), now)
+    };
+    if let Some(w) = w {
+        w.queries += 1;
+        w.name_bytes = w.name_bytes.saturating_add(u32::from(d.qname_len));
+        if encoded {
+            w.encoded += 1;
+            w.encoded_names.insert(u64::from(d.name_hash));
+        }
+        if txt {
+            w.txt += 1;
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! HTTP: the server's refusals of credentials (401 Unauthorized, 407 Proxy Authentication
+//! Required), counted against the client. A client fetching pages gets 200s and 304s and counts
+//! nothing here, however many it fetches.
+
+use super::{auth_failure, Service, Side, SourceWindow, SOURCES};
+use crate::hosts::WindowTable;
+use crate::Instant;
+
+pub(crate) fn packet(
+    sources: &mut WindowTable<SourceWindow, SOURCES>,
+    side: &Side,
+    payload: &[u8],
+    now: Instant,
+) {
+    if side.from_client {
+        return;
+    }
+    // "HTTP/1.1 401 ..." : the status code follows the version and one space.
+    if let [b'H', b'T', b'T', b'P', b'/', _, b'.', _, b' ', b'4', b'0', d, b' ', ..] = payload {
+        if matches!(d, b'1' | b'7') {
+            auth_failure(sources, side.conn.client, side.conn.server, Service::Http, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyzers::{Analyzers, Conn, WINDOW};
+
+    #[test]
+    fn test_only_refusals_count() {
+        let mut an = Analyzers::new();
+        let conn = Conn {
+            client: [10, 0, 0, 1].into(),
+            server: [10, 0, 0, 2].into(),
+            client_port: 40000,
+            server_port: 80,
+        };
+        let t = Instant::from_secs(1);
+        let server = Side { conn, from_client: false };
+        for p in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"HTTP/1.1 404 Not Found\r\n",
+            b"HTTP/1.0 401 Unauthorized\r\n",
+            b"HTTP/1.1 407 Proxy\r\n",
+            b"HTTP/1.1 40",
+        ] {
+            packet(&mut an.sources, &server, p, t);
+        }
+        packet(&mut an.sources, &Side { conn, from_client: true }, b"HTTP/1.1 401 x", t);
+        let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
+        assert_eq!(f.auth_failures, 2.0);
+    }
+}

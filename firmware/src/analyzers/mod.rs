@@ -1,0 +1,449 @@
+//! Protocol analyzers: the facts of an attack that headers and counts cannot show, read from
+//! the payload of one packet at a time, in the spirit of Zeek's analyzers and nDPI's flow risks.
+//!
+//! Each analyzer reads one protocol (one file each) and keeps bounded state; what it finds goes
+//! into a window of its source (the attacker) in [`Analyzers::sources`], or of a source and the
+//! domain it queries, or of a DHCP client, all read by [`crate::detect::WindowDetector::
+//! evaluate_analyzers`] like the host windows. Every table is fixed in size; what does not fit is
+//! evicted oldest first and counted ([`AnalyzerCounters`]). Nothing here allocates, and a payload
+//! that is not what its port says yields no fact, never an error: the analyzers are fuzzed with
+//! the engine.
+//!
+//! - [`arp`]: an IP-to-MAC binding table (arpwatch's): changed bindings, one MAC claiming many
+//!   addresses.
+//! - [`dhcp`]: requests by client hardware address (chaddr), not by Ethernet source.
+//! - [`dns`]: per source and registered domain, distinct encoded subdomains and TXT/NULL queries.
+//! - [`tls`]: heartbeat records, their claimed and real lengths, and when they come.
+//! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
+//!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation.
+
+pub mod arp;
+pub mod dhcp;
+pub mod dns;
+pub mod ftp;
+pub mod http;
+pub mod kerberos;
+pub mod smb;
+pub mod tls;
+
+use crate::hosts::{Sketch, TableKey, Tumbling, WindowTable};
+use crate::wire::{ArpInfo, IpInfo, PacketMeta, L4};
+use crate::{Duration, Instant};
+use core::net::IpAddr;
+
+/// Sources with application facts tracked at once (about 90 KiB).
+pub const SOURCES: usize = 256;
+/// (source, registered domain) pairs tracked at once.
+pub const DOMAINS: usize = 256;
+/// DHCP clients (by hardware address) tracked at once.
+pub const DHCP_CLIENTS: usize = 256;
+
+/// The analyzers' window: long enough for a tunnel that sends a query a second, or a guesser
+/// that tries a password every few seconds.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The services whose authentication outcomes are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Service {
+    #[default]
+    None = 0,
+    Ftp,
+    Http,
+    Kerberos,
+    Smb,
+}
+
+impl Service {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Service::None => "none",
+            Service::Ftp => "ftp",
+            Service::Http => "http",
+            Service::Kerberos => "kerberos",
+            Service::Smb => "smb",
+        }
+    }
+}
+
+/// What one source did, over one tumbling window of [`WINDOW`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SourceWindow {
+    pub start: Option<Instant>,
+    /// Failed authentications it made (530, 401, pre-auth failed, logon failure), the service
+    /// of the last one, distinct accounts they were for and distinct servers.
+    pub auth_failures: u32,
+    pub auth_service: Service,
+    pub accounts: Sketch,
+    pub auth_servers: Sketch,
+    /// The account its last login attempt named (a hash), waiting for its outcome.
+    pub pending_account: u32,
+    /// Heartbeat records that read another host's memory (a claimed length beyond the record),
+    /// or come before any application data, or are answered with more than was asked.
+    pub heartbleed: u32,
+    /// Remote services it created (svcctl CreateService after a bind to svcctl).
+    pub services_created: u32,
+    /// ARP: bindings it changed (an address another MAC held), addresses its MAC claimed.
+    pub arp_changes: u32,
+    pub arp_claims: Sketch,
+}
+
+impl Tumbling for SourceWindow {
+    fn start(&self) -> Option<Instant> {
+        self.start
+    }
+    fn starting(at: Instant) -> Self {
+        SourceWindow { start: Some(at), ..Default::default() }
+    }
+}
+
+/// A source's application facts over the sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SourceFeatures {
+    pub auth_failures: f32,
+    pub auth_service: Service,
+    pub accounts: f32,
+    pub auth_servers: f32,
+    pub heartbleed: f32,
+    pub services_created: f32,
+    pub arp_changes: f32,
+    pub arp_claims: f32,
+}
+
+/// Count a previous window by how much of it still overlaps.
+fn slid(cur: u32, prev: u32, weight: f32) -> f32 {
+    cur as f32 + prev as f32 * weight
+}
+
+impl crate::hosts::Windows<SourceWindow> {
+    pub fn features(&self, now: Instant, window: Duration) -> SourceFeatures {
+        let (w, _) = self.slide(now, window);
+        let (c, p) = (&self.cur, &self.prev);
+        SourceFeatures {
+            auth_failures: slid(c.auth_failures, p.auth_failures, w),
+            auth_service: if c.auth_service == Service::None {
+                p.auth_service
+            } else {
+                c.auth_service
+            },
+            accounts: c.accounts.union(&p.accounts).estimate(),
+            auth_servers: c.auth_servers.union(&p.auth_servers).estimate(),
+            heartbleed: slid(c.heartbleed, p.heartbleed, w),
+            services_created: slid(c.services_created, p.services_created, w),
+            arp_changes: slid(c.arp_changes, p.arp_changes, w),
+            arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
+        }
+    }
+}
+
+/// Counters of the analyzers, for metrics: entries evicted to make room, by table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AnalyzerCounters {
+    pub tls_evicted: u64,
+    pub rpc_evicted: u64,
+    pub arp_evicted: u64,
+}
+
+/// Every analyzer with its state.
+#[derive(Debug)]
+pub struct Analyzers {
+    sources: WindowTable<SourceWindow, SOURCES>,
+    domains: WindowTable<dns::DomainWindow, DOMAINS, (IpAddr, u32)>,
+    dhcp: WindowTable<dhcp::ClientWindow, DHCP_CLIENTS, [u8; 6]>,
+    arp: arp::Bindings,
+    tls: tls::Connections,
+    rpc: smb::Binds,
+}
+
+impl Default for Analyzers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A TCP or UDP exchange as the analyzers key it: client and server address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    pub client: IpAddr,
+    pub server: IpAddr,
+    pub client_port: u16,
+    pub server_port: u16,
+}
+
+impl TableKey for Conn {
+    fn word(&self) -> u128 {
+        let ports = (u128::from(self.client_port) << 16) | u128::from(self.server_port);
+        self.client.word() ^ self.server.word().rotate_left(61) ^ (ports << 100)
+    }
+}
+
+/// Which side of its connection a packet came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    pub conn: Conn,
+    /// Sent by the client (the flow's initiator).
+    pub from_client: bool,
+}
+
+impl Side {
+    /// The host that sent the packet and the one it went to.
+    pub fn sender(&self) -> IpAddr {
+        if self.from_client {
+            self.conn.client
+        } else {
+            self.conn.server
+        }
+    }
+}
+
+/// A 32-bit FNV-1a hash (account names, domains): small, stable, no table.
+pub(crate) fn fnv(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h = (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The first place `needle` occurs in `hay`.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Analyzers {
+    pub fn new() -> Self {
+        Analyzers {
+            sources: WindowTable::with_window(WINDOW),
+            domains: WindowTable::with_window(WINDOW),
+            dhcp: WindowTable::with_window(WINDOW),
+            arp: arp::Bindings::default(),
+            tls: tls::Connections::default(),
+            rpc: smb::Binds::default(),
+        }
+    }
+
+    pub fn sources(&self) -> &WindowTable<SourceWindow, SOURCES> {
+        &self.sources
+    }
+    pub fn domains(&self) -> &WindowTable<dns::DomainWindow, DOMAINS, (IpAddr, u32)> {
+        &self.domains
+    }
+    pub fn dhcp_clients(&self) -> &WindowTable<dhcp::ClientWindow, DHCP_CLIENTS, [u8; 6]> {
+        &self.dhcp
+    }
+    pub fn counters(&self) -> AnalyzerCounters {
+        AnalyzerCounters {
+            tls_evicted: self.tls.evicted(),
+            rpc_evicted: self.rpc.evicted(),
+            arp_evicted: self.arp.evicted(),
+        }
+    }
+    /// Evictions of the windowed tables (sources, domains, DHCP clients), summed.
+    pub fn windows_evicted(&self) -> u64 {
+        self.sources.counters().evicted
+            + self.domains.counters().evicted
+            + self.dhcp.counters().evicted
+    }
+
+    /// One IP packet: `payload` is its transport payload as captured, `from_initiator` whether
+    /// its source began the flow it belongs to.
+    pub fn ip(&mut self, ip: &IpInfo, payload: &[u8], from_initiator: bool, now: Instant) {
+        let (sport, dport) = ip.l4.ports();
+        let (client, server, client_port, server_port) = if from_initiator {
+            (ip.src, ip.dst, sport, dport)
+        } else {
+            (ip.dst, ip.src, dport, sport)
+        };
+        let side = Side {
+            conn: Conn { client, server, client_port, server_port },
+            from_client: from_initiator,
+        };
+        match ip.l4 {
+            L4::Udp(u) => {
+                if let Some(d) = u.dns {
+                    dns::packet(&mut self.domains, ip, &d, u.payload_len, now);
+                }
+                if let Some(d) = u.dhcp {
+                    dhcp::packet(&mut self.dhcp, ip.src, &d, now);
+                }
+                if server_port == 88 {
+                    kerberos::packet(&mut self.sources, &side, payload, false, now);
+                }
+            }
+            L4::Tcp(_) if !payload.is_empty() => match server_port {
+                21 => ftp::packet(&mut self.sources, &side, payload, now),
+                88 => kerberos::packet(&mut self.sources, &side, payload, true, now),
+                139 | 445 => smb::packet(&mut self.sources, &mut self.rpc, &side, payload, now),
+                80 | 8000 | 8008 | 8080 | 8088 | 8888 => {
+                    http::packet(&mut self.sources, &side, payload, now)
+                }
+                _ => {
+                    if tls::is_record(payload) {
+                        tls::packet(&mut self.sources, &mut self.tls, &side, payload, now);
+                    } else if smb::is_dcerpc(payload) {
+                        smb::dcerpc(&mut self.sources, &mut self.rpc, &side, payload, now);
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// One ARP packet (`meta` for its Ethernet source).
+    pub fn arp(&mut self, meta: &PacketMeta, a: &ArpInfo, now: Instant) {
+        arp::packet(&mut self.arp, &mut self.sources, meta, a, now);
+    }
+
+    /// Forget what has aged out.
+    pub fn expire(&mut self, now: Instant) {
+        self.sources.expire(now);
+        self.domains.expire(now);
+        self.dhcp.expire(now);
+        self.tls.expire(now);
+        self.rpc.expire(now);
+        self.arp.expire(now);
+    }
+
+    /// Forget everything (an unrelated input follows); counters stay.
+    pub fn clear(&mut self) {
+        self.sources.clear();
+        self.domains.clear();
+        self.dhcp.clear();
+        self.tls.clear();
+        self.rpc.clear();
+        self.arp.clear();
+    }
+}
+
+/// A source's window, to record a fact in.
+pub(crate) fn source(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    ip: IpAddr,
+    now: Instant,
+) -> Option<&mut SourceWindow> {
+    t.window_mut(ip, now)
+}
+
+/// Record a failed authentication by `client` against `server`.
+pub(crate) fn auth_failure(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    client: IpAddr,
+    server: IpAddr,
+    service: Service,
+    now: Instant,
+) {
+    failure(t, client, server, service, false, now)
+}
+
+/// As [`auth_failure`]; with `once_per_account`, a failure for an account already seen in the
+/// window is not counted again (an unknown account asked for again and again is a client's
+/// configuration, not a guess: a sprayer names a new account each time).
+pub(crate) fn failure(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    client: IpAddr,
+    server: IpAddr,
+    service: Service,
+    once_per_account: bool,
+    now: Instant,
+) {
+    if let Some(w) = source(t, client, now) {
+        let account = u64::from(w.pending_account);
+        if once_per_account && w.accounts.contains(account) {
+            return;
+        }
+        w.auth_failures += 1;
+        w.auth_service = service;
+        w.accounts.insert(account);
+        w.auth_servers.insert(crate::hosts::ip_bits(server));
+    }
+}
+
+/// Record the account `client` is trying (its outcome comes later).
+pub(crate) fn auth_attempt(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    client: IpAddr,
+    account: &[u8],
+    now: Instant,
+) {
+    if let Some(w) = source(t, client, now) {
+        w.pending_account = fnv(account);
+    }
+}
+
+/// A bounded map of small per-connection (or per-address) state, each entry with when it was
+/// last touched: full, it evicts its oldest entry (counted); entries untouched for `max_age` go.
+#[derive(Debug)]
+pub struct Recent<K, V, const N: usize> {
+    map: crate::flow::Map<crate::hosts::HostKey<K>, (V, Instant), N>,
+    max_age: Duration,
+    evicted: u64,
+}
+
+impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
+    pub fn new(max_age: Duration) -> Self {
+        Recent { map: crate::flow::Map::new(), max_age, evicted: 0 }
+    }
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(&crate::hosts::HostKey(*k)).map(|(v, _)| v)
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(k, (v, _))| (&k.0, v))
+    }
+    /// The entry of `k`, touched at `now`, if there is one.
+    pub fn get_mut(&mut self, k: &K, now: Instant) -> Option<&mut V> {
+        let (v, at) = self.map.get_mut(&crate::hosts::HostKey(*k))?;
+        if now > *at {
+            *at = now;
+        }
+        Some(v)
+    }
+    /// The entry of `k`, made with `v` if there is none (evicting the oldest if full).
+    pub fn entry(&mut self, k: K, v: V, now: Instant) -> Option<&mut V> {
+        let key = crate::hosts::HostKey(k);
+        if !self.map.contains_key(&key) {
+            if self.map.is_full() {
+                self.expire(now);
+            }
+            if self.map.is_full() {
+                let oldest =
+                    self.map.iter().min_by_key(|(_, (_, at))| at.total_micros()).map(|(k, _)| *k);
+                if let Some(o) = oldest {
+                    self.map.swap_remove(&o);
+                    self.evicted += 1;
+                }
+            }
+            self.map.insert(key, (v, now)).ok()?;
+        }
+        self.get_mut(&k, now)
+    }
+    pub fn remove(&mut self, k: &K) {
+        self.map.swap_remove(&crate::hosts::HostKey(*k));
+    }
+    pub fn expire(&mut self, now: Instant) {
+        // Last to first, as the host table does: a removal swaps the last entry in.
+        let mut i = self.map.len();
+        while i > 0 {
+            i -= 1;
+            let Some((k, (_, at))) = self.map.get_index(i) else { continue };
+            if now - *at >= self.max_age {
+                let k = *k;
+                self.map.swap_remove(&k);
+            }
+        }
+    }
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
