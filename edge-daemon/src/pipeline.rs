@@ -295,12 +295,14 @@ impl Pipeline {
         m.flush(&mut |src, t, now_us, d| trips.push((src, t, now_us, d)));
         for (src, t, now_us, d) in trips {
             // Many attempts is not an attack; many failed ones is. The analyzers see failures
-            // where the protocol shows them (FTP, HTTP, Kerberos, SMB); SSH hides them, and
-            // there the model's verdict is the evidence there is.
+            // where the protocol shows them (FTP, HTTP, Kerberos, SMB), or a login form posted
+            // again and again; SSH hides them, and there the model's verdict is the evidence
+            // there is.
             if t.kind == AnomalyKind::BruteForce && d.dst_port != 22 {
                 let at = Instant::from_micros(now_us);
                 let failed = self.engine.analyzers().sources().get(&src).is_some_and(|w| {
-                    w.features(at, firmware::analyzers::WINDOW).auth_failures >= 1.0
+                    let f = w.features(at, firmware::analyzers::WINDOW);
+                    f.auth_failures >= 1.0 || f.posts_one_path >= 5.0
                 });
                 if !failed {
                     self.counters.brute_force_unconfirmed += 1;

@@ -406,6 +406,26 @@ impl<const E: usize> WindowDetector<E> {
                 self.trip(*ip, t, now, out);
             }
         }
+        // Slow scans: the failed flows of a minute (a fast scan trips the host window first,
+        // and its episode is the same one).
+        for (ip, w) in a.scans().iter() {
+            if !live(w.last) {
+                continue;
+            }
+            let (ports, hosts) = w.spread();
+            let th = &self.thresholds;
+            let t = if ports >= th.port_scan_ports {
+                Some((AnomalyKind::PortScan, "slow_dst_ports", ports, th.port_scan_ports))
+            } else if hosts >= th.host_sweep_hosts {
+                Some((AnomalyKind::HostSweep, "slow_dst_hosts", hosts, th.host_sweep_hosts))
+            } else {
+                None
+            };
+            if let Some((kind, counter, value, threshold)) = t {
+                let t = Trip { kind, counter, value, threshold, by_victim: false };
+                self.trip(*ip, t, now, out);
+            }
+        }
         for (_, w) in a.dhcp_clients().iter() {
             if !live(w.last) {
                 continue;
@@ -620,6 +640,30 @@ mod tests {
         assert_eq!(closed.counter, "host_dst_ports");
         // It ended 30 s after the last second it tripped in.
         assert!(closed.last_seen.total_millis() >= 3_000);
+    }
+
+    #[test]
+    fn test_a_slow_scan_is_one_episode_and_a_slow_client_none() {
+        // A probe a second to a new UDP port, never answered, for three minutes: the host
+        // window never holds more than ten of them; a minute of failed flows holds 60.
+        let scanner = [10, 0, 0, 9];
+        let mut packets: Vec<PacketMeta> = (1..=180u16)
+            .map(|p| packet(i64::from(p) * 1000, scanner, [10, 0, 0, 1], udp(40000, p)))
+            .collect();
+        // A client that fails to reach the same two servers every few seconds is no scanner.
+        packets.extend((1..=60u16).map(|i| {
+            let dst = [10, 0, 0, 2 + (i % 2) as u8];
+            packet(i64::from(i) * 3000 + 500, [10, 0, 0, 7], dst, udp(40000 + i, 53))
+        }));
+        packets.sort_by_key(|p| p.ts.total_millis());
+        let events = run(&packets, 400_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!(
+            (e.kind, e.src, e.counter),
+            (AnomalyKind::PortScan, scanner.into(), "slow_dst_ports")
+        );
     }
 
     fn tcp(src_port: u16, dst_port: u16, flags: u8) -> L4 {

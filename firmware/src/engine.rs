@@ -236,9 +236,9 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                     }
                     _ => {}
                 }
-                let hosts = &mut self.hosts;
+                let (hosts, an) = (&mut self.hosts, &mut self.analyzers);
                 let ingested =
-                    self.flows.ingest(meta, &ip, &mut |rec| Self::finish(hosts, rec, now, out));
+                    self.flows.ingest(meta, &ip, &mut |rec| Self::finish(hosts, an, rec, now, out));
                 let from_initiator = matches!(ingested.direction, crate::flow::Direction::Forward);
                 self.analyzers.ip(&ip, payload, from_initiator, now);
                 if ingested.new_flow {
@@ -277,8 +277,8 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             return;
         }
         if self.last_sweep.is_some() {
-            let hosts = &mut self.hosts;
-            self.flows.expire(now, &mut |rec| Self::finish(hosts, rec, now, out));
+            let (hosts, an) = (&mut self.hosts, &mut self.analyzers);
+            self.flows.expire(now, &mut |rec| Self::finish(hosts, an, rec, now, out));
             self.hosts.expire(now);
             self.victims.expire(now);
             self.analyzers.expire(now);
@@ -288,11 +288,11 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
 
     /// End every flow (end of input or shutdown).
     pub fn flush(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
-        let hosts = &mut self.hosts;
+        let (hosts, an) = (&mut self.hosts, &mut self.analyzers);
         let now = self.last_sweep.unwrap_or(Instant::from_micros(0));
         let now =
             self.flows.iter().map(|(_, f)| f.last).fold(now, |a, b| if b > a { b } else { a });
-        self.flows.flush(&mut |rec| Self::finish(hosts, rec, now, out));
+        self.flows.flush(&mut |rec| Self::finish(hosts, an, rec, now, out));
     }
 
     /// End every flow and forget every host, keeping the counters: the next packets come from an
@@ -307,6 +307,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
 
     fn finish(
         hosts: &mut HostTable<H>,
+        analyzers: &mut Analyzers,
         record: FlowRecord,
         now: Instant,
         out: &mut impl FnMut(&FinishedFlow),
@@ -322,6 +323,8 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             if let Some(w) = hosts.window_mut(record.src(), now) {
                 w.failed += 1;
             }
+            let port = matches!(f.protocol, 6 | 17).then(|| record.dst_port());
+            analyzers.failed_flow(record.src(), record.dst(), port, now);
         }
         let host = hosts.features(&record.src(), now);
         out(&FinishedFlow { record, host, failed });

@@ -1,8 +1,8 @@
 //! HTTP: the server's refusals of credentials (401 Unauthorized, 407 Proxy Authentication
 //! Required), counted against the client. A client fetching pages gets 200s and 304s and counts
-//! nothing here, however many it fetches.
+//! nothing here, however many it fetches. POSTs in a row to one path are counted beside them.
 
-use super::{auth_failure, Service, Side, SourceWindow, SOURCES};
+use super::{auth_failure, fnv, Service, Side, SourceWindow, SOURCES};
 use crate::hosts::WindowTable;
 use crate::Instant;
 
@@ -13,6 +13,17 @@ pub(crate) fn packet(
     now: Instant,
 ) {
     if side.from_client {
+        if let Some(rest) = payload.strip_prefix(b"POST ") {
+            let end = rest.iter().take(256).position(|&b| b == b' ' || b == b'?');
+            let path = fnv(&rest[..end.unwrap_or(rest.len().min(256))]);
+            if let Some(w) = sources.window_mut(side.conn.client, now) {
+                if w.post_path == path {
+                    w.posts_one_path += 1;
+                } else {
+                    (w.post_path, w.posts_one_path) = (path, 1);
+                }
+            }
+        }
         return;
     }
     // "HTTP/1.1 401 ..." : the status code follows the version and one space.
@@ -51,5 +62,17 @@ mod tests {
         packet(&mut an.sources, &Side { conn, from_client: true }, b"HTTP/1.1 401 x", t);
         let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
         assert_eq!(f.auth_failures, 2.0);
+        // POSTs in a row to one path, whatever the query string.
+        let client = Side { conn, from_client: true };
+        for p in
+            [&b"POST /login HTTP/1.1\r\n"[..], b"POST /login?x=1 HTTP/1.1", b"POST /login HTTP/1.1"]
+        {
+            packet(&mut an.sources, &client, p, t);
+        }
+        let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
+        assert_eq!(f.posts_one_path, 3.0);
+        packet(&mut an.sources, &client, b"POST /other HTTP/1.1", t);
+        let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
+        assert_eq!(f.posts_one_path, 1.0);
     }
 }

@@ -37,6 +37,8 @@ pub const SOURCES: usize = 256;
 pub const DOMAINS: usize = 256;
 /// DHCP clients (by hardware address) tracked at once.
 pub const DHCP_CLIENTS: usize = 256;
+/// Sources with failed flows tracked at once, for slow scans.
+pub const SCANNERS: usize = 256;
 
 /// The analyzers' window: long enough for a tunnel that sends a query a second, or a guesser
 /// that tries a password every few seconds.
@@ -78,6 +80,11 @@ pub struct SourceWindow {
     pub auth_servers: Sketch,
     /// The account its last login attempt named (a hash), waiting for its outcome.
     pub pending_account: u32,
+    /// HTTP POSTs in a row to one path (a hash of the last path): a login form tried again and
+    /// again. Not a failure by itself (an API client posts to one path too); the evidence a
+    /// model's brute_force verdict on HTTP needs.
+    pub post_path: u32,
+    pub posts_one_path: u32,
     /// Heartbeat records that read another host's memory (a claimed length beyond the record),
     /// or come before any application data, or are answered with more than was asked.
     pub heartbleed: u32,
@@ -104,6 +111,7 @@ pub struct SourceFeatures {
     pub auth_service: Service,
     pub accounts: f32,
     pub auth_servers: f32,
+    pub posts_one_path: f32,
     pub heartbleed: f32,
     pub services_created: f32,
     pub arp_changes: f32,
@@ -128,11 +136,40 @@ impl crate::hosts::Windows<SourceWindow> {
             },
             accounts: c.accounts.union(&p.accounts).estimate(),
             auth_servers: c.auth_servers.union(&p.auth_servers).estimate(),
+            posts_one_path: slid(c.posts_one_path, p.posts_one_path, w),
             heartbleed: slid(c.heartbleed, p.heartbleed, w),
             services_created: slid(c.services_created, p.services_created, w),
             arp_changes: slid(c.arp_changes, p.arp_changes, w),
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
         }
+    }
+}
+
+/// The flows one source began that failed (no answer, or refused), over [`WINDOW`]: a scan too
+/// slow for the host window (a probe a second under ICMP rate limits) still reaches 50 ports
+/// or 64 hosts in a minute, and a client fails a handful of connections, not dozens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ScanWindow {
+    pub start: Option<Instant>,
+    pub failed: u32,
+    pub ports: Sketch,
+    pub hosts: Sketch,
+}
+
+impl Tumbling for ScanWindow {
+    fn start(&self) -> Option<Instant> {
+        self.start
+    }
+    fn starting(at: Instant) -> Self {
+        ScanWindow { start: Some(at), ..Default::default() }
+    }
+}
+
+impl crate::hosts::Windows<ScanWindow> {
+    /// Distinct ports and hosts of the failed flows, over the sliding window.
+    pub fn spread(&self) -> (f32, f32) {
+        let (c, p) = (&self.cur, &self.prev);
+        (c.ports.union(&p.ports).estimate(), c.hosts.union(&p.hosts).estimate())
     }
 }
 
@@ -150,6 +187,7 @@ pub struct Analyzers {
     sources: WindowTable<SourceWindow, SOURCES>,
     domains: WindowTable<dns::DomainWindow, DOMAINS, (IpAddr, u32)>,
     dhcp: WindowTable<dhcp::ClientWindow, DHCP_CLIENTS, [u8; 6]>,
+    scans: WindowTable<ScanWindow, SCANNERS>,
     arp: arp::Bindings,
     tls: tls::Connections,
     rpc: smb::Binds,
@@ -219,6 +257,7 @@ impl Analyzers {
             sources: WindowTable::with_window(WINDOW),
             domains: WindowTable::with_window(WINDOW),
             dhcp: WindowTable::with_window(WINDOW),
+            scans: WindowTable::with_window(WINDOW),
             arp: arp::Bindings::default(),
             tls: tls::Connections::default(),
             rpc: smb::Binds::default(),
@@ -234,6 +273,19 @@ impl Analyzers {
     pub fn dhcp_clients(&self) -> &WindowTable<dhcp::ClientWindow, DHCP_CLIENTS, [u8; 6]> {
         &self.dhcp
     }
+    pub fn scans(&self) -> &WindowTable<ScanWindow, SCANNERS> {
+        &self.scans
+    }
+    /// A flow `src` began to `dst` (and `port`, for TCP and UDP) that failed.
+    pub fn failed_flow(&mut self, src: IpAddr, dst: IpAddr, port: Option<u16>, now: Instant) {
+        if let Some(w) = self.scans.window_mut(src, now) {
+            w.failed += 1;
+            if let Some(p) = port {
+                w.ports.insert(u64::from(p));
+            }
+            w.hosts.insert(crate::hosts::ip_bits(dst));
+        }
+    }
     pub fn counters(&self) -> AnalyzerCounters {
         AnalyzerCounters {
             tls_evicted: self.tls.evicted(),
@@ -246,6 +298,7 @@ impl Analyzers {
         self.sources.counters().evicted
             + self.domains.counters().evicted
             + self.dhcp.counters().evicted
+            + self.scans.counters().evicted
     }
 
     /// One IP packet: `payload` is its transport payload as captured, `from_initiator` whether
@@ -302,6 +355,7 @@ impl Analyzers {
         self.sources.expire(now);
         self.domains.expire(now);
         self.dhcp.expire(now);
+        self.scans.expire(now);
         self.tls.expire(now);
         self.rpc.expire(now);
         self.arp.expire(now);
@@ -312,6 +366,7 @@ impl Analyzers {
         self.sources.clear();
         self.domains.clear();
         self.dhcp.clear();
+        self.scans.clear();
         self.tls.clear();
         self.rpc.clear();
         self.arp.clear();
