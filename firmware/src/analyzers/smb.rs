@@ -8,7 +8,7 @@
 
 use super::{auth_attempt, auth_failure, find, Recent, Service, Side, SourceWindow, SOURCES};
 use crate::hosts::WindowTable;
-use crate::{Duration, Instant};
+use crate::Instant;
 
 /// Connections with a bind to svcctl, kept at most.
 pub const BINDS: usize = 64;
@@ -25,27 +25,8 @@ pub const CREATE_SERVICE: [u16; 4] = [12, 24, 44, 45];
 pub const LOGON_FAILURES: [u32; 5] =
     [0xC000_006D, 0xC000_0064, 0xC000_006A, 0xC000_0072, 0xC000_0234];
 
-/// Connections bound to svcctl.
-#[derive(Debug)]
-pub struct Binds(Recent<super::Conn, (), BINDS>);
-
-impl Default for Binds {
-    fn default() -> Self {
-        Binds(Recent::new(Duration::from_secs(600)))
-    }
-}
-
-impl Binds {
-    pub fn evicted(&self) -> u64 {
-        self.0.evicted()
-    }
-    pub fn expire(&mut self, now: Instant) {
-        self.0.expire(now);
-    }
-    pub fn clear(&mut self) {
-        self.0.clear();
-    }
-}
+/// Connections bound to svcctl (forgotten after 10 minutes).
+pub type Binds = Recent<super::Conn, (), BINDS>;
 
 fn le16(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?))
@@ -192,7 +173,7 @@ pub(crate) fn dcerpc(
             for _ in 0..n {
                 let Some(ctx) = pdu.get(at..at + 24) else { return };
                 if ctx[4..20] == SVCCTL {
-                    let _ = binds.0.entry(side.conn, (), now);
+                    let _ = binds.entry(side.conn, (), now);
                     return;
                 }
                 at += 24 + 20 * usize::from(ctx[2]);
@@ -201,7 +182,7 @@ pub(crate) fn dcerpc(
         // request: opnum at 22.
         0 => {
             let opnum = le16(pdu, 22).unwrap_or(u16::MAX);
-            if CREATE_SERVICE.contains(&opnum) && binds.0.get(&side.conn).is_some() {
+            if CREATE_SERVICE.contains(&opnum) && binds.get(&side.conn).is_some() {
                 if let Some(w) = sources.window_mut(side.conn.client, now) {
                     w.services_created += 1;
                 }
@@ -271,7 +252,7 @@ mod tests {
         m[4 + 68..4 + 72].copy_from_slice(&72u32.to_le_bytes());
         m[4 + 112..].copy_from_slice(&bind(SVCCTL));
         packet(&mut an.sources, &mut an.rpc, &Side { conn: conn(), from_client: true }, &m, t);
-        assert!(an.rpc.0.get(&conn()).is_some());
+        assert!(an.rpc.get(&conn()).is_some());
         // A SESSION_SETUP response with STATUS_LOGON_FAILURE.
         let mut r = [0u8; 4 + 64];
         r[4..8].copy_from_slice(&[0xfe, b'S', b'M', b'B']);

@@ -9,7 +9,7 @@
 
 use super::{Recent, Side, SourceWindow, SOURCES};
 use crate::hosts::WindowTable;
-use crate::{Duration, Instant};
+use crate::Instant;
 
 pub const CONNECTIONS: usize = 256;
 
@@ -28,27 +28,8 @@ pub struct Conn {
     pub flagged: bool,
 }
 
-/// TLS connections with a handshake seen, by client and server.
-#[derive(Debug)]
-pub struct Connections(Recent<super::Conn, Conn, CONNECTIONS>);
-
-impl Default for Connections {
-    fn default() -> Self {
-        Connections(Recent::new(Duration::from_secs(600)))
-    }
-}
-
-impl Connections {
-    pub fn evicted(&self) -> u64 {
-        self.0.evicted()
-    }
-    pub fn expire(&mut self, now: Instant) {
-        self.0.expire(now);
-    }
-    pub fn clear(&mut self) {
-        self.0.clear();
-    }
-}
+/// TLS connections with a handshake seen, by client and server (forgotten after 10 minutes).
+pub type Connections = Recent<super::Conn, Conn, CONNECTIONS>;
 
 /// A TLS record header: type 20 to 24, version 3.x (SSL 3 to TLS 1.3's legacy 3.3).
 pub fn is_record(p: &[u8]) -> bool {
@@ -82,12 +63,12 @@ pub(crate) fn packet(
     for (kind, len, body) in records(payload) {
         let exploit = match kind {
             HANDSHAKE if side.from_client => {
-                let _ = conns.0.entry(side.conn, Conn::default(), now);
+                let _ = conns.entry(side.conn, Conn::default(), now);
                 false
             }
             APPLICATION_DATA | CHANGE_CIPHER_SPEC => {
                 if kind == APPLICATION_DATA {
-                    if let Some(c) = conns.0.get_mut(&side.conn, now) {
+                    if let Some(c) = conns.get_mut(&side.conn, now) {
                         c.app_data = true;
                     }
                 }
@@ -97,7 +78,7 @@ pub(crate) fn packet(
             _ => false,
         };
         if exploit {
-            let first = match conns.0.get_mut(&side.conn, now) {
+            let first = match conns.get_mut(&side.conn, now) {
                 Some(c) => !core::mem::replace(&mut c.flagged, true),
                 None => true,
             };
@@ -120,7 +101,7 @@ fn heartbeat(conns: &mut Connections, side: &Side, len: u16, body: &[u8], now: I
             return true;
         }
     }
-    let Some(c) = conns.0.get_mut(&side.conn, now) else {
+    let Some(c) = conns.get_mut(&side.conn, now) else {
         // No handshake seen (the capture began mid-connection): nothing to compare with.
         return false;
     };
