@@ -901,6 +901,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 11);
+        assert_eq!(contract.len(), 14);
     }
 }
