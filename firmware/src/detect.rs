@@ -64,7 +64,9 @@ pub struct Thresholds {
     pub heartbleed_heartbeats: f32,
     /// Services one source created on other hosts over SMB or DCE-RPC.
     pub lateral_movement_services: f32,
-    /// ARP bindings one host's MAC took from another, and addresses it claimed.
+    /// ARP bindings one host's MAC took from another, and addresses it claimed (these only when
+    /// it also sent a reply nobody asked for: a host with a second address answers what it is
+    /// asked).
     pub arp_spoof_changes: f32,
     pub arp_spoof_addresses: f32,
     /// Per source and registered domain: distinct names that carry data, and TXT/NULL queries.
@@ -215,7 +217,7 @@ impl Thresholds {
                 f.arp_changes,
                 self.arp_spoof_changes,
             );
-        } else {
+        } else if f.arp_unasked >= 1.0 {
             trip(
                 AnomalyKind::ArpSpoof,
                 "arp_mac_addresses",
@@ -337,16 +339,20 @@ impl<const E: usize> WindowDetector<E> {
             });
             // The victim of a reflection seems to sweep its reflectors (their answers come back
             // as replies to connections it never made): its reflection episode says what it is.
-            let reflected = self
-                .episodes
-                .iter()
-                .any(|e| e.src == *ip && e.by_victim && e.kind == AnomalyKind::Reflection);
+            let reflected = self.reflection_victim(*ip);
             for t in trips.into_iter().filter(|t| !(reflected && t.kind == AnomalyKind::HostSweep))
             {
                 self.trip(*ip, t, now, out);
             }
         }
         self.close_quiet(now, out);
+    }
+
+    /// Whether `ip` is the victim of a reflection episode in progress.
+    fn reflection_victim(&self, ip: IpAddr) -> bool {
+        self.episodes
+            .iter()
+            .any(|e| e.src == ip && e.by_victim && e.kind == AnomalyKind::Reflection)
     }
 
     /// Read every destination's received window at `now` (call beside
@@ -398,10 +404,7 @@ impl<const E: usize> WindowDetector<E> {
         }
         for ((ip, _), w) in a.domains().iter() {
             // The queries of an amplification carry its victim's address: they are not its own.
-            let reflected = self
-                .episodes
-                .iter()
-                .any(|e| e.src == *ip && e.by_victim && e.kind == AnomalyKind::Reflection);
+            let reflected = self.reflection_victim(*ip);
             if !live(w.last) || reflected {
                 continue;
             }

@@ -150,14 +150,23 @@ pub trait Tumbling: Copy + Default {
     fn starting(at: Instant) -> Self;
 }
 
-impl Tumbling for Window {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        Window { start: Some(at), ..Window::default() }
-    }
+/// [`Tumbling`] for window structs whose `start` field is when they began and whose default
+/// is empty.
+macro_rules! tumbling {
+    ($($window:ty),+) => {$(
+        impl $crate::hosts::Tumbling for $window {
+            fn start(&self) -> Option<$crate::Instant> {
+                self.start
+            }
+            fn starting(at: $crate::Instant) -> Self {
+                Self { start: Some(at), ..Self::default() }
+            }
+        }
+    )+};
 }
+pub(crate) use tumbling;
+
+tumbling!(Window);
 
 /// A host's two windows, the current one and the one before, and when it was last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

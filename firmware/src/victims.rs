@@ -8,7 +8,7 @@
 //! what it asked those services for. Windows work as in [`crate::hosts`]: two tumbling windows
 //! read as a sliding one, distinct sources in a 512-bit sketch.
 
-use crate::hosts::{ip_bits, Sketch, Tumbling, WindowTable, Windows};
+use crate::hosts::{ip_bits, Sketch, WindowTable, Windows};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
@@ -75,14 +75,7 @@ pub struct RxWindow {
     pub sources: Sketch,
 }
 
-impl Tumbling for RxWindow {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        RxWindow { start: Some(at), ..RxWindow::default() }
-    }
-}
+crate::hosts::tumbling!(RxWindow);
 
 /// A destination's two windows.
 pub type VictimWindow = Windows<RxWindow>;

@@ -33,28 +33,46 @@ proptest! {
     fn dissect_never_panics(bytes in framey(), link in 0usize..5, wire_extra in 0u32..2000) {
         let _ = dissect(LINKS[link], Instant::from_secs(1), bytes.len() as u32 + wire_extra, &bytes);
     }
+}
 
-    #[test]
-    fn engine_never_panics_and_balances(
-        packets in proptest::collection::vec((framey(), 0i64..5_000_000), 1..60),
-        link in 0usize..5,
-    ) {
-        let mut engine: Engine<64, 16> = Engine::default();
-        let mut recorded = 0u64;
-        let mut t = Instant::from_secs(1_000);
-        for (bytes, step) in &packets {
-            t += Duration::from_micros(*step as u64);
-            let _ = engine.process(LINKS[link], t, bytes.len() as u32, bytes, &mut |f| {
-                recorded += 1;
-                let v = f.features();
-                assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+/// The engine's tables are in the struct (nothing allocates), and a debug build makes it on the
+/// stack: the cases run on a thread with room for it, as the daemon's pipeline thread has.
+#[test]
+fn engine_never_panics_and_balances() {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(|| {
+            let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+                cases: 2000,
+                ..ProptestConfig::default()
             });
-        }
-        let c = *engine.flow_counters();
-        prop_assert_eq!(c.created, recorded + engine.flows().len() as u64);
-        engine.flush(&mut |_| recorded += 1);
-        prop_assert_eq!(c.created, recorded);
-        let e = engine.counters();
-        prop_assert_eq!(e.packets, packets.len() as u64);
+            let packets = proptest::collection::vec((framey(), 0i64..5_000_000), 1..60);
+            runner
+                .run(&(packets, 0usize..5), |(packets, link)| engine_balances(&packets, link))
+                .unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn engine_balances(packets: &[(Vec<u8>, i64)], link: usize) -> Result<(), TestCaseError> {
+    let mut engine: Engine<64, 16> = Engine::default();
+    let mut recorded = 0u64;
+    let mut t = Instant::from_secs(1_000);
+    for (bytes, step) in packets {
+        t += Duration::from_micros(*step as u64);
+        let _ = engine.process(LINKS[link], t, bytes.len() as u32, bytes, &mut |f| {
+            recorded += 1;
+            let v = f.features();
+            assert!(v.iter().all(|x| x.is_finite()), "{v:?}");
+        });
     }
+    let c = *engine.flow_counters();
+    prop_assert_eq!(c.created, recorded + engine.flows().len() as u64);
+    engine.flush(&mut |_| recorded += 1);
+    prop_assert_eq!(c.created, recorded);
+    let e = engine.counters();
+    prop_assert_eq!(e.packets, packets.len() as u64);
+    Ok(())
 }

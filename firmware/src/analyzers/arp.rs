@@ -2,10 +2,13 @@
 //!
 //! Every ARP packet's sender fields say "this address is at this MAC". A binding that moves to
 //! another MAC while the old one is still in use is the mark of spoofing (or of a failover, which
-//! is rare and worth a look); one MAC that claims several addresses is a host answering for
-//! others, which is what a man in the middle does to the gateway. Both are counted against the
-//! host behind the claiming MAC: the address it claimed first that nobody else holds, else the
-//! last it claimed. Probes (sender 0.0.0.0) claim nothing.
+//! is rare and worth a look). One MAC that claims several addresses is either a host with a
+//! second address (common, and harmless) or one answering for others, which is what a man in
+//! the middle does to the gateway: the difference is the reply nobody asked for (arpspoof and
+//! ettercap send them again and again; a host with two addresses answers the requests it gets),
+//! so such replies are counted too. All of it is counted against the host behind the claiming
+//! MAC: the address it claimed first that nobody else holds, else the last it claimed. Probes
+//! (sender 0.0.0.0) claim nothing.
 
 use super::{Recent, SourceWindow, SOURCES};
 use crate::hosts::WindowTable;
@@ -17,6 +20,10 @@ use core::net::{IpAddr, Ipv4Addr};
 pub const BINDINGS: usize = 512;
 /// A binding not seen again for this long is forgotten: a new MAC after it is a new host.
 pub const BINDING_AGE: Duration = Duration::from_secs(600);
+/// Requests remembered (who asked for which address), to tell an answer from a reply nobody
+/// asked for; a host answers within milliseconds.
+pub const ASKED: usize = 256;
+pub const ASKED_AGE: Duration = Duration::from_secs(3);
 
 /// An address's binding: the MAC, and the MAC it had before (to tell a flip back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,23 +36,27 @@ pub struct Binding {
 #[derive(Debug)]
 pub struct Bindings {
     by_ip: Recent<IpAddr, Binding, BINDINGS>,
+    /// Open requests: (the asker's address, the address asked for).
+    asked: Recent<(IpAddr, u32), (), ASKED>,
 }
 
 impl Default for Bindings {
     fn default() -> Self {
-        Bindings { by_ip: Recent::new(BINDING_AGE) }
+        Bindings { by_ip: Recent::new(BINDING_AGE), asked: Recent::new(ASKED_AGE) }
     }
 }
 
 impl Bindings {
     pub fn evicted(&self) -> u64 {
-        self.by_ip.evicted()
+        self.by_ip.evicted() + self.asked.evicted()
     }
     pub fn expire(&mut self, now: Instant) {
         self.by_ip.expire(now);
+        self.asked.expire(now);
     }
     pub fn clear(&mut self) {
         self.by_ip.clear();
+        self.asked.clear();
     }
     /// The MAC an address is bound to.
     pub fn mac_of(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
@@ -83,6 +94,23 @@ pub(crate) fn packet(
         }
     };
     let forged = meta.src_mac.is_some_and(|m| m != mac);
+    // A reply answers a request if its target asked for its sender's address a moment ago; an
+    // announcement (sender and target the same address) is a host's own business.
+    let asked = (IpAddr::V4(a.target_ip), a.sender_ip.to_bits());
+    let unasked = match a.operation {
+        1 => {
+            let _ = table.asked.entry((claimed, a.target_ip.to_bits()), (), now);
+            false
+        }
+        2 if a.sender_ip != a.target_ip => match table.asked.get(&asked) {
+            Some(()) => {
+                table.asked.remove(&asked);
+                false
+            }
+            None => true,
+        },
+        _ => false,
+    };
     // Whom to count it against: the host behind the MAC. A claim in another /24 than its own
     // address is a host renumbered (DHCP moved it to another network), not one answering for
     // a neighbour.
@@ -97,6 +125,9 @@ pub(crate) fn packet(
         }
         if changed || forged {
             w.arp_changes += 1;
+        }
+        if unasked {
+            w.arp_unasked += 1;
         }
     }
 }
@@ -145,9 +176,41 @@ mod tests {
         let f = an.sources().get(&attacker).unwrap().features(t(4), WINDOW);
         assert_eq!(f.arp_changes, 1.0);
         assert!(f.arp_claims >= 1.9, "{}", f.arp_claims);
+        assert_eq!(f.arp_unasked, 1.0);
         // The gateway itself changed nothing.
         let gw: IpAddr = [10, 0, 0, 1].into();
         assert!(an.sources().get(&gw).is_none_or(|w| w.features(t(4), WINDOW).arp_changes == 0.0));
+    }
+
+    #[test]
+    fn test_a_host_with_two_addresses_answers_what_it_is_asked() {
+        let mut an = Analyzers::new();
+        // .10 and .11 on one MAC 3; .20 asks for each, and the host answers, then asks itself.
+        for (op, mac, ip, target, s) in [
+            (1, 2, [10, 0, 0, 20], [10, 0, 0, 10], 1),
+            (2, 3, [10, 0, 0, 10], [10, 0, 0, 20], 1),
+            (1, 2, [10, 0, 0, 20], [10, 0, 0, 11], 2),
+            (2, 3, [10, 0, 0, 11], [10, 0, 0, 20], 2),
+            (1, 3, [10, 0, 0, 11], [10, 0, 0, 20], 3),
+            (2, 2, [10, 0, 0, 20], [10, 0, 0, 11], 3),
+        ] {
+            let (m, a) = arp(op, mac, ip, target);
+            an.arp(&m, &a, Instant::from_secs(s));
+        }
+        for host in [[10, 0, 0, 10], [10, 0, 0, 11], [10, 0, 0, 20]] {
+            let Some(w) = an.sources().get(&host.into()) else { continue };
+            let f = w.features(Instant::from_secs(4), WINDOW);
+            assert_eq!((f.arp_changes, f.arp_unasked), (0.0, 0.0), "{host:?}");
+        }
+        // The same reply again, with nobody asking, is one nobody asked for.
+        let (m, a) = arp(2, 3, [10, 0, 0, 10], [10, 0, 0, 20]);
+        an.arp(&m, &a, Instant::from_secs(4));
+        let unasked: f32 = [[10, 0, 0, 10], [10, 0, 0, 11]]
+            .iter()
+            .filter_map(|h| an.sources().get(&(*h).into()))
+            .map(|w| w.features(Instant::from_secs(5), WINDOW).arp_unasked)
+            .sum();
+        assert_eq!(unasked, 1.0);
     }
 
     #[test]

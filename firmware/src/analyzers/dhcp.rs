@@ -5,7 +5,7 @@
 //! per chaddr, the client messages it sent (DISCOVER, REQUEST, INFORM, ...) over the analyzers'
 //! window: a client asks a few times an hour, not a hundred times a minute.
 
-use crate::hosts::{Tumbling, WindowTable, Windows};
+use crate::hosts::{WindowTable, Windows};
 use crate::wire::DhcpInfo;
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -19,14 +19,7 @@ pub struct ClientWindow {
     pub source: Option<IpAddr>,
 }
 
-impl Tumbling for ClientWindow {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        ClientWindow { start: Some(at), ..Default::default() }
-    }
-}
+crate::hosts::tumbling!(ClientWindow);
 
 impl Windows<ClientWindow> {
     /// Requests over the sliding window, and the address to name it by.

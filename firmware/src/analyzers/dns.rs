@@ -8,7 +8,7 @@
 //! more, or the whole name 52 or more (hostnames that long are rare; encodings fill labels to 63).
 //! Reverse lookups are left out. Answers to a tracked pair add their bytes.
 
-use crate::hosts::{Sketch, Tumbling, WindowTable, Windows};
+use crate::hosts::{Sketch, WindowTable, Windows};
 use crate::wire::{DnsInfo, IpInfo};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -40,14 +40,7 @@ pub struct DomainWindow {
     pub name_bytes: u32,
 }
 
-impl Tumbling for DomainWindow {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        DomainWindow { start: Some(at), ..Default::default() }
-    }
-}
+crate::hosts::tumbling!(DomainWindow);
 
 /// A (source, domain) pair's facts over the sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -26,7 +26,7 @@ pub mod kerberos;
 pub mod smb;
 pub mod tls;
 
-use crate::hosts::{Sketch, TableKey, Tumbling, WindowTable};
+use crate::hosts::{Sketch, TableKey, WindowTable};
 use crate::wire::{ArpInfo, IpInfo, PacketMeta, L4};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -93,19 +93,14 @@ pub struct SourceWindow {
     pub heartbleed: u32,
     /// Remote services it created (svcctl CreateService after a bind to svcctl).
     pub services_created: u32,
-    /// ARP: bindings it changed (an address another MAC held), addresses its MAC claimed.
+    /// ARP: bindings it changed (an address another MAC held), addresses its MAC claimed,
+    /// replies it sent that nobody asked for.
     pub arp_changes: u32,
     pub arp_claims: Sketch,
+    pub arp_unasked: u32,
 }
 
-impl Tumbling for SourceWindow {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        SourceWindow { start: Some(at), ..Default::default() }
-    }
-}
+crate::hosts::tumbling!(SourceWindow);
 
 /// A source's application facts over the sliding window.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -119,6 +114,7 @@ pub struct SourceFeatures {
     pub services_created: f32,
     pub arp_changes: f32,
     pub arp_claims: f32,
+    pub arp_unasked: f32,
 }
 
 /// Count a previous window by how much of it still overlaps.
@@ -144,6 +140,7 @@ impl crate::hosts::Windows<SourceWindow> {
             services_created: slid(c.services_created, p.services_created, w),
             arp_changes: slid(c.arp_changes, p.arp_changes, w),
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
+            arp_unasked: slid(c.arp_unasked, p.arp_unasked, w),
         }
     }
 }
@@ -159,14 +156,7 @@ pub struct ScanWindow {
     pub hosts: Sketch,
 }
 
-impl Tumbling for ScanWindow {
-    fn start(&self) -> Option<Instant> {
-        self.start
-    }
-    fn starting(at: Instant) -> Self {
-        ScanWindow { start: Some(at), ..Default::default() }
-    }
-}
+crate::hosts::tumbling!(ScanWindow);
 
 impl crate::hosts::Windows<ScanWindow> {
     /// Distinct ports and hosts of the failed flows, over the sliding window.
@@ -377,14 +367,6 @@ impl Analyzers {
 }
 
 /// A source's window, to record a fact in.
-pub(crate) fn source(
-    t: &mut WindowTable<SourceWindow, SOURCES>,
-    ip: IpAddr,
-    now: Instant,
-) -> Option<&mut SourceWindow> {
-    t.window_mut(ip, now)
-}
-
 /// Record a failed authentication by `client` against `server`.
 pub(crate) fn auth_failure(
     t: &mut WindowTable<SourceWindow, SOURCES>,
@@ -407,7 +389,7 @@ pub(crate) fn failure(
     once_per_account: bool,
     now: Instant,
 ) {
-    if let Some(w) = source(t, client, now) {
+    if let Some(w) = t.window_mut(client, now) {
         let account = u64::from(w.pending_account);
         if once_per_account && w.accounts.contains(account) {
             return;
@@ -426,7 +408,7 @@ pub(crate) fn auth_attempt(
     account: &[u8],
     now: Instant,
 ) {
-    if let Some(w) = source(t, client, now) {
+    if let Some(w) = t.window_mut(client, now) {
         w.pending_account = fnv(account);
     }
 }

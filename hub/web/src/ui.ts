@@ -108,7 +108,7 @@ const COUNTERS: Record<string, string> = {
   tls_heartbleed: "{v} TLS heartbeats reading server memory, or sent before any data",
   smb_services_created: "{v} services created remotely (svcctl CreateService)",
   arp_binding_changes: "{v} IP-to-MAC bindings taken from another MAC",
-  arp_mac_addresses: "one MAC claiming {v} addresses",
+  arp_mac_addresses: "one MAC claiming {v} addresses, with replies nobody asked for",
   dns_encoded_names: "{v} distinct encoded names under one domain",
   dns_txt_queries: "{v} TXT/NULL queries to one domain",
   dhcp_client_requests: "{v} DHCP requests from one client address",
