@@ -262,6 +262,9 @@ pub struct StoreConfig {
     pub max_age_hours: u64,
     /// Packets kept per interface in the rolling evidence ring.
     pub evidence_ring_packets: u64,
+    /// Evidence packets kept per anomaly episode at most (the first ones); the rest of its
+    /// packets stay ring packets, counted in tapwatch_store_evidence_over_budget_packets_total.
+    pub evidence_max_packets: u64,
     /// Rows written per transaction at most.
     pub batch_rows: usize,
     /// A batch is written at least this often.
@@ -275,6 +278,7 @@ impl Default for StoreConfig {
             max_size_mb: 1024,
             max_age_hours: 168,
             evidence_ring_packets: 10_000,
+            evidence_max_packets: 10_000,
             batch_rows: 2_000,
             flush_interval_ms: 1_000,
         }

@@ -554,6 +554,12 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             enc,
+            "tapwatch_store_evidence_over_budget_packets",
+            "Packets of an anomaly episode not kept as its evidence: it had store.evidence_max_packets",
+            &one(load(&st.evidence_over_budget)),
+        )?;
+        counter(
+            enc,
             "tapwatch_sync_evidence_unsent_packets",
             "Evidence packets kept in the store but not sent: their episode sent sync.evidence_max_mb",
             &one(load(&st.evidence_unsent)),

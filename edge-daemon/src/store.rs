@@ -24,6 +24,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../migrations/001_initial.sql")),
     M::up(include_str!("../migrations/002_flows_by_rowid.sql")),
     M::up(include_str!("../migrations/003_outbox.sql")),
+    M::up(include_str!("../migrations/004_evidence_by_host.sql")),
 ];
 
 /// The tables, for counters.
@@ -95,6 +96,9 @@ pub struct StoreCounters {
     /// Evidence packets not sent to the hub because their episode had sent
     /// `sync.evidence_max_mb` already (they stay in the store for `export-pcap`).
     pub evidence_unsent: AtomicU64,
+    /// Packets of an episode not kept as its evidence because it had
+    /// `store.evidence_max_packets` already (they stay ring packets, rotated as those are).
+    pub evidence_over_budget: AtomicU64,
 }
 
 /// Index of a stream in [`Stream::ALL`], for per-stream counters.
@@ -256,6 +260,8 @@ pub struct Store {
     config: StoreConfig,
     counters: Arc<StoreCounters>,
     outbox: Option<Outbox>,
+    /// Evidence packets each episode has kept (since start), against `evidence_max_packets`.
+    evidence_kept: std::collections::HashMap<i64, u64>,
 }
 
 impl Store {
@@ -282,7 +288,13 @@ impl Store {
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
             .map_err(|source| StoreError::Migrate { path, source })?;
-        let store = Store { conn, config: config.clone(), counters, outbox: None };
+        let store = Store {
+            conn,
+            config: config.clone(),
+            counters,
+            outbox: None,
+            evidence_kept: std::collections::HashMap::new(),
+        };
         store.update_size()?;
         Ok(store)
     }
@@ -382,6 +394,7 @@ impl Store {
             self.outbox.as_mut().map(|o| std::mem::take(&mut o.evidence_sent)).unwrap_or_default();
         let evidence_max = self.outbox.as_ref().map_or(0, |o| o.evidence_max_bytes);
         let mut evidence_unsent = 0u64;
+        let mut over_budget = 0u64;
         {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
@@ -456,11 +469,24 @@ impl Store {
                  score_max, threshold, flagged, latency_us)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
-            let mut evidence = tx.prepare_cached(
-                "UPDATE packets SET anomaly_id = ?1
-                 WHERE anomaly_id IS NULL AND ts_us >= ?2 AND (src = ?3 OR dst = ?3)
+            // A host's ring packets by source, then by destination (each on its own partial
+            // index: an OR of the two would walk the time index), oldest first, up to what the
+            // episode may still keep.
+            let mut by_src = tx.prepare_cached(
+                "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
+                 WHERE anomaly_id IS NULL AND src = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
                  RETURNING ts_us, link_type, wire_len, data",
             )?;
+            let mut by_dst = tx.prepare_cached(
+                "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
+                 WHERE anomaly_id IS NULL AND dst = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
+                 RETURNING ts_us, link_type, wire_len, data",
+            )?;
+            let mut left_behind = tx.prepare_cached(
+                "SELECT count(*) FROM packets WHERE anomaly_id IS NULL AND ts_us >= ?1
+                 AND (src = ?2 OR dst = ?2)",
+            )?;
+            let keep_max = self.config.evidence_max_packets;
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
             // Reused text buffers for the addresses: no allocation per row.
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
@@ -552,17 +578,44 @@ impl Store {
                     }
                     Row::Evidence { anomaly, host, since_us, packets } => {
                         let ip = ip_bytes(host);
-                        let mut marked: Vec<(i64, i32, u32, Vec<u8>)> = evidence
-                            .query_map(params![anomaly, since_us, ip], |r| {
-                                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                            })?
-                            .collect::<Result<_, _>>()?;
+                        let kept = self.evidence_kept.entry(*anomaly).or_insert(0);
+                        let mut marked: Vec<(i64, i32, u32, Vec<u8>)> = Vec::new();
+                        for stmt in [&mut by_src, &mut by_dst] {
+                            let left = keep_max.saturating_sub(*kept);
+                            if left == 0 {
+                                break;
+                            }
+                            let before = marked.len();
+                            for r in stmt
+                                .query_map(params![anomaly, since_us, ip, left as i64], |r| {
+                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                                })?
+                            {
+                                marked.push(r?);
+                            }
+                            *kept += (marked.len() - before) as u64;
+                            if *kept >= keep_max {
+                                // Full: what else of this host's is in the ring stays there.
+                                let rest: i64 =
+                                    left_behind.query_row(params![since_us, ip], |r| r.get(0))?;
+                                over_budget += rest as u64;
+                            }
+                        }
                         for p in packets {
-                            packet(p, Some(*anomaly))?;
+                            let evidence = *kept < keep_max;
+                            packet(p, evidence.then_some(*anomaly))?;
                             n[Table::Packets as usize] += 1;
+                            if !evidence {
+                                over_budget += 1;
+                                continue;
+                            }
+                            *kept += 1;
                             if syncing {
                                 marked.push((p.ts_us, p.link_type, p.wire_len, p.data.clone()));
                             }
+                        }
+                        if !syncing {
+                            marked.clear();
                         }
                         if syncing && !marked.is_empty() {
                             // The packets just marked go to the hub, in parts that fit a
@@ -639,6 +692,10 @@ impl Store {
         self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
         tx.commit()?;
         self.counters.evidence_unsent.fetch_add(evidence_unsent, Ordering::Relaxed);
+        self.counters.evidence_over_budget.fetch_add(over_budget, Ordering::Relaxed);
+        if self.evidence_kept.len() > 100_000 {
+            self.evidence_kept.clear();
+        }
         if let Some(o) = self.outbox.as_mut() {
             // Bounded: episodes are few, but a long-running edge forgets the oldest budgets.
             if evidence_sent.len() > 100_000 {
@@ -1266,6 +1323,79 @@ mod tests {
             times.push(p.unwrap().timestamp.as_micros());
         }
         assert_eq!((m.packets, times), (3, vec![5, 7, 8]), "one part, in time order");
+    }
+
+    #[test]
+    fn test_evidence_is_kept_up_to_its_budget_and_the_rest_stays_in_the_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(StoreCounters::default());
+        let config = StoreConfig { evidence_max_packets: 4, ..cfg(dir.path()) };
+        let mut s = Store::open(&config, c.clone()).unwrap();
+        let host = [10, 0, 0, 1];
+        // Three of the host's stored as ring packets, from it and to it; then a marking with
+        // three more from memory: four are its evidence, two stay ring packets.
+        let mut to_host = packet_row(3, [10, 0, 0, 2], 100);
+        to_host.dst = Some(host.into());
+        s.write_batch(&[
+            Row::Packet(Box::new(packet_row(1, host, 100))),
+            Row::Packet(Box::new(packet_row(2, host, 100))),
+            Row::Packet(Box::new(to_host)),
+            Row::Packet(Box::new(packet_row(4, [10, 0, 0, 3], 100))),
+        ])
+        .unwrap();
+        let memory = (5..8).map(|t| packet_row(t, host, 100)).collect();
+        s.write_batch(&[Row::Evidence {
+            anomaly: 9,
+            host: host.into(),
+            since_us: 0,
+            packets: memory,
+        }])
+        .unwrap();
+        let ts = |sql: &str| -> Vec<i64> {
+            let mut q = s.connection().prepare(sql).unwrap();
+            q.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        };
+        assert_eq!(
+            ts("SELECT ts_us FROM packets WHERE anomaly_id = 9 ORDER BY ts_us"),
+            [1, 2, 3, 5]
+        );
+        assert_eq!(
+            ts("SELECT ts_us FROM packets WHERE anomaly_id IS NULL ORDER BY ts_us"),
+            [4, 6, 7]
+        );
+        assert_eq!(c.evidence_over_budget.load(Ordering::Relaxed), 2);
+        // Full, a later marking takes nothing and counts what it leaves.
+        let more = vec![packet_row(8, host, 100)];
+        s.write_batch(&[Row::Evidence {
+            anomaly: 9,
+            host: host.into(),
+            since_us: 0,
+            packets: more,
+        }])
+        .unwrap();
+        assert_eq!(c.evidence_over_budget.load(Ordering::Relaxed), 3);
+        assert_eq!(s.count(Table::Packets).unwrap(), 8, "nothing deleted");
+    }
+
+    #[test]
+    fn test_evidence_marking_reads_the_hosts_packets_by_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, _) = open(dir.path());
+        for (column, index) in [("src", "packets_ring_src"), ("dst", "packets_ring_dst")] {
+            let plan: Vec<String> = s
+                .connection()
+                .prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT id FROM packets WHERE anomaly_id IS NULL
+                     AND {column} = x'0a000001' AND ts_us >= 0 ORDER BY ts_us LIMIT 10"
+                ))
+                .unwrap()
+                .query_map([], |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|p| p.contains(index)), "{column}: {plan:?}");
+            assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{column}: {plan:?}");
+        }
     }
 
     #[test]
