@@ -237,6 +237,10 @@ pub struct FlowsConfig {
     pub closed_linger_s: u32,
     /// Length of a host window (scan, sweep and flood counters).
     pub host_window_s: u32,
+    /// Flows tracked at once (rounded up to whole shards of 65,536). A full table ends its
+    /// oldest flow to make room (counted). Memory: about 0.3 KiB a flow, taken as flows come.
+    /// Read at start; a reload keeps the table it has.
+    pub max_flows: u64,
 }
 
 impl Default for FlowsConfig {
@@ -247,6 +251,7 @@ impl Default for FlowsConfig {
             active_timeout_s: 300,
             closed_linger_s: 2,
             host_window_s: 10,
+            max_flows: crate::DEFAULT_MAX_FLOWS as u64,
         }
     }
 }
@@ -565,6 +570,13 @@ impl Config {
                 p.push(format!("{name}: must be at least 1"));
             }
         }
+        if f.max_flows == 0 || f.max_flows > crate::LIMIT_MAX_FLOWS as u64 {
+            p.push(format!(
+                "flows.max_flows {}: must be between 1 and {}",
+                f.max_flows,
+                crate::LIMIT_MAX_FLOWS
+            ));
+        }
         let s = &self.store;
         if s.max_size_mb < 8 {
             p.push(format!("store.max_size_mb {}: must be at least 8", s.max_size_mb));
@@ -677,6 +689,7 @@ impl Config {
                 idle_timeout: Duration::from_secs(f.idle_timeout_s.into()),
                 active_timeout: Duration::from_secs(f.active_timeout_s.into()),
                 closed_linger: Duration::from_secs(f.closed_linger_s.into()),
+                max_flows: (f.max_flows as usize).clamp(1, crate::LIMIT_MAX_FLOWS),
             },
             hosts: firmware::hosts::HostConfig {
                 window: Duration::from_secs(f.host_window_s.into()),

@@ -25,10 +25,12 @@ use firmware::flow::HeapShards;
 
 /// Flows one shard of the flow table holds (heapless maps hold at most 65,536).
 pub const FLOWS_PER_SHARD: usize = 1 << 16;
-/// Shards of the flow table.
+/// Shards of the flow table when the configuration names no size.
 pub const FLOW_SHARDS: usize = 2;
-/// Flows the edge tracks at once.
-pub const MAX_FLOWS: usize = FLOWS_PER_SHARD * FLOW_SHARDS;
+/// Flows the edge tracks at once by default (`flows.max_flows`).
+pub const DEFAULT_MAX_FLOWS: usize = FLOWS_PER_SHARD * FLOW_SHARDS;
+/// The most `flows.max_flows` may be: 16 million flows, about 5 GiB.
+pub const LIMIT_MAX_FLOWS: usize = FLOWS_PER_SHARD * 256;
 /// Source hosts with window counters at once (a power of two).
 pub const MAX_HOSTS: usize = 1 << 13;
 
@@ -57,3 +59,34 @@ pub const PIPELINE_STACK: usize = 8
     * (std::mem::size_of::<EdgeEngine>()
         + std::mem::size_of::<firmware::flow::FlowMap<FLOWS_PER_SHARD>>())
     + (64 << 20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_max_flows(n: Option<u64>) -> Result<config::Config, config::ConfigError> {
+        let flows = n.map(|n| format!("[flows]\nmax_flows = {n}\n")).unwrap_or_default();
+        config::Config::parse(&format!("[device]\nid = \"t\"\n{flows}"), "t.toml")
+    }
+
+    #[test]
+    fn test_the_flow_table_is_as_large_as_configured() {
+        std::thread::Builder::new()
+            .stack_size(PIPELINE_STACK)
+            .spawn(|| {
+                for (max_flows, capacity) in
+                    [(None, DEFAULT_MAX_FLOWS), (Some(1), 65_536), (Some(1_000_000), 1_048_576)]
+                {
+                    let engine = new_engine(with_max_flows(max_flows).unwrap().engine());
+                    assert_eq!(engine.flows().capacity(), capacity, "max_flows {max_flows:?}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        for max_flows in [0, LIMIT_MAX_FLOWS as u64 + 1] {
+            let e = with_max_flows(Some(max_flows)).unwrap_err().to_string();
+            assert!(e.contains("flows.max_flows"), "{e}");
+        }
+    }
+}

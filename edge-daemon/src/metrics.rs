@@ -32,6 +32,8 @@ pub struct PipelineSnapshot {
     pub victims: HostCounters,
     pub pipeline: PipelineCounters,
     pub flows_active: u64,
+    /// Flows the table holds at most (`flows.max_flows`, in whole shards).
+    pub flows_capacity: u64,
     pub hosts_active: u64,
     pub victims_active: u64,
     /// Parse errors per interface, by kind (order of `DissectError::ALL`).
@@ -361,6 +363,12 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_flows_active",
             "Flows in the flow table",
             &one(p.flows_active as f64),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_flows_capacity",
+            "Flows the flow table holds at most (flows.max_flows in whole shards)",
+            &one(p.flows_capacity as f64),
         )?;
         counter(enc, "tapwatch_flows_created", "Flows started", &one(p.flows.created))?;
         let ended: Vec<(Labels<'_>, u64)> = EndReason::ALL

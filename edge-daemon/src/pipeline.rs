@@ -452,6 +452,7 @@ impl Pipeline {
             victims: *self.engine.victims().counters(),
             pipeline: self.counters,
             flows_active: self.engine.flows().len() as u64,
+            flows_capacity: self.engine.flows().capacity() as u64,
             hosts_active: self.engine.hosts().len() as u64,
             victims_active: self.engine.victims().len() as u64,
             iface_errors: self.iface_errors.clone(),

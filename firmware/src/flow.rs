@@ -28,6 +28,10 @@ pub struct FlowConfig {
     pub active_timeout: Duration,
     /// How long a TCP flow closed by FIN or RST waits for its last packets before it is recorded.
     pub closed_linger: Duration,
+    /// Flows held at once, rounded up to whole shards; 0 for what the table's storage holds by
+    /// default. Read when the table is made: storage whose shard count is fixed (an array, on
+    /// a microcontroller) ignores it.
+    pub max_flows: usize,
 }
 
 impl Default for FlowConfig {
@@ -37,6 +41,7 @@ impl Default for FlowConfig {
             idle_timeout: Duration::from_secs(60),
             active_timeout: Duration::from_secs(300),
             closed_linger: Duration::from_secs(2),
+            max_flows: 0,
         }
     }
 }
@@ -616,14 +621,16 @@ pub type FlowMap<const N: usize> = Map<FlowKey, Flow, N>;
 /// [`HeapShards`] keeps each shard in its own allocation: a table of tens of MiB then never
 /// passes through the stack on its way to the heap, so only the pages flows use are ever touched.
 pub trait FlowShards<const N: usize> {
-    fn create() -> Self;
+    /// The storage of `shards` shards, or of its default count for 0 (fixed-size storage has
+    /// one count and ignores it).
+    fn create(shards: usize) -> Self;
     fn count(&self) -> usize;
     fn shard(&self, i: usize) -> &FlowMap<N>;
     fn shard_mut(&mut self, i: usize) -> &mut FlowMap<N>;
 }
 
 impl<const N: usize, const S: usize> FlowShards<N> for [FlowMap<N>; S] {
-    fn create() -> Self {
+    fn create(_shards: usize) -> Self {
         const { assert!(S >= 1, "a flow table needs at least one shard") };
         [const { Map::new() }; S]
     }
@@ -638,19 +645,21 @@ impl<const N: usize, const S: usize> FlowShards<N> for [FlowMap<N>; S] {
     }
 }
 
-/// `S` shards, each in its own heap allocation.
+/// Shards each in its own heap allocation, as many as configured ([`FlowConfig::max_flows`]),
+/// `S` by default.
 #[cfg(feature = "std")]
 #[derive(Debug)]
 pub struct HeapShards<const N: usize, const S: usize>(std::vec::Vec<std::boxed::Box<FlowMap<N>>>);
 
 #[cfg(feature = "std")]
 impl<const N: usize, const S: usize> FlowShards<N> for HeapShards<N, S> {
-    fn create() -> Self {
+    fn create(shards: usize) -> Self {
         const { assert!(S >= 1, "a flow table needs at least one shard") };
-        HeapShards((0..S).map(|_| std::boxed::Box::new(Map::new())).collect())
+        let n = if shards == 0 { S } else { shards };
+        HeapShards((0..n).map(|_| std::boxed::Box::new(Map::new())).collect())
     }
     fn count(&self) -> usize {
-        S
+        self.0.len()
     }
     fn shard(&self, i: usize) -> &FlowMap<N> {
         &self.0[i]
@@ -685,7 +694,7 @@ impl<const N: usize, M: FlowShards<N>> Default for FlowTable<N, M> {
 impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
     pub fn new(config: FlowConfig) -> Self {
         FlowTable {
-            maps: M::create(),
+            maps: M::create(config.max_flows.div_ceil(N)),
             config,
             counters: FlowCounters::default(),
             now: Instant::from_micros(0),
