@@ -667,7 +667,8 @@ impl Store {
                             a.latency_us as i64,
                         ])?;
                         n[Table::Analyses as usize] += 1;
-                        queue(Stream::Analyses, &|d, seq| stamped(&**a, d, seq, created), None)?;
+                        // Its time is its interval's end, not when it was queued.
+                        queue(Stream::Analyses, &|d, seq| stamped(&**a, d, seq, a.ts), None)?;
                     }
                 }
             }
@@ -1396,6 +1397,35 @@ mod tests {
             assert!(plan.iter().any(|p| p.contains(index)), "{column}: {plan:?}");
             assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{column}: {plan:?}");
         }
+    }
+
+    #[test]
+    fn test_an_analysis_reaches_the_hub_with_its_own_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        s.enable_outbox("tap-1", 1_000).unwrap();
+        let a = firmware::proto::AnalysisMsg {
+            schema: 0,
+            device: Default::default(),
+            seq: 0,
+            ts: 1_700_000_060_000_000,
+            model: "classifier".try_into().unwrap(),
+            model_version: "3".try_into().unwrap(),
+            rows: 10,
+            score_min: 0.0,
+            score_mean: 0.1,
+            score_max: 0.9,
+            threshold: 0.5,
+            flagged: 1,
+            latency_us: 40,
+        };
+        s.write_batch(&[Row::Analysis(Box::new(a))]).unwrap();
+        let payload: Vec<u8> = s
+            .connection()
+            .query_row("SELECT payload FROM outbox WHERE stream = 'analyses'", [], |r| r.get(0))
+            .unwrap();
+        let m: firmware::proto::AnalysisMsg = serde_json::from_slice(&payload).unwrap();
+        assert_eq!((m.ts, m.seq, m.device.as_str()), (1_700_000_060_000_000, 1, "tap-1"));
     }
 
     #[test]
