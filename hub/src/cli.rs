@@ -76,7 +76,7 @@ pub enum DeviceCommand {
 #[derive(Debug, Subcommand)]
 pub enum BrokerCommand {
     /// Give the hub (mqtt.username, with mqtt.password_file) its identity at the broker: the
-    /// shared subscription to every device's streams, which no device may take, and the
+    /// subscription to every device's streams, which no device may take, and the
     /// hub-to-edge topics. Needs mqtt.admin_username.
     Init {
         #[arg(long, short)]
@@ -385,7 +385,7 @@ pub fn main() -> ExitCode {
                 let commands = crate::provision::hub_commands(
                     &m.username,
                     &password,
-                    &m.share_group,
+                    &m.subscription(),
                     &m.topic_prefix,
                 );
                 runtime()?.block_on(crate::provision::apply(&c, commands))?;

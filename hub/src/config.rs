@@ -120,7 +120,11 @@ pub struct MqttConfig {
     pub ca_file: PathBuf,
     pub client_cert_file: PathBuf,
     pub client_key_file: PathBuf,
-    /// Shared-subscription group: hubs in one group share the edges' messages.
+    /// Empty (the default): one hub, on a plain subscription, which the broker keeps with the
+    /// hub's session across its own restarts (Mosquitto persists it). A group name: hubs in
+    /// one shared-subscription group (`$share/<group>/...`) share the edges' messages; Mosquitto
+    /// 2.0 does not keep a shared subscription over its restart, so messages that reach it
+    /// before the hubs subscribe again are lost to them.
     pub share_group: String,
     /// Put before `tapwatch/v1/...` in the topics read (as the edges' `sync.topic_prefix`).
     pub topic_prefix: String,
@@ -129,6 +133,18 @@ pub struct MqttConfig {
     pub session_expiry_s: u32,
     /// Messages the broker may send before the hub has acknowledged them.
     pub receive_maximum: u16,
+}
+
+impl MqttConfig {
+    /// The topic filter the hub subscribes to: every device's streams.
+    pub fn subscription(&self) -> String {
+        let topics = format!("{}tapwatch/v1/+/+", self.topic_prefix);
+        if self.share_group.is_empty() {
+            topics
+        } else {
+            format!("$share/{}/{topics}", self.share_group)
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -145,7 +161,7 @@ impl Default for MqttConfig {
             ca_file: PathBuf::new(),
             client_cert_file: PathBuf::new(),
             client_key_file: PathBuf::new(),
-            share_group: "tapwatch-hub".into(),
+            share_group: String::new(),
             topic_prefix: String::new(),
             keepalive_s: 30,
             session_expiry_s: 7 * 24 * 3600,
@@ -323,7 +339,7 @@ impl Config {
         if m.client_id.is_empty() {
             p.push("mqtt.client_id: must not be empty".into());
         }
-        if m.share_group.is_empty() || m.share_group.contains(['/', '+', '#']) {
+        if m.share_group.contains(['/', '+', '#']) {
             p.push(format!("mqtt.share_group {:?}: one topic level, no + or #", m.share_group));
         }
         if !m.topic_prefix.is_empty()

@@ -1,7 +1,8 @@
 //! MQTT to PostgreSQL, exactly once in effect.
 //!
-//! The hub subscribes with an MQTT v5 shared subscription (`$share/<group>/<prefix>tapwatch/v1/+/+`)
-//! and a persistent session, with manual acknowledgements. Messages are gathered into batches
+//! The hub subscribes to `<prefix>tapwatch/v1/+/+` (or, for several hubs sharing the load, an
+//! MQTT v5 shared subscription `$share/<group>/...`) with a persistent session and manual
+//! acknowledgements. Messages are gathered into batches
 //! (`ingest.batch_messages`, `ingest.batch_ms`); a batch is one transaction:
 //!
 //! 1. every message is decoded ([`crate::contract::decode`]); a refused one goes to
@@ -952,8 +953,7 @@ pub async fn run(
         .set_manual_acks(true);
     let (client, mut eventloop) =
         AsyncClient::new(o, usize::from(config.mqtt.receive_maximum) + 64);
-    let filter =
-        format!("$share/{}/{}tapwatch/v1/+/+", config.mqtt.share_group, config.mqtt.topic_prefix);
+    let filter = config.mqtt.subscription();
 
     // The event loop runs on a task of its own (keep-alives go on while a batch commits) and
     // hands publishes over.

@@ -1,6 +1,6 @@
 //! Identities at the broker: each device gets a credential of its own and may publish only its
 //! own streams (`tapwatch/v1/{id}/<stream>`) and read only its own hub-to-edge topics; only the
-//! hub's identity may take the shared subscription.
+//! hub's identity may take the subscription to every device's streams.
 //!
 //! This drives Mosquitto's dynamic-security plugin over its control topic
 //! (`$CONTROL/dynamic-security/v1`) with the broker admin's credential (`mqtt.admin_username`,
@@ -76,11 +76,16 @@ pub fn device_commands(id: &str, password: &str, prefix: &str) -> Vec<Value> {
     identity(id, password, Some(id), &format!("tapwatch-device-{id}"), acls)
 }
 
-/// The hub's identity: the shared subscription to every device's streams (only it may take it),
-/// their messages, and publishing hub-to-edge topics.
-pub fn hub_commands(username: &str, password: &str, group: &str, prefix: &str) -> Vec<Value> {
+/// The hub's identity: its subscription to every device's streams (`subscription`, plain or
+/// shared; only it may take it), their messages, and publishing hub-to-edge topics.
+pub fn hub_commands(
+    username: &str,
+    password: &str,
+    subscription: &str,
+    prefix: &str,
+) -> Vec<Value> {
     let mut acls = vec![
-        acl("subscribePattern", format!("$share/{group}/{prefix}tapwatch/v1/+/+")),
+        acl("subscribePattern", subscription.to_string()),
         acl("publishClientReceive", format!("{prefix}tapwatch/v1/#")),
     ];
     for leaf in HUB_TO_EDGE {
@@ -185,7 +190,7 @@ mod tests {
         assert!(acls.iter().all(|(k, _)| !k.starts_with("subscribePattern")));
         assert_eq!(c.last().unwrap()["username"], "tap-1");
         assert_eq!(c.last().unwrap()["clientid"], "tap-1");
-        let hub = hub_commands("hub", "pw", "g", "p/");
+        let hub = hub_commands("hub", "pw", "$share/g/p/tapwatch/v1/+/+", "p/");
         assert!(hub.iter().any(|c| c["topic"] == "$share/g/p/tapwatch/v1/+/+"));
     }
 
