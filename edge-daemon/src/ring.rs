@@ -25,6 +25,9 @@ struct Slot {
     len: u32,
     src: Option<IpAddr>,
     dst: Option<IpAddr>,
+    /// Taken out as evidence: its bytes stay in the deque until it is the oldest (moving the
+    /// rest up on every marking copied the whole ring each time), and a drain skips it.
+    taken: bool,
 }
 
 /// A packet as the ring is given it.
@@ -52,12 +55,14 @@ impl Ring {
         Ring { interface, cap, slots: VecDeque::new(), bytes: VecDeque::new() }
     }
 
+    /// Packets held (those taken as evidence are not, though their slots wait to be the
+    /// oldest and count against the size).
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.iter().filter(|s| !s.taken).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.len() == 0
     }
 
     /// Add a packet (nothing when the ring's size is 0); true when the oldest was pushed out
@@ -70,7 +75,8 @@ impl Ring {
         while self.slots.len() >= self.cap {
             if let Some(old) = self.slots.pop_front() {
                 self.bytes.drain(..old.len as usize);
-                rotated = true;
+                // One taken as evidence is in the store already: not lost.
+                rotated |= !old.taken;
             }
         }
         self.slots.push_back(Slot {
@@ -80,6 +86,7 @@ impl Ring {
             len: p.data.len() as u32,
             src: p.src,
             dst: p.dst,
+            taken: false,
         });
         if self.bytes.capacity() - self.bytes.len() < p.data.len() {
             // Grow by a quarter rather than double: the deque stays near the most bytes the
@@ -108,10 +115,10 @@ impl Ring {
         let out = self
             .slots
             .iter()
-            .map(|s| {
+            .filter_map(|s| {
                 let range = at..at + s.len as usize;
                 at = range.end;
-                self.row(s, self.bytes.range(range).copied().collect())
+                (!s.taken).then(|| self.row(s, self.bytes.range(range).copied().collect()))
             })
             .collect();
         self.slots.clear();
@@ -120,29 +127,19 @@ impl Ring {
     }
 
     /// Take out the packets to or from `host` at or after `since_us`, oldest first; the others
-    /// stay, in order.
+    /// stay, in order. Only the packets taken are copied.
     pub fn take_host(&mut self, host: IpAddr, since_us: i64) -> Vec<PacketRow> {
-        let hit = |s: &Slot| s.ts_us >= since_us && (s.src == Some(host) || s.dst == Some(host));
-        if !self.slots.iter().any(hit) {
-            return Vec::new();
-        }
-        let slots = std::mem::take(&mut self.slots);
-        let bytes = std::mem::take(&mut self.bytes);
         let mut out = Vec::new();
-        let (mut kept, mut kept_bytes) = (VecDeque::with_capacity(slots.len()), VecDeque::new());
         let mut at = 0usize;
-        for s in slots {
+        for i in 0..self.slots.len() {
+            let s = self.slots[i];
             let range = at..at + s.len as usize;
             at = range.end;
-            if hit(&s) {
-                out.push(self.row(&s, bytes.range(range).copied().collect()));
-            } else {
-                kept_bytes.extend(bytes.range(range));
-                kept.push_back(s);
+            if !s.taken && s.ts_us >= since_us && (s.src == Some(host) || s.dst == Some(host)) {
+                out.push(self.row(&s, self.bytes.range(range).copied().collect()));
+                self.slots[i].taken = true;
             }
         }
-        self.slots = kept;
-        self.bytes = kept_bytes;
         out
     }
 }
@@ -220,5 +217,21 @@ mod tests {
         r.push(packet(20, b, b"z"));
         assert!(r.take_host(IpAddr::from([192, 0, 2, 1]), 0).is_empty());
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn test_a_packet_taken_as_evidence_is_not_lost_when_it_leaves_the_ring() {
+        let mut r = Ring::new("eth0".into(), 2);
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        r.push(packet(1, a, b"a1"));
+        assert_eq!(r.take_host(IpAddr::from(a), 0).len(), 1);
+        assert_eq!(r.len(), 0);
+        assert!(!r.push(packet(2, b, b"b2")));
+        assert!(!r.push(packet(3, b, b"b3")), "the slot pushed out was evidence already");
+        assert!(r.push(packet(4, b, b"b4")), "b2 is lost to the ring");
+        assert!(r.take_host(IpAddr::from(a), 0).is_empty(), "taken once only");
+        let left = r.drain();
+        assert_eq!(left.iter().map(|p| p.ts_us).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(left[1].data, b"b4");
     }
 }
