@@ -217,12 +217,20 @@ impl Thresholds {
                 f.arp_changes,
                 self.arp_spoof_changes,
             );
-        } else if f.arp_unasked >= 1.0 {
+        } else if f.arp_unasked >= 1.0 && f.arp_claims >= self.arp_spoof_addresses {
             trip(
                 AnomalyKind::ArpSpoof,
                 "arp_mac_addresses",
                 f.arp_claims,
                 self.arp_spoof_addresses,
+            );
+        } else {
+            // Replies nobody asked for, as many as the per-address rule wants, from one host.
+            trip(
+                AnomalyKind::ArpSpoof,
+                "arp_unasked_replies",
+                f.arp_unasked,
+                self.arp_spoof_replies,
             );
         }
     }
@@ -340,8 +348,16 @@ impl<const E: usize> WindowDetector<E> {
             // The victim of a reflection seems to sweep its reflectors (their answers come back
             // as replies to connections it never made): its reflection episode says what it is.
             let reflected = self.reflection_victim(*ip);
-            for t in trips.into_iter().filter(|t| !(reflected && t.kind == AnomalyKind::HostSweep))
-            {
+            // Replies claiming an address are counted against that address; the ARP analyzer
+            // names the host behind the claiming MAC (evaluate_analyzers runs first): one
+            // spoofing, one episode, under the attacker's own address where it is known.
+            let spoofing =
+                self.episodes.iter().any(|e| e.kind == AnomalyKind::ArpSpoof && e.src != *ip);
+            let named = |t: &Trip| {
+                (reflected && t.kind == AnomalyKind::HostSweep)
+                    || (spoofing && t.kind == AnomalyKind::ArpSpoof)
+            };
+            for t in trips.into_iter().filter(|t| !named(t)) {
                 self.trip(*ip, t, now, out);
             }
         }

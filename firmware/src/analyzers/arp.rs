@@ -25,11 +25,14 @@ pub const BINDING_AGE: Duration = Duration::from_secs(600);
 pub const ASKED: usize = 256;
 pub const ASKED_AGE: Duration = Duration::from_secs(3);
 
-/// An address's binding: the MAC, and the MAC it had before (to tell a flip back).
+/// An address's binding: the MAC, how often it changed, and whether that MAC's last claim of
+/// it was a reply nobody asked for (a host that then answers for its own address takes it
+/// back: that is the victim restoring it, not a second spoofer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Binding {
     pub mac: [u8; 6],
     pub changes: u16,
+    pub unasked: bool,
 }
 
 /// The binding table, by IPv4 address.
@@ -81,19 +84,6 @@ pub(crate) fn packet(
     // A frame whose Ethernet source is not the MAC it claims is crafted (or proxied).
     let mac = a.sender_mac;
     let claimed = IpAddr::V4(a.sender_ip);
-    let changed = match table.by_ip.get_mut(&claimed, now) {
-        Some(b) if b.mac != mac => {
-            b.mac = mac;
-            b.changes = b.changes.saturating_add(1);
-            true
-        }
-        Some(_) => false,
-        None => {
-            let _ = table.by_ip.entry(claimed, Binding { mac, changes: 0 }, now);
-            false
-        }
-    };
-    let forged = meta.src_mac.is_some_and(|m| m != mac);
     // A reply answers a request if its target asked for its sender's address a moment ago; an
     // announcement (sender and target the same address) is a host's own business.
     let asked = (IpAddr::V4(a.target_ip), a.sender_ip.to_bits());
@@ -111,6 +101,25 @@ pub(crate) fn packet(
         },
         _ => false,
     };
+    let changed = match table.by_ip.get_mut(&claimed, now) {
+        Some(b) if b.mac != mac => {
+            // Taken back by a host answering for itself from one that claimed it unasked.
+            let restored = b.unasked && !unasked;
+            b.mac = mac;
+            b.unasked = unasked;
+            b.changes = b.changes.saturating_add(1);
+            !restored
+        }
+        Some(b) => {
+            b.unasked = unasked;
+            false
+        }
+        None => {
+            let _ = table.by_ip.entry(claimed, Binding { mac, changes: 0, unasked }, now);
+            false
+        }
+    };
+    let forged = meta.src_mac.is_some_and(|m| m != mac);
     // Whom to count it against: the host behind the MAC. A claim in another /24 than its own
     // address is a host renumbered (DHCP moved it to another network), not one answering for
     // a neighbour.
@@ -211,6 +220,29 @@ mod tests {
             .map(|w| w.features(Instant::from_secs(5), WINDOW).arp_unasked)
             .sum();
         assert_eq!(unasked, 1.0);
+    }
+
+    #[test]
+    fn test_the_victim_taking_its_address_back_is_not_a_spoofer() {
+        let mut an = Analyzers::new();
+        // MAC 6 (.66) claims .10 unasked before .10's own MAC 1 is seen; then .20 asks for .10
+        // and MAC 1 answers: the binding changes back, and that is .10's, not a spoofing.
+        for (op, mac, ip, target, s) in [
+            (1, 6, [10, 0, 0, 66], [10, 0, 0, 20], 1),
+            (2, 6, [10, 0, 0, 10], [10, 0, 0, 20], 1),
+            (1, 2, [10, 0, 0, 20], [10, 0, 0, 10], 2),
+            (2, 1, [10, 0, 0, 10], [10, 0, 0, 20], 2),
+        ] {
+            let (m, a) = arp(op, mac, ip, target);
+            an.arp(&m, &a, Instant::from_secs(s));
+        }
+        let f = |ip: [u8; 4]| {
+            an.sources().get(&ip.into()).map(|w| w.features(Instant::from_secs(3), WINDOW))
+        };
+        assert!(f([10, 0, 0, 10]).is_none_or(|f| f.arp_changes == 0.0), "{:?}", f([10, 0, 0, 10]));
+        let attacker = f([10, 0, 0, 66]).unwrap();
+        assert_eq!(attacker.arp_unasked, 1.0);
+        assert!(attacker.arp_claims >= 1.9);
     }
 
     #[test]
