@@ -211,9 +211,11 @@ fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String>
     ))?;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "tapwatch-edge: outbox sent: {} messages acknowledged ({} flow records)",
+        "tapwatch-edge: outbox sent: {} messages acknowledged by the broker ({} flow records), {} confirmed by the hub, {} sent again",
         counters.acked.iter().map(load).sum::<u64>(),
-        load(&counters.flows_acked)
+        load(&counters.flows_acked),
+        counters.confirmed.iter().map(load).sum::<u64>(),
+        counters.resent.iter().map(load).sum::<u64>()
     );
     Ok(())
 }

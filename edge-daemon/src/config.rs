@@ -351,7 +351,8 @@ impl HttpConfig {
 }
 
 /// `[sync]`: the MQTT link to the hub. What the daemon records is queued in the store's outbox
-/// and a message leaves the outbox only when the broker has acknowledged it (QoS 1).
+/// and a message leaves the outbox only when the hub has confirmed it committed (its retained
+/// `ack` topic), or, with `confirm = "broker"`, when the broker has acknowledged it (QoS 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
@@ -377,6 +378,16 @@ pub struct SyncConfig {
     pub keepalive_s: u32,
     /// Messages sent and not yet acknowledged, at most.
     pub inflight: u16,
+    /// Who releases a message from the outbox: the hub, once it has committed it (`hub`), or
+    /// the broker's PUBACK alone (`broker`, for a consumer other than the hub; a broker that
+    /// restarts may then lose what it had acknowledged).
+    pub confirm: Confirm,
+    /// Messages the broker has acknowledged and the hub not yet confirmed, at most; the rest
+    /// wait in the outbox (the edge's disk, not the broker, holds the backlog).
+    pub unconfirmed_max: u32,
+    /// A message the hub has not confirmed this many seconds after its PUBACK is sent again;
+    /// the wait doubles with each try of it, up to 16 times.
+    pub resend_after_s: u32,
     /// Messages the outbox keeps at most while the hub cannot be reached; past it the oldest
     /// are dropped, each counted in tapwatch_sync_dropped_total.
     pub outbox_max_messages: u64,
@@ -405,6 +416,9 @@ impl Default for SyncConfig {
             topic_prefix: String::new(),
             keepalive_s: 30,
             inflight: 64,
+            confirm: Confirm::Hub,
+            unconfirmed_max: 2048,
+            resend_after_s: 30,
             outbox_max_messages: 1_000_000,
             evidence_max_mb: 4,
             metrics_interval_s: 30,
@@ -412,6 +426,14 @@ impl Default for SyncConfig {
             reconnect_max_ms: 30_000,
         }
     }
+}
+
+/// Who releases a message from the edge's outbox (`sync.confirm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirm {
+    Hub,
+    Broker,
 }
 
 impl SyncConfig {
@@ -628,6 +650,12 @@ impl Config {
         }
         if y.inflight == 0 || y.inflight > 1024 {
             p.push(format!("sync.inflight {}: must be 1 to 1024", y.inflight));
+        }
+        if !(16..=1_000_000).contains(&y.unconfirmed_max) {
+            p.push(format!("sync.unconfirmed_max {}: must be 16 to 1000000", y.unconfirmed_max));
+        }
+        if !(1..=86_400).contains(&y.resend_after_s) {
+            p.push(format!("sync.resend_after_s {}: must be 1 to 86400", y.resend_after_s));
         }
         if y.outbox_max_messages < 1000 {
             p.push(format!(

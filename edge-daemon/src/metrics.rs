@@ -138,6 +138,7 @@ impl Shared {
             net_tx_bytes: h.nets.iter().map(|n| n.2).sum(),
             flows_active: p.flows_active,
             store_dropped,
+            outbox: heapless::Vec::new(),
             capture,
         }
     }
@@ -575,7 +576,7 @@ impl prometheus_client::collector::Collector for Collector {
         gauge(
             enc,
             "tapwatch_sync_outbox_messages",
-            "Messages in the outbox waiting for the broker's acknowledgement",
+            "Messages in the outbox: not yet sent, or not yet confirmed by the hub",
             &one(load(&st.outbox_depth) as f64),
         )?;
         let y = &s.sync;
@@ -590,6 +591,36 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_sync_acked",
             "Messages the broker acknowledged, by stream",
             &per_stream(&y.acked),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_confirmed",
+            "Messages the hub confirmed committed (released from the outbox), by stream",
+            &per_stream(&y.confirmed),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_resent",
+            "Messages sent again: the hub had not confirmed them in time, or named them missing",
+            &per_stream(&y.resent),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_sync_unconfirmed_messages",
+            "Messages the broker acknowledged and the hub has not confirmed yet",
+            &one(load(&y.unconfirmed) as f64),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_sync_hub_lost_messages",
+            "Messages the hub never received and this outbox no longer held, by stream (the hub's count)",
+            &per_stream(&y.hub_lost).into_iter().map(|(l, v)| (l, v as f64)).collect::<Vec<_>>(),
+        )?;
+        counter(
+            enc,
+            "tapwatch_sync_acks_refused",
+            "Hub acks refused: malformed, another device's, or confirming seqs this outbox never gave out",
+            &one(load(&y.acks_refused)),
         )?;
         counter(
             enc,

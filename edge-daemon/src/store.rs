@@ -240,6 +240,29 @@ fn stamped<M: firmware::proto::Message + Clone + serde::Serialize>(
     serde_json::to_vec(&m).ok()
 }
 
+/// Per stream, the lowest seq the outbox holds, or the next one if it holds none ([`MetricsMsg`]'s
+/// `outbox`). Inside the writer's transaction: rows it queued are seen, and a stream with none
+/// in the outbox queued none in it, so `sync_seq` is current for it.
+fn outbox_floors(
+    tx: &rusqlite::Transaction<'_>,
+) -> Result<heapless::Vec<firmware::proto::OutboxFloor, 8>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT q.stream, coalesce((SELECT min(o.seq) FROM outbox o WHERE o.stream = q.stream),
+                                   q.last + 1)
+         FROM sync_seq q ORDER BY q.stream",
+    )?;
+    let mut floors = heapless::Vec::new();
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (name, floor): (String, i64) = (r.get(0)?, r.get(1)?);
+        if let Some(stream) = Stream::from_name(&name) {
+            let _ =
+                floors.push(firmware::proto::OutboxFloor { stream, floor: floor.max(1) as u64 });
+        }
+    }
+    Ok(floors)
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -651,7 +674,13 @@ impl Store {
                         }
                     }
                     Row::Metrics(m) => {
-                        queue(Stream::Metrics, &|d, seq| stamped(&**m, d, seq, created), None)?;
+                        // What the outbox still holds, as of this transaction: the hub counts a
+                        // seq below it that it never received as lost.
+                        let mut m = (**m).clone();
+                        if syncing {
+                            m.outbox = outbox_floors(&tx)?;
+                        }
+                        queue(Stream::Metrics, &|d, seq| stamped(&m, d, seq, created), None)?;
                     }
                     Row::Analysis(a) => {
                         analysis.execute(params![

@@ -2,11 +2,21 @@
 //!
 //! The store writer queues a message in the `outbox` table in the same transaction as the rows
 //! it describes ([`crate::store::Store::enable_outbox`]), with the next seq of its stream. This
-//! module sends the outbox in id order, at most `sync.inflight` messages unacknowledged, and
-//! deletes a message only when the broker's PUBACK for it arrives. On any connection error
-//! everything unacknowledged is sent again after reconnecting (with backoff): the hub drops a
-//! message it already has by (device, stream, seq), so the link may double a message but never
-//! lose one. A restart resumes from what the outbox still holds.
+//! module sends the outbox in id order, at most `sync.inflight` messages without the broker's
+//! PUBACK (which paces the sending) and at most `sync.unconfirmed_max` without the hub's
+//! confirmation. A message leaves the outbox only when the hub says it has committed it: the
+//! hub publishes, retained on `tapwatch/v1/{device}/ack` ([`firmware::proto::AckMsg`]), per
+//! stream the highest seq it has committed with nothing missing below it, and the edge deletes
+//! through that seq. A PUBACK alone proves only that a broker held the message for a while: a
+//! Mosquitto that restarts forgets a shared subscription, drops what arrives before the hub
+//! subscribes again, and has already acknowledged it (issue 20). A message the hub has not
+//! confirmed `sync.resend_after_s` after its PUBACK is sent again (the wait doubling per try),
+//! and one the hub names as missing (it has later ones) is sent again at once. On any
+//! connection error everything unconfirmed is sent again after reconnecting (with backoff): the
+//! hub drops a message it already has by (device, stream, seq), so the link may double a
+//! message but never lose one. A restart resumes from what the outbox still holds. With
+//! `sync.confirm = "broker"` the PUBACK releases a message, as for a consumer that publishes
+//! no acks.
 //!
 //! The retained `status` topic says `online` after each connect; the last will, set before each
 //! connect, says `offline`. Their seq is the wall-clock millisecond of the connect (the will's one
@@ -17,16 +27,17 @@
 //! published by the event loop on our behalf; a FIFO of the requests made gives each pkid its
 //! outbox id.
 
-use crate::config::SyncConfig;
+use crate::config::{Confirm, SyncConfig};
 use crate::store::{stream_index, StoreError};
 use firmware::features::N_FEATURES;
 use firmware::flow::EndReason;
 use firmware::proto::{
-    self, DeviceState, FlowBatch, FlowMsg, StatusMsg, Stream, FLOW_BATCH_MAX, SCHEMA_VERSION,
+    self, AckMsg, DeviceState, FlowBatch, FlowMsg, StatusMsg, Stream, FLOW_BATCH_MAX,
+    SCHEMA_VERSION,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
 use rusqlite::{params, Connection};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,8 +49,21 @@ pub struct SyncCounters {
     /// Messages handed to the broker, by stream (order of [`Stream::ALL`]); a message sent
     /// again after a reconnect counts again.
     pub published: [AtomicU64; Stream::COUNT],
-    /// Messages the broker acknowledged (and the outbox released), by stream.
+    /// Messages the broker acknowledged, by stream.
     pub acked: [AtomicU64; Stream::COUNT],
+    /// Messages the hub confirmed committed (and the outbox released), by stream.
+    pub confirmed: [AtomicU64; Stream::COUNT],
+    /// Messages sent again because the hub had not confirmed them in time or named them
+    /// missing, by stream.
+    pub resent: [AtomicU64; Stream::COUNT],
+    /// Messages acknowledged by the broker, waiting for the hub's confirmation.
+    pub unconfirmed: AtomicU64,
+    /// Seqs the hub counted lost (it never had them, the outbox no longer held them), by
+    /// stream, as its last ack said.
+    pub hub_lost: [AtomicU64; Stream::COUNT],
+    /// Acks refused: not JSON of the contract, another device's, or confirming seqs this
+    /// outbox never gave out (a hub that knew an earlier database of this device).
+    pub acks_refused: AtomicU64,
     /// Flow records in acknowledged flow batches.
     pub flows_acked: AtomicU64,
     /// Flow records a batch named but store retention had deleted before they were sent.
@@ -49,8 +73,9 @@ pub struct SyncCounters {
     /// Connections made, and lost.
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
-    /// Unix microseconds of the last acknowledgement.
+    /// Unix microseconds of the last acknowledgement by the broker, and confirmation by the hub.
     pub last_ack_us: AtomicU64,
+    pub last_confirm_us: AtomicU64,
     /// The store's counters: the outbox depth the writer raises, the sender lowers.
     pub store: Arc<crate::store::StoreCounters>,
 }
@@ -60,6 +85,7 @@ pub struct SyncCounters {
 struct Outgoing1 {
     id: i64,
     stream: Stream,
+    seq: u64,
     payload: Vec<u8>,
     flows: u64,
 }
@@ -111,12 +137,29 @@ impl OutboxReader {
     /// Up to `n` messages with ids above `after`, in id order. A flow batch whose rows store
     /// retention deleted entirely is released here (and its flows counted as lost).
     fn next(&mut self, after: i64, n: usize) -> Result<Vec<Outgoing1>, StoreError> {
+        self.read(after, i64::MAX, n, true)
+    }
+
+    /// The message `id` again, if the outbox still holds it.
+    fn again(&mut self, id: i64) -> Result<Option<Outgoing1>, StoreError> {
+        Ok(self.read(id - 1, id, 1, false)?.pop())
+    }
+
+    /// Messages with ids in `after+1..=until`, at most `n`; `first_time` counts the flows of a
+    /// batch that retention deleted in part (once, not at each resend).
+    fn read(
+        &mut self,
+        after: i64,
+        until: i64,
+        n: usize,
+        first_time: bool,
+    ) -> Result<Vec<Outgoing1>, StoreError> {
         let rows: Vec<OutboxRow> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+                 WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![after, n as i64], |r| {
+            let rows = stmt.query_map(params![after, until, n as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
             })?;
             rows.collect::<Result<_, _>>()?
@@ -128,16 +171,21 @@ impl OutboxReader {
                 gone.push(id);
                 continue;
             };
+            let seq = seq as u64;
             match (payload, first, last) {
-                (Some(payload), _, _) => out.push(Outgoing1 { id, stream, payload, flows: 0 }),
+                (Some(payload), _, _) => out.push(Outgoing1 { id, stream, seq, payload, flows: 0 }),
                 (None, Some(first), Some(last)) => {
-                    let (payload, flows) = self.flow_batch(seq as u64, created, first, last)?;
+                    let (payload, flows) = self.flow_batch(seq, created, first, last)?;
                     let named = (last - first + 1).max(0) as u64;
-                    self.counters.flows_lost_retention.fetch_add(named - flows, Ordering::Relaxed);
+                    if first_time || flows == 0 {
+                        self.counters
+                            .flows_lost_retention
+                            .fetch_add(named - flows, Ordering::Relaxed);
+                    }
                     if flows == 0 {
                         gone.push(id);
                     } else {
-                        out.push(Outgoing1 { id, stream, payload, flows });
+                        out.push(Outgoing1 { id, stream, seq, payload, flows });
                     }
                 }
                 _ => gone.push(id),
@@ -197,6 +245,29 @@ impl OutboxReader {
         }
         let n = batch.flows.len() as u64;
         Ok((serde_json::to_vec(&*batch).unwrap_or_default(), n))
+    }
+
+    /// The hub has committed seqs 1..=`upto` of `stream`: delete them. `None` (nothing
+    /// deleted) if this outbox never gave out `upto`: the ack is from a hub that knew an
+    /// earlier database of this device, and deleting on it would lose new messages.
+    fn confirm(&mut self, stream: Stream, upto: u64) -> Result<Option<u64>, StoreError> {
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT last FROM sync_seq WHERE stream = ?1", [stream.name()], |r| r.get(0))
+            .ok();
+        if last.is_none_or(|l| (l as u64) < upto) {
+            return Ok(None);
+        }
+        let n = self.conn.execute(
+            "DELETE FROM outbox WHERE stream = ?1 AND seq <= ?2",
+            params![stream.name(), upto as i64],
+        )? as u64;
+        let _ = self.counters.store.outbox_depth.fetch_update(
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+            |d| Some(d.saturating_sub(n)),
+        );
+        Ok(Some(n))
     }
 
     /// Delete acknowledged (or unsendable) messages.
@@ -299,6 +370,8 @@ enum LinkEvent {
     /// A publish request was given this packet id.
     Published(u16),
     Acked(u16),
+    /// A message on a topic we subscribed to (the hub's `ack`).
+    Message(Vec<u8>),
     Disconnected,
 }
 
@@ -327,6 +400,7 @@ fn spawn_event_loop(
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Published(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+                Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(p.payload.to_vec()),
                 Ok(_) => continue,
                 Err(e) => {
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
@@ -350,6 +424,112 @@ fn spawn_event_loop(
     })
 }
 
+/// A message on its way: sent, acknowledged by the broker, or waiting for the hub.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: i64,
+    stream: Stream,
+    seq: u64,
+    flows: u64,
+    /// Times sent before this one.
+    tries: u32,
+}
+
+/// A message the broker acknowledged, until the hub confirms it.
+#[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    m: Pending,
+    /// When its PUBACK came, and when it goes again unless confirmed.
+    acked: Instant,
+    due: Instant,
+}
+
+/// How long the hub may take to confirm a message sent `tries` times before: the deadline,
+/// doubling per try, at most 16 times it.
+fn resend_wait(cfg: &SyncConfig, tries: u32) -> Duration {
+    Duration::from_secs(u64::from(cfg.resend_after_s)) * (1u32 << tries.min(4))
+}
+
+/// What the sending loop keeps of the link: requests made, those in flight, those waiting for
+/// the hub, and what the hub has confirmed.
+struct Window {
+    /// Requests made and not yet given a pkid: the outbox message, or None for a status
+    /// message.
+    requested: VecDeque<Option<Pending>>,
+    inflight: HashMap<u16, Pending>,
+    /// Acknowledged by the broker since the last turn of the loop.
+    acked: Vec<Pending>,
+    /// By outbox id.
+    unconfirmed: BTreeMap<i64, Unconfirmed>,
+    /// Per stream, the highest seq the hub has confirmed (this run).
+    confirmed: [u64; Stream::COUNT],
+}
+
+impl Window {
+    fn busy(&self) -> usize {
+        self.requested.len() + self.inflight.len()
+    }
+
+    /// The hub's ack: delete what it confirms, resend at once what it names missing.
+    fn take_ack(
+        &mut self,
+        payload: &[u8],
+        device: &str,
+        outbox: &mut OutboxReader,
+        counters: &SyncCounters,
+    ) -> Result<(), String> {
+        let refuse = |why: String| {
+            counters.acks_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("sync: hub ack refused: {why}");
+            Ok(())
+        };
+        let ack: AckMsg = match serde_json::from_slice(payload) {
+            Ok(a) => a,
+            Err(e) => return refuse(format!("not an ack message ({e})")),
+        };
+        if ack.device.as_str() != device {
+            return refuse(format!("it is {:?}'s", ack.device.as_str()));
+        }
+        let now = Instant::now();
+        for a in &ack.streams {
+            let i = stream_index(a.stream);
+            counters.hub_lost[i].store(a.lost, Ordering::Relaxed);
+            if !a.stream.confirmed() {
+                continue;
+            }
+            if a.upto > self.confirmed[i] {
+                match outbox.confirm(a.stream, a.upto) {
+                    Ok(Some(n)) => {
+                        self.confirmed[i] = a.upto;
+                        counters.confirmed[i].fetch_add(n, Ordering::Relaxed);
+                        counters.last_confirm_us.store(now_us() as u64, Ordering::Relaxed);
+                        self.unconfirmed.retain(|_, u| u.m.stream != a.stream || u.m.seq > a.upto);
+                    }
+                    Ok(None) => {
+                        refuse(format!(
+                            "it confirms {} seq {} that this outbox never gave out",
+                            a.stream.name(),
+                            a.upto
+                        ))?;
+                    }
+                    Err(e) => return Err(format!("sync: cannot release confirmed messages: {e}")),
+                }
+            }
+            // Missing at the hub while it has later ones: lost on the way (a broker that
+            // restarted). Sent again now, unless just sent (the hub may not have it yet).
+            for u in self.unconfirmed.values_mut() {
+                let missing = a.missing.iter().any(|r| (r.first..=r.last).contains(&u.m.seq));
+                if u.m.stream == a.stream && missing && u.acked.elapsed() >= Duration::from_secs(2)
+                {
+                    u.due = now;
+                }
+            }
+        }
+        counters.unconfirmed.store(self.unconfirmed.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// Send the outbox until `until`; `stop` ends the loop early (it then says `offline`).
 pub async fn run(
     cfg: SyncConfig,
@@ -363,6 +543,12 @@ pub async fn run(
     let mut outbox = OutboxReader::open(&db, &device, counters.clone())?;
     let mut options = mqtt_options(&cfg, &device)?;
     let status_topic = topic(&cfg.topic_prefix, &device, Stream::Status);
+    let ack_topic = format!(
+        "{}{}",
+        cfg.topic_prefix,
+        proto::ack_topic(&device).map(|t| t.to_string()).unwrap_or_default()
+    );
+    let by_hub = cfg.confirm == Confirm::Hub;
     let will = {
         let (t, d) = (status_topic.clone(), device.clone());
         move |seq: u64| {
@@ -380,10 +566,14 @@ pub async fn run(
     let (etx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let link = spawn_event_loop(eventloop, &cfg, will, first_seq, etx);
     let window = usize::from(cfg.inflight);
-    // Requests made and not yet given a pkid: the outbox message, or None for a status message.
-    let mut requested: VecDeque<Option<(i64, Stream, u64)>> = VecDeque::new();
-    let mut inflight: HashMap<u16, (i64, Stream, u64)> = HashMap::new();
-    let mut acked: Vec<(i64, Stream, u64)> = Vec::new();
+    let unconfirmed_max = cfg.unconfirmed_max as usize;
+    let mut w = Window {
+        requested: VecDeque::new(),
+        inflight: HashMap::new(),
+        acked: Vec::new(),
+        unconfirmed: BTreeMap::new(),
+        confirmed: [0; Stream::COUNT],
+    };
     // The highest outbox id handed to the client on this connection.
     let mut cursor = 0i64;
     let mut connected: Option<u64> = None;
@@ -391,21 +581,62 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let offline = |seq: u64| status(&device, DeviceState::Offline, seq, started);
     let result = loop {
-        if !acked.is_empty() {
-            let ids: Vec<i64> = acked.iter().map(|a| a.0).collect();
-            if let Err(e) = outbox.release(&ids) {
+        if !w.acked.is_empty() {
+            let now = Instant::now();
+            let mut release = Vec::new();
+            for m in w.acked.drain(..) {
+                counters.acked[stream_index(m.stream)].fetch_add(1, Ordering::Relaxed);
+                counters.flows_acked.fetch_add(m.flows, Ordering::Relaxed);
+                if !by_hub {
+                    release.push(m.id);
+                } else if m.seq > w.confirmed[stream_index(m.stream)] {
+                    let due = now + resend_wait(&cfg, m.tries);
+                    w.unconfirmed.insert(m.id, Unconfirmed { m, acked: now, due });
+                }
+                // else: the hub confirmed it while it was on its way; its row is gone.
+            }
+            if let Err(e) = outbox.release(&release) {
                 break Err(format!("sync: cannot release sent messages: {e}"));
             }
-            for (_, s, flows) in acked.drain(..) {
-                counters.acked[stream_index(s)].fetch_add(1, Ordering::Relaxed);
-                counters.flows_acked.fetch_add(flows, Ordering::Relaxed);
-            }
             counters.last_ack_us.store(now_us() as u64, Ordering::Relaxed);
+            counters.unconfirmed.store(w.unconfirmed.len() as u64, Ordering::Relaxed);
         }
         if let Some(status_seq) = connected {
-            let busy = requested.len() + inflight.len();
-            if busy < window {
-                match outbox.next(cursor, window - busy) {
+            // First what is due again, oldest first; then what was never sent.
+            let now = Instant::now();
+            let due: Vec<i64> = w
+                .unconfirmed
+                .iter()
+                .filter(|(_, u)| u.due <= now)
+                .map(|(id, _)| *id)
+                .take(window.saturating_sub(w.busy()))
+                .collect();
+            for id in due {
+                let Some(u) = w.unconfirmed.remove(&id) else { continue };
+                match outbox.again(id) {
+                    Ok(Some(m)) if m.id == id => {
+                        let t = topic(&cfg.topic_prefix, &device, m.stream);
+                        if client.try_publish(t, QoS::AtLeastOnce, false, m.payload).is_err() {
+                            w.unconfirmed.insert(id, u);
+                            break;
+                        }
+                        let i = stream_index(m.stream);
+                        counters.published[i].fetch_add(1, Ordering::Relaxed);
+                        counters.resent[i].fetch_add(1, Ordering::Relaxed);
+                        w.requested.push_back(Some(Pending { tries: u.m.tries + 1, ..u.m }));
+                    }
+                    Ok(_) => {} // confirmed (or released) meanwhile
+                    Err(e) => tracing::error!("sync: cannot read the outbox: {e}"),
+                }
+            }
+            let busy = w.busy();
+            let room = if by_hub {
+                unconfirmed_max.saturating_sub(busy + w.unconfirmed.len())
+            } else {
+                usize::MAX
+            };
+            if busy < window && room > 0 {
+                match outbox.next(cursor, (window - busy).min(room)) {
                     Ok(msgs) => {
                         for m in msgs {
                             let t = topic(&cfg.topic_prefix, &device, m.stream);
@@ -414,7 +645,13 @@ pub async fn run(
                             }
                             counters.published[stream_index(m.stream)]
                                 .fetch_add(1, Ordering::Relaxed);
-                            requested.push_back(Some((m.id, m.stream, m.flows)));
+                            w.requested.push_back(Some(Pending {
+                                id: m.id,
+                                stream: m.stream,
+                                seq: m.seq,
+                                flows: m.flows,
+                                tries: 0,
+                            }));
                             cursor = m.id;
                         }
                     }
@@ -422,15 +659,15 @@ pub async fn run(
                 }
             }
             if until == Until::Drained
-                && requested.is_empty()
-                && inflight.is_empty()
+                && w.busy() == 0
+                && w.unconfirmed.is_empty()
                 && outbox.depth().map_err(|e| e.to_string())? == 0
             {
                 if client
                     .try_publish(&status_topic, QoS::AtLeastOnce, true, offline(status_seq + 1))
                     .is_ok()
                 {
-                    requested.push_back(None);
+                    w.requested.push_back(None);
                 }
                 break Ok(());
             }
@@ -442,19 +679,31 @@ pub async fn run(
                     counters.connected.store(1, Ordering::Relaxed);
                     counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %cfg.broker, "sync: connected");
+                    // The session is clean: subscribe again on each connection; the broker
+                    // then sends the retained ack, the hub's latest word.
+                    if by_hub && client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err() {
+                        tracing::error!("sync: cannot subscribe to {ack_topic}");
+                    }
                     let online = status(&device, DeviceState::Online, seq, started);
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_ok() {
-                        requested.push_back(None);
+                        w.requested.push_back(None);
                     }
                 }
                 Some(LinkEvent::Published(pkid)) => {
-                    if let Some(Some(m)) = requested.pop_front() {
-                        inflight.insert(pkid, m);
+                    if let Some(Some(m)) = w.requested.pop_front() {
+                        w.inflight.insert(pkid, m);
                     }
                 }
                 Some(LinkEvent::Acked(pkid)) => {
-                    if let Some(m) = inflight.remove(&pkid) {
-                        acked.push(m);
+                    if let Some(m) = w.inflight.remove(&pkid) {
+                        w.acked.push(m);
+                    }
+                }
+                Some(LinkEvent::Message(payload)) => {
+                    if by_hub {
+                        if let Err(e) = w.take_ack(&payload, &device, &mut outbox, &counters) {
+                            break Err(e);
+                        }
                     }
                 }
                 Some(LinkEvent::Disconnected) => {
@@ -462,9 +711,14 @@ pub async fn run(
                         counters.disconnects.fetch_add(1, Ordering::Relaxed);
                     }
                     counters.connected.store(0, Ordering::Relaxed);
-                    // The session is clean: whatever was not acknowledged goes again.
-                    requested.clear();
-                    inflight.clear();
+                    // The session is clean: whatever the hub has not confirmed goes again (a
+                    // broker that restarted may have lost what it acknowledged).
+                    w.requested.clear();
+                    w.inflight.clear();
+                    if by_hub {
+                        w.unconfirmed.clear();
+                        counters.unconfirmed.store(0, Ordering::Relaxed);
+                    }
                     cursor = 0;
                 }
                 None => break Err("sync: the MQTT event loop ended".into()),
@@ -476,7 +730,7 @@ pub async fn run(
                         .try_publish(&status_topic, QoS::AtLeastOnce, true, offline(seq + 1))
                         .is_ok()
                     {
-                        requested.push_back(None);
+                        w.requested.push_back(None);
                     }
                 }
                 break Ok(());
@@ -484,37 +738,46 @@ pub async fn run(
         }
     };
     // Say goodbye: let the event loop send what was asked (the offline status) and the
-    // acknowledgements still coming release their messages.
+    // acknowledgements still coming release their messages (with `confirm = "broker"`; the
+    // hub's confirmations of the rest come, retained, on the next connection).
     if connected.is_some() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         // The offline status is the last request; once it is out and every message before it
         // is acknowledged (or the deadline passes), disconnect.
-        let mut status_out = requested.is_empty();
-        while !(status_out && inflight.is_empty()) {
+        let mut status_out = w.requested.is_empty();
+        while !(status_out && w.inflight.is_empty()) {
             let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await else {
                 break;
             };
             match ev {
-                LinkEvent::Published(pkid) => match requested.pop_front() {
+                LinkEvent::Published(pkid) => match w.requested.pop_front() {
                     Some(Some(m)) => {
-                        inflight.insert(pkid, m);
+                        w.inflight.insert(pkid, m);
                     }
-                    Some(None) | None => status_out = requested.is_empty(),
+                    Some(None) | None => status_out = w.requested.is_empty(),
                 },
                 LinkEvent::Acked(pkid) => {
-                    if let Some(m) = inflight.remove(&pkid) {
-                        acked.push(m);
+                    if let Some(m) = w.inflight.remove(&pkid) {
+                        w.acked.push(m);
+                    }
+                }
+                LinkEvent::Message(payload) => {
+                    if by_hub {
+                        let _ = w.take_ack(&payload, &device, &mut outbox, &counters);
                     }
                 }
                 LinkEvent::Disconnected | LinkEvent::Connected(_) => break,
             }
         }
-        let ids: Vec<i64> = acked.iter().map(|a| a.0).collect();
-        let _ = outbox.release(&ids);
+        if !by_hub {
+            let ids: Vec<i64> = w.acked.iter().map(|a| a.id).collect();
+            let _ = outbox.release(&ids);
+        }
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
     }
     link.abort();
     counters.connected.store(0, Ordering::Relaxed);
+    counters.unconfirmed.store(0, Ordering::Relaxed);
     result
 }

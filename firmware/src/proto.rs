@@ -35,6 +35,7 @@ pub type Name = String<32>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Stream {
     Anomalies,
     Flows,
@@ -71,6 +72,25 @@ impl Stream {
     pub fn from_name(name: &str) -> Option<Stream> {
         Stream::ALL.into_iter().find(|s| s.name() == name)
     }
+    /// Whether the stream's seqs come from the edge's outbox: 1, 2, 3, ... with none skipped
+    /// unless the edge lost them, so the hub can confirm them ([`AckMsg`]). `status` is not: its
+    /// seq is the edge's wall-clock millisecond.
+    pub const fn confirmed(self) -> bool {
+        !matches!(self, Stream::Status)
+    }
+}
+
+/// The last topic level the hub confirms an edge's streams on ([`AckMsg`], retained).
+pub const ACK_TOPIC_LEAF: &str = "ack";
+
+/// The topic the hub confirms a device's streams on; `None` if the device id is not valid.
+pub fn ack_topic(device: &str) -> Option<String<128>> {
+    if !valid_device_id(device) {
+        return None;
+    }
+    let mut t = String::new();
+    write!(t, "tapwatch/v1/{}/{}", device, ACK_TOPIC_LEAF).ok()?;
+    Some(t)
 }
 
 /// Whether a string may be a device id (and so a topic level).
@@ -347,6 +367,15 @@ pub struct CaptureCounters {
     pub parse_errors: u64,
 }
 
+/// The lowest seq of a stream an edge may still send ([`MetricsMsg::outbox`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct OutboxFloor {
+    pub stream: Stream,
+    pub floor: u64,
+}
+
 message! {
     /// `metrics` stream: the host and the pipeline.
     #[derive(Debug, Clone, PartialEq)]
@@ -362,6 +391,12 @@ message! {
         pub flows_active: u64,
         /// Records dropped by store retention or outbox limits since start.
         pub store_dropped: u64,
+        /// Per stream, the lowest seq the edge's outbox still holds when this message was
+        /// queued (the next seq if it holds none): the edge will never send a seq below it, so
+        /// one the hub has not received is lost ([`AckMsg`]). Absent from older edges.
+        #[cfg_attr(feature = "serde", serde(default))]
+        #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<OutboxFloor>", length(max = 8)))]
+        pub outbox: Vec<OutboxFloor, 8>,
         #[cfg_attr(
             feature = "schema",
             schemars(with = "std::vec::Vec<CaptureCounters>", length(max = 8))
@@ -427,7 +462,58 @@ message! {
     }
 }
 
-/// The JSON Schema of each stream's message, by stream name.
+/// Seqs `first..=last` of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// What the hub has committed of one of a device's streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StreamAck {
+    pub stream: Stream,
+    /// Every seq from 1 to this one is committed in the hub's database (or was counted lost):
+    /// the edge may delete them from its outbox.
+    pub upto: u64,
+    /// Seqs above `upto` the hub has not received although it has later ones, the lowest
+    /// ranges first: the edge sends them again now rather than at its deadline.
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<SeqRange>", length(max = 16)))]
+    pub missing: Vec<SeqRange, 16>,
+    /// Seqs the hub never received and the edge no longer held, counted once each.
+    pub lost: u64,
+}
+
+/// `tapwatch/v1/{device}/ack`, hub to edge, retained: per stream, what the hub has committed.
+/// The edge keeps a message in its outbox until an ack covers it; a broker's PUBACK only
+/// paces the sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct AckMsg {
+    /// Contract version ([`SCHEMA_VERSION`]).
+    pub schema: u16,
+    /// The device whose streams these are.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// When the hub wrote it, Unix microseconds.
+    pub ts: i64,
+    #[cfg_attr(feature = "schema", schemars(with = "std::vec::Vec<StreamAck>", length(max = 8)))]
+    pub streams: Vec<StreamAck, 8>,
+}
+
+/// The JSON Schema of each stream's message, by stream name, and of the hub's `ack`.
 #[cfg(feature = "schema")]
 pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
     fn one<T: schemars::JsonSchema + Message>() -> (&'static str, serde_json::Value) {
@@ -444,6 +530,12 @@ pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
         one::<AnalysisMsg>(),
         one::<StatusMsg>(),
         one::<EvidenceMsg>(),
+        (ACK_TOPIC_LEAF, {
+            let mut schema =
+                serde_json::to_value(schemars::schema_for!(AckMsg)).unwrap_or_default();
+            schema["$id"] = "https://tapwatch.invalid/schema/v1/ack.json".into();
+            schema
+        }),
     ]
 }
 

@@ -136,6 +136,24 @@ impl prometheus_client::collector::Collector for Collector {
             "Messages acknowledged to the broker",
             &[(vec![], load(&c.acked))],
         )?;
+        counter(
+            enc,
+            "tapwatch_ingest_acks_published",
+            "Acks published to the edges (what is committed, per device and stream)",
+            &[(vec![], load(&c.acks_published))],
+        )?;
+        gauge(
+            enc,
+            "tapwatch_ingest_seqs_missing",
+            "Seqs of the edges' streams never received while later ones were (asked for again), all devices heard from since start",
+            load(&c.seqs_missing) as f64,
+        )?;
+        gauge(
+            enc,
+            "tapwatch_ingest_seqs_lost",
+            "Seqs the edges no longer held that never came, counted once each, all devices heard from since start",
+            load(&c.seqs_lost) as f64,
+        )?;
         gauge(
             enc,
             "tapwatch_ingest_mqtt_connected",

@@ -11,7 +11,10 @@
 //!    already (`ON CONFLICT DO NOTHING RETURNING`) have their rows written: flow batches by binary
 //!    COPY, statistics with their 1-minute and 1-hour rollups, metrics, analyses, anomaly
 //!    episodes (upserted by the edge's id), device status;
-//! 3. commit, and only then the PUBACKs.
+//! 3. commit, and only then the PUBACKs;
+//! 4. per device heard from, the retained ack (`tapwatch/v1/{device}/ack`): each confirmed
+//!    stream's `device_streams.acked_seq` (every seq up to it logged, or counted lost below the
+//!    edge's outbox floor), the gaps above it, and what was lost. The edge deletes through it.
 //!
 //! A crash before the commit loses nothing (the broker sends the unacknowledged messages again);
 //! a crash after it, before the PUBACKs, doubles nothing (the log refuses them). When the
@@ -84,6 +87,12 @@ pub struct IngestCounters {
     pub commit_errors: AtomicU64,
     /// Messages acknowledged to the broker.
     pub acked: AtomicU64,
+    /// Acks published to the edges (`tapwatch/v1/{device}/ack`, retained).
+    pub acks_published: AtomicU64,
+    /// Seqs missing (never received, later ones were) and lost, summed over the devices
+    /// heard from since start.
+    pub seqs_missing: AtomicU64,
+    pub seqs_lost: AtomicU64,
     /// 1 while connected to the broker, and to PostgreSQL.
     pub mqtt_connected: AtomicU64,
     pub db_connected: AtomicU64,
@@ -152,13 +161,25 @@ pub struct Ingestor {
     dead_letters_max: u64,
     /// Evidence bytes one episode may hold.
     evidence_max: u64,
+    /// Devices with messages (new or again) since the last acks were made ([`Ingestor::acks`]).
+    touched: HashSet<String>,
+    /// The last ack published per device, and when.
+    acks_sent: HashMap<String, (Vec<firmware::proto::StreamAck>, Instant)>,
+    /// Missing and lost seqs per device, as last read (their sums are exported).
+    gaps: HashMap<String, (u64, u64)>,
 }
 
-/// A message taken or refused, as the transaction sees it.
+/// A (device, stream, seq), as `ingest_log` keys it.
+type SeqKey = (String, String, i64);
+
+/// A message taken or refused, as the transaction sees it. A refused message of a registered
+/// device that says which seq of a confirmed stream it is keeps that seq in `ingest_log`: it
+/// is accounted for (as a dead letter), so the hub confirms past it and the edge stops
+/// sending it, rather than one bad message holding its stream's confirmations back for ever.
 #[derive(Debug)]
 enum Item<'a> {
     Ok(&'a Decoded),
-    Refused(Refusal),
+    Refused(Refusal, Option<SeqKey>),
 }
 
 /// A message off the wire, decoded (CPU only, no database): what the batching stage hands to
@@ -167,6 +188,39 @@ enum Item<'a> {
 pub struct Prepared {
     pub incoming: Incoming,
     decoded: Result<Box<Decoded>, Refusal>,
+    /// For a refused message: the seq it says it is, if it names one of its topic's device.
+    claimed: Option<SeqKey>,
+}
+
+impl Prepared {
+    /// The (device, stream, seq) of a message of a stream the hub confirms, as decoded, or as
+    /// a refused message claims it.
+    fn key(&self) -> Option<SeqKey> {
+        match &self.decoded {
+            Ok(d) if d.stream().confirmed() => {
+                let h = d.header();
+                Some((h.device.to_string(), d.stream().name().to_string(), h.seq as i64))
+            }
+            Ok(_) => None,
+            Err(_) => self.claimed.clone(),
+        }
+    }
+}
+
+/// The seq a refused message claims: its topic is a confirmed stream of a valid device id,
+/// and its payload a JSON object whose `device` is that device and whose `seq` is a number.
+fn claimed(topic: &str, payload: &[u8], reason: &str) -> Option<SeqKey> {
+    if matches!(reason, "topic" | "oversize" | "device_mismatch") {
+        return None;
+    }
+    let (device, stream) = firmware::proto::parse_topic(topic)?;
+    if !stream.confirmed() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let seq = v.get("seq")?.as_u64().filter(|s| (1..=i64::MAX as u64).contains(s))?;
+    (v.get("device")?.as_str()? == device)
+        .then(|| (device.to_string(), stream.name().to_string(), seq as i64))
 }
 
 /// The wall clock, Unix microseconds (what the contract's "not in the future" is checked against).
@@ -178,17 +232,32 @@ pub fn now_us() -> i64 {
 
 /// Decode a message received on a topic under `prefix`.
 pub fn prepare(prefix: &str, incoming: Incoming) -> Prepared {
+    let mut claim = None;
     let decoded = match incoming.topic.strip_prefix(prefix) {
         None => Err(Reject::Topic(incoming.topic.clone()).into()),
         Some(topic) => {
             let now = now_us();
             match std::panic::catch_unwind(|| decode(topic, &incoming.payload, now)) {
-                Ok(d) => d.map(Box::new).map_err(Refusal::from),
+                Ok(d) => d.map(Box::new).map_err(|r| {
+                    let r = Refusal::from(r);
+                    claim = claimed(topic, &incoming.payload, r.reason);
+                    r
+                }),
                 Err(_) => Err(Refusal { reason: "panic", detail: "decoding panicked".into() }),
             }
         }
     };
-    Prepared { incoming, decoded }
+    Prepared { incoming, decoded, claimed: claim }
+}
+
+/// Whether a topic under `prefix` is one the hub publishes to the edges (its own acks come
+/// back to it through its subscription to every device's topics): not a message to ingest.
+pub fn is_hub_to_edge(prefix: &str, topic: &str) -> bool {
+    topic
+        .strip_prefix(prefix)
+        .and_then(|t| t.strip_prefix("tapwatch/v1/"))
+        .and_then(|t| t.split_once('/'))
+        .is_some_and(|(_, leaf)| crate::provision::HUB_TO_EDGE.contains(&leaf))
 }
 
 /// Whether a database error means the database is away (retry) rather than the data is bad.
@@ -219,7 +288,95 @@ impl Ingestor {
             dead_bytes: 0,
             dead_letters_max: config.retention.dead_letters_max_mb.saturating_mul(1 << 20),
             evidence_max: config.ingest.evidence_max_mb.saturating_mul(1 << 20),
+            touched: HashSet::new(),
+            acks_sent: HashMap::new(),
+            gaps: HashMap::new(),
         }
+    }
+
+    /// The acks to publish after a commit: for each device heard from since the last call,
+    /// what `device_streams` now confirms, if it changed or was last published a while ago
+    /// (an edge sending again what it has no confirmation for must hear it again: a broker
+    /// without persistence forgets retained messages). `(device, payload)` pairs.
+    pub async fn acks(&mut self) -> Result<Vec<(String, Vec<u8>)>, tokio_postgres::Error> {
+        use firmware::proto::{AckMsg, SeqRange, StreamAck};
+        if self.touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let devices: Vec<String> = self.touched.iter().cloned().collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT device, stream, acked_seq, missing, lost FROM device_streams
+                 WHERE device = ANY($1) ORDER BY device, stream",
+                &[&devices],
+            )
+            .await?;
+        let mut by_device: HashMap<String, Vec<StreamAck>> = HashMap::new();
+        for r in &rows {
+            let (device, stream): (String, String) = (r.get(0), r.get(1));
+            let Some(s) = Stream::from_name(&stream).filter(|s| s.confirmed()) else { continue };
+            let (acked, missing, lost): (i64, i64, i64) = (r.get(2), r.get(3), r.get(4));
+            let mut ranges = Vec::new();
+            if missing > 0 {
+                // The lowest gaps above what is confirmed.
+                let gaps = self
+                    .client
+                    .query(
+                        "SELECT prev + 1, seq - 1 FROM (
+                           SELECT seq, lag(seq, 1, $3::bigint) OVER (ORDER BY seq) AS prev
+                           FROM ingest_log WHERE device = $1 AND stream = $2 AND seq > $3) t
+                         WHERE seq > prev + 1 ORDER BY seq LIMIT 16",
+                        &[&device, &stream, &acked],
+                    )
+                    .await?;
+                for g in gaps {
+                    let (first, last): (i64, i64) = (g.get(0), g.get(1));
+                    ranges.push(SeqRange { first: first as u64, last: last as u64 });
+                }
+            }
+            let g = self.gaps.entry(device.clone()).or_default();
+            if !by_device.contains_key(&device) {
+                *g = (0, 0);
+            }
+            g.0 += missing.max(0) as u64;
+            g.1 += lost.max(0) as u64;
+            by_device.entry(device).or_default().push(StreamAck {
+                stream: s,
+                upto: acked.max(0) as u64,
+                // At most 16, as the query took.
+                missing: ranges.into_iter().take(16).collect(),
+                lost: lost.max(0) as u64,
+            });
+        }
+        self.touched.clear();
+        let c = &self.counters;
+        c.seqs_missing.store(self.gaps.values().map(|g| g.0).sum(), Ordering::Relaxed);
+        c.seqs_lost.store(self.gaps.values().map(|g| g.1).sum(), Ordering::Relaxed);
+        let mut out = Vec::new();
+        for (device, streams) in by_device {
+            let fresh = self.acks_sent.get(&device).is_some_and(|(last, at)| {
+                *last == streams && at.elapsed() < Duration::from_secs(5)
+            });
+            if fresh {
+                continue;
+            }
+            let msg = AckMsg {
+                schema: firmware::proto::SCHEMA_VERSION,
+                device: device.as_str().try_into().unwrap_or_default(),
+                ts: now_us(),
+                streams: streams.iter().cloned().collect(),
+            };
+            if let Ok(payload) = serde_json::to_vec(&msg) {
+                out.push((device.clone(), payload));
+                self.acks_sent.insert(device, (streams, Instant::now()));
+            }
+        }
+        // Bounded: devices are few, but a hub that runs for years forgets the oldest.
+        if self.acks_sent.len() > 100_000 {
+            self.acks_sent.clear();
+        }
+        Ok(out)
     }
 
     pub fn client(&self) -> &Client {
@@ -257,18 +414,30 @@ impl Ingestor {
 
     async fn classify<'a>(&mut self, m: &'a Prepared) -> Result<Item<'a>, tokio_postgres::Error> {
         match &m.decoded {
-            Err(r) => Ok(Item::Refused(r.clone())),
+            Err(r) => {
+                // Only a registered device's seqs are kept (auto-registration does not apply
+                // to a message refused).
+                let key = match m.key() {
+                    Some(k) if self.devices.contains(&k.0) => Some(k),
+                    Some(k) if !self.auto_register && self.known(&k.0).await? => Some(k),
+                    _ => None,
+                };
+                Ok(Item::Refused(r.clone(), key))
+            }
             Ok(d) => {
                 let device = d.header().device;
                 if self.known(device).await? {
                     Ok(Item::Ok(d))
                 } else {
-                    Ok(Item::Refused(Refusal {
-                        reason: "unknown_device",
-                        detail: format!(
-                            "device {device:?} is not registered (tapwatch-hub device add)"
-                        ),
-                    }))
+                    Ok(Item::Refused(
+                        Refusal {
+                            reason: "unknown_device",
+                            detail: format!(
+                                "device {device:?} is not registered (tapwatch-hub device add)"
+                            ),
+                        },
+                        None,
+                    ))
                 }
             }
         }
@@ -292,14 +461,15 @@ impl Ingestor {
                 // Something in the batch is refused by the database: one message at a time,
                 // and a message that fails alone is dead-lettered.
                 tracing::warn!("batch refused by the database ({e}); retrying message by message");
-                for (m, item) in batch.iter().zip(items) {
+                for ((m, item), p) in batch.iter().zip(items).zip(prepared) {
                     let one = std::slice::from_ref(m);
                     match self.write(one, std::slice::from_ref(&item)).await {
                         Ok(()) => {}
                         Err(e) if is_connection_error(&e) => return Err(e),
                         Err(e) => {
                             let r = Refusal { reason: "database", detail: e.to_string() };
-                            self.write(one, &[Item::Refused(r)]).await?;
+                            let key = p.key().filter(|k| self.devices.contains(&k.0));
+                            self.write(one, &[Item::Refused(r, key)]).await?;
                         }
                     }
                 }
@@ -311,11 +481,12 @@ impl Ingestor {
     /// Keep `m` in `dead_letters` with `reason`, counted, and nothing else of it.
     pub async fn dead_letter(
         &mut self,
-        m: &Incoming,
+        m: &Prepared,
         reason: &'static str,
         detail: String,
     ) -> Result<(), tokio_postgres::Error> {
-        self.write(&[m], &[Item::Refused(Refusal { reason, detail })]).await
+        let key = m.key().filter(|k| self.devices.contains(&k.0));
+        self.write(&[&m.incoming], &[Item::Refused(Refusal { reason, detail }, key)]).await
     }
 
     async fn make_partitions(&mut self, items: &[Item<'_>]) -> Result<(), tokio_postgres::Error> {
@@ -360,7 +531,14 @@ impl Ingestor {
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (m, item) in batch.iter().zip(items) {
             match item {
-                Item::Refused(r) => {
+                Item::Refused(_, Some(k)) => {
+                    devs.push(k.0.clone());
+                    streams.push(k.1.clone());
+                    seqs.push(k.2);
+                    sent.push(time(now_us()));
+                    digests.push(digest(&m.payload));
+                }
+                Item::Refused(r, None) => {
                     dead_bytes += insert_dead_letter(&tx, m, r).await?;
                     refused.push((m.topic.clone(), r.clone()));
                 }
@@ -395,10 +573,24 @@ impl Ingestor {
         let mut seen_devices = HashSet::new();
         let mut taken: Vec<(String, String, i64)> = Vec::new();
         let mut conflicts: HashMap<(String, String), i64> = HashMap::new();
+        let mut floors: Vec<SeqKey> = Vec::new();
         for (m, item) in batch.iter().zip(items) {
+            // A refused message with its seq: a dead letter once, its resends duplicates.
+            if let Item::Refused(r, Some(k)) = item {
+                self.touched.insert(k.0.clone());
+                if fresh.remove(k) {
+                    dead_bytes += insert_dead_letter(&tx, m, r).await?;
+                    refused.push((m.topic.clone(), r.clone()));
+                    taken.push(k.clone());
+                } else if let Some(s) = Stream::from_name(&k.1) {
+                    duplicates[stream_index(s)] += 1;
+                }
+                continue;
+            }
             let Item::Ok(d) = item else { continue };
             let h: Header<'_> = d.header();
             seen_devices.insert(h.device.to_string());
+            self.touched.insert(h.device.to_string());
             let i = stream_index(d.stream());
             // A message the broker sent twice can be twice in one batch: the first takes the
             // log row, the second is a duplicate.
@@ -437,6 +629,10 @@ impl Ingestor {
                 Decoded::Flows(b) => flows.push(&**b),
                 Decoded::Stats(s) => insert_stats(&tx, s).await?,
                 Decoded::Metrics(m) => {
+                    for f in m.outbox.iter().filter(|f| f.stream.confirmed()) {
+                        let floor = i64::try_from(f.floor).unwrap_or(i64::MAX);
+                        floors.push((h.device.to_string(), f.stream.name().to_string(), floor));
+                    }
                     tx.execute(
                         "INSERT INTO system_metrics (device, seq, ts, cpu_percent, mem_used_bytes,
                          mem_total_bytes, disk_used_bytes, disk_total_bytes, net_rx_bytes,
@@ -531,6 +727,7 @@ impl Ingestor {
             }
         }
         update_sequences(&tx, &taken, &conflicts).await?;
+        advance_acks(&tx, &taken, &floors).await?;
         let n_flows = copy_flows(&tx, &flows).await?;
         upsert_anomalies(&tx, anomalies.values().copied()).await?;
         let seen: Vec<String> = seen_devices.into_iter().collect();
@@ -624,6 +821,98 @@ async fn update_sequences(
            regressions = t.regressions + excluded.regressions,
            conflicts = t.conflicts + excluded.conflicts",
         &[&d_col, &s_col, &high_col, &received_col, &regressions_col, &conflicts_col],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `device_streams.acked_seq`, `missing` and `lost` after a batch, for the confirmed streams in
+/// it. `taken` are the (device, stream, seq) newly logged; `floors` the edges' outbox floors
+/// from metrics messages: below a floor the edge will never send again, so a seq there the
+/// hub never received is lost, counted once, and confirmed past.
+async fn advance_acks(
+    tx: &tokio_postgres::Transaction<'_>,
+    taken: &[SeqKey],
+    floors: &[SeqKey],
+) -> Result<(), tokio_postgres::Error> {
+    let confirmed = |s: &str| Stream::from_name(s).is_some_and(|s| s.confirmed());
+    if !floors.is_empty() {
+        // The highest floor per stream in the batch.
+        let mut high: HashMap<(&str, &str), i64> = HashMap::new();
+        for (d, s, f) in floors.iter().filter(|k| confirmed(&k.1)) {
+            let e = high.entry((d.as_str(), s.as_str())).or_insert(*f);
+            *e = (*e).max(*f);
+        }
+        let (mut d_col, mut s_col, mut f_col) = (Vec::new(), Vec::new(), Vec::new());
+        for ((d, s), f) in high {
+            d_col.push(d);
+            s_col.push(s);
+            f_col.push(f);
+        }
+        // A stream with nothing received yet may already have lost its first seqs.
+        tx.execute(
+            "INSERT INTO device_streams (device, stream)
+             SELECT u.d, u.s FROM unnest($1::text[], $2::text[]) AS u(d, s)
+             JOIN devices ON devices.id = u.d
+             ON CONFLICT DO NOTHING",
+            &[&d_col, &s_col],
+        )
+        .await?;
+        let lost = tx
+            .query(
+                "UPDATE device_streams t SET
+                   lost = t.lost + (u.f - 1 - t.acked_seq) - (
+                     SELECT count(*) FROM ingest_log l WHERE l.device = t.device
+                       AND l.stream = t.stream AND l.seq > t.acked_seq AND l.seq < u.f),
+                   acked_seq = u.f - 1
+                 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(d, s, f)
+                 WHERE t.device = u.d AND t.stream = u.s AND t.acked_seq < u.f - 1
+                 RETURNING t.device, t.stream, t.acked_seq, t.lost",
+                &[&d_col, &s_col, &f_col],
+            )
+            .await?;
+        for r in lost {
+            let (device, stream, upto, lost): (String, String, i64, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            tracing::warn!(
+                device,
+                stream,
+                upto,
+                lost_total = lost,
+                "seqs the edge no longer holds never came: counted lost, confirmed past"
+            );
+        }
+    }
+    let keys: HashSet<(&str, &str)> = taken
+        .iter()
+        .chain(floors)
+        .filter(|k| confirmed(&k.1))
+        .map(|(d, s, _)| (d.as_str(), s.as_str()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (d_col, s_col): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    // Confirmed: the run of logged seqs right above acked_seq (seq - row_number() is constant
+    // along a run, and equals acked_seq on the one that starts right after it).
+    tx.execute(
+        "UPDATE device_streams t SET acked_seq = coalesce((
+           SELECT max(x.seq) FROM (
+             SELECT l.seq, l.seq - row_number() OVER (ORDER BY l.seq) AS g FROM ingest_log l
+             WHERE l.device = t.device AND l.stream = t.stream AND l.seq > t.acked_seq) x
+           WHERE x.g = t.acked_seq), t.acked_seq)
+         FROM unnest($1::text[], $2::text[]) AS u(d, s)
+         WHERE t.device = u.d AND t.stream = u.s",
+        &[&d_col, &s_col],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE device_streams t SET missing = greatest(t.last_seq - t.acked_seq - (
+           SELECT count(*) FROM ingest_log l WHERE l.device = t.device AND l.stream = t.stream
+             AND l.seq > t.acked_seq), 0)
+         FROM unnest($1::text[], $2::text[]) AS u(d, s)
+         WHERE t.device = u.d AND t.stream = u.s",
+        &[&d_col, &s_col],
     )
     .await?;
     Ok(())
@@ -925,7 +1214,7 @@ async fn one_by_one(
                 let detail = format!("committing it panicked: {}", panic_text(&*panic));
                 tracing::error!(topic = %p.incoming.topic, "ingest: {detail}; kept as a dead letter");
                 ing = fresh().await?;
-                ing.dead_letter(&p.incoming, "panic", detail).await?;
+                ing.dead_letter(p, "panic", detail).await?;
             }
         }
     }
@@ -965,6 +1254,7 @@ pub async fn run(
     let loop_counters = counters.clone();
     let sub_client = client.clone();
     let mut loop_stop = stop.clone();
+    let loop_prefix = config.mqtt.topic_prefix.clone();
     let mqtt = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         let mut last_log: Option<Instant> = None;
@@ -987,6 +1277,12 @@ pub async fn run(
                         tracing::info!(filter = %filter, codes = ?ack.return_codes, "mqtt: subscribed");
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        // Our own acks (and any hub-to-edge topic) come back through the
+                        // subscription: acknowledged, not ingested.
+                        if is_hub_to_edge(&loop_prefix, &String::from_utf8_lossy(&p.topic)) {
+                            let _ = sub_client.try_ack(&p);
+                            continue;
+                        }
                         if tx.send(p).is_err() {
                             return;
                         }
@@ -1130,6 +1426,21 @@ pub async fn run(
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // Then tell the edges what is committed: they delete it from their outboxes.
+        if let Some(ing) = ingestor.as_mut() {
+            match ing.acks().await {
+                Ok(acks) => {
+                    for (device, payload) in acks {
+                        let Some(t) = firmware::proto::ack_topic(&device) else { continue };
+                        let topic = format!("{}{t}", config.mqtt.topic_prefix);
+                        if client.publish(topic, QoS::AtLeastOnce, true, payload).await.is_ok() {
+                            counters.acks_published.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("postgres: cannot read what to confirm ({e}); next batch"),
+            }
+        }
         if let Some(ing) = ingestor.as_mut() {
             if last_retention.is_none_or(|t| t.elapsed() >= retention_every) {
                 last_retention = Some(Instant::now());
@@ -1153,4 +1464,42 @@ pub async fn run(
     batcher.abort();
     mqtt.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_the_hubs_own_topics_are_not_ingested() {
+        assert!(is_hub_to_edge("p/", "p/tapwatch/v1/tap-1/ack"));
+        assert!(is_hub_to_edge("", "tapwatch/v1/tap-1/config"));
+        assert!(!is_hub_to_edge("p/", "p/tapwatch/v1/tap-1/flows"));
+        assert!(!is_hub_to_edge("p/", "q/tapwatch/v1/tap-1/ack"));
+        assert!(!is_hub_to_edge("", "tapwatch/v1/ack"));
+    }
+
+    #[test]
+    fn test_a_refused_message_keeps_the_seq_it_names() {
+        let t = "tapwatch/v1/tap-1/flows";
+        let key = |s: &str| Some(("tap-1".to_string(), s.to_string(), 7));
+        assert_eq!(claimed(t, br#"{"device":"tap-1","seq":7,"flows":"x"}"#, "shape"), key("flows"));
+        // Not when it names another device, no seq, or a seq out of range; not for status
+        // (its seq is a clock); not when the refusal is about the topic or the size.
+        assert_eq!(claimed(t, br#"{"device":"tap-2","seq":7}"#, "shape"), None);
+        assert_eq!(claimed(t, br#"{"device":"tap-1"}"#, "shape"), None);
+        assert_eq!(claimed(t, br#"{"device":"tap-1","seq":0}"#, "shape"), None);
+        assert_eq!(claimed(t, br#"{"device":"tap-1","seq":-1}"#, "shape"), None);
+        assert_eq!(claimed(t, br#"{"device":"tap-1","seq":18446744073709551615}"#, "range"), None);
+        assert_eq!(claimed(t, b"\xff{", "malformed_json"), None);
+        assert_eq!(claimed(t, br#"{"device":"tap-1","seq":7}"#, "oversize"), None);
+        assert_eq!(
+            claimed("tapwatch/v1/tap-1/status", br#"{"device":"tap-1","seq":7}"#, "shape"),
+            None
+        );
+        assert_eq!(
+            claimed("tapwatch/v1/tap-1/nope", br#"{"device":"tap-1","seq":7}"#, "topic"),
+            None
+        );
+    }
 }

@@ -102,8 +102,15 @@ pub struct StreamSeq {
     pub last_seq: i64,
     /// Distinct seqs taken.
     pub received: i64,
-    /// Seqs below `last_seq` never taken (sent by no edge, lost, or still on their way).
+    /// Every seq up to this one is committed (or counted lost): what the hub confirmed to the
+    /// edge, which deleted them from its outbox.
+    pub confirmed_seq: i64,
+    /// Seqs above `confirmed_seq` never taken while later ones were (on their way, or lost
+    /// on the way; the hub asks the edge for them again).
     pub missing: i64,
+    /// Seqs never taken that the edge no longer held (its retention or outbox bound dropped
+    /// them), counted once each.
+    pub lost: i64,
     /// Messages that came after one with a higher seq (late, or an edge whose seqs started over).
     pub regressions: i64,
     /// Messages whose seq was taken before with other content.
@@ -117,8 +124,9 @@ const DEVICE_SELECT: &str = "
            m.net_tx_bytes, m.flows_active, m.store_dropped, m.capture,
            (SELECT coalesce(jsonb_agg(jsonb_build_object(
                      'stream', stream, 'last_seq', last_seq, 'received', received,
-                     'missing', greatest(last_seq - received, 0), 'regressions', regressions,
-                     'conflicts', conflicts) ORDER BY stream), '[]'::jsonb)
+                     'confirmed_seq', acked_seq, 'missing', missing, 'lost', lost,
+                     'regressions', regressions, 'conflicts', conflicts) ORDER BY stream),
+                     '[]'::jsonb)
             FROM device_streams ds WHERE ds.device = d.id) AS streams
     FROM devices d
     LEFT JOIN LATERAL (SELECT * FROM system_metrics s WHERE s.device = d.id

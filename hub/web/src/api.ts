@@ -175,7 +175,9 @@ export interface StreamSeq {
   stream: string;
   last_seq: number;
   received: number;
+  confirmed_seq: number;
   missing: number;
+  lost: number;
   regressions: number;
   conflicts: number;
 }

@@ -54,17 +54,18 @@ export function deviceDetail(p: Page, id: string) {
           ),
         ),
       );
-      // What the hub took of each stream: missing seqs, late arrivals, and conflicts (a seq
-      // taken before with other content: a reset edge, or a forgery).
+      // What the hub took of each stream: how far it has confirmed to the edge, seqs missing
+      // above that (asked for again), seqs lost (the edge no longer had them), late arrivals,
+      // and conflicts (a seq taken before with other content: a reset edge, or a forgery).
       const streams = h(
         "table",
         { "data-testid": "streams" },
-        h("thead", {}, h("tr", {}, ["Stream", "Last seq", "Received", "Missing", "Out of order", "Conflicts"].map((c) => h("th", {}, c)))),
+        h("thead", {}, h("tr", {}, ["Stream", "Last seq", "Received", "Confirmed to", "Missing", "Lost", "Out of order", "Conflicts"].map((c) => h("th", {}, c)))),
         h(
           "tbody",
           {},
           d.streams.map((s) =>
-            h("tr", {}, h("td", {}, s.stream), h("td", {}, count(s.last_seq)), h("td", {}, count(s.received)), h("td", { class: s.missing ? "warn" : "" }, count(s.missing)), h("td", {}, count(s.regressions)), h("td", { class: s.conflicts ? "warn" : "" }, count(s.conflicts))),
+            h("tr", {}, h("td", {}, s.stream), h("td", {}, count(s.last_seq)), h("td", {}, count(s.received)), h("td", {}, count(s.confirmed_seq)), h("td", { class: s.missing ? "warn" : "" }, count(s.missing)), h("td", { class: s.lost ? "warn" : "" }, count(s.lost)), h("td", {}, count(s.regressions)), h("td", { class: s.conflicts ? "warn" : "" }, count(s.conflicts))),
           ),
         ),
       );
