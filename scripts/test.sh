@@ -34,6 +34,13 @@ fi
 step "workspace tests"
 cargo test --workspace --all-features
 
+step "chaos, short: 10 kills of edge, Mosquitto, hub and PostgreSQL in turn, with live traffic; nothing missing or doubled"
+if [ "$(id -u)" = 0 ] && [ -z "${TAPWATCH_SKIP_LIVE:-}" ]; then
+  CHAOS_SHARE=hubs CHAOS_PAUSE=2 TAPWATCH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash bench/chaos.sh 10
+else
+  echo "skipped: needs root for namespaces and capture (TAPWATCH_SKIP_LIVE is set or not root)"
+fi
+
 step "schemathesis against the hub's OpenAPI document (no 5xx, every response as documented)"
 ST_EXAMPLES=50 bash scripts/schemathesis.sh
 
