@@ -11,16 +11,39 @@
 # seqs, sync_seq) is compared with PostgreSQL: produced, delivered, missing, doubled, and what
 # the edge counted dropped.
 #
+# After the kill cycles come faults that are not a crash, CHAOS_EXTRA_S seconds each (default 60),
+# traffic still flowing: `disk`, the broker's disk full (its persistence directory is a tmpfs of
+# its own, filled up; the broker is killed and restarted halfway, so what it could not save is
+# gone; Mosquitto only); `db`, PostgreSQL refusing every write (default_transaction_read_only,
+# reloaded); `clock`, the edge's wall clock an hour ahead and back (libfaketime; monotonic time
+# and the kernel's capture timestamps stay true), with the edge restarted while ahead and after
+# the step back; `loss`, 20% of the packets to and from the broker's port dropped both ways
+# (nftables numgen, which needs no sch_netem). CHAOS_EXTRAS chooses (default "disk db clock loss";
+# empty for none). The run also fails on a dead letter at the hub and if the hub does not show
+# the edge online at the end.
+#
 # Usage (root): bench/chaos.sh [CYCLES]          (default 100; CI runs 10)
 #   CHAOS_BROKER=mosquitto|embedded (default mosquitto), CHAOS_SHARE=GROUP (the hub on a shared
 #   subscription, which Mosquitto forgets over its restart), CHAOS_PAUSE=SECONDS between cycles
-#   (default 4), TAPWATCH_BIN=DIR with tapwatch-edge and tapwatch-hub (default: a release build).
-# Exits 1 if any stream has a missing or doubled record.
+#   (default 4), TAPWATCH_BIN=DIR with tapwatch-edge and tapwatch-hub (default: a release build),
+#   CHAOS_EXTRAS, CHAOS_EXTRA_S (above).
+# Exits 1 if any stream has a missing or doubled record, a dead letter, or the edge not online.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cycles=${1:-100}
 broker_kind=${CHAOS_BROKER:-mosquitto}
 pause=${CHAOS_PAUSE:-4}
+extras=${CHAOS_EXTRAS-disk db clock loss}
+extra_s=${CHAOS_EXTRA_S:-60}
+faketime_lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2> /dev/null | head -n 1 || true)
+for x in $extras; do
+  case $x in
+    disk | db | loss) ;;
+    clock) [ -n "$faketime_lib" ] || { echo "chaos: the clock fault needs libfaketime (apt-get install faketime)" >&2; exit 1; } ;;
+    *) echo "chaos: unknown fault '$x' in CHAOS_EXTRAS (disk, db, clock, loss)" >&2; exit 1 ;;
+  esac
+done
+[[ " $extras " != *" loss "* ]] || command -v nft > /dev/null || { echo "chaos: the loss fault needs nft (apt-get install nftables)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "chaos: run as root (namespaces, capture, a PostgreSQL cluster)" >&2; exit 1; }
 if [ -z "${TAPWATCH_BIN:-}" ]; then
   (cd "$here" && cargo build -q --release -p tapwatch-edge -p tapwatch-hub)
@@ -28,8 +51,12 @@ if [ -z "${TAPWATCH_BIN:-}" ]; then
 fi
 edge_bin=$TAPWATCH_BIN/tapwatch-edge hub_bin=$TAPWATCH_BIN/tapwatch-hub
 out=${BENCH_OUT:-$here/bench-out}/chaos
+mqdb=$out/mosquitto/db
+umount "$mqdb" 2> /dev/null || true
 rm -rf "$out"
-mkdir -p "$out/www" "$out/mosquitto" "$out/pg"
+mkdir -p "$out/www" "$mqdb" "$out/pg"
+# The broker's disk, small and its own, so that filling it fills nothing else.
+mount -t tmpfs -o size=8m tapwatch-chaos "$mqdb"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 mq_port=$(port) v5_port=$(port) pg_port=$(port) edge_http=$(port)
 tag=twc$$
@@ -45,8 +72,10 @@ cleanup() {
     ip netns del "$tag-$ns" 2> /dev/null || true
   done
   ip link del "$tag" 2> /dev/null || true
+  nft delete table inet "$tag" 2> /dev/null || true
   runuser -u postgres -- "$pgbin/pg_ctl" -D "$out/pg/data" -m immediate stop > /dev/null 2>&1 || true
   wait 2> /dev/null || true
+  umount "$mqdb" 2> /dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -65,7 +94,7 @@ cat > "$out/mosquitto/mosquitto.conf" << CONF
 listener $mq_port 127.0.0.1
 allow_anonymous true
 persistence true
-persistence_location $out/mosquitto/
+persistence_location $mqdb/
 autosave_interval 1
 max_queued_messages 0
 max_inflight_messages 0
@@ -132,7 +161,15 @@ start() { # component
     broker) mosquitto -c "$out/mosquitto/mosquitto.conf" 2>> "$out/mosquitto/log" & pid[broker]=$! ;;
     pg) pg start; pid[pg]=$(head -n 1 "$out/pg/data/postmaster.pid") ;;
     hub) "$hub_bin" run --config "$out/hub.toml" 2>> "$out/hub.log" & pid[hub]=$! ;;
-    edge) "$edge_bin" run --config "$out/edge.toml" 2>> "$out/edge.log" & pid[edge]=$! ;;
+    edge)
+      if [ -e "$out/faketime" ]; then
+        # The wall clock from the file, read at every call: the offset can change under it.
+        LD_PRELOAD=$faketime_lib FAKETIME_TIMESTAMP_FILE=$out/faketime FAKETIME_NO_CACHE=1 \
+          DONT_FAKE_MONOTONIC=1 "$edge_bin" run --config "$out/edge.toml" 2>> "$out/edge.log" &
+      else
+        "$edge_bin" run --config "$out/edge.toml" 2>> "$out/edge.log" &
+      fi
+      pid[edge]=$! ;;
   esac
 }
 kill9() {
@@ -191,7 +228,68 @@ for i in $(seq 1 "$cycles"); do
   start "$c"
   printf 'chaos: cycle %d/%d: %s killed, back after %s s\n' "$i" "$cycles" "$c" "$down"
 done
-echo "chaos: cycles done in $(($(date +%s) - t0)) s; stopping the traffic and draining"
+echo "chaos: cycles done in $(($(date +%s) - t0)) s"
+
+half=$((extra_s / 2)) quarter=$((extra_s / 4))
+for x in $extras; do
+  t1=$(date +%s)
+  case $x in
+    disk)
+      if [ "$broker_kind" = embedded ]; then
+        echo "chaos: fault disk: skipped (the embedded broker keeps nothing on disk)"
+        continue
+      fi
+      echo "chaos: fault disk: the broker's disk full for $extra_s s, the broker killed halfway"
+      dd if=/dev/zero of="$mqdb/fill" bs=64k 2> /dev/null || true
+      sleep "$half"
+      kill9 broker
+      sleep 1
+      start broker
+      sleep $((extra_s - half))
+      rm -f "$mqdb/fill" ;;
+    db)
+      echo "chaos: fault db: PostgreSQL refuses every write for $extra_s s"
+      psql_ -c "ALTER SYSTEM SET default_transaction_read_only = on" -c "SELECT pg_reload_conf()" > /dev/null
+      sleep "$extra_s"
+      PGOPTIONS="-c default_transaction_read_only=off" psql_ \
+        -c "ALTER SYSTEM RESET default_transaction_read_only" -c "SELECT pg_reload_conf()" > /dev/null ;;
+    clock)
+      echo "chaos: fault clock: the edge's clock an hour ahead, restarted there, back, restarted"
+      echo "+0" > "$out/faketime"
+      kill9 edge
+      start edge
+      sleep 2
+      echo "+1h" > "$out/faketime"
+      sleep "$quarter"
+      kill9 edge
+      start edge
+      sleep "$quarter"
+      echo "+0" > "$out/faketime"
+      sleep "$quarter"
+      kill9 edge
+      rm -f "$out/faketime"
+      start edge
+      sleep "$quarter" ;;
+    loss)
+      echo "chaos: fault loss: 20% of the packets to and from the broker's port dropped for $extra_s s"
+      nft add table inet "$tag"
+      nft add chain inet "$tag" input "{ type filter hook input priority -10 ; }"
+      nft add rule inet "$tag" input tcp dport "$mq_port" numgen random mod 100 "<" 20 drop
+      nft add rule inet "$tag" input tcp sport "$mq_port" numgen random mod 100 "<" 20 drop
+      sleep "$extra_s"
+      nft delete table inet "$tag" ;;
+  esac
+  echo "chaos: fault $x over after $(($(date +%s) - t1)) s"
+done
+# The edge, last restarted after its clock stepped back, shows online (before the drain below,
+# which ends with its offline status).
+state=
+for _ in $(seq 300); do
+  state=$(psql_ -c "SELECT state FROM devices WHERE id = 'chaos-tap'" 2> /dev/null || true)
+  [ "$state" = online ] && break
+  sleep 0.1
+done
+echo "chaos: stopping the traffic and draining"
 for p in "${pids[@]}"; do kill "$p" 2> /dev/null || true; done
 for ns in cli atk; do ip netns pids "$tag-$ns" 2> /dev/null | xargs -r kill 2> /dev/null || true; done
 # The daemon stops (its flows in progress are recorded), then `tapwatch-edge sync` sends what
@@ -232,6 +330,10 @@ for stream in flows stats metrics analyses anomalies evidence; do
   [ "$missing" = 0 ] && [ "$doubled" = 0 ] || fail=1
 done
 lost=$(psql_ -c "SELECT coalesce(sum(lost), 0) FROM device_streams WHERE device = 'chaos-tap'")
+dead=$(psql_ -c "SELECT count(*) FROM dead_letters")
+echo "hub: $dead dead letters; the edge showed ${state:-nothing} before the drain"
+[ "$state" = online ] || fail=1
+[ "$dead" = 0 ] || { fail=1; psql_ -c "SELECT topic, reason, detail FROM dead_letters LIMIT 5"; }
 echo "hub: seqs counted lost $lost; edge: $(grep -c 'outbox over' "$out/edge.log" || true) outbox-bound drops, $(edge_sql 'SELECT count(*) FROM outbox') messages left in the outbox"
 [ "$fail" = 0 ] && echo "chaos: nothing missing, nothing doubled" || echo "chaos: FAILED (logs in $out)"
 exit "$fail"

@@ -10,6 +10,7 @@ apt_packages=(
   iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3 python3-venv   # live-capture tests and benches
   hydra openssh-server vsftpd dnsmasq-base iodine bind9-dnsutils   # the lab (models/lab/lab.sh)
   mosquitto mosquitto-clients openssl   # hub tests: brokers of their own (dynamic security), certificates
+  faketime nftables                     # bench/chaos.sh: the edge's clock stepped, a lossy link
   chromium                                      # the dashboard's browser tests (playwright-core)
 )
 arm64_packages=(libpcap-dev:arm64)

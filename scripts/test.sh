@@ -34,9 +34,9 @@ fi
 step "workspace tests"
 cargo test --workspace --all-features
 
-step "chaos, short: 10 kills of edge, Mosquitto, hub and PostgreSQL in turn, with live traffic; nothing missing or doubled"
+step "chaos, short: 10 kills of edge, Mosquitto, hub and PostgreSQL in turn, then 10 s each of a full broker disk, a read-only database, the edge's clock stepped and a lossy link, with live traffic; nothing missing or doubled"
 if [ "$(id -u)" = 0 ] && [ -z "${TAPWATCH_SKIP_LIVE:-}" ]; then
-  CHAOS_SHARE=hubs CHAOS_PAUSE=2 TAPWATCH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash bench/chaos.sh 10
+  CHAOS_SHARE=hubs CHAOS_PAUSE=2 CHAOS_EXTRA_S=10 TAPWATCH_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug" bash bench/chaos.sh 10
 else
   echo "skipped: needs root for namespaces and capture (TAPWATCH_SKIP_LIVE is set or not root)"
 fi

@@ -25,6 +25,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../migrations/002_flows_by_rowid.sql")),
     M::up(include_str!("../migrations/003_outbox.sql")),
     M::up(include_str!("../migrations/004_evidence_by_host.sql")),
+    M::up(include_str!("../migrations/005_sync_will.sql")),
 ];
 
 /// The tables, for counters.

@@ -20,7 +20,9 @@
 //!
 //! The retained `status` topic says `online` after each connect; the last will, set before each
 //! connect, says `offline`. Their seq is the wall-clock millisecond of the connect (the will's one
-//! more), so the hub can order them across reconnects.
+//! more), so the hub can order them across reconnects, and never below the highest will seq an
+//! earlier run kept in `sync_will`: after the clock steps back, a restarted edge still shows
+//! online.
 //!
 //! Mapping a PUBACK to its message: rumqttc reports `Outgoing::Publish(pkid)` for each publish
 //! request in the order the requests were made, and the session is clean, so nothing else is
@@ -36,7 +38,7 @@ use firmware::proto::{
     SCHEMA_VERSION,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,11 +114,12 @@ impl OutboxReader {
     pub fn open(path: &Path, device: &str, counters: Arc<SyncCounters>) -> Result<Self, String> {
         let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| e.to_string())?;
-        // The writer creates the tables (migrations); wait for them if it has not yet.
+        // The writer creates the tables (migrations); wait for them if it has not yet (the
+        // newest, sync_will, is there once all are).
         for _ in 0..100 {
             let n: i64 = conn
                 .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_will'",
                     [],
                     |r| r.get(0),
                 )
@@ -127,6 +130,25 @@ impl OutboxReader {
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!("{}: the store has no outbox table", path.display()))
+    }
+
+    /// The highest status seq a last will of this device may carry at the broker (0: none).
+    fn will_floor(&self) -> Result<u64, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT seq FROM sync_will WHERE id = 0", [], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    /// A last will with status seq `seq` is (or is about to be) at the broker.
+    fn keep_will(&self, seq: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO sync_will (id, seq) VALUES (0, ?1)
+             ON CONFLICT (id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            [seq as i64],
+        )?;
+        Ok(())
     }
 
     /// Messages in the outbox.
@@ -560,7 +582,12 @@ pub async fn run(
             )
         }
     };
-    let first_seq = (now_us() / 1000) as u64;
+    // Above every will an earlier run left, whatever the clock did since; kept before the
+    // first connection can leave this one's will at the broker.
+    let first_seq = ((now_us() / 1000) as u64).max(outbox.will_floor().unwrap_or(0) + 1);
+    if let Err(e) = outbox.keep_will(first_seq + 1) {
+        tracing::warn!("sync: cannot keep the status seq: {e}");
+    }
     options.set_last_will(will(first_seq + 1));
     let (client, eventloop) = AsyncClient::new(options, usize::from(cfg.inflight) + 16);
     let (etx, mut events) = tokio::sync::mpsc::unbounded_channel();
@@ -676,6 +703,9 @@ pub async fn run(
             ev = events.recv() => match ev {
                 Some(LinkEvent::Connected(seq)) => {
                     connected = Some(seq);
+                    if let Err(e) = outbox.keep_will(seq + 1) {
+                        tracing::warn!("sync: cannot keep the status seq: {e}");
+                    }
                     counters.connected.store(1, Ordering::Relaxed);
                     counters.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %cfg.broker, "sync: connected");

@@ -260,18 +260,29 @@ pub fn is_hub_to_edge(prefix: &str, topic: &str) -> bool {
         .is_some_and(|(_, leaf)| crate::provision::HUB_TO_EDGE.contains(&leaf))
 }
 
-/// Whether a database error means the database is away (retry) rather than the data is bad.
-pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
+/// Whether a database error means the database is away or unwilling (retry the batch later)
+/// rather than the data being bad (take it apart, dead-letter what fails alone).
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.code().is_none_or(|c| is_transient_code(c.code()))
+}
+
+/// A database error with what the server said (its SQLSTATE and message), not only "db error".
+pub fn db_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{} {}", d.code().code(), d.message()),
+        None => e.to_string(),
     }
-    match e.code() {
-        None => true,
-        Some(c) => {
-            let c = c.code();
-            c.starts_with("08") || c.starts_with("57") || c.starts_with("53") || c == "40001"
-        }
-    }
+}
+
+/// SQLSTATEs that say nothing about the rows: the connection (08), resources (53: disk full,
+/// out of memory, too many connections), an operator's intervention (57: shutdown, cancel),
+/// the system (58: I/O), a serialization failure or deadlock (40001, 40P01), a database
+/// refusing writes (25006 read-only transaction, 42501 grants taken away) and locks not
+/// available (55P03, 55006). A batch refused with one of these is kept whole and retried; with
+/// anything else, it is the data.
+pub fn is_transient_code(code: &str) -> bool {
+    ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+        || ["40001", "40P01", "25006", "42501", "55P03", "55006"].contains(&code)
 }
 
 impl Ingestor {
@@ -456,7 +467,7 @@ impl Ingestor {
         self.make_partitions(&items).await?;
         match self.write(batch, &items).await {
             Ok(()) => Ok(()),
-            Err(e) if is_connection_error(&e) => Err(e),
+            Err(e) if is_transient(&e) => Err(e),
             Err(e) => {
                 // Something in the batch is refused by the database: one message at a time,
                 // and a message that fails alone is dead-lettered.
@@ -465,7 +476,7 @@ impl Ingestor {
                     let one = std::slice::from_ref(m);
                     match self.write(one, std::slice::from_ref(&item)).await {
                         Ok(()) => {}
-                        Err(e) if is_connection_error(&e) => return Err(e),
+                        Err(e) if is_transient(&e) => return Err(e),
                         Err(e) => {
                             let r = Refusal { reason: "database", detail: e.to_string() };
                             let key = p.key().filter(|k| self.devices.contains(&k.0));
@@ -1372,7 +1383,8 @@ pub async fn run(
                     Ok(c) => {
                         counters.db_connected.store(1, Ordering::Relaxed);
                         tracing::info!("postgres: connected");
-                        db_backoff = Duration::from_millis(200);
+                        // The backoff starts again on a commit, not here: a database that
+                        // takes connections but refuses writes is not tried five times a second.
                         ingestor = Some(Ingestor::new(c, &config, counters.clone()));
                     }
                     Err(e) => {
@@ -1407,11 +1419,18 @@ pub async fn run(
                 }
             };
             match committed {
-                Ok(()) => break,
+                Ok(()) => {
+                    db_backoff = Duration::from_millis(200);
+                    break;
+                }
                 Err(e) => {
                     counters.commit_errors.fetch_add(1, Ordering::Relaxed);
                     counters.db_connected.store(0, Ordering::Relaxed);
-                    tracing::warn!("postgres: batch not committed ({e}); retrying");
+                    tracing::warn!(
+                        "postgres: batch not committed ({}); retrying in {} ms",
+                        db_error_text(&e),
+                        db_backoff.as_millis()
+                    );
                     ingestor = None;
                     tokio::select! {
                         _ = tokio::time::sleep(db_backoff) => {}
@@ -1469,6 +1488,19 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_a_database_refusing_all_writes_is_away_not_bad_data() {
+        for code in [
+            "08006", "53100", "53300", "57P01", "58030", "40001", "40P01", "25006", "42501",
+            "55P03", "55006",
+        ] {
+            assert!(is_transient_code(code), "{code} is the database, not the data");
+        }
+        for code in ["22P02", "23505", "23502", "42P01", "22001", "54000", "42804"] {
+            assert!(!is_transient_code(code), "{code} is the data");
+        }
+    }
 
     #[test]
     fn test_the_hubs_own_topics_are_not_ingested() {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tapwatch_edge::config::{StoreConfig, SyncConfig};
 use tapwatch_edge::store::{spawn_writer, AgeClock, FlowRow, Row, Store, StoreCounters};
 use tapwatch_edge::sync::{SyncCounters, Until};
@@ -961,6 +961,34 @@ fn test_edge_offline_and_back() {
     edge.start_sync();
     assert_exactly(&db, &edge, &[&hub]);
     assert_eq!(db.query(&format!("SELECT state FROM devices WHERE id = '{d}'")).trim(), "online");
+}
+
+#[test]
+fn test_the_edge_shows_online_after_its_clock_stepped_back() {
+    let Lab { mut edge, hub, broker: _broker, db, prefix: _, dir: _dir } = Lab::new();
+    edge.produce(100);
+    assert_exactly(&db, &edge, &[&hub]);
+    edge.stop_sync();
+    // What a run with the clock an hour ahead leaves: its last will (offline, seq an hour of
+    // milliseconds ahead) taken by the hub, and that seq kept in the edge's database.
+    let ahead =
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64 + 3_600_000;
+    let d = edge.device.clone();
+    db.query(&format!(
+        "UPDATE devices SET state = 'offline', state_seq = {ahead} WHERE id = '{d}'"
+    ));
+    let c = rusqlite::Connection::open(&edge.db).unwrap();
+    c.execute("INSERT OR REPLACE INTO sync_will (id, seq) VALUES (0, ?1)", [ahead]).unwrap();
+    drop(c);
+    // Back on the true clock, the edge comes back: the hub shows it online.
+    edge.start_sync();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while db.query(&format!("SELECT state FROM devices WHERE id = '{d}'")).trim() != "online" {
+        assert!(Instant::now() < deadline, "the device should show online again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seq = db.count(&format!("SELECT state_seq FROM devices WHERE id = '{d}'"));
+    assert!(seq > ahead, "{seq} > {ahead}");
 }
 
 #[test]
