@@ -1,6 +1,6 @@
-"""Capture-level detection figures on the public corpus, windows only.
+"""Capture-level detection figures on the public corpus.
 
-    python3 models/corpus_check.py [DATA_DIR] [TAPWATCH_EDGE]
+    python3 models/corpus_check.py [--models DIR] [DATA_DIR] [TAPWATCH_EDGE]
 
 DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFEST.md whose table
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
@@ -8,10 +8,26 @@ flood, amplification and SYN-ACK reflection, ARP host scan, Heartbleed, DNS tunn
 spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
+
+With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to the
+detector whose counter tripped (its first reason): `windows` (host_* and victim_* counters),
+`analyzers` (the protocol analyzers' and the slow-scan window's), `classifier`, `autoencoder`;
+the last table says, per detector, the attack captures it names right, those only it names
+right, and the benign captures it raises anything on.
 """
 import re, os, sys, json, subprocess, collections
-root = sys.argv[1] if len(sys.argv) > 1 else '../shared/data'
-edge = sys.argv[2] if len(sys.argv) > 2 else os.environ.get('TAPWATCH_EDGE', 'target/release/tapwatch-edge')
+args = sys.argv[1:]
+models = None
+if args[:1] == ['--models']:
+    models, args = args[1], args[2:]
+root = args[0] if len(args) > 0 else '../shared/data'
+edge = args[1] if len(args) > 1 else os.environ.get('TAPWATCH_EDGE', 'target/release/tapwatch-edge')
+def detector(a):
+    counter = (a.get('reasons') or [{}])[0].get('feature', '')
+    if counter in ('classifier', 'autoencoder'): return counter
+    return 'windows' if counter.startswith(('host_', 'victim_')) else 'analyzers'
+DETECTORS = ['windows', 'analyzers', 'classifier', 'autoencoder']
+by_detector = {d: [0, 0, 0] for d in DETECTORS}  # right, right alone, benign captures raised
 # Captures whose MANIFEST label is wrong, with the evidence: (repository, path) -> kind.
 RELABEL = {
     # A dnscat2 session (names under skullseclabs.org, dnscat2's own domain, carrying
@@ -46,17 +62,29 @@ for repo, path, label in rows:
     k = RELABEL.get((repo, path)) or kind_of(label, path)
     if k is None: continue
     f = os.path.join(root, repo, path)
-    out = subprocess.run([edge, 'analyze', '--emit', 'anomalies', f], capture_output=True, text=True).stdout
-    kinds = [json.loads(l)['kind'] for l in out.splitlines() if '"record":"anomaly"' in l]
+    cmd = [edge, 'analyze', '--emit', 'anomalies'] + (['--models', models] if models else []) + [f]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    alerts = [json.loads(l) for l in out.splitlines() if '"record":"anomaly"' in l]
+    kinds = [a['kind'] for a in alerts]
     if k == 'benign':
         benign[1] += 1
-        if kinds: benign[0] += 1; fa.append((repo, path, kinds))
+        if kinds: benign[0] += 1; fa.append((repo, path, sorted({(a['kind'], detector(a)) for a in alerts})))
+        for d in {detector(a) for a in alerts}: by_detector[d][2] += 1
     else:
         r = res[(k, repo)]; r[1] += 1
-        # A scan or sweep of either shape is named right as port_scan or host_sweep.
-        ok = k in kinds or (k == 'scan' and {'port_scan', 'host_sweep'} & set(kinds))
-        if ok: r[0] += 1
+        # A scan, sweep or fingerprinting ("scan or fingerprinting" in the labels) is named
+        # right as port_scan, host_sweep or os_fingerprint.
+        right_kinds = {'port_scan', 'host_sweep', 'os_fingerprint'} if k == 'scan' else {k}
+        right = {detector(a) for a in alerts if a['kind'] in right_kinds}
+        for d in right:
+            by_detector[d][0] += 1
+            if len(right) == 1: by_detector[d][1] += 1
+        if right: r[0] += 1
         else: print('missed', k, repo, path, kinds, file=sys.stderr)
 for (k, repo), (a, b) in sorted(res.items()): print(f'{k}\t{repo}\t{a}/{b}')
-print(f'benign captures with any alert (window detectors): {benign[0]}/{benign[1]}')
+caught = sum(a for a, _ in res.values()); total = sum(b for _, b in res.values())
+print(f'attack captures named with the right kind: {caught}/{total}')
+print(f'benign captures with any alert: {benign[0]}/{benign[1]}' + (f' (models: {models})' if models else ' (no models)'))
 for x in fa: print('  ', x)
+print('detector\tright\tright alone\tbenign captures raised')
+for d in DETECTORS: print(d, *by_detector[d], sep='\t')

@@ -24,19 +24,29 @@ use core::net::IpAddr;
 pub struct Thresholds {
     /// Distinct destination ports one source opened flows to (port scan).
     pub port_scan_ports: f32,
+    /// Distinct IP protocols one source sent (an IP protocol scan, nmap -sO; named a port scan).
+    pub protocol_scan_protocols: f32,
     /// Distinct destination hosts one source opened flows to (host sweep), when it sent at most
     /// `host_sweep_packets_per_host` packets per host on average (a probe each, not a session);
     /// or distinct addresses it asked for in ARP requests (a local sweep sends no IP at all).
     pub host_sweep_hosts: f32,
     pub host_sweep_packets_per_host: f32,
     /// TCP SYNs a second from one source to fewer than `port_scan_ports` ports (SYN flood; many
-    /// ports is a scan).
+    /// ports is a scan), or to any number of ports from at least `syn_flood_src_ports` distinct
+    /// source ports (a scanner sends from a few and matches the answers by them; a flood tool
+    /// sends each SYN from a new one).
     pub syn_flood_rate: f32,
+    pub syn_flood_src_ports: f32,
+    /// Kinds of crafted probe ([`crate::wire::L4::crafted`]) from one source to fewer than
+    /// `port_scan_ports` ports: OS fingerprinting tries several (nmap -O a NULL, a SYN+FIN+URG+PSH
+    /// and a FIN+PSH+URG; xprobe odd ICMP requests); a stealth scan sends one kind.
+    pub os_fingerprint_kinds: f32,
     /// UDP packets a second from one source.
     pub udp_flood_rate: f32,
     /// ICMP echo requests a second from one source.
     pub icmp_flood_rate: f32,
-    /// ARP replies one source sent in the window (gratuitous or unsolicited: spoofing).
+    /// ARP replies nobody on this tap asked for that one host's MAC sent in the ARP
+    /// analyzer's window (gratuitous or unsolicited: spoofing).
     pub arp_spoof_replies: f32,
     /// Distinct client MACs in the DHCP requests of one source (starvation).
     pub dhcp_starvation_macs: f32,
@@ -80,9 +90,12 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             port_scan_ports: 50.0,
+            protocol_scan_protocols: 16.0,
             host_sweep_hosts: 64.0,
             host_sweep_packets_per_host: 4.0,
             syn_flood_rate: 500.0,
+            syn_flood_src_ports: 1_000.0,
+            os_fingerprint_kinds: 2.0,
             udp_flood_rate: 5_000.0,
             icmp_flood_rate: 200.0,
             arp_spoof_replies: 20.0,
@@ -120,6 +133,12 @@ pub struct Trip {
 }
 
 impl Thresholds {
+    /// SYNs at a flood's rate from a new source port each: a flood over however many ports,
+    /// not a scan of them (one alert, the flood).
+    pub fn flood_shaped(&self, f: &HostFeatures) -> bool {
+        f.syn_rate >= self.syn_flood_rate && f.syn_src_ports >= self.syn_flood_src_ports
+    }
+
     /// Every detector a host's window trips, in a fixed order.
     pub fn trips(&self, f: &HostFeatures, out: &mut impl FnMut(Trip)) {
         let mut trip = |kind, counter, value: f32, threshold: f32| {
@@ -127,7 +146,12 @@ impl Thresholds {
                 out(Trip { kind, counter, value, threshold, by_victim: false });
             }
         };
-        trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
+        let flood = self.flood_shaped(f);
+        if !flood {
+            trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
+        }
+        let protocols = (f.protocols, self.protocol_scan_protocols);
+        trip(AnomalyKind::PortScan, "host_ip_protocols", protocols.0, protocols.1);
         let probes =
             f.dst_hosts > 0.0 && f.packets / f.dst_hosts <= self.host_sweep_packets_per_host;
         if probes && f.dst_hosts >= self.host_sweep_hosts {
@@ -136,12 +160,15 @@ impl Thresholds {
             // A sweep of the local network by ARP alone (nmap -sn on a LAN): no IP flow at all.
             trip(AnomalyKind::HostSweep, "host_arp_targets", f.arp_targets, self.host_sweep_hosts);
         }
-        if f.dst_ports < self.port_scan_ports {
+        if f.dst_ports < self.port_scan_ports || flood {
             trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
+        }
+        if f.dst_ports < self.port_scan_ports {
+            let (kinds, at_least) = (f.crafted_kinds, self.os_fingerprint_kinds);
+            trip(AnomalyKind::OsFingerprint, "host_crafted_probes", kinds, at_least);
         }
         trip(AnomalyKind::UdpFlood, "host_udp_rate", f.udp_rate, self.udp_flood_rate);
         trip(AnomalyKind::IcmpFlood, "host_icmp_echo_rate", f.icmp_echo_rate, self.icmp_flood_rate);
-        trip(AnomalyKind::ArpSpoof, "host_arp_replies", f.arp_replies, self.arp_spoof_replies);
         trip(AnomalyKind::DhcpStarvation, "host_dhcp_macs", f.dhcp_macs, self.dhcp_starvation_macs);
     }
 }
@@ -348,15 +375,7 @@ impl<const E: usize> WindowDetector<E> {
             // The victim of a reflection seems to sweep its reflectors (their answers come back
             // as replies to connections it never made): its reflection episode says what it is.
             let reflected = self.reflection_victim(*ip);
-            // Replies claiming an address are counted against that address; the ARP analyzer
-            // names the host behind the claiming MAC (evaluate_analyzers runs first): one
-            // spoofing, one episode, under the attacker's own address where it is known.
-            let spoofing =
-                self.episodes.iter().any(|e| e.kind == AnomalyKind::ArpSpoof && e.src != *ip);
-            let named = |t: &Trip| {
-                (reflected && t.kind == AnomalyKind::HostSweep)
-                    || (spoofing && t.kind == AnomalyKind::ArpSpoof)
-            };
+            let named = |t: &Trip| reflected && t.kind == AnomalyKind::HostSweep;
             for t in trips.into_iter().filter(|t| !named(t)) {
                 self.trip(*ip, t, now, out);
             }
@@ -397,7 +416,7 @@ impl<const E: usize> WindowDetector<E> {
 
     /// Read the protocol analyzers' windows at `now` (call beside [`evaluate`](Self::evaluate),
     /// before it: that one closes quiet episodes): authentication failures, heartbeats, remote
-    /// services, ARP bindings by source; DNS by source and domain; DHCP by client.
+    /// services, ARP bindings by source; DNS by source and domain; DHCP by client; slow scans.
     pub fn evaluate_analyzers(
         &mut self,
         a: &Analyzers,
@@ -431,12 +450,14 @@ impl<const E: usize> WindowDetector<E> {
             }
         }
         // Slow scans: the failed flows of a minute (a fast scan trips the host window first,
-        // and its episode is the same one).
+        // and its episode is the same one). Failed flows from a thousand source ports in a
+        // minute are no slow scan: a flood's refused SYNs (the host window names the flood,
+        // and keeps naming it as it ends while this window still holds them).
         for (ip, w) in a.scans().iter() {
-            if !live(w.last) {
+            let (ports, hosts, src_ports) = w.spread();
+            if !live(w.last) || src_ports >= self.thresholds.syn_flood_src_ports {
                 continue;
             }
-            let (ports, hosts) = w.spread();
             let th = &self.thresholds;
             let t = if ports >= th.port_scan_ports {
                 Some((AnomalyKind::PortScan, "slow_dst_ports", ports, th.port_scan_ports))
@@ -737,6 +758,104 @@ mod tests {
             })
             .collect();
         assert_one_by_victim(&packets, AnomalyKind::SynFlood, victim, "victim_syn_rate");
+    }
+
+    #[test]
+    fn test_one_source_flooding_many_ports_is_a_syn_flood_and_a_fast_scan_a_scan() {
+        // As CIC-DDoS-2019's SYN flood (lucid-ddos): one source, 13,000 SYNs a second for
+        // 0.7 s to random ports of one host, each from the next source port; and, as fast,
+        // a SYN scanner sending every probe from one source port.
+        let (flooder, scanner) = ([172, 16, 0, 5], [10, 0, 0, 9]);
+        let mut packets: Vec<PacketMeta> = (0..9_000u32)
+            .map(|i| {
+                let port = (i.wrapping_mul(7919) % 60_000 + 1) as u16;
+                let p = tcp(19_000 + (i % 40_000) as u16, port, 0x02);
+                packet(i64::from(i) * 70 / 1000, flooder, [192, 168, 50, 4], p)
+            })
+            .collect();
+        packets.extend((0..9_000u32).map(|i| {
+            let port = (i % 60_000 + 1) as u16;
+            packet(i64::from(i) * 70 / 1000 + 5_000, scanner, [10, 0, 0, 1], syn(port))
+        }));
+        packets.sort_by_key(|p| p.ts.total_millis());
+        let events = run(&packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        let kinds: Vec<_> = opened.iter().map(|(e, _)| (e.kind, e.src)).collect();
+        let (flood, scan) = (AnomalyKind::SynFlood, AnomalyKind::PortScan);
+        assert_eq!(kinds, [(flood, flooder.into()), (scan, scanner.into())], "{opened:?}");
+        assert_eq!(opened[0].0.counter, "host_syn_rate");
+    }
+
+    #[test]
+    fn test_os_fingerprinting_probes_are_one_episode_and_a_stealth_scan_a_scan() {
+        // nmap -O's TCP probes to an open and a closed port (chrissanders'
+        // activeosfingerprinting): NULL, SYN|FIN|URG|PSH, FIN|PSH|URG, beside plain SYNs and
+        // ACKs; xprobe's ICMP echo with code 123 and address-mask request from another source.
+        let (nmap, xprobe, xmas) = ([172, 16, 16, 128], [192, 168, 1, 20], [10, 0, 0, 9]);
+        let target = [172, 16, 16, 150];
+        let mut packets = std::vec::Vec::new();
+        for (i, flags) in [0x02u8, 0x00, 0x2b, 0x10, 0x29, 0x02, 0x10].iter().enumerate() {
+            for port in [135u16, 41296] {
+                packets.push(packet(i as i64 * 100, nmap, target, tcp(53000, port, *flags)));
+            }
+        }
+        let icmp = |t, code| L4::Icmpv4 { icmp_type: t, code, ident: Some(1), payload_len: 8 };
+        packets.push(packet(50, xprobe, [192, 168, 1, 25], icmp(8, 123)));
+        packets.push(packet(60, xprobe, [192, 168, 1, 25], icmp(17, 0)));
+        // An XMAS scan of 300 ports is a scan, not a fingerprint.
+        packets.extend(
+            (1..=300u16).map(|p| packet(2_000 + i64::from(p), xmas, target, tcp(40000, p, 0x29))),
+        );
+        // Plain pings and connections are nothing.
+        packets.push(packet(70, [10, 0, 0, 7], target, icmp(8, 0)));
+        packets.push(packet(80, [10, 0, 0, 7], target, tcp(40001, 80, 0x02)));
+        packets.push(packet(90, [10, 0, 0, 7], target, tcp(40001, 80, 0x11)));
+        packets.sort_by_key(|p| p.ts.total_millis());
+        let events = run(&packets, 60_000);
+        let opened: std::vec::Vec<_> = events
+            .iter()
+            .filter(|e| e.1 == EpisodeEvent::Opened)
+            .map(|(e, _)| (e.kind, e.src))
+            .collect();
+        let (fp, scan) = (AnomalyKind::OsFingerprint, AnomalyKind::PortScan);
+        assert_eq!(
+            opened,
+            [(fp, nmap.into()), (fp, xprobe.into()), (scan, xmas.into())],
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn test_an_ip_protocol_scan_is_a_port_scan_and_a_busy_host_is_not() {
+        // nmap -sO: one IP packet of each protocol number; and a host that speaks TCP, UDP,
+        // ICMP, GRE, ESP, IGMP and OSPF.
+        let with_protocol = |mut p: PacketMeta, protocol: u8| {
+            if let L3::Ip(ip) = &mut p.l3 {
+                ip.protocol = protocol;
+            }
+            p
+        };
+        let (scanner, busy) = ([192, 168, 1, 10], [10, 0, 0, 7]);
+        let mut packets: Vec<PacketMeta> = (0..=255u8)
+            .map(|n| {
+                with_protocol(packet(i64::from(n) * 4, scanner, [192, 168, 1, 25], L4::None), n)
+            })
+            .collect();
+        for (i, n) in [6u8, 17, 1, 47, 50, 2, 89].iter().cycle().take(300).enumerate() {
+            let l4 = match n {
+                6 => tcp(40000, 443, 0x10),
+                17 => udp(40000, 53),
+                _ => L4::None,
+            };
+            packets.push(with_protocol(packet(i as i64 * 3, busy, [10, 0, 0, 1], l4), *n));
+        }
+        packets.sort_by_key(|p| p.ts.total_millis());
+        let events = run(&packets, 60_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!((e.kind, e.src), (AnomalyKind::PortScan, IpAddr::from(scanner)));
+        assert_eq!(e.counter, "host_ip_protocols");
     }
 
     #[test]

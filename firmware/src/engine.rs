@@ -202,8 +202,13 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                 if let Some(w) = self.hosts.window_mut(ip.src, now) {
                     w.packets += 1;
                     w.bytes += u64::from(meta.wire_len);
+                    w.crafted |= ip.l4.crafted();
+                    w.protocols[usize::from(ip.protocol >> 6)] |= 1 << (ip.protocol & 63);
                     match ip.l4 {
-                        L4::Tcp(t) if t.flags.syn() && !t.flags.ack() => w.syns += 1,
+                        L4::Tcp(t) if t.flags.syn() && !t.flags.ack() => {
+                            w.syns += 1;
+                            w.syn_src_ports.insert(u64::from(t.src_port));
+                        }
                         L4::Icmpv4 { icmp_type: 8, .. } | L4::Icmpv6 { icmp_type: 128, .. } => {
                             w.icmp_echo += 1
                         }
@@ -323,8 +328,9 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
             if let Some(w) = hosts.window_mut(record.src(), now) {
                 w.failed += 1;
             }
-            let port = matches!(f.protocol, 6 | 17).then(|| record.dst_port());
-            analyzers.failed_flow(record.src(), record.dst(), port, now);
+            let ports =
+                matches!(f.protocol, 6 | 17).then(|| (record.src_port(), record.dst_port()));
+            analyzers.failed_flow(record.src(), record.dst(), ports, now);
         }
         let host = hosts.features(&record.src(), now);
         out(&FinishedFlow { record, host, failed });

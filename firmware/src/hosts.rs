@@ -124,6 +124,9 @@ pub struct Window {
     pub flows: u32,
     /// TCP SYNs (without ACK) it sent.
     pub syns: u32,
+    /// Distinct source ports of those SYNs: a SYN scanner sends from one or a few (it matches
+    /// answers by them), a flood tool and every `connect()` from a new one each.
+    pub syn_src_ports: Sketch,
     /// SYN-ACKs it received.
     pub syn_acks: u32,
     /// Flows it initiated that ended without a reply, or refused (RST before a handshake).
@@ -141,6 +144,11 @@ pub struct Window {
     pub dhcp_macs: Sketch,
     /// Distinct addresses it asked for in ARP requests (a local sweep sends no IP at all).
     pub arp_targets: Sketch,
+    /// The kinds of crafted probe it sent, one bit each ([`crate::wire::L4::crafted`]).
+    pub crafted: u8,
+    /// The IP protocols (or IPv6 next headers) it sent, one bit each: an IP protocol scan
+    /// (nmap -sO) tries them all; a host uses a handful.
+    pub protocols: [u64; 4],
 }
 
 /// What a table keeps a window of: a tumbling window's counters, which know when they started.
@@ -227,6 +235,12 @@ pub struct HostFeatures {
     pub packets: f32,
     /// Distinct addresses it asked for in ARP requests, for the window detectors.
     pub arp_targets: f32,
+    /// Distinct source ports of its SYNs, for the window detectors.
+    pub syn_src_ports: f32,
+    /// Kinds of crafted probe it sent in the window.
+    pub crafted_kinds: f32,
+    /// Distinct IP protocols it sent in the window.
+    pub protocols: f32,
 }
 
 impl HostWindow {
@@ -254,6 +268,14 @@ impl HostWindow {
             arp_replies: slide(c.arp_replies, p.arp_replies),
             packets: slide(c.packets, p.packets),
             arp_targets: c.arp_targets.union(&p.arp_targets).estimate(),
+            syn_src_ports: c.syn_src_ports.union(&p.syn_src_ports).estimate(),
+            crafted_kinds: (c.crafted | p.crafted).count_ones() as f32,
+            protocols: c
+                .protocols
+                .iter()
+                .zip(p.protocols.iter())
+                .map(|(a, b)| (a | b).count_ones())
+                .sum::<u32>() as f32,
         }
     }
 }

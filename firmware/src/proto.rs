@@ -252,6 +252,9 @@ pub enum AnomalyKind {
     Heartbleed,
     /// A service created on another host over SMB or DCE-RPC (PsExec, smbexec).
     LateralMovement,
+    /// Probes crafted to tell a host's operating system from its answers (nmap -O, xprobe),
+    /// to a few ports (to many, it is a scan).
+    OsFingerprint,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

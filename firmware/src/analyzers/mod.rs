@@ -154,15 +154,19 @@ pub struct ScanWindow {
     pub failed: u32,
     pub ports: Sketch,
     pub hosts: Sketch,
+    /// Distinct source ports of the failed flows.
+    pub src_ports: Sketch,
 }
 
 crate::hosts::tumbling!(ScanWindow);
 
 impl crate::hosts::Windows<ScanWindow> {
-    /// Distinct ports and hosts of the failed flows, over the sliding window.
-    pub fn spread(&self) -> (f32, f32) {
+    /// Distinct destination ports, destination hosts and source ports of the failed flows,
+    /// over the sliding window.
+    pub fn spread(&self) -> (f32, f32, f32) {
         let (c, p) = (&self.cur, &self.prev);
-        (c.ports.union(&p.ports).estimate(), c.hosts.union(&p.hosts).estimate())
+        let n = |a: &Sketch, b: &Sketch| a.union(b).estimate();
+        (n(&c.ports, &p.ports), n(&c.hosts, &p.hosts), n(&c.src_ports, &p.src_ports))
     }
 }
 
@@ -269,12 +273,20 @@ impl Analyzers {
     pub fn scans(&self) -> &WindowTable<ScanWindow, SCANNERS> {
         &self.scans
     }
-    /// A flow `src` began to `dst` (and `port`, for TCP and UDP) that failed.
-    pub fn failed_flow(&mut self, src: IpAddr, dst: IpAddr, port: Option<u16>, now: Instant) {
+    /// A flow `src` began to `dst` (and its source and destination `ports`, for TCP and UDP)
+    /// that failed.
+    pub fn failed_flow(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        ports: Option<(u16, u16)>,
+        now: Instant,
+    ) {
         if let Some(w) = self.scans.window_mut(src, now) {
             w.failed += 1;
-            if let Some(p) = port {
-                w.ports.insert(u64::from(p));
+            if let Some((sport, dport)) = ports {
+                w.ports.insert(u64::from(dport));
+                w.src_ports.insert(u64::from(sport));
             }
             w.hosts.insert(crate::hosts::ip_bits(dst));
         }

@@ -133,6 +133,39 @@ pub enum L4 {
 }
 
 impl L4 {
+    /// A probe no TCP/IP stack sends in its own work, made to see how a host answers (nmap's
+    /// OS detection, xprobe, the stealth scans), as one bit per kind: TCP with no flags (1),
+    /// with SYN and FIN (2) or SYN and RST (4), FIN, PSH and URG without ACK (8); an ICMP echo
+    /// (16) or timestamp (32) request with a code other than 0; an ICMP information (64) or
+    /// address-mask (128) request (obsolete since RFC 6918). 0 for anything else.
+    pub fn crafted(&self) -> u8 {
+        match *self {
+            L4::Tcp(t) => {
+                let f = t.flags.0 & 0x3f;
+                if f == 0 {
+                    1
+                } else if t.flags.syn() && t.flags.fin() {
+                    2
+                } else if t.flags.syn() && t.flags.rst() {
+                    4
+                } else if f & 0x39 == 0x29 {
+                    8
+                } else {
+                    0
+                }
+            }
+            L4::Icmpv4 { icmp_type: 8, code, .. } | L4::Icmpv6 { icmp_type: 128, code, .. }
+                if code != 0 =>
+            {
+                16
+            }
+            L4::Icmpv4 { icmp_type: 13, code, .. } if code != 0 => 32,
+            L4::Icmpv4 { icmp_type: 15, .. } => 64,
+            L4::Icmpv4 { icmp_type: 17, .. } => 128,
+            _ => 0,
+        }
+    }
+
     /// Ports that key a flow: real ports for TCP and UDP, the echo identifier for ICMP echo.
     pub fn ports(&self) -> (u16, u16) {
         match *self {

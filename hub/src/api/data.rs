@@ -606,6 +606,7 @@ pub enum Kind {
     PasswordSpray,
     Heartbleed,
     LateralMovement,
+    OsFingerprint,
     AnomalousFlow,
 }
 
@@ -909,6 +910,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 14);
+        assert_eq!(contract.len(), 15);
     }
 }

@@ -67,7 +67,7 @@ export function proto(n: number | null | undefined): string {
 export const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
   "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
-  "anomalous_flow",
+  "os_fingerprint", "anomalous_flow",
 ];
 
 const KIND_NAMES: Record<string, string> = {
@@ -77,6 +77,7 @@ const KIND_NAMES: Record<string, string> = {
   syn_flood: "SYN flood",
   udp_flood: "UDP flood",
   icmp_flood: "ICMP flood",
+  os_fingerprint: "OS fingerprinting",
 };
 
 export function kindName(k: string): string {
@@ -86,12 +87,13 @@ export function kindName(k: string): string {
 // What a window or analyzer counter means, with its value: "{v}" is the value.
 const COUNTERS: Record<string, string> = {
   host_dst_ports: "{v} destination ports tried",
+  host_ip_protocols: "{v} IP protocols tried",
   host_dst_hosts: "{v} hosts probed",
   host_arp_targets: "{v} addresses asked for by ARP",
   host_syn_rate: "{v} TCP SYNs a second",
+  host_crafted_probes: "{v} kinds of crafted probe (TCP flag combinations or ICMP requests no system sends itself)",
   host_udp_rate: "{v} UDP packets a second",
   host_icmp_echo_rate: "{v} ICMP echo requests a second",
-  host_arp_replies: "{v} ARP replies claiming this address",
   host_dhcp_macs: "{v} DHCP client addresses",
   victim_syn_rate: "{v} TCP SYNs a second received from many sources",
   victim_reflected_tcp: "{v} SYN-ACKs a second for connections it never opened",
