@@ -175,6 +175,8 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         _ => Severity::Medium,
     };
     let protocol = match e.kind {
+        // A scan of IP protocols is of all of them.
+        K::PortScan if e.counter == "host_ip_protocols" => None,
         K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),

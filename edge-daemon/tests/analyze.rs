@@ -431,6 +431,26 @@ fn victim_side_attacks_are_named_by_their_victim() {
     }
 }
 
+/// Scans, floods and fingerprinting that only the shape of what one source sends gives away, in
+/// public captures (tests/data/attacks, see PROVENANCE.md): one anomaly each, from the source.
+#[test]
+fn one_source_attacks_are_named_by_their_shape() {
+    let cases = [
+        // 7,156 SYNs in 0.26 s (each captured twice) to 3,376 ports of one host, from 3,518
+        // source ports, the next one for each SYN.
+        ("cic-ddos-2019-synflood-first10000.pcap", "syn_flood", "172.16.0.5", "host_syn_rate"),
+        // nmap -O: NULL, SYN+FIN+URG+PSH and FIN+PSH+URG probes to two ports.
+        ("activeosfingerprinting.pcapng", "os_fingerprint", "172.16.16.128", "host_crafted_probes"),
+        // nmap -sO: every IP protocol number to one host.
+        ("nmap_ip_protocol_scan.pcap", "port_scan", "192.168.1.10", "host_ip_protocols"),
+    ];
+    for (file, kind, src, counter) in cases {
+        let a = one_anomaly(file);
+        assert_eq!((a["kind"].as_str(), a["src_ip"].as_str()), (Some(kind), Some(src)), "{file}");
+        assert_eq!(a["reasons"][0]["feature"], counter, "{file}");
+    }
+}
+
 /// A sweep of the local network by ARP alone (no IP packet at all), in a public capture: one
 /// host_sweep from the host that asked.
 #[test]
