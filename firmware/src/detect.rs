@@ -74,6 +74,9 @@ pub struct Thresholds {
     pub heartbleed_heartbeats: f32,
     /// Services one source created on other hosts over SMB or DCE-RPC.
     pub lateral_movement_services: f32,
+    /// Endpoint-mapper lookups (ept_lookup) from one source: an enumeration of a host's RPC
+    /// services (rpcdump), named a port scan.
+    pub rpc_scan_lookups: f32,
     /// ARP bindings one host's MAC took from another, and addresses it claimed (these only when
     /// it also sent a reply nobody asked for: a host with a second address answers what it is
     /// asked).
@@ -111,6 +114,7 @@ impl Default for Thresholds {
             password_spray_per_account: 3.0,
             heartbleed_heartbeats: 1.0,
             lateral_movement_services: 1.0,
+            rpc_scan_lookups: 20.0,
             arp_spoof_changes: 1.0,
             arp_spoof_addresses: 2.0,
             dns_tunnel_names: 20.0,
@@ -236,6 +240,12 @@ impl Thresholds {
             "smb_services_created",
             f.services_created,
             self.lateral_movement_services,
+        );
+        trip(
+            AnomalyKind::PortScan,
+            "rpc_endpoint_lookups",
+            f.endpoint_lookups,
+            self.rpc_scan_lookups,
         );
         if f.arp_changes >= self.arp_spoof_changes {
             trip(
@@ -429,7 +439,8 @@ impl<const E: usize> WindowDetector<E> {
             if !live(w.last) {
                 continue;
             }
-            let mut trips: heapless::Vec<Trip, 4> = heapless::Vec::new();
+            // Room for every trip source_trips can make at once (five).
+            let mut trips: heapless::Vec<Trip, 8> = heapless::Vec::new();
             self.thresholds.source_trips(&w.features(now, window), &mut |t| {
                 let _ = trips.push(t);
             });

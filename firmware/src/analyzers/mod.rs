@@ -93,6 +93,8 @@ pub struct SourceWindow {
     pub heartbleed: u32,
     /// Remote services it created (svcctl CreateService after a bind to svcctl).
     pub services_created: u32,
+    /// Pages of the endpoint mapper's registrations it asked for (ept_lookup).
+    pub endpoint_lookups: u32,
     /// ARP: bindings it changed (an address another MAC held), addresses its MAC claimed,
     /// replies it sent that nobody asked for.
     pub arp_changes: u32,
@@ -112,6 +114,7 @@ pub struct SourceFeatures {
     pub posts_one_path: f32,
     pub heartbleed: f32,
     pub services_created: f32,
+    pub endpoint_lookups: f32,
     pub arp_changes: f32,
     pub arp_claims: f32,
     pub arp_unasked: f32,
@@ -138,6 +141,7 @@ impl crate::hosts::Windows<SourceWindow> {
             posts_one_path: slid(c.posts_one_path, p.posts_one_path, w),
             heartbleed: slid(c.heartbleed, p.heartbleed, w),
             services_created: slid(c.services_created, p.services_created, w),
+            endpoint_lookups: slid(c.endpoint_lookups, p.endpoint_lookups, w),
             arp_changes: slid(c.arp_changes, p.arp_changes, w),
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
             arp_unasked: slid(c.arp_unasked, p.arp_unasked, w),

@@ -1,6 +1,8 @@
 //! SMB (SMB1 and SMB2/3 over TCP 445 and 139) and DCE-RPC: authentication outcomes of session
-//! set-ups, with the account NTLM names, and the remote creation of a service (PsExec, smbexec,
-//! Impacket and the like bind to svcctl and call CreateService).
+//! set-ups, with the account NTLM names, the remote creation of a service (PsExec, smbexec,
+//! Impacket and the like bind to svcctl and call CreateService), and the enumeration of the
+//! endpoint mapper (rpcdump and its kin bind to it and call ept_lookup again and again; a
+//! client resolves the one endpoint it wants with ept_map).
 //!
 //! Messages are read where a segment starts with one (after the four-byte NetBIOS header), and
 //! the SMB2 messages compounded behind it. DCE-RPC is read inside SMB2 WRITE and IOCTL (a named
@@ -10,8 +12,15 @@ use super::{auth_attempt, auth_failure, find, Recent, Service, Side, SourceWindo
 use crate::hosts::WindowTable;
 use crate::Instant;
 
-/// Connections with a bind to svcctl, kept at most.
+/// Connections with a bind to svcctl or the endpoint mapper, kept at most.
 pub const BINDS: usize = 64;
+
+/// The interface a connection is bound to, of those the analyzer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Iface {
+    Svcctl,
+    Epm,
+}
 
 /// svcctl's interface UUID (367abb81-9844-35f1-ad32-98f038001003) as DCE-RPC sends it.
 pub const SVCCTL: [u8; 16] = [
@@ -19,14 +28,20 @@ pub const SVCCTL: [u8; 16] = [
 ];
 /// svcctl's CreateService calls: RCreateServiceW, RCreateServiceA, and their WOW64 forms.
 pub const CREATE_SERVICE: [u16; 4] = [12, 24, 44, 45];
+/// The endpoint mapper's interface UUID (e1af8308-5d1f-11c9-91a4-08002b14a0fa) as sent.
+pub const EPM: [u8; 16] = [
+    0x08, 0x83, 0xaf, 0xe1, 0x1f, 0x5d, 0xc9, 0x11, 0x91, 0xa4, 0x08, 0x00, 0x2b, 0x14, 0xa0, 0xfa,
+];
+/// ept_lookup: one page of the registered endpoints.
+pub const EPT_LOOKUP: u16 = 2;
 
 /// NT status codes of a session set-up that mean a wrong guess: logon failure, no such user,
 /// wrong password, account disabled, account locked out.
 pub const LOGON_FAILURES: [u32; 5] =
     [0xC000_006D, 0xC000_0064, 0xC000_006A, 0xC000_0072, 0xC000_0234];
 
-/// Connections bound to svcctl (forgotten after 10 minutes).
-pub type Binds = Recent<super::Conn, (), BINDS>;
+/// Connections bound to svcctl or the endpoint mapper (forgotten after 10 minutes).
+pub type Binds = Recent<super::Conn, Iface, BINDS>;
 
 fn le16(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?))
@@ -153,8 +168,9 @@ fn ntlm_user(
     }
 }
 
-/// One DCE-RPC PDU from the client: a bind to svcctl marks the connection, a CreateService
-/// call on a marked one is a remote service created.
+/// One DCE-RPC PDU from the client: a bind to svcctl or the endpoint mapper marks the
+/// connection; a CreateService call on one bound to svcctl is a remote service created, an
+/// ept_lookup on one bound to the endpoint mapper a page of its enumeration.
 pub(crate) fn dcerpc(
     sources: &mut WindowTable<SourceWindow, SOURCES>,
     binds: &mut Binds,
@@ -172,8 +188,15 @@ pub(crate) fn dcerpc(
             let mut at = 28;
             for _ in 0..n {
                 let Some(ctx) = pdu.get(at..at + 24) else { return };
-                if ctx[4..20] == SVCCTL {
-                    let _ = binds.entry(side.conn, (), now);
+                let iface = match &ctx[4..20] {
+                    u if *u == SVCCTL => Some(Iface::Svcctl),
+                    u if *u == EPM => Some(Iface::Epm),
+                    _ => None,
+                };
+                if let Some(iface) = iface {
+                    if let Some(v) = binds.entry(side.conn, iface, now) {
+                        *v = iface;
+                    }
                     return;
                 }
                 at += 24 + 20 * usize::from(ctx[2]);
@@ -182,10 +205,18 @@ pub(crate) fn dcerpc(
         // request: opnum at 22.
         0 => {
             let opnum = le16(pdu, 22).unwrap_or(u16::MAX);
-            if CREATE_SERVICE.contains(&opnum) && binds.get(&side.conn).is_some() {
-                if let Some(w) = sources.window_mut(side.conn.client, now) {
-                    w.services_created += 1;
+            match binds.get(&side.conn) {
+                Some(Iface::Svcctl) if CREATE_SERVICE.contains(&opnum) => {
+                    if let Some(w) = sources.window_mut(side.conn.client, now) {
+                        w.services_created += 1;
+                    }
                 }
+                Some(Iface::Epm) if opnum == EPT_LOOKUP => {
+                    if let Some(w) = sources.window_mut(side.conn.client, now) {
+                        w.endpoint_lookups += 1;
+                    }
+                }
+                _ => {}
             }
         }
         _ => {}
@@ -238,6 +269,26 @@ mod tests {
         dcerpc(&mut an.sources, &mut an.rpc, &side, &request(15), t); // OpenSCManager
         dcerpc(&mut an.sources, &mut an.rpc, &side, &request(12), t);
         assert_eq!(created(&an), 1.0);
+    }
+
+    #[test]
+    fn test_endpoint_mapper_lookups_count_on_a_connection_bound_to_it() {
+        let mut an = Analyzers::new();
+        let t = Instant::from_secs(1);
+        let lookups = |an: &Analyzers| {
+            an.sources().get(&conn().client).map_or(0.0, |w| w.features(t, WINDOW).endpoint_lookups)
+        };
+        let other = Side { conn: Conn { client_port: 50001, ..conn() }, from_client: true };
+        dcerpc(&mut an.sources, &mut an.rpc, &other, &bind(SVCCTL), t);
+        dcerpc(&mut an.sources, &mut an.rpc, &other, &request(EPT_LOOKUP), t);
+        assert_eq!(lookups(&an), 0.0, "opnum 2 of svcctl is something else");
+        let side = Side { conn: conn(), from_client: true };
+        dcerpc(&mut an.sources, &mut an.rpc, &side, &bind(EPM), t);
+        for _ in 0..5 {
+            dcerpc(&mut an.sources, &mut an.rpc, &side, &request(EPT_LOOKUP), t);
+        }
+        dcerpc(&mut an.sources, &mut an.rpc, &side, &request(3), t); // ept_map
+        assert_eq!(lookups(&an), 5.0);
     }
 
     #[test]

@@ -109,6 +109,7 @@ const COUNTERS: Record<string, string> = {
   auth_accounts_smb: "failed SMB logons for {v} accounts",
   tls_heartbleed: "{v} TLS heartbeats reading server memory, or sent before any data",
   smb_services_created: "{v} services created remotely (svcctl CreateService)",
+  rpc_endpoint_lookups: "{v} RPC endpoint-mapper lookups (an enumeration of its services, as rpcdump does)",
   arp_binding_changes: "{v} IP-to-MAC bindings taken from another MAC",
   arp_mac_addresses: "one MAC claiming {v} addresses, with replies nobody asked for",
   arp_unasked_replies: "{v} ARP replies nobody asked for, from its MAC",
