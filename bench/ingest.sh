@@ -8,6 +8,7 @@
 #   defaults: 4 devices, 100000 flows and 10000 anomalies each. Three runs: flows alone and
 #   anomalies alone as fast as the broker takes them (throughput), then a paced mix at
 #   a quarter of that (lag, p50 and p95, from the edge's ts to the hub's transaction).
+#   TAPWATCH_BIN=DIR runs DIR/tapwatch-hub and DIR/ingest_load instead of building them.
 # Needs PostgreSQL on 127.0.0.1:5432 (trust) and the mosquitto binary: the bench runs a broker of
 # its own with max_queued_messages 0 (Mosquitto's default of 1000 queued messages per client drops
 # QoS 1 messages for a subscriber that falls behind, after the publisher had its PUBACK).
@@ -18,10 +19,15 @@ flows=${2:-100000}
 anomalies=${3:-10000}
 out=${BENCH_OUT:-$here/bench-out}
 mkdir -p "$out"
-target=${CARGO_TARGET_DIR:-$here/target}
-(cd "$here" && cargo build -q --release -p tapwatch-hub --bin tapwatch-hub --example ingest_load)
-hub=$target/release/tapwatch-hub
-load=$target/release/examples/ingest_load
+if [ -n "${TAPWATCH_BIN:-}" ]; then
+  # Binaries built elsewhere (another commit's hub beside this one's, say): DIR holds
+  # tapwatch-hub and ingest_load.
+  hub=$TAPWATCH_BIN/tapwatch-hub load=$TAPWATCH_BIN/ingest_load
+else
+  target=${CARGO_TARGET_DIR:-$here/target}
+  (cd "$here" && cargo build -q --release -p tapwatch-hub --bin tapwatch-hub --example ingest_load)
+  hub=$target/release/tapwatch-hub load=$target/release/examples/ingest_load
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$out/mosquitto"
 cat > "$out/mosquitto/bench.conf" <<CONF
