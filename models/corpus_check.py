@@ -9,9 +9,10 @@ spoofing, DHCP flood, brute force; lateral movement by a file name that says smb
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
-With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to the
-detector whose counter tripped (its first reason): `windows` (host_* and victim_* counters),
-`analyzers` (the protocol analyzers' and the slow-scan window's), `classifier`, `autoencoder`;
+With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to its
+detector: `classifier` or `autoencoder` (the record's `detector`), else by the counter that
+tripped (its first reason): `windows` (host_* and victim_* counters), `analyzers` (the protocol
+analyzers' and the slow-scan window's);
 the last table says, per detector, the attack captures it names right, those only it names
 right, and the benign captures it raises anything on.
 """
@@ -23,8 +24,8 @@ if args[:1] == ['--models']:
 root = args[0] if len(args) > 0 else '../shared/data'
 edge = args[1] if len(args) > 1 else os.environ.get('TAPWATCH_EDGE', 'target/release/tapwatch-edge')
 def detector(a):
+    if a.get('detector') in ('classifier', 'autoencoder'): return a['detector']
     counter = (a.get('reasons') or [{}])[0].get('feature', '')
-    if counter in ('classifier', 'autoencoder'): return counter
     return 'windows' if counter.startswith(('host_', 'victim_')) else 'analyzers'
 DETECTORS = ['windows', 'analyzers', 'classifier', 'autoencoder']
 by_detector = {d: [0, 0, 0] for d in DETECTORS}  # right, right alone, benign captures raised
