@@ -451,6 +451,33 @@ fn one_source_attacks_are_named_by_their_shape() {
     }
 }
 
+/// Benign public captures raise nothing: the protocol samples the other tests read, a client
+/// whose connections to a web server are refused (which the shipped classifier calls a port
+/// scan), and a Skype and IRC session with many peers (tests/data and tests/data/benign, see
+/// PROVENANCE.md).
+#[test]
+fn benign_captures_raise_nothing() {
+    let dir = data_dir();
+    let files = [
+        "http_post.pcapng",
+        "ipv6_fragments.pcapng",
+        "dhcp_nolease_initialization.pcapng",
+        "qinq_pppoe_dns.pcap",
+        "null_nats.pcap",
+        "rawip_bjnp.pcap",
+        "benign/nowebaccess2.pcapng",
+        "benign/skype_irc.cap",
+    ];
+    for file in files {
+        let cap = dir.join(file);
+        let out = analyze(&["--emit", "anomalies", cap.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let anomalies: Vec<_> =
+            records(&out).into_iter().filter(|r| r["record"] == "anomaly").collect();
+        assert!(anomalies.is_empty(), "{file}: {anomalies:?}");
+    }
+}
+
 /// A sweep of the local network by ARP alone (no IP packet at all), in a public capture: one
 /// host_sweep from the host that asked.
 #[test]
