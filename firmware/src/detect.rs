@@ -164,10 +164,12 @@ impl Thresholds {
             // A sweep of the local network by ARP alone (nmap -sn on a LAN): no IP flow at all.
             trip(AnomalyKind::HostSweep, "host_arp_targets", f.arp_targets, self.host_sweep_hosts);
         }
-        if f.dst_ports < self.port_scan_ports || flood {
+        // Floods and fingerprints touch few ports; over many ports they are the scan above.
+        let few_ports = f.dst_ports < self.port_scan_ports;
+        if few_ports || flood {
             trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
         }
-        if f.dst_ports < self.port_scan_ports {
+        if few_ports {
             let (kinds, at_least) = (f.crafted_kinds, self.os_fingerprint_kinds);
             trip(AnomalyKind::OsFingerprint, "host_crafted_probes", kinds, at_least);
         }
