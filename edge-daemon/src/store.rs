@@ -12,7 +12,7 @@ use base64::Engine as _;
 use firmware::engine::FinishedFlow;
 use firmware::features::{FEATURE_SET_VERSION, N_FEATURES};
 use firmware::proto::{MetricsMsg, StatsMsg, Stream, FLOW_BATCH_MAX};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use rusqlite_migration::{Migrations, M};
 use std::net::IpAddr;
 use std::path::Path;
@@ -361,7 +361,7 @@ impl Store {
         if depth <= max {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut dropped = Vec::new();
         {
             let mut stmt = tx.prepare(
@@ -407,9 +407,12 @@ impl Store {
         &self.counters
     }
 
-    /// Write rows in one transaction.
+    /// Write rows in one transaction. Every transaction here that writes takes the write lock
+    /// when it begins (IMMEDIATE): a deferred one that read first (the outbox's floors, the
+    /// evidence budget) and then wrote after the sync task's commit failed at once with
+    /// SQLITE_BUSY, past the busy timeout, and its batch was lost.
     pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut n = [0u64; 5];
         let mut queued = [0u64; Stream::COUNT];
         // What each episode may still send; taken out of the outbox for this transaction

@@ -38,7 +38,7 @@ use firmware::proto::{
     SCHEMA_VERSION,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,7 +294,7 @@ impl OutboxReader {
 
     /// Delete acknowledged (or unsendable) messages.
     fn release(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut n = 0u64;
         {
             let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
@@ -584,7 +584,11 @@ pub async fn run(
     };
     // Above every will an earlier run left, whatever the clock did since; kept before the
     // first connection can leave this one's will at the broker.
-    let first_seq = ((now_us() / 1000) as u64).max(outbox.will_floor().unwrap_or(0) + 1);
+    let floor = outbox.will_floor().unwrap_or_else(|e| {
+        tracing::warn!("sync: cannot read the last status seq kept (the clock alone sets it): {e}");
+        0
+    });
+    let first_seq = ((now_us() / 1000) as u64).max(floor + 1);
     if let Err(e) = outbox.keep_will(first_seq + 1) {
         tracing::warn!("sync: cannot keep the status seq: {e}");
     }

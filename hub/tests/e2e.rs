@@ -471,6 +471,20 @@ impl Edge {
         c.query_row("SELECT count(*) FROM traffic_features", [], |r| r.get(0)).unwrap()
     }
 
+    /// The outbox's messages (stream and seq) in id order, and each stream's last seq given.
+    fn outbox_rows(&self) -> String {
+        let c = rusqlite::Connection::open(&self.db).unwrap();
+        let mut stmt = c
+            .prepare(
+                "SELECT x FROM (SELECT 0 AS k, id, stream || ':' || seq AS x FROM outbox
+                 UNION ALL SELECT 1, 0, 'last ' || stream || ':' || last FROM sync_seq)
+                 ORDER BY k, id",
+            )
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join(" ")
+    }
+
     fn outbox(&self) -> i64 {
         let c = rusqlite::Connection::open(&self.db).unwrap();
         c.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap()
@@ -479,10 +493,12 @@ impl Edge {
     /// Wait for the writer to have written everything sent so far.
     fn settle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let lost = || self.sync_counters.store.rows_lost.load(Ordering::Relaxed);
         while self.stored_flows() < self.produced_flows as i64 {
-            assert!(Instant::now() < deadline, "the store writer fell behind");
+            assert!(Instant::now() < deadline, "the store writer fell behind ({} lost)", lost());
             std::thread::sleep(Duration::from_millis(50));
         }
+        assert_eq!(lost(), 0, "the store writer lost rows");
     }
 }
 
@@ -908,9 +924,11 @@ fn test_seqs_the_edge_dropped_are_counted_lost_once() {
     while edge.outbox() > 0 {
         assert!(
             Instant::now() < deadline,
-            "outbox {} not confirmed: {}",
+            "outbox {} not confirmed ({} rows lost): {}\nedge outbox: {}",
             edge.outbox(),
-            db.query("SELECT * FROM device_streams")
+            edge.sync_counters.store.rows_lost.load(Ordering::Relaxed),
+            db.query("SELECT * FROM device_streams"),
+            edge.outbox_rows()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
