@@ -264,6 +264,14 @@ fn outbox_floors(
     Ok(floors)
 }
 
+/// A transaction that writes, holding the write lock from its start (IMMEDIATE), for every
+/// connection to the store (the writer's and the sync task's). A deferred one that read first
+/// (the outbox's floors, the evidence budget) and wrote after another connection's commit failed
+/// at once with SQLITE_BUSY, past the busy timeout, and its batch was lost.
+pub fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
 fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -361,7 +369,7 @@ impl Store {
         if depth <= max {
             return Ok(());
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = write_transaction(&mut self.conn)?;
         let mut dropped = Vec::new();
         {
             let mut stmt = tx.prepare(
@@ -407,12 +415,9 @@ impl Store {
         &self.counters
     }
 
-    /// Write rows in one transaction. Every transaction here that writes takes the write lock
-    /// when it begins (IMMEDIATE): a deferred one that read first (the outbox's floors, the
-    /// evidence budget) and then wrote after the sync task's commit failed at once with
-    /// SQLITE_BUSY, past the busy timeout, and its batch was lost.
+    /// Write rows in one transaction.
     pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = write_transaction(&mut self.conn)?;
         let mut n = [0u64; 5];
         let mut queued = [0u64; Stream::COUNT];
         // What each episode may still send; taken out of the outbox for this transaction

@@ -30,7 +30,7 @@
 //! outbox id.
 
 use crate::config::{Confirm, SyncConfig};
-use crate::store::{stream_index, StoreError};
+use crate::store::{stream_index, write_transaction, StoreError};
 use firmware::features::N_FEATURES;
 use firmware::flow::EndReason;
 use firmware::proto::{
@@ -38,7 +38,7 @@ use firmware::proto::{
     SCHEMA_VERSION,
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,7 +294,7 @@ impl OutboxReader {
 
     /// Delete acknowledged (or unsendable) messages.
     fn release(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = write_transaction(&mut self.conn)?;
         let mut n = 0u64;
         {
             let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
