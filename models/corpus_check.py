@@ -34,6 +34,9 @@ RELABEL = {
     # A dnscat2 session (names under skullseclabs.org, dnscat2's own domain, carrying
     # "command (sirvimes)" in hex); nDPI's result file flags it "Susp DNS Traffic".
     ('ntop-nDPI', 'tests/cfgs/default/pcap/bad-dns-traffic.pcap'): 'dns_tunnel',
+    # The trace of Zeek's SSH password-guessing test (protocols/ssh/detect-bruteforcing): 11
+    # sessions in 70 s from one client to one server, every one refused.
+    ('zeek-traces', 'testing/btest/Traces/ssh/sshguess.pcap'): 'brute_force',
 }
 rows = []
 for repo in sorted(os.listdir(root)):

@@ -30,6 +30,10 @@ pub struct PipelineSnapshot {
     pub hosts: HostCounters,
     /// The victim-side table (destinations and what they received).
     pub victims: HostCounters,
+    /// The protocol analyzers' tables: entries evicted to make room.
+    pub analyzers: firmware::analyzers::AnalyzerCounters,
+    /// Evictions of the analyzers' windowed tables (sources, domains, DHCP clients, scanners).
+    pub analyzer_windows_evicted: u64,
     pub pipeline: PipelineCounters,
     pub flows_active: u64,
     /// Flows the table holds at most (`flows.max_flows`, in whole shards).
@@ -405,6 +409,23 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_victims_evicted",
             "Destinations forgotten because the victim table was full",
             &one(p.victims.evicted),
+        )?;
+        let a = &p.analyzers;
+        let evicted: Vec<(Labels<'_>, u64)> = [
+            ("windows", p.analyzer_windows_evicted),
+            ("tls", a.tls_evicted),
+            ("rpc", a.rpc_evicted),
+            ("arp", a.arp_evicted),
+            ("ssh", a.ssh_evicted),
+        ]
+        .into_iter()
+        .map(|(t, n)| (vec![("table", t)], n))
+        .collect();
+        counter(
+            enc,
+            "tapwatch_analyzer_evicted",
+            "Protocol analyzer entries forgotten because their table was full, by table",
+            &evicted,
         )?;
         counter(
             enc,

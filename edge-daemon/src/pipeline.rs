@@ -452,6 +452,8 @@ impl Pipeline {
             flows: *self.engine.flow_counters(),
             hosts: *self.engine.host_counters(),
             victims: *self.engine.victims().counters(),
+            analyzers: self.engine.analyzers().counters(),
+            analyzer_windows_evicted: self.engine.analyzers().windows_evicted(),
             pipeline: self.counters,
             flows_active: self.engine.flows().len() as u64,
             flows_capacity: self.engine.flows().capacity() as u64,

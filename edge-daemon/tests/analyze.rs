@@ -453,7 +453,8 @@ fn one_source_attacks_are_named_by_their_shape() {
 
 /// Benign public captures raise nothing: the protocol samples the other tests read, a client
 /// whose connections to a web server are refused (which the shipped classifier calls a port
-/// scan), and a Skype and IRC session with many peers (tests/data and tests/data/benign, see
+/// scan), a Skype and IRC session with many peers, and an interactive SSH session of four minutes
+/// (tests/data and tests/data/benign, see
 /// PROVENANCE.md).
 #[test]
 fn benign_captures_raise_nothing() {
@@ -467,6 +468,7 @@ fn benign_captures_raise_nothing() {
         "rawip_bjnp.pcap",
         "benign/nowebaccess2.pcapng",
         "benign/skype_irc.cap",
+        "benign/ssh_session.pcap",
     ];
     for file in files {
         let cap = dir.join(file);
@@ -504,6 +506,7 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("dns-tunnel-iodine.pcap", "dns_tunnel", "10.0.2.30", "dns_encoded_names"),
         ("dns_txt_commands.pcap", "dns_tunnel", "192.168.100.121", "dns_txt_queries"),
         ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
+        ("sshguess.pcap", "brute_force", "192.168.56.1", "auth_failures_ssh"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);

@@ -229,6 +229,7 @@ impl Thresholds {
             Service::Http => ("auth_failures_http", "auth_accounts_http"),
             Service::Kerberos => ("auth_failures_kerberos", "auth_accounts_kerberos"),
             Service::Smb => ("auth_failures_smb", "auth_accounts_smb"),
+            Service::Ssh => ("auth_failures_ssh", "auth_accounts_ssh"),
             Service::None => ("auth_failures", "auth_accounts"),
         };
         if spray {

@@ -16,6 +16,8 @@
 //! - [`tls`]: heartbeat records, their claimed and real lengths, and when they come.
 //! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
 //!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation.
+//! - [`ssh`]: refused logins, inferred through the encryption from the sizes of the server's
+//!   packets after the key exchange.
 
 pub mod arp;
 pub mod dhcp;
@@ -24,6 +26,7 @@ pub mod ftp;
 pub mod http;
 pub mod kerberos;
 pub mod smb;
+pub mod ssh;
 pub mod tls;
 
 use crate::hosts::{Sketch, TableKey, WindowTable};
@@ -57,6 +60,7 @@ pub enum Service {
     Http,
     Kerberos,
     Smb,
+    Ssh,
 }
 
 impl Service {
@@ -67,6 +71,7 @@ impl Service {
             Service::Http => "http",
             Service::Kerberos => "kerberos",
             Service::Smb => "smb",
+            Service::Ssh => "ssh",
         }
     }
 }
@@ -180,6 +185,7 @@ pub struct AnalyzerCounters {
     pub tls_evicted: u64,
     pub rpc_evicted: u64,
     pub arp_evicted: u64,
+    pub ssh_evicted: u64,
 }
 
 /// Every analyzer with its state.
@@ -192,6 +198,7 @@ pub struct Analyzers {
     arp: arp::Bindings,
     tls: tls::Connections,
     rpc: smb::Binds,
+    ssh: ssh::Connections,
 }
 
 impl Default for Analyzers {
@@ -262,6 +269,7 @@ impl Analyzers {
             arp: arp::Bindings::default(),
             tls: Recent::new(CONNECTION_AGE),
             rpc: Recent::new(CONNECTION_AGE),
+            ssh: Recent::new(CONNECTION_AGE),
         }
     }
 
@@ -300,6 +308,7 @@ impl Analyzers {
             tls_evicted: self.tls.evicted(),
             rpc_evicted: self.rpc.evicted(),
             arp_evicted: self.arp.evicted(),
+            ssh_evicted: self.ssh.evicted(),
         }
     }
     /// Evictions of the windowed tables (sources, domains, DHCP clients), summed.
@@ -335,6 +344,10 @@ impl Analyzers {
                     kerberos::packet(&mut self.sources, &side, payload, false, now);
                 }
             }
+            L4::Tcp(t) if matches!(server_port, 22 | 2222) => {
+                let closing = t.flags.fin() || t.flags.rst();
+                ssh::packet(&mut self.sources, &mut self.ssh, &side, payload, closing, now)
+            }
             L4::Tcp(_) if !payload.is_empty() => match server_port {
                 21 => ftp::packet(&mut self.sources, &side, payload, now),
                 88 => kerberos::packet(&mut self.sources, &side, payload, true, now),
@@ -367,6 +380,7 @@ impl Analyzers {
         self.scans.expire(now);
         self.tls.expire(now);
         self.rpc.expire(now);
+        self.ssh.expire(now);
         self.arp.expire(now);
     }
 
@@ -378,6 +392,7 @@ impl Analyzers {
         self.scans.clear();
         self.tls.clear();
         self.rpc.clear();
+        self.ssh.clear();
         self.arp.clear();
     }
 }
