@@ -5,7 +5,7 @@
 DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFEST.md whose table
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
 flood, amplification and SYN-ACK reflection, ARP host scan, Heartbleed, DNS tunnelling, ARP
-spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec) it prints, per kind and repository,
+spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
@@ -55,6 +55,8 @@ def kind_of(label, path=''):
     if 'dhcp request flood' in l or 'starvation' in l: return 'dhcp_starvation'
     if 'brute force' in l: return 'brute_force'
     if re.search(r'smbexec|psexec', path, re.I): return 'lateral_movement'
+    # Zerologon itself (not what an attacker does after it: "..._PostZeroLogon").
+    if re.search(r'(^|/)(cve-2020-1472|zerologon)_', path, re.I): return 'exploit'
     if 'icmp host scan' in l or 'sweep' in l: return 'scan'
     if 'scan' in l: return 'scan'
     if 'arp host scan' in l: return 'host_sweep'

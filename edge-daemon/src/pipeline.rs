@@ -171,13 +171,15 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         }
         // One heartbeat or one service created is the attack itself, not a rate.
         K::Heartbleed | K::LateralMovement => Severity::High,
+        // An exploit that works takes the domain.
+        K::Exploit => Severity::Critical,
         _ if ratio >= 10.0 => Severity::High,
         _ => Severity::Medium,
     };
     let protocol = match e.kind {
         // A scan of IP protocols is of all of them.
         K::PortScan if e.counter == "host_ip_protocols" => None,
-        K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement => Some(6),
+        K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement | K::Exploit => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),
         K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),

@@ -507,6 +507,7 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("dns_txt_commands.pcap", "dns_tunnel", "192.168.100.121", "dns_txt_queries"),
         ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
         ("sshguess.pcap", "brute_force", "192.168.56.1", "auth_failures_ssh"),
+        ("zerologon_encrypted.pcapng", "exploit", "172.16.66.37", "rpc_netlogon_authentications"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);

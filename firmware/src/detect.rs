@@ -77,6 +77,9 @@ pub struct Thresholds {
     /// Endpoint-mapper lookups (ept_lookup) from one source: an enumeration of a host's RPC
     /// services (rpcdump), named a port scan.
     pub rpc_scan_lookups: f32,
+    /// Netlogon authentications (NetrServerAuthenticate) from one source: Zerologon tries
+    /// about 256 on average; a machine sets up its secure channel with one.
+    pub zerologon_authentications: f32,
     /// ARP bindings one host's MAC took from another, and addresses it claimed (these only when
     /// it also sent a reply nobody asked for: a host with a second address answers what it is
     /// asked).
@@ -115,6 +118,7 @@ impl Default for Thresholds {
             heartbleed_heartbeats: 1.0,
             lateral_movement_services: 1.0,
             rpc_scan_lookups: 20.0,
+            zerologon_authentications: 20.0,
             arp_spoof_changes: 1.0,
             arp_spoof_addresses: 2.0,
             dns_tunnel_names: 20.0,
@@ -249,6 +253,12 @@ impl Thresholds {
             "rpc_endpoint_lookups",
             f.endpoint_lookups,
             self.rpc_scan_lookups,
+        );
+        trip(
+            AnomalyKind::Exploit,
+            "rpc_netlogon_authentications",
+            f.netlogon_auths,
+            self.zerologon_authentications,
         );
         if f.arp_changes >= self.arp_spoof_changes {
             trip(

@@ -255,6 +255,9 @@ pub enum AnomalyKind {
     /// Probes crafted to tell a host's operating system from its answers (nmap -O, xprobe),
     /// to a few ports (to many, it is a scan).
     OsFingerprint,
+    /// An attempt to exploit a known vulnerability, named by the counter that tripped: Zerologon
+    /// (CVE-2020-1472), Netlogon authentications again and again until one gets through.
+    Exploit,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

@@ -15,7 +15,8 @@
 //! - [`dns`]: per source and registered domain, distinct encoded subdomains and TXT/NULL queries.
 //! - [`tls`]: heartbeat records, their claimed and real lengths, and when they come.
 //! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
-//!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation.
+//!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation,
+//!   endpoint-mapper enumeration and Netlogon authentications (Zerologon).
 //! - [`ssh`]: refused logins, inferred through the encryption from the sizes of the server's
 //!   packets after the key exchange.
 
@@ -100,6 +101,8 @@ pub struct SourceWindow {
     pub services_created: u32,
     /// Pages of the endpoint mapper's registrations it asked for (ept_lookup).
     pub endpoint_lookups: u32,
+    /// Netlogon authentications it made (NetrServerAuthenticate after a bind to Netlogon).
+    pub netlogon_auths: u32,
     /// ARP: bindings it changed (an address another MAC held), addresses its MAC claimed,
     /// replies it sent that nobody asked for.
     pub arp_changes: u32,
@@ -120,6 +123,7 @@ pub struct SourceFeatures {
     pub heartbleed: f32,
     pub services_created: f32,
     pub endpoint_lookups: f32,
+    pub netlogon_auths: f32,
     pub arp_changes: f32,
     pub arp_claims: f32,
     pub arp_unasked: f32,
@@ -147,6 +151,7 @@ impl crate::hosts::Windows<SourceWindow> {
             heartbleed: slid(c.heartbleed, p.heartbleed, w),
             services_created: slid(c.services_created, p.services_created, w),
             endpoint_lookups: slid(c.endpoint_lookups, p.endpoint_lookups, w),
+            netlogon_auths: slid(c.netlogon_auths, p.netlogon_auths, w),
             arp_changes: slid(c.arp_changes, p.arp_changes, w),
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
             arp_unasked: slid(c.arp_unasked, p.arp_unasked, w),

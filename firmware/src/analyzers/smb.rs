@@ -2,7 +2,9 @@
 //! set-ups, with the account NTLM names, the remote creation of a service (PsExec, smbexec,
 //! Impacket and the like bind to svcctl and call CreateService), and the enumeration of the
 //! endpoint mapper (rpcdump and its kin bind to it and call ept_lookup again and again; a
-//! client resolves the one endpoint it wants with ept_map).
+//! client resolves the one endpoint it wants with ept_map), and Zerologon (CVE-2020-1472: a
+//! client binds to Netlogon and authenticates again and again, a zero credential each time, until
+//! one in about 256 gets through; a machine sets up its secure channel with one).
 //!
 //! Messages are read where a segment starts with one (after the four-byte NetBIOS header), and
 //! the SMB2 messages compounded behind it. DCE-RPC is read inside SMB2 WRITE and IOCTL (a named
@@ -12,7 +14,7 @@ use super::{auth_attempt, auth_failure, find, Recent, Service, Side, SourceWindo
 use crate::hosts::WindowTable;
 use crate::Instant;
 
-/// Connections with a bind to svcctl or the endpoint mapper, kept at most.
+/// Connections with a bind to svcctl, the endpoint mapper or Netlogon, kept at most.
 pub const BINDS: usize = 64;
 
 /// The interface a connection is bound to, of those the analyzer follows.
@@ -20,6 +22,7 @@ pub const BINDS: usize = 64;
 pub enum Iface {
     Svcctl,
     Epm,
+    Netlogon,
 }
 
 /// svcctl's interface UUID (367abb81-9844-35f1-ad32-98f038001003) as DCE-RPC sends it.
@@ -34,6 +37,12 @@ pub const EPM: [u8; 16] = [
 ];
 /// ept_lookup: one page of the registered endpoints.
 pub const EPT_LOOKUP: u16 = 2;
+/// Netlogon's interface UUID (12345678-1234-abcd-ef00-01234567cffb) as sent.
+pub const NETLOGON: [u8; 16] = [
+    0x78, 0x56, 0x34, 0x12, 0x34, 0x12, 0xcd, 0xab, 0xef, 0x00, 0x01, 0x23, 0x45, 0x67, 0xcf, 0xfb,
+];
+/// Netlogon's authentications: NetrServerAuthenticate, 2 and 3.
+pub const NETLOGON_AUTHENTICATE: [u16; 3] = [2, 15, 26];
 
 /// NT status codes of a session set-up that mean a wrong guess: logon failure, no such user,
 /// wrong password, account disabled, account locked out.
@@ -168,9 +177,11 @@ fn ntlm_user(
     }
 }
 
-/// One DCE-RPC PDU from the client: a bind to svcctl or the endpoint mapper marks the
+/// One DCE-RPC PDU from the client: a bind to svcctl, the endpoint mapper or Netlogon marks the
 /// connection; a CreateService call on one bound to svcctl is a remote service created, an
-/// ept_lookup on one bound to the endpoint mapper a page of its enumeration.
+/// ept_lookup on one bound to the endpoint mapper a page of its enumeration, a
+/// NetrServerAuthenticate on one bound to Netlogon an authentication (the request header is in
+/// the clear even when the stub is sealed).
 pub(crate) fn dcerpc(
     sources: &mut WindowTable<SourceWindow, SOURCES>,
     binds: &mut Binds,
@@ -191,6 +202,7 @@ pub(crate) fn dcerpc(
                 let iface = match &ctx[4..20] {
                     u if *u == SVCCTL => Some(Iface::Svcctl),
                     u if *u == EPM => Some(Iface::Epm),
+                    u if *u == NETLOGON => Some(Iface::Netlogon),
                     _ => None,
                 };
                 if let Some(iface) = iface {
@@ -214,6 +226,11 @@ pub(crate) fn dcerpc(
                 Some(Iface::Epm) if opnum == EPT_LOOKUP => {
                     if let Some(w) = sources.window_mut(side.conn.client, now) {
                         w.endpoint_lookups += 1;
+                    }
+                }
+                Some(Iface::Netlogon) if NETLOGON_AUTHENTICATE.contains(&opnum) => {
+                    if let Some(w) = sources.window_mut(side.conn.client, now) {
+                        w.netlogon_auths += 1;
                     }
                 }
                 _ => {}
@@ -289,6 +306,28 @@ mod tests {
         }
         dcerpc(&mut an.sources, &mut an.rpc, &side, &request(3), t); // ept_map
         assert_eq!(lookups(&an), 5.0);
+    }
+
+    #[test]
+    fn test_netlogon_authentications_count_on_a_connection_bound_to_it() {
+        let mut an = Analyzers::new();
+        let t = Instant::from_secs(1);
+        let auths = |an: &Analyzers| {
+            an.sources().get(&conn().client).map_or(0.0, |w| w.features(t, WINDOW).netlogon_auths)
+        };
+        let side = Side { conn: conn(), from_client: true };
+        dcerpc(&mut an.sources, &mut an.rpc, &side, &bind(EPM), t);
+        dcerpc(&mut an.sources, &mut an.rpc, &side, &request(26), t);
+        assert_eq!(auths(&an), 0.0, "opnum 26 of the endpoint mapper is something else");
+        for port in 0..30 {
+            // As the exploit does: a new connection, a bind, a challenge, an authentication.
+            let side =
+                Side { conn: Conn { client_port: 40000 + port, ..conn() }, from_client: true };
+            dcerpc(&mut an.sources, &mut an.rpc, &side, &bind(NETLOGON), t);
+            dcerpc(&mut an.sources, &mut an.rpc, &side, &request(4), t); // NetrServerReqChallenge
+            dcerpc(&mut an.sources, &mut an.rpc, &side, &request(26), t);
+        }
+        assert_eq!(auths(&an), 30.0);
     }
 
     #[test]

@@ -607,6 +607,7 @@ pub enum Kind {
     Heartbleed,
     LateralMovement,
     OsFingerprint,
+    Exploit,
     AnomalousFlow,
 }
 
@@ -910,6 +911,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 15);
+        assert_eq!(contract.len(), 16);
     }
 }

@@ -67,7 +67,7 @@ export function proto(n: number | null | undefined): string {
 export const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
   "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
-  "os_fingerprint", "anomalous_flow",
+  "os_fingerprint", "exploit", "anomalous_flow",
 ];
 
 const KIND_NAMES: Record<string, string> = {
@@ -111,6 +111,7 @@ const COUNTERS: Record<string, string> = {
   auth_accounts_ssh: "failed SSH logins for {v} accounts",
   tls_heartbleed: "{v} TLS heartbeats reading server memory, or sent before any data",
   smb_services_created: "{v} services created remotely (svcctl CreateService)",
+  rpc_netlogon_authentications: "{v} Netlogon authentications (Zerologon, CVE-2020-1472: a machine needs one)",
   rpc_endpoint_lookups: "{v} RPC endpoint-mapper lookups (an enumeration of its services, as rpcdump does)",
   arp_binding_changes: "{v} IP-to-MAC bindings taken from another MAC",
   arp_mac_addresses: "one MAC claiming {v} addresses, with replies nobody asked for",
