@@ -162,7 +162,12 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
     use firmware::proto::{AnomalyKind as K, Reason, Severity};
     let ratio = if e.threshold > 0.0 { e.peak / e.threshold } else { 1.0 };
     let severity = match e.kind {
-        K::SynFlood | K::UdpFlood | K::IcmpFlood | K::ArpSpoof | K::DhcpStarvation => {
+        K::SynFlood
+        | K::UdpFlood
+        | K::IcmpFlood
+        | K::HttpFlood
+        | K::ArpSpoof
+        | K::DhcpStarvation => {
             if ratio >= 10.0 {
                 Severity::Critical
             } else {
@@ -180,6 +185,7 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         // A scan of IP protocols is of all of them.
         K::PortScan if e.counter == "host_ip_protocols" => None,
         K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement | K::Exploit => Some(6),
+        K::HttpFlood => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),
         K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),

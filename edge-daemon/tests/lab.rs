@@ -1,6 +1,7 @@
 //! Detection against real attack tools: `models/lab/lab.sh` plays benign traffic (web, DNS, SSH,
 //! scp, FTP, bulk, idle chatter) and each attack (nmap scans of six kinds, a host sweep, hping3
-//! SYN, UDP and ICMP floods, DNS reflection, hydra against SSH, FTP and HTTP, an iodine DNS
+//! SYN, UDP and ICMP floods, DNS reflection, hydra against SSH, FTP and HTTP, an HTTP GET flood
+//! (a new connection and URL per request, as HULK makes them), an iodine DNS
 //! tunnel, ARP spoofing, DHCP starvation) between network namespaces, one capture per step with
 //! its label. The round played is 4: the shipped models trained on rounds 1 and 2 and were
 //! tested on 3, so these captures are new to them (other ports, rates and counts).

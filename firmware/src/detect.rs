@@ -37,6 +37,10 @@ pub struct Thresholds {
     /// sends each SYN from a new one).
     pub syn_flood_rate: f32,
     pub syn_flood_src_ports: f32,
+    /// ... when SYNs are at least this share of the packets it sends (a flood sends SYNs; a
+    /// client that opens connections as fast, as an HTTP flood does, completes them and sends
+    /// in them, four packets or more for each SYN).
+    pub syn_flood_share: f32,
     /// Kinds of crafted probe ([`crate::wire::L4::crafted`]) from one source to fewer than
     /// `port_scan_ports` ports: OS fingerprinting tries several (nmap -O a NULL, a SYN+FIN+URG+PSH
     /// and a FIN+PSH+URG; xprobe odd ICMP requests); a stealth scan sends one kind.
@@ -80,6 +84,11 @@ pub struct Thresholds {
     /// Netlogon authentications (NetrServerAuthenticate) from one source: Zerologon tries
     /// about 256 on average; a machine sets up its secure channel with one.
     pub zerologon_authentications: f32,
+    /// Web requests a second (HTTP requests to a web port, TLS ClientHellos to 443), over 10 s
+    /// ([`crate::analyzers::FLOOD_WINDOW`]): from one source (an HTTP flood by one host, as HULK and GoldenEye
+    /// make), and, from at least `victim_sources` sources, to one server (a botnet's).
+    pub http_flood_source_rate: f32,
+    pub http_flood_rate: f32,
     /// ARP bindings one host's MAC took from another, and addresses it claimed (these only when
     /// it also sent a reply nobody asked for: a host with a second address answers what it is
     /// asked).
@@ -101,6 +110,7 @@ impl Default for Thresholds {
             host_sweep_packets_per_host: 4.0,
             syn_flood_rate: 500.0,
             syn_flood_src_ports: 1_000.0,
+            syn_flood_share: 0.3,
             os_fingerprint_kinds: 2.0,
             udp_flood_rate: 5_000.0,
             icmp_flood_rate: 200.0,
@@ -119,6 +129,8 @@ impl Default for Thresholds {
             lateral_movement_services: 1.0,
             rpc_scan_lookups: 20.0,
             zerologon_authentications: 20.0,
+            http_flood_source_rate: 100.0,
+            http_flood_rate: 500.0,
             arp_spoof_changes: 1.0,
             arp_spoof_addresses: 2.0,
             dns_tunnel_names: 20.0,
@@ -170,7 +182,11 @@ impl Thresholds {
         }
         // Floods and fingerprints touch few ports; over many ports they are the scan above.
         let few_ports = f.dst_ports < self.port_scan_ports;
-        if few_ports || flood {
+        // SYNs most of what it sends: a flood sends SYNs (and its kernel's RSTs to the answers);
+        // a client opening connections at that rate completes them and sends requests in them
+        // (an HTTP flood, named by the web requests).
+        let syn_share = f.syn_rate / f.pkt_rate.max(f32::MIN_POSITIVE);
+        if (few_ports || flood) && syn_share >= self.syn_flood_share {
             trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
         }
         if few_ports {
@@ -492,6 +508,37 @@ impl<const E: usize> WindowDetector<E> {
             };
             if let Some((kind, counter, value, threshold)) = t {
                 let t = Trip { kind, counter, value, threshold, by_victim: false };
+                self.trip(*ip, t, now, out);
+            }
+        }
+        // HTTP floods: from one source, or from many, named by their victim.
+        let flood = crate::analyzers::FLOOD_WINDOW;
+        let fresh = |last: Option<Instant>| last.is_some_and(|l| now - l <= flood);
+        for (ip, w) in a.web().clients.iter() {
+            let (rate, _) = w.load(now, flood);
+            let th = &self.thresholds;
+            if fresh(w.last) && rate >= th.http_flood_source_rate {
+                let t = Trip {
+                    kind: AnomalyKind::HttpFlood,
+                    counter: "http_request_rate",
+                    value: rate,
+                    threshold: th.http_flood_source_rate,
+                    by_victim: false,
+                };
+                self.trip(*ip, t, now, out);
+            }
+        }
+        for (ip, w) in a.web().servers.iter() {
+            let (rate, sources) = w.load(now, flood);
+            let th = &self.thresholds;
+            if fresh(w.last) && rate >= th.http_flood_rate && sources >= th.victim_sources {
+                let t = Trip {
+                    kind: AnomalyKind::HttpFlood,
+                    counter: "victim_http_request_rate",
+                    value: rate,
+                    threshold: th.http_flood_rate,
+                    by_victim: true,
+                };
                 self.trip(*ip, t, now, out);
             }
         }
@@ -915,6 +962,77 @@ mod tests {
         let e = opened[0].0;
         assert_eq!((e.kind, e.src), (AnomalyKind::HostSweep, IpAddr::from([10, 0, 0, 128])));
         assert_eq!(e.counter, "host_arp_targets");
+    }
+
+    #[test]
+    fn test_http_floods_are_named_by_source_or_victim_and_a_browser_is_not() {
+        use crate::analyzers::{web_request, Analyzers, Conn, Side};
+        fn go() -> Vec<(Episode, EpisodeEvent)> {
+            let mut an = std::boxed::Box::new(Analyzers::new());
+            let mut d: WindowDetector<16> = WindowDetector::new(Thresholds::default());
+            let (server, other) = ([10, 0, 0, 10], [10, 0, 0, 11]);
+            let req = |an: &mut Analyzers, client: [u8; 4], server: [u8; 4], ms: i64| {
+                let conn = Conn {
+                    client: client.into(),
+                    server: server.into(),
+                    client_port: 40000,
+                    server_port: 80,
+                };
+                let side = Side { conn, from_client: true };
+                let now = Instant::from_millis(ms);
+                web_request(&mut an.web, &side, now);
+            };
+            let mut events = Vec::new();
+            for s in 0..60i64 {
+                let base = s * 1000;
+                // One host, 1,000 requests a second for 5 s (HULK's kind of flood).
+                if s < 5 {
+                    for i in 0..1000 {
+                        req(&mut an, [10, 0, 0, 66], server, base + i);
+                    }
+                }
+                // A browser loading pages of 150 resources every 15 s.
+                if s % 15 == 0 {
+                    for i in 0..150 {
+                        req(&mut an, [10, 0, 0, 20], server, base + i * 10);
+                    }
+                }
+                // From 10 s on, 2,000 bots, 1,000 requests a second in all, against another
+                // server (while they flood, the source table holds only the last 256 of them).
+                for i in (0..1000i64).filter(|_| s >= 10) {
+                    let bot = spoofed(((s * 1000 + i) % 2000) as u32);
+                    req(&mut an, bot, other, base + i);
+                }
+                let now = Instant::from_millis(base + 999);
+                d.evaluate_analyzers(&an, now, &mut |e, ev| events.push((*e, ev)));
+            }
+            events
+        }
+        let events = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(go)
+            .and_then(|t| t.join().map_err(|_| std::io::Error::other("the test thread panicked")))
+            .unwrap();
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        let got: Vec<_> =
+            opened.iter().map(|(e, _)| (e.kind, e.src, e.by_victim, e.counter)).collect();
+        assert_eq!(
+            got,
+            [
+                (AnomalyKind::HttpFlood, IpAddr::from([10, 0, 0, 66]), false, "http_request_rate"),
+                (
+                    AnomalyKind::HttpFlood,
+                    IpAddr::from([10, 0, 0, 11]),
+                    true,
+                    "victim_http_request_rate"
+                ),
+            ],
+            "{opened:?}"
+        );
+        // Rates over 10 s: 1,000 requests a second are past 100 a second within 1 s of the
+        // start, and past 500 a second within 5 s.
+        assert!(opened[0].0.first_seen.total_millis() < 2_000, "{:?}", opened[0].0);
+        assert!(opened[1].0.first_seen.total_millis() < 16_000, "{:?}", opened[1].0);
     }
 
     #[test]

@@ -258,6 +258,9 @@ pub enum AnomalyKind {
     /// An attempt to exploit a known vulnerability, named by the counter that tripped: Zerologon
     /// (CVE-2020-1472), Netlogon authentications again and again until one gets through.
     Exploit,
+    /// Web requests (HTTP requests, TLS handshakes to 443) at a flood's rate, from one source
+    /// or, named by its victim, from many.
+    HttpFlood,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

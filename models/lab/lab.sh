@@ -7,8 +7,8 @@
 # Usage: sudo [LAB_ROUND=N] models/lab/lab.sh OUT_DIR [STEP...]
 #   Benign steps: web ping dns ssh scp ftp bulk idle
 #   Attack steps: scan_syn scan_connect scan_udp scan_fin scan_null scan_xmas sweep syn_flood
-#   udp_flood icmp_flood reflection brute_ssh brute_ftp brute_http dns_tunnel arp_spoof
-#   dhcp_starvation
+#   udp_flood icmp_flood reflection brute_ssh brute_ftp brute_http http_flood dns_tunnel
+#   arp_spoof dhcp_starvation
 #   Default: all of them. LAB_ROUND (1, 2, 3, ...; default 1) varies ports, rates, counts and
 #   timing, so that several rounds give distinct captures of each kind (training splits by capture).
 #
@@ -25,7 +25,7 @@ shift
 steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(web ping dns ssh scp ftp bulk idle
   scan_syn scan_connect scan_udp scan_fin scan_null scan_xmas sweep syn_flood udp_flood icmp_flood
-  reflection brute_ssh brute_ftp brute_http dns_tunnel arp_spoof dhcp_starvation)
+  reflection brute_ssh brute_ftp brute_http http_flood dns_tunnel arp_spoof dhcp_starvation)
 round=${LAB_ROUND:-1}
 [[ $round =~ ^[1-9][0-9]*$ ]] || { echo "lab: LAB_ROUND must be a positive integer" >&2; exit 64; }
 here=$(cd "$(dirname "$0")" && pwd)
@@ -169,6 +169,7 @@ step() {
     brute_ssh) record brute_ssh brute_force "$atk" inside atk sh -c "for k in \$(seq $((1 + r / 2))); do timeout 4 hydra -I -q -l root -P '$work/words' -t 16 ssh://$srv; done" ;;
     brute_ftp) record brute_ftp brute_force "$atk" inside atk timeout $((6 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t 16 "ftp://$srv" ;;
     brute_http) record brute_http brute_force "$atk" inside atk timeout $((4 + 2 * r)) hydra -I -q -L "$work/users" -P "$work/words" -t $((2 + r)) -s 8080 "$srv" http-post-form "/login:user=^USER^&pass=^PASS^:F=Unsupported" ;;
+    http_flood) record http_flood http_flood "$atk" inside atk python3 "$here/http_flood.py" "$srv" 8080 $((3 + r / 2)) ;;
     dns_tunnel) record dns_tunnel dns_tunnel "$atk" tunnel ;;
     arp_spoof) record arp_spoof arp_spoof "$atk" inside atk python3 "$here/arp_spoof.py" eth0 "$srv" "$cli" $((30 + 10 * r)) "$atk" ;;
     dhcp_starvation) record dhcp_starvation dhcp_starvation 0.0.0.0 inside atk python3 "$here/dhcp_starve.py" eth0 $((30 + 10 * r)) ;;

@@ -1,18 +1,37 @@
 //! HTTP: the server's refusals of credentials (401 Unauthorized, 407 Proxy Authentication
 //! Required), counted against the client. A client fetching pages gets 200s and 304s and counts
-//! nothing here, however many it fetches. POSTs in a row to one path are counted beside them.
+//! nothing here, however many it fetches. POSTs in a row to one path are counted beside them,
+//! and every request (a segment from the client that begins with a method) as a web request of
+//! the client and of the server, for HTTP floods.
 
-use super::{auth_failure, fnv, Service, Side, SourceWindow, SOURCES};
+use super::{auth_failure, fnv, web_request, Service, Side, SourceWindow, Web, SOURCES};
 use crate::hosts::WindowTable;
 use crate::Instant;
 
+/// The request methods a request line begins with (RFC 9110, and WebDAV's common ones).
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"PROPFIND ",
+    b"CONNECT ",
+];
+
 pub(crate) fn packet(
     sources: &mut WindowTable<SourceWindow, SOURCES>,
+    web: &mut Web,
     side: &Side,
     payload: &[u8],
     now: Instant,
 ) {
     if side.from_client {
+        if METHODS.iter().any(|m| payload.starts_with(m)) {
+            web_request(web, side, now);
+        }
         if let Some(rest) = payload.strip_prefix(b"POST ") {
             let end = rest.iter().take(256).position(|&b| b == b' ' || b == b'?');
             let path = fnv(&rest[..end.unwrap_or(rest.len().min(256))]);
@@ -57,9 +76,15 @@ mod tests {
             b"HTTP/1.1 407 Proxy\r\n",
             b"HTTP/1.1 40",
         ] {
-            packet(&mut an.sources, &server, p, t);
+            packet(&mut an.sources, &mut an.web, &server, p, t);
         }
-        packet(&mut an.sources, &Side { conn, from_client: true }, b"HTTP/1.1 401 x", t);
+        packet(
+            &mut an.sources,
+            &mut an.web,
+            &Side { conn, from_client: true },
+            b"HTTP/1.1 401 x",
+            t,
+        );
         let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
         assert_eq!(f.auth_failures, 2.0);
         // POSTs in a row to one path, whatever the query string.
@@ -67,11 +92,11 @@ mod tests {
         for p in
             [&b"POST /login HTTP/1.1\r\n"[..], b"POST /login?x=1 HTTP/1.1", b"POST /login HTTP/1.1"]
         {
-            packet(&mut an.sources, &client, p, t);
+            packet(&mut an.sources, &mut an.web, &client, p, t);
         }
         let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
         assert_eq!(f.posts_one_path, 3.0);
-        packet(&mut an.sources, &client, b"POST /other HTTP/1.1", t);
+        packet(&mut an.sources, &mut an.web, &client, b"POST /other HTTP/1.1", t);
         let f = an.sources().get(&conn.client).unwrap().features(t, WINDOW);
         assert_eq!(f.posts_one_path, 1.0);
     }

@@ -43,6 +43,10 @@ pub const DOMAINS: usize = 256;
 pub const DHCP_CLIENTS: usize = 256;
 /// Sources with failed flows tracked at once, for slow scans.
 pub const SCANNERS: usize = 256;
+/// Web clients and web servers with their requests tracked at once (each).
+pub const SERVERS: usize = 256;
+/// The web request window: as short as the host window, for floods are rates.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 /// The analyzers' window: long enough for a tunnel that sends a query a second, or a guesser
 /// that tries a password every few seconds.
@@ -184,6 +188,49 @@ impl crate::hosts::Windows<ScanWindow> {
     }
 }
 
+/// The web requests one client made, or one server received, over [`FLOOD_WINDOW`]: an HTTP
+/// flood from one host (HULK, GoldenEye) is named by its source; from many (a botnet's, a
+/// booter's) by its victim, as a SYN flood is.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WebWindow {
+    pub start: Option<Instant>,
+    /// Web requests (HTTP requests, TLS ClientHellos to 443).
+    pub requests: u32,
+    /// Distinct hosts at the other end.
+    pub peers: Sketch,
+}
+
+crate::hosts::tumbling!(WebWindow);
+
+impl crate::hosts::Windows<WebWindow> {
+    /// Web requests a second, and the distinct hosts at the other end, over the sliding window.
+    pub fn load(&self, now: Instant, window: Duration) -> (f32, f32) {
+        let (w, secs) = self.slide(now, window);
+        let (c, p) = (&self.cur, &self.prev);
+        (slid(c.requests, p.requests, w) / secs, c.peers.union(&p.peers).estimate())
+    }
+}
+
+/// One web request from `side`'s client to its server.
+pub(crate) fn web_request(web: &mut Web, side: &Side, now: Instant) {
+    let (client, server) = (side.conn.client, side.conn.server);
+    if let Some(w) = web.clients.window_mut(client, now) {
+        w.requests += 1;
+        w.peers.insert(crate::hosts::ip_bits(server));
+    }
+    if let Some(w) = web.servers.window_mut(server, now) {
+        w.requests += 1;
+        w.peers.insert(crate::hosts::ip_bits(client));
+    }
+}
+
+/// The web request windows of clients and of servers.
+#[derive(Debug)]
+pub struct Web {
+    pub clients: WindowTable<WebWindow, SERVERS>,
+    pub servers: WindowTable<WebWindow, SERVERS>,
+}
+
 /// Counters of the analyzers, for metrics: entries evicted to make room, by table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AnalyzerCounters {
@@ -196,10 +243,11 @@ pub struct AnalyzerCounters {
 /// Every analyzer with its state.
 #[derive(Debug)]
 pub struct Analyzers {
-    sources: WindowTable<SourceWindow, SOURCES>,
+    pub(crate) sources: WindowTable<SourceWindow, SOURCES>,
     domains: WindowTable<dns::DomainWindow, DOMAINS, (IpAddr, u32)>,
     dhcp: WindowTable<dhcp::ClientWindow, DHCP_CLIENTS, [u8; 6]>,
     scans: WindowTable<ScanWindow, SCANNERS>,
+    pub(crate) web: Web,
     arp: arp::Bindings,
     tls: tls::Connections,
     rpc: smb::Binds,
@@ -271,6 +319,10 @@ impl Analyzers {
             domains: WindowTable::with_window(WINDOW),
             dhcp: WindowTable::with_window(WINDOW),
             scans: WindowTable::with_window(WINDOW),
+            web: Web {
+                clients: WindowTable::with_window(FLOOD_WINDOW),
+                servers: WindowTable::with_window(FLOOD_WINDOW),
+            },
             arp: arp::Bindings::default(),
             tls: Recent::new(CONNECTION_AGE),
             rpc: Recent::new(CONNECTION_AGE),
@@ -289,6 +341,9 @@ impl Analyzers {
     }
     pub fn scans(&self) -> &WindowTable<ScanWindow, SCANNERS> {
         &self.scans
+    }
+    pub fn web(&self) -> &Web {
+        &self.web
     }
     /// A flow `src` began to `dst` (and its source and destination `ports`, for TCP and UDP)
     /// that failed.
@@ -322,6 +377,8 @@ impl Analyzers {
             + self.domains.counters().evicted
             + self.dhcp.counters().evicted
             + self.scans.counters().evicted
+            + self.web.clients.counters().evicted
+            + self.web.servers.counters().evicted
     }
 
     /// One IP packet: `payload` is its transport payload as captured, `from_initiator` whether
@@ -358,11 +415,12 @@ impl Analyzers {
                 88 => kerberos::packet(&mut self.sources, &side, payload, true, now),
                 139 | 445 => smb::packet(&mut self.sources, &mut self.rpc, &side, payload, now),
                 80 | 8000 | 8008 | 8080 | 8088 | 8888 => {
-                    http::packet(&mut self.sources, &side, payload, now)
+                    http::packet(&mut self.sources, &mut self.web, &side, payload, now)
                 }
                 _ => {
                     if tls::is_record(payload) {
-                        tls::packet(&mut self.sources, &mut self.tls, &side, payload, now);
+                        let web = (server_port == 443).then_some(&mut self.web);
+                        tls::packet(&mut self.sources, &mut self.tls, web, &side, payload, now);
                     } else if smb::is_dcerpc(payload) {
                         smb::dcerpc(&mut self.sources, &mut self.rpc, &side, payload, now);
                     }
@@ -383,6 +441,8 @@ impl Analyzers {
         self.domains.expire(now);
         self.dhcp.expire(now);
         self.scans.expire(now);
+        self.web.clients.expire(now);
+        self.web.servers.expire(now);
         self.tls.expire(now);
         self.rpc.expire(now);
         self.ssh.expire(now);
@@ -395,6 +455,8 @@ impl Analyzers {
         self.domains.clear();
         self.dhcp.clear();
         self.scans.clear();
+        self.web.clients.clear();
+        self.web.servers.clear();
         self.tls.clear();
         self.rpc.clear();
         self.ssh.clear();

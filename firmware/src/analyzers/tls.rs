@@ -7,7 +7,7 @@
 //! a segment starts with one, and the rest of the segment's records after it; a record that spans
 //! segments is read by its header. Per connection a few bytes of state, in a bounded table.
 
-use super::{Recent, Side, SourceWindow, SOURCES};
+use super::{web_request, Recent, Side, SourceWindow, Web, SOURCES};
 use crate::hosts::WindowTable;
 use crate::Instant;
 
@@ -53,9 +53,11 @@ fn records(p: &[u8]) -> impl Iterator<Item = (u8, u16, &[u8])> {
     .take(16)
 }
 
+/// One segment of a connection; `web` for one to 443, whose ClientHellos are web requests.
 pub(crate) fn packet(
     sources: &mut WindowTable<SourceWindow, SOURCES>,
     conns: &mut Connections,
+    mut web: Option<&mut Web>,
     side: &Side,
     payload: &[u8],
     now: Instant,
@@ -64,6 +66,10 @@ pub(crate) fn packet(
         let exploit = match kind {
             HANDSHAKE if side.from_client => {
                 let _ = conns.entry(side.conn, Conn::default(), now);
+                // A ClientHello (handshake type 1): a new session, or a resumed one.
+                if let (Some(web), [1, ..]) = (web.as_deref_mut(), body) {
+                    web_request(web, side, now);
+                }
                 false
             }
             APPLICATION_DATA | CHANGE_CIPHER_SPEC => {
@@ -138,7 +144,7 @@ mod tests {
     }
 
     fn feed(an: &mut Analyzers, from_client: bool, p: &[u8]) {
-        packet(&mut an.sources, &mut an.tls, &side(from_client), p, Instant::from_secs(0));
+        packet(&mut an.sources, &mut an.tls, None, &side(from_client), p, Instant::from_secs(0));
     }
 
     #[test]

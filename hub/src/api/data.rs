@@ -608,6 +608,7 @@ pub enum Kind {
     LateralMovement,
     OsFingerprint,
     Exploit,
+    HttpFlood,
     AnomalousFlow,
 }
 
@@ -911,6 +912,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 16);
+        assert_eq!(contract.len(), 17);
     }
 }

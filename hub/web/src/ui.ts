@@ -67,7 +67,7 @@ export function proto(n: number | null | undefined): string {
 export const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
   "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
-  "os_fingerprint", "exploit", "anomalous_flow",
+  "os_fingerprint", "exploit", "http_flood", "anomalous_flow",
 ];
 
 const KIND_NAMES: Record<string, string> = {
@@ -78,6 +78,7 @@ const KIND_NAMES: Record<string, string> = {
   udp_flood: "UDP flood",
   icmp_flood: "ICMP flood",
   os_fingerprint: "OS fingerprinting",
+  http_flood: "HTTP flood",
 };
 
 export function kindName(k: string): string {
@@ -111,6 +112,8 @@ const COUNTERS: Record<string, string> = {
   auth_accounts_ssh: "failed SSH logins for {v} accounts",
   tls_heartbleed: "{v} TLS heartbeats reading server memory, or sent before any data",
   smb_services_created: "{v} services created remotely (svcctl CreateService)",
+  http_request_rate: "{v} web requests a second (HTTP requests, TLS handshakes to 443)",
+  victim_http_request_rate: "{v} web requests a second received from many sources",
   rpc_netlogon_authentications: "{v} Netlogon authentications (Zerologon, CVE-2020-1472: a machine needs one)",
   rpc_endpoint_lookups: "{v} RPC endpoint-mapper lookups (an enumeration of its services, as rpcdump does)",
   arp_binding_changes: "{v} IP-to-MAC bindings taken from another MAC",
