@@ -551,6 +551,12 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             enc,
+            "tapwatch_store_write_retries",
+            "Batches tried again because the database was busy or locked",
+            &one(load(&st.write_retries)),
+        )?;
+        counter(
+            enc,
             "tapwatch_store_rows_lost",
             "Rows lost with failed batches",
             &one(load(&st.rows_lost)),

@@ -83,6 +83,8 @@ pub struct StoreCounters {
     /// Batches that failed to write; their rows are lost and counted in `rows_lost`.
     pub write_errors: AtomicU64,
     pub rows_lost: AtomicU64,
+    /// Batches tried a second time because the database was busy or locked.
+    pub write_retries: AtomicU64,
     /// Rows dropped because the writer's queue was full.
     pub queue_drops: AtomicU64,
     /// Bytes the database's live pages take.
@@ -131,6 +133,27 @@ pub enum StoreError {
     NoEvidence(i64),
     #[error("cannot write the pcap file: {0}")]
     Pcap(String),
+}
+
+/// Whether an SQLite error is the database busy or locked (another connection holds the write
+/// lock past the busy timeout): worth one more try.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Put an entry of a map back as it was (`None`: it was not there).
+fn put_back(map: &mut std::collections::HashMap<i64, u64>, k: i64, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            map.insert(k, v);
+        }
+        None => {
+            map.remove(&k);
+        }
+    }
 }
 
 /// A finished flow as stored.
@@ -415,8 +438,56 @@ impl Store {
         &self.counters
     }
 
-    /// Write rows in one transaction.
+    /// Write rows in one transaction. A transaction that fails leaves the store as it was (the
+    /// outbox's seqs and the evidence budgets too), and one that failed because the database
+    /// was busy or locked past the busy timeout is tried once more before its rows are lost.
     pub fn write_batch(&mut self, rows: &[Row]) -> Result<(), StoreError> {
+        match self.write_batch_once(rows) {
+            Err(StoreError::Sql(e)) if is_busy(&e) => {
+                tracing::warn!(
+                    rows = rows.len(),
+                    "store: database busy, the batch tried again: {e}"
+                );
+                self.counters.write_retries.fetch_add(1, Ordering::Relaxed);
+                self.write_batch_once(rows)
+            }
+            r => r,
+        }
+    }
+
+    fn write_batch_once(&mut self, rows: &[Row]) -> Result<(), StoreError> {
+        // What a failed transaction must put back: the outbox's next seqs and the evidence
+        // budgets of the episodes in this batch.
+        let seqs = self.outbox.as_ref().map(|o| o.last_seq);
+        let episodes: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Evidence { anomaly, .. } => Some(*anomaly),
+                _ => None,
+            })
+            .collect();
+        let kept: Vec<Option<u64>> =
+            episodes.iter().map(|a| self.evidence_kept.get(a).copied()).collect();
+        let sent: Vec<Option<u64>> = episodes
+            .iter()
+            .map(|a| self.outbox.as_ref().and_then(|o| o.evidence_sent.get(a).copied()))
+            .collect();
+        let r = self.write_batch_tx(rows);
+        if r.is_err() {
+            for ((a, k), s) in episodes.iter().zip(kept).zip(sent) {
+                put_back(&mut self.evidence_kept, *a, k);
+                if let Some(o) = self.outbox.as_mut() {
+                    put_back(&mut o.evidence_sent, *a, s);
+                }
+            }
+            if let (Some(o), Some(seqs)) = (self.outbox.as_mut(), seqs) {
+                o.last_seq = seqs;
+            }
+        }
+        r
+    }
+
+    fn write_batch_tx(&mut self, rows: &[Row]) -> Result<(), StoreError> {
         let tx = write_transaction(&mut self.conn)?;
         let mut n = [0u64; 5];
         let mut queued = [0u64; Stream::COUNT];
@@ -427,7 +498,7 @@ impl Store {
         let evidence_max = self.outbox.as_ref().map_or(0, |o| o.evidence_max_bytes);
         let mut evidence_unsent = 0u64;
         let mut over_budget = 0u64;
-        {
+        let body = (|| -> Result<(), StoreError> {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -724,12 +795,25 @@ impl Store {
                     }
                 }
             }
+            Ok(())
+        })();
+        if let Err(e) = body {
+            if let Some(o) = self.outbox.as_mut() {
+                o.evidence_sent = evidence_sent;
+            }
+            return Err(e);
         }
         // Counted before the commit: the sender, which lowers the depth as acknowledgements come,
         // cannot see these rows before they are counted. (A failed commit leaves the gauge high
         // until the next recount, at most ten seconds.)
         self.counters.outbox_depth.fetch_add(queued.iter().sum(), Ordering::Relaxed);
-        tx.commit()?;
+        if let Err(e) = tx.commit() {
+            self.counters.outbox_depth.fetch_sub(queued.iter().sum(), Ordering::Relaxed);
+            if let Some(o) = self.outbox.as_mut() {
+                o.evidence_sent = evidence_sent;
+            }
+            return Err(e.into());
+        }
         self.counters.evidence_unsent.fetch_add(evidence_unsent, Ordering::Relaxed);
         self.counters.evidence_over_budget.fetch_add(over_budget, Ordering::Relaxed);
         if self.evidence_kept.len() > 100_000 {
@@ -1192,6 +1276,44 @@ mod tests {
             next = last + 1;
         }
         assert_eq!(next, 111);
+    }
+
+    #[test]
+    fn test_a_busy_database_is_tried_again_and_a_failed_batch_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, c) = open(dir.path());
+        s.enable_outbox("tap-1", 1_000_000).unwrap();
+        s.connection().busy_timeout(Duration::from_millis(500)).unwrap();
+        let other = rusqlite::Connection::open(dir.path().join("edge.db")).unwrap();
+        let flow_seqs = |s: &Store| -> Vec<i64> {
+            s.connection()
+                .prepare("SELECT seq FROM outbox WHERE stream = 'flows' ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        // The write lock held through both tries: the batch fails, and leaves nothing behind,
+        // not even the seq it would have taken.
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = s.write_batch(&[flow(100)]).unwrap_err();
+        assert!(matches!(&e, StoreError::Sql(e) if is_busy(e)), "{e}");
+        assert_eq!(c.write_retries.load(Ordering::Relaxed), 1);
+        other.execute_batch("COMMIT").unwrap();
+        s.write_batch(&[flow(200)]).unwrap();
+        assert_eq!(flow_seqs(&s), [1]);
+        assert_eq!(s.count(Table::TrafficFeatures).unwrap(), 1);
+        // Held for one try only: the second gets through.
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        s.write_batch(&[flow(300)]).unwrap();
+        release.join().unwrap();
+        assert_eq!(c.write_retries.load(Ordering::Relaxed), 2);
+        assert_eq!(flow_seqs(&s), [1, 2]);
     }
 
     #[test]
