@@ -27,10 +27,12 @@ use firmware::flow::HeapShards;
 pub const FLOWS_PER_SHARD: usize = 1 << 16;
 /// Shards of the flow table when the configuration names no size.
 pub const FLOW_SHARDS: usize = 2;
+/// Flows one shard holds at most: 7/8 of its slots (57,344), where its hash index stays quick.
+pub const FLOWS_HELD_PER_SHARD: usize = firmware::flow::FlowTable::<FLOWS_PER_SHARD>::HIGH_WATER;
 /// Flows the edge tracks at once by default (`flows.max_flows`).
-pub const DEFAULT_MAX_FLOWS: usize = FLOWS_PER_SHARD * FLOW_SHARDS;
-/// The most `flows.max_flows` may be: 16 million flows, about 5 GiB.
-pub const LIMIT_MAX_FLOWS: usize = FLOWS_PER_SHARD * 256;
+pub const DEFAULT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * FLOW_SHARDS;
+/// The most `flows.max_flows` may be: 14.7 million flows, about 5 GiB.
+pub const LIMIT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * 256;
 /// Source hosts with window counters at once (a power of two).
 pub const MAX_HOSTS: usize = 1 << 13;
 
@@ -75,7 +77,7 @@ mod tests {
             .stack_size(PIPELINE_STACK)
             .spawn(|| {
                 for (max_flows, capacity) in
-                    [(None, DEFAULT_MAX_FLOWS), (Some(1), 65_536), (Some(1_000_000), 1_048_576)]
+                    [(None, DEFAULT_MAX_FLOWS), (Some(1), 57_344), (Some(1_000_000), 1_032_192)]
                 {
                     let engine = new_engine(with_max_flows(max_flows).unwrap().engine());
                     assert_eq!(engine.flows().capacity(), capacity, "max_flows {max_flows:?}");
