@@ -33,7 +33,7 @@ pub const FLOWS_HELD_PER_SHARD: usize = firmware::flow::FlowTable::<FLOWS_PER_SH
 pub const DEFAULT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * FLOW_SHARDS;
 /// The most `flows.max_flows` may be: 14.7 million flows, about 5 GiB.
 pub const LIMIT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * 256;
-/// Source hosts with window counters at once (a power of two).
+/// Slots for source hosts with window counters (a power of two; 7/8 of them are held at once).
 pub const MAX_HOSTS: usize = 1 << 13;
 
 /// Rows waiting for the store writer at most (a row is a flow with its features, about half a

@@ -288,7 +288,8 @@ pub struct HostCounters {
     pub evicted: u64,
 }
 
-/// Up to `N` hosts (a power of two), or other keys `K`, each with its [`Windows`] of `W`.
+/// `N` slots (a power of two) for hosts, or other keys `K`, each with its [`Windows`] of `W`; it
+/// holds up to [`Self::HIGH_WATER`] of them (7/8).
 #[derive(Debug)]
 pub struct WindowTable<W, const N: usize, K = IpAddr> {
     map: Map<HostKey<K>, Windows<W>, N>,
@@ -321,6 +322,11 @@ impl<const N: usize> HostTable<N> {
 }
 
 impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
+    /// Keys held at most: 7/8 of the slots, as the flow table (`FlowTable::HIGH_WATER`): a
+    /// hash index near full walks long runs on every miss and removal, and a flood from many
+    /// sources is a miss a packet.
+    pub const HIGH_WATER: usize = if N >= 8 { N - N / 8 } else { N };
+
     pub fn with_window(window: Duration) -> Self {
         WindowTable { map: Map::new(), window, counters: HostCounters::default(), last_hit: None }
     }
@@ -362,7 +368,7 @@ impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
         let i = match found {
             Some(i) => i,
             None => {
-                if self.map.is_full() {
+                if self.map.len() >= Self::HIGH_WATER {
                     self.make_room(now);
                 }
                 if self.map.insert(key, Windows::default()).is_err() {
@@ -414,7 +420,7 @@ impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
 
     fn make_room(&mut self, now: Instant) {
         self.expire(now);
-        if !self.map.is_full() {
+        if self.map.len() < Self::HIGH_WATER {
             return;
         }
         let key = |h: &Windows<W>| h.last.map_or(0, |l| l.total_micros());
@@ -503,15 +509,18 @@ mod tests {
 
     #[test]
     fn test_full_table_evicts_oldest() {
+        // Eight slots hold seven hosts (the high-water mark).
         let mut t = HostTable::<8>::default();
-        for i in 0..8u8 {
+        assert_eq!(HostTable::<8>::HIGH_WATER, 7);
+        for i in 0..7u8 {
             t.window_mut([10, 0, 0, i].into(), Instant::from_secs(i64::from(i)));
         }
+        assert_eq!(t.counters().evicted, 0);
         t.window_mut([10, 0, 1, 0].into(), Instant::from_secs(9));
-        assert_eq!(t.len(), 8);
+        assert_eq!(t.len(), 7);
         assert_eq!(t.counters().evicted, 1);
         // One of the hosts in the oldest eighth of the time span (0 s and 1 s) made room.
-        let gone = (0..8u8)
+        let gone = (0..7u8)
             .filter(|i| t.get(&[10, 0, 0, *i].into()).is_none())
             .collect::<std::vec::Vec<_>>();
         assert!(gone == [0] || gone == [1], "{gone:?}");
