@@ -305,10 +305,10 @@ impl Pipeline {
         m.flush(&mut |src, t, now_us, d| trips.push((src, t, now_us, d)));
         for (src, t, now_us, d) in trips {
             // Many attempts is not an attack; many failed ones is. The analyzers see failures
-            // where the protocol shows them (FTP, HTTP, Kerberos, SMB), or a login form posted
-            // again and again; SSH hides them, and there the model's verdict is the evidence
-            // there is.
-            if t.kind == AnomalyKind::BruteForce && d.dst_port != 22 {
+            // where the protocol shows them (FTP, HTTP, Kerberos, SMB), infer them for SSH from
+            // the sizes of the server's encrypted answers, or see a login form posted again
+            // and again.
+            if t.kind == AnomalyKind::BruteForce {
                 let at = Instant::from_micros(now_us);
                 let failed = self.engine.analyzers().sources().get(&src).is_some_and(|w| {
                     let f = w.features(at, firmware::analyzers::WINDOW);
