@@ -1,6 +1,7 @@
 """Capture-level detection figures on the public corpus.
 
     python3 models/corpus_check.py [--models DIR] [DATA_DIR] [TAPWATCH_EDGE]
+    python3 models/corpus_check.py --write-tsv models/corpus.tsv [DATA_DIR]
 
 DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFEST.md whose table
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
@@ -19,6 +20,9 @@ right, and the benign captures it raises anything on.
 import re, os, sys, json, subprocess, collections
 args = sys.argv[1:]
 models = None
+write_tsv = None
+if args[:1] == ['--write-tsv']:
+    write_tsv, args = args[1], args[2:]
 if args[:1] == ['--models']:
     models, args = args[1], args[2:]
 root = args[0] if len(args) > 0 else '../shared/data'
@@ -63,10 +67,25 @@ def kind_of(label, path=''):
     if 'syn-ack reflection' in l or 'amplification' in l: return 'reflection'
     if 'syn flood' in l or 'syn (optionally ack) flood' in l: return 'syn_flood'
     return None
+def role(kind, repo):
+    """Who the capture names: the victim for attacks from many or forged sources (StopDDoS's
+    one-way captures of what reached a victim, reflections), else the attacker."""
+    if kind == 'benign': return '-'
+    return 'victim' if kind == 'reflection' or (kind == 'syn_flood' and repo.startswith('StopDDoS')) else 'attacker'
+corpus = [(repo, path, RELABEL.get((repo, path)) or kind_of(label, path), label) for repo, path, label in rows]
+corpus = [c for c in corpus if c[2] is not None]
+if write_tsv:
+    with open(write_tsv, 'w') as f:
+        f.write('# The labelled public corpus (models/CORPUS.md): made by `python3 models/corpus_check.py\n')
+        f.write('# --write-tsv models/corpus.tsv ../shared/data` from each folder\'s MANIFEST.md labels and RELABEL.\n')
+        f.write('# path (under the data folder)\tkind\trole\trepository\tlabel in MANIFEST.md (RELABEL may differ)\n')
+        for repo, path, k, label in sorted(corpus, key=lambda c: (c[2] == 'benign', c[2], c[0], c[1])):
+            f.write(f'{repo}/{path}\t{k}\t{role(k, repo)}\t{repo}\t{label}\n')
+    n = collections.Counter('benign' if c[2] == 'benign' else 'attack' for c in corpus)
+    print(f'{write_tsv}: {n["attack"]} attack and {n["benign"]} benign captures')
+    sys.exit(0)
 res = collections.defaultdict(lambda: [0, 0]); benign = [0, 0]; fa = []
-for repo, path, label in rows:
-    k = RELABEL.get((repo, path)) or kind_of(label, path)
-    if k is None: continue
+for repo, path, k, label in corpus:
     f = os.path.join(root, repo, path)
     cmd = [edge, 'analyze', '--emit', 'anomalies'] + (['--models', models] if models else []) + [f]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
