@@ -592,6 +592,17 @@ impl Config {
                 p.push(format!("{name}: must be at least 1"));
             }
         }
+        // A threshold of NaN never trips (the detector is silently off) and a negative one
+        // always does; TOML accepts both ("nan", "-inf").
+        if let Ok(serde_json::Value::Object(t)) = serde_json::to_value(self.detect.thresholds) {
+            for (name, v) in t {
+                if !v.as_f64().is_some_and(|x| x.is_finite() && x >= 0.0) {
+                    p.push(format!(
+                        "detect.thresholds.{name}: must be a finite number, 0 or more (is {v})"
+                    ));
+                }
+            }
+        }
         if f.max_flows == 0 || f.max_flows > crate::LIMIT_MAX_FLOWS as u64 {
             p.push(format!(
                 "flows.max_flows {}: must be between 1 and {}",
@@ -889,6 +900,17 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("unknown field `nmae`"), "{text}");
         assert!(text.contains("x.toml"), "{text}");
+    }
+
+    #[test]
+    fn test_thresholds_that_never_or_always_trip_are_refused() {
+        let toml = "[device]\nid = \"t\"\n[detect.thresholds]\nport_scan_ports = nan\n\
+                    syn_flood_rate = -1.0\nhttp_flood_rate = inf\nbrute_force_failures = 0.0\n";
+        let text = Config::parse(toml, "x.toml").unwrap_err().to_string();
+        for name in ["port_scan_ports", "syn_flood_rate", "http_flood_rate"] {
+            assert!(text.contains(&format!("detect.thresholds.{name}: must be")), "{text}");
+        }
+        assert!(!text.contains("brute_force_failures"), "{text}");
     }
 
     #[test]
