@@ -25,13 +25,12 @@ pub const BINDING_AGE: Duration = Duration::from_secs(600);
 pub const ASKED: usize = 256;
 pub const ASKED_AGE: Duration = Duration::from_secs(3);
 
-/// An address's binding: the MAC, how often it changed, and whether that MAC's last claim of
+/// An address's binding: the MAC, and whether that MAC's last claim of
 /// it was a reply nobody asked for (a host that then answers for its own address takes it
 /// back: that is the victim restoring it, not a second spoofer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Binding {
     pub mac: [u8; 6],
-    pub changes: u16,
     pub unasked: bool,
 }
 
@@ -107,7 +106,6 @@ pub(crate) fn packet(
             let restored = b.unasked && !unasked;
             b.mac = mac;
             b.unasked = unasked;
-            b.changes = b.changes.saturating_add(1);
             !restored
         }
         Some(b) => {
@@ -115,7 +113,7 @@ pub(crate) fn packet(
             false
         }
         None => {
-            let _ = table.by_ip.entry(claimed, Binding { mac, changes: 0, unasked }, now);
+            let _ = table.by_ip.entry(claimed, Binding { mac, unasked }, now);
             false
         }
     };
