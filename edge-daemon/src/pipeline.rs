@@ -184,8 +184,12 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
     let protocol = match e.kind {
         // A scan of IP protocols is of all of them.
         K::PortScan if e.counter == "host_ip_protocols" => None,
-        K::SynFlood | K::PortScan | K::Heartbleed | K::LateralMovement | K::Exploit => Some(6),
-        K::HttpFlood => Some(6),
+        K::SynFlood
+        | K::PortScan
+        | K::Heartbleed
+        | K::LateralMovement
+        | K::Exploit
+        | K::HttpFlood => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),
         K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),

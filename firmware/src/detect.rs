@@ -514,32 +514,25 @@ impl<const E: usize> WindowDetector<E> {
         // HTTP floods: from one source, or from many, named by their victim.
         let flood = crate::analyzers::FLOOD_WINDOW;
         let fresh = |last: Option<Instant>| last.is_some_and(|l| now - l <= flood);
-        for (ip, w) in a.web().clients.iter() {
-            let (rate, _) = w.load(now, flood);
-            let th = &self.thresholds;
-            if fresh(w.last) && rate >= th.http_flood_source_rate {
-                let t = Trip {
-                    kind: AnomalyKind::HttpFlood,
-                    counter: "http_request_rate",
-                    value: rate,
-                    threshold: th.http_flood_source_rate,
-                    by_victim: false,
-                };
-                self.trip(*ip, t, now, out);
-            }
-        }
-        for (ip, w) in a.web().servers.iter() {
-            let (rate, sources) = w.load(now, flood);
-            let th = &self.thresholds;
-            if fresh(w.last) && rate >= th.http_flood_rate && sources >= th.victim_sources {
-                let t = Trip {
-                    kind: AnomalyKind::HttpFlood,
-                    counter: "victim_http_request_rate",
-                    value: rate,
-                    threshold: th.http_flood_rate,
-                    by_victim: true,
-                };
-                self.trip(*ip, t, now, out);
+        let th = &self.thresholds;
+        let web = [
+            (&a.web().clients, false, "http_request_rate", th.http_flood_source_rate, 0.0),
+            (
+                &a.web().servers,
+                true,
+                "victim_http_request_rate",
+                th.http_flood_rate,
+                th.victim_sources,
+            ),
+        ];
+        for (table, by_victim, counter, threshold, sources_at_least) in web {
+            for (ip, w) in table.iter() {
+                let (rate, peers) = w.load(now, flood);
+                if fresh(w.last) && rate >= threshold && peers >= sources_at_least {
+                    let kind = AnomalyKind::HttpFlood;
+                    let t = Trip { kind, counter, value: rate, threshold, by_victim };
+                    self.trip(*ip, t, now, out);
+                }
             }
         }
         for (_, w) in a.dhcp_clients().iter() {
