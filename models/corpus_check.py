@@ -6,7 +6,8 @@
 DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFEST.md whose table
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
 flood, amplification and SYN-ACK reflection, ARP host scan, Heartbleed, DNS tunnelling, ARP
-spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon) it prints, per kind and repository,
+spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon; fragment evasion by a
+folder named ipv6-malformed-fragments-N) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
@@ -41,6 +42,10 @@ RELABEL = {
     # The trace of Zeek's SSH password-guessing test (protocols/ssh/detect-bruteforcing): 11
     # sessions in 70 s from one client to one server, every one refused.
     ('zeek-traces', 'testing/btest/Traces/ssh/sshguess.pcap'): 'brute_force',
+    # Not an application sample: 1,252 fragments of one IPv4 datagram (id 0xa0, TCP), 16 bytes
+    # each, every offset sent four times with other bytes (tshark: 313 offsets, 4 distinct
+    # payloads each), the first too small for a TCP header. What fragment evasion is made of.
+    ('ntop-nDPI', 'tests/cfgs/default/pcap/ip_fragmented_garbage.pcap'): 'evasion',
 }
 rows = []
 for repo in sorted(os.listdir(root)):
@@ -61,6 +66,8 @@ def kind_of(label, path=''):
     if re.search(r'smbexec|psexec', path, re.I): return 'lateral_movement'
     # Zerologon itself (not what an attacker does after it: "..._PostZeroLogon").
     if re.search(r'(^|/)(cve-2020-1472|zerologon)_', path, re.I): return 'exploit'
+    # THC-IPv6's fragmentation6 tests as suricata-verify keeps them ("see file name").
+    if re.search(r'(^|/)ipv6-malformed-fragments-', path): return 'evasion'
     if 'icmp host scan' in l or 'sweep' in l: return 'scan'
     if 'scan' in l: return 'scan'
     if 'arp host scan' in l: return 'host_sweep'

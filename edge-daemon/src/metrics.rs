@@ -417,6 +417,7 @@ impl prometheus_client::collector::Collector for Collector {
             ("rpc", a.rpc_evicted),
             ("arp", a.arp_evicted),
             ("ssh", a.ssh_evicted),
+            ("frag", a.frag_evicted),
         ]
         .into_iter()
         .map(|(t, n)| (vec![("table", t)], n))

@@ -178,6 +178,8 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         K::Heartbleed | K::LateralMovement => Severity::High,
         // An exploit that works takes the domain.
         K::Exploit => Severity::Critical,
+        // No stack sends one: whatever it hides, it is made to be missed.
+        K::Evasion => Severity::High,
         _ if ratio >= 10.0 => Severity::High,
         _ => Severity::Medium,
     };

@@ -508,6 +508,10 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
         ("sshguess.pcap", "brute_force", "192.168.56.1", "auth_failures_ssh"),
         ("zerologon_encrypted.pcapng", "exploit", "172.16.66.37", "rpc_netlogon_authentications"),
+        ("ipv6_frag_overlap.pcap", "evasion", "2001:db8:1::2", "ip_fragment_overlaps"),
+        ("ipv6_frag_length.pcap", "evasion", "2001:db8:1::2", "ip_fragment_lengths"),
+        ("ipv6_frag_nested.pcap", "evasion", "2001:db8:1::2", "ipv6_fragment_headers"),
+        ("ipv4_frag_garbage.pcap", "evasion", "10.0.0.2", "ip_fragment_split_headers"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);

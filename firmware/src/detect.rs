@@ -84,6 +84,10 @@ pub struct Thresholds {
     /// Netlogon authentications (NetrServerAuthenticate) from one source: Zerologon tries
     /// about 256 on average; a machine sets up its secure channel with one.
     pub zerologon_authentications: f32,
+    /// Datagrams from one source whose fragments a target and a monitor may reassemble
+    /// differently (overlapping with other bytes, past 65,535 bytes, a split transport header,
+    /// ...; [`crate::analyzers::frag`]): no stack sends one.
+    pub evasion_fragments: f32,
     /// Web requests a second (HTTP requests to a web port, TLS ClientHellos to 443), over 10 s
     /// ([`crate::analyzers::FLOOD_WINDOW`]): from one source (an HTTP flood by one host, as HULK and GoldenEye
     /// make), and, from at least `victim_sources` sources, to one server (a botnet's).
@@ -129,6 +133,7 @@ impl Default for Thresholds {
             lateral_movement_services: 1.0,
             rpc_scan_lookups: 20.0,
             zerologon_authentications: 20.0,
+            evasion_fragments: 1.0,
             http_flood_source_rate: 100.0,
             http_flood_rate: 500.0,
             arp_spoof_changes: 1.0,
@@ -275,6 +280,12 @@ impl Thresholds {
             "rpc_netlogon_authentications",
             f.netlogon_auths,
             self.zerologon_authentications,
+        );
+        trip(
+            AnomalyKind::Evasion,
+            f.frag_anomaly.counter(),
+            f.frag_anomalies,
+            self.evasion_fragments,
         );
         if f.arp_changes >= self.arp_spoof_changes {
             trip(
@@ -671,8 +682,7 @@ mod tests {
                 ttl: 64,
                 protocol,
                 ipv4_options_len: 0,
-                fragment: false,
-                fragment_tail: false,
+                frag: None,
                 ipv6_ext: Ipv6Ext::default(),
                 l4,
             }),

@@ -196,7 +196,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                     L4::Icmpv4 { .. } | L4::Icmpv6 { .. } => c.icmp += 1,
                     L4::None => c.other_ip += 1,
                 }
-                if ip.fragment {
+                if ip.fragment() {
                     c.fragments += 1;
                 }
                 if let Some(w) = self.hosts.window_mut(ip.src, now) {
@@ -225,7 +225,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                         L4::Udp(u) => Some((u.src_port, u.dst_port)),
                         _ => None,
                     };
-                    let udp_tail = ip.fragment_tail && ip.protocol == 17;
+                    let udp_tail = ip.fragment_tail() && ip.protocol == 17;
                     self.victims.note(ip.src, ip.dst, now, tcp, udp, udp_tail);
                 }
                 match ip.l4 {

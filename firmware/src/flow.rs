@@ -478,7 +478,7 @@ impl Flow {
             Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
             Direction::Backward => self.bwd.add(meta.ts, meta.wire_len, ip),
         }
-        if ip.fragment {
+        if ip.fragment() {
             self.fragments += 1;
         }
         if meta.truncated {
@@ -985,8 +985,7 @@ mod tests {
                 ttl: 64,
                 protocol,
                 ipv4_options_len: 0,
-                fragment: false,
-                fragment_tail: false,
+                frag: None,
                 ipv6_ext: Ipv6Ext::default(),
                 l4,
             }),

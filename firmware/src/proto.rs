@@ -261,6 +261,10 @@ pub enum AnomalyKind {
     /// Web requests (HTTP requests, TLS handshakes to 443) at a flood's rate, from one source
     /// or, named by its victim, from many.
     HttpFlood,
+    /// Packets crafted so that the target and a monitor read them differently (an IDS
+    /// evasion): IP fragments that overlap with other bytes, overrun the datagram or split the
+    /// transport header, nested IPv6 fragment headers, header chains no stack sends.
+    Evasion,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

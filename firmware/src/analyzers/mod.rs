@@ -13,6 +13,8 @@
 //!   addresses.
 //! - [`dhcp`]: requests by client hardware address (chaddr), not by Ethernet source.
 //! - [`dns`]: per source and registered domain, distinct encoded subdomains and TXT/NULL queries.
+//! - [`frag`]: IP fragments that overlap, overrun or split their headers (the reassembly
+//!   ambiguities of an evasion), per datagram.
 //! - [`tls`]: heartbeat records, their claimed and real lengths, and when they come.
 //! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
 //!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation,
@@ -23,6 +25,7 @@
 pub mod arp;
 pub mod dhcp;
 pub mod dns;
+pub mod frag;
 pub mod ftp;
 pub mod http;
 pub mod kerberos;
@@ -112,6 +115,10 @@ pub struct SourceWindow {
     pub arp_changes: u32,
     pub arp_claims: Sketch,
     pub arp_unasked: u32,
+    /// Datagrams whose fragments it sent were ambiguous to reassemble ([`frag`]), and what was
+    /// wrong with the last of them.
+    pub frag_anomalies: u32,
+    pub frag_anomaly: frag::FragAnomaly,
 }
 
 crate::hosts::tumbling!(SourceWindow);
@@ -131,6 +138,8 @@ pub struct SourceFeatures {
     pub arp_changes: f32,
     pub arp_claims: f32,
     pub arp_unasked: f32,
+    pub frag_anomalies: f32,
+    pub frag_anomaly: frag::FragAnomaly,
 }
 
 /// Count a previous window by how much of it still overlaps.
@@ -159,6 +168,12 @@ impl crate::hosts::Windows<SourceWindow> {
             arp_changes: slid(c.arp_changes, p.arp_changes, w),
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
             arp_unasked: slid(c.arp_unasked, p.arp_unasked, w),
+            frag_anomalies: slid(c.frag_anomalies, p.frag_anomalies, w),
+            frag_anomaly: if c.frag_anomaly == frag::FragAnomaly::None {
+                p.frag_anomaly
+            } else {
+                c.frag_anomaly
+            },
         }
     }
 }
@@ -238,6 +253,7 @@ pub struct AnalyzerCounters {
     pub rpc_evicted: u64,
     pub arp_evicted: u64,
     pub ssh_evicted: u64,
+    pub frag_evicted: u64,
 }
 
 /// Every analyzer with its state.
@@ -252,6 +268,7 @@ pub struct Analyzers {
     tls: tls::Connections,
     rpc: smb::Binds,
     ssh: ssh::Connections,
+    frags: frag::Datagrams,
 }
 
 impl Default for Analyzers {
@@ -327,6 +344,7 @@ impl Analyzers {
             tls: Recent::new(CONNECTION_AGE),
             rpc: Recent::new(CONNECTION_AGE),
             ssh: Recent::new(CONNECTION_AGE),
+            frags: Recent::new(frag::REASSEMBLY_TIME),
         }
     }
 
@@ -369,6 +387,7 @@ impl Analyzers {
             rpc_evicted: self.rpc.evicted(),
             arp_evicted: self.arp.evicted(),
             ssh_evicted: self.ssh.evicted(),
+            frag_evicted: self.frags.evicted(),
         }
     }
     /// Evictions of the windowed tables (sources, domains, DHCP clients), summed.
@@ -394,6 +413,9 @@ impl Analyzers {
             conn: Conn { client, server, client_port, server_port },
             from_client: from_initiator,
         };
+        if ip.frag.is_some() || ip.ipv6_ext.overflow {
+            frag::packet(&mut self.sources, &mut self.frags, ip, now);
+        }
         match ip.l4 {
             L4::Udp(u) => {
                 if let Some(d) = u.dns {
@@ -446,6 +468,7 @@ impl Analyzers {
         self.tls.expire(now);
         self.rpc.expire(now);
         self.ssh.expire(now);
+        self.frags.expire(now);
         self.arp.expire(now);
     }
 
@@ -460,6 +483,7 @@ impl Analyzers {
         self.tls.clear();
         self.rpc.clear();
         self.ssh.clear();
+        self.frags.clear();
         self.arp.clear();
     }
 }

@@ -1,15 +1,38 @@
 //! IPv4 (options, fragments) and IPv6 (hop-by-hop, routing, fragment, destination-options and
 //! authentication headers) through smoltcp's views.
 
-use super::{transport, DissectError, IpInfo, Ipv6Ext, L4};
+use super::{transport, DissectError, Frag, IpInfo, Ipv6Ext, L4, MAX_IPV6_EXT};
 use core::net::IpAddr;
 use smoltcp::wire::{
     IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, Ipv6RoutingHeader,
 };
 
-/// Extension headers walked before we call a chain hostile and stop.
-const MAX_IPV6_EXT: u8 = 8;
 const IPPROTO_AH: u8 = 51;
+
+/// FNV-1a over a fragment's data, for [`Frag::digest`].
+fn digest(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5, |h: u32, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// The transport header of a first fragment (offset 0), which may hold only part of it: then,
+/// unless the capture cut it (`cut`), there is none to read and `frag` says its header was
+/// split (an atomic fragment's is nowhere: that is said the same way). A header that is all
+/// here and wrong stays an error.
+fn first_fragment_l4(
+    protocol: u8,
+    payload: &[u8],
+    wire_len: usize,
+    cut: bool,
+    frag: &mut Frag,
+) -> Result<L4, DissectError> {
+    match transport::parse(protocol, payload, wire_len, true) {
+        Err(_) if !cut && payload.len() < transport::min_header_len(protocol, payload) => {
+            frag.split_header = true;
+            Ok(L4::None)
+        }
+        r => r,
+    }
+}
 
 /// Parse an IP packet; the flag says whether the capture cut it short, the offset where the
 /// transport payload starts in `bytes` (0 when there is no transport header).
@@ -55,13 +78,20 @@ fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
     let cut = bytes.len() < total;
     let payload = &bytes[hl..total.min(bytes.len())];
     let offset = pkt.frag_offset();
-    let fragment = pkt.more_frags() || offset != 0;
-    let fragment_tail = offset != 0;
+    let mut frag = (pkt.more_frags() || offset != 0).then(|| Frag {
+        id: u32::from(pkt.ident()),
+        offset: u32::from(offset),
+        len: (total - hl) as u32,
+        more: pkt.more_frags(),
+        headers: 1,
+        split_header: false,
+        digest: digest(payload),
+    });
     let protocol: u8 = pkt.next_header().into();
-    let l4 = if fragment_tail {
-        L4::None
-    } else {
-        transport::parse(protocol, payload, total - hl, fragment || cut)?
+    let l4 = match &mut frag {
+        Some(f) if f.offset != 0 => L4::None,
+        Some(f) => first_fragment_l4(protocol, payload, total - hl, cut, f)?,
+        None => transport::parse(protocol, payload, total - hl, cut)?,
     };
     Ok((
         IpInfo {
@@ -71,8 +101,7 @@ fn ipv4(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
             ttl: pkt.hop_limit(),
             protocol,
             ipv4_options_len: (hl - smoltcp::wire::IPV4_HEADER_LEN) as u8,
-            fragment,
-            fragment_tail,
+            frag,
             ipv6_ext: Ipv6Ext::default(),
             l4,
         },
@@ -99,13 +128,25 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
     let mut payload = &bytes[hl..total.min(bytes.len())];
     let mut nh: u8 = pkt.next_header().into();
     let mut ext = Ipv6Ext::default();
-    let mut fragment_tail = false;
+    let mut frag: Option<Frag> = None;
+    // Inside a first fragment (offset 0) that the capture holds whole, a header that does not
+    // fit goes on in the next fragment: the chain is split, not malformed.
+    let split = |frag: &mut Option<Frag>| match frag {
+        Some(f) if f.offset == 0 && !cut => {
+            f.split_header = true;
+            true
+        }
+        _ => false,
+    };
 
     loop {
         let (len, next) = match IpProtocol::from(nh) {
             IpProtocol::HopByHop | IpProtocol::Ipv6Opts | IpProtocol::Ipv6Route => {
-                let h =
-                    Ipv6ExtHeader::new_checked(payload).map_err(|_| DissectError::Ipv6Malformed)?;
+                let h = match Ipv6ExtHeader::new_checked(payload) {
+                    Ok(h) => h,
+                    Err(_) if split(&mut frag) => break,
+                    Err(_) => return Err(DissectError::Ipv6Malformed),
+                };
                 match IpProtocol::from(nh) {
                     IpProtocol::HopByHop => ext.hop_by_hop = true,
                     IpProtocol::Ipv6Opts => ext.destination_options = true,
@@ -124,38 +165,67 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
             IpProtocol::Ipv6Frag => {
                 // Always 8 bytes; its length byte is reserved, so do not read a length from it.
                 if payload.len() < 8 {
+                    if split(&mut frag) {
+                        break;
+                    }
                     return Err(DissectError::Ipv6Malformed);
                 }
                 let f = Ipv6FragmentHeader::new_checked(&payload[2..8])
                     .map_err(|_| DissectError::Ipv6Malformed)?;
                 ext.fragment = true;
-                fragment_tail = f.frag_offset() != 0;
+                match &mut frag {
+                    // A second fragment header: the first says where this packet goes.
+                    Some(first) => first.headers = first.headers.saturating_add(1),
+                    None => {
+                        frag = Some(Frag {
+                            id: f.ident(),
+                            offset: u32::from(f.frag_offset()) * 8,
+                            len: remaining.saturating_sub(8) as u32,
+                            more: f.more_frags(),
+                            headers: 1,
+                            split_header: false,
+                            digest: digest(&payload[8..]),
+                        })
+                    }
+                }
                 (8, payload[0])
             }
             _ if nh == IPPROTO_AH => {
                 if payload.len() < 2 {
+                    if split(&mut frag) {
+                        break;
+                    }
                     return Err(DissectError::Ipv6Malformed);
                 }
                 ((usize::from(payload[1]) + 2) * 4, payload[0])
             }
             _ => break,
         };
-        if payload.len() < len || ext.count >= MAX_IPV6_EXT {
+        if payload.len() < len {
+            if split(&mut frag) {
+                break;
+            }
             return Err(DissectError::Ipv6Malformed);
+        }
+        if ext.count >= MAX_IPV6_EXT {
+            // A chain no stack sends: leave the rest unread, and say so.
+            ext.overflow = true;
+            break;
         }
         ext.count += 1;
         payload = &payload[len..];
         remaining = remaining.saturating_sub(len);
         nh = next;
-        if fragment_tail {
+        if frag.is_some_and(|f| f.offset != 0) {
             break;
         }
     }
 
-    let l4 = if fragment_tail {
-        L4::None
-    } else {
-        transport::parse(nh, payload, remaining, ext.fragment || cut)?
+    let l4 = match &mut frag {
+        _ if ext.overflow => L4::None,
+        Some(f) if f.offset != 0 || f.split_header => L4::None,
+        Some(f) => first_fragment_l4(nh, payload, remaining, cut, f)?,
+        None => transport::parse(nh, payload, remaining, cut)?,
     };
     Ok((
         IpInfo {
@@ -165,8 +235,7 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
             ttl: pkt.hop_limit(),
             protocol: nh,
             ipv4_options_len: 0,
-            fragment: ext.fragment,
-            fragment_tail,
+            frag,
             ipv6_ext: ext,
             l4,
         },
@@ -199,7 +268,7 @@ mod tests {
         p[9] = 6;
         let (ip, cut, _) = parse(&p, 4).unwrap();
         assert!(!cut);
-        assert!(ip.fragment && ip.fragment_tail);
+        assert!(ip.fragment() && ip.fragment_tail());
         assert_eq!(ip.l4, L4::None);
     }
 
@@ -227,7 +296,64 @@ mod tests {
         for i in 0..9 {
             p[40 + i * 8] = 60;
         }
-        assert_eq!(parse(&p, 6).err(), Some(DissectError::Ipv6Malformed));
+        // Walked to the bound and no further: the packet is read, its chain said to overflow.
+        let (ip, _, at) = parse(&p, 6).unwrap();
+        assert!(ip.ipv6_ext.overflow);
+        assert_eq!(ip.ipv6_ext.count, crate::wire::MAX_IPV6_EXT);
+        assert_eq!((ip.l4, at), (L4::None, 0));
+    }
+
+    /// IPv6 2001:db8::2 -> ::1 with one fragment header (`offset` bytes, `more`) carrying
+    /// `data`, next header `nh`.
+    fn ipv6_fragment(nh: u8, offset: u16, more: bool, data: &[u8]) -> ([u8; 128], usize) {
+        let mut p = [0u8; 128];
+        let n = 48 + data.len();
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        p[6] = 44;
+        p[23] = 2;
+        p[39] = 1;
+        p[40] = nh;
+        p[42..44].copy_from_slice(&(offset | u16::from(more)).to_be_bytes());
+        p[44..48].copy_from_slice(&0xface_u32.to_be_bytes());
+        p[48..n].copy_from_slice(data);
+        (p, n)
+    }
+
+    #[test]
+    fn test_ipv6_fragment_fields() {
+        let (p, n) = ipv6_fragment(17, 1232, true, &[0xab; 16]);
+        let (ip, _, _) = parse(&p[..n], 6).unwrap();
+        let f = ip.frag.unwrap();
+        assert_eq!((f.id, f.offset, f.len, f.more, f.headers), (0xface, 1232, 16, true, 1));
+        assert!(ip.fragment_tail() && !f.split_header);
+        let (q, _) = ipv6_fragment(17, 1232, true, &[0xac; 16]);
+        assert_ne!(parse(&q[..n], 6).unwrap().0.frag.unwrap().digest, f.digest);
+    }
+
+    #[test]
+    fn test_a_first_fragment_without_its_whole_tcp_header_is_split_not_malformed() {
+        let (p, n) = ipv6_fragment(6, 0, true, &[0; 8]);
+        let (ip, _, _) = parse(&p[..n], 6).unwrap();
+        assert_eq!(ip.l4, L4::None);
+        assert!(ip.frag.unwrap().split_header);
+        // Cut by the capture instead: the header may be whole on the wire, so it is an error.
+        let (mut q, _) = ipv6_fragment(6, 0, true, &[0; 8]);
+        q[4..6].copy_from_slice(&(8u16 + 40).to_be_bytes());
+        assert_eq!(parse(&q[..n], 6).err(), Some(DissectError::TcpMalformed));
+        // A UDP header all here, and wrong (length 0): malformed, not split.
+        let (z, n) = ipv6_fragment(17, 0, true, &[0; 16]);
+        assert_eq!(parse(&z[..n], 6).err(), Some(DissectError::UdpMalformed));
+    }
+
+    #[test]
+    fn test_nested_fragment_headers_are_counted() {
+        // A fragment header whose data begins with another (fragmentation6's nesting).
+        let inner = [58, 0, 0, 0, 0, 0, 0xbe, 0xef, 128, 0, 0, 0, 0, 1, 0, 1];
+        let (p, n) = ipv6_fragment(44, 0, false, &inner);
+        let (ip, _, _) = parse(&p[..n], 6).unwrap();
+        assert_eq!(ip.frag.unwrap().headers, 2);
+        assert!(matches!(ip.l4, L4::Icmpv6 { icmp_type: 128, .. }));
     }
 
     #[test]

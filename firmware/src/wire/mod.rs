@@ -86,6 +86,42 @@ pub struct Ipv6Ext {
     pub fragment: bool,
     /// Number of extension headers walked.
     pub count: u8,
+    /// The chain went on past [`MAX_IPV6_EXT`] headers and was not walked further (what
+    /// follows is not read): no stack sends that, and a monitor that gives up there sees no
+    /// transport header (RFC 7112).
+    pub overflow: bool,
+}
+
+/// IPv6 extension headers walked before the chain is called hostile and left unread.
+pub const MAX_IPV6_EXT: u8 = 8;
+
+/// Where one fragment sits in its datagram: IPv4's identification, flags and offset, or the
+/// IPv6 fragment header's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frag {
+    /// The datagram's identification (16 bits in IPv4, 32 in IPv6).
+    pub id: u32,
+    /// Where this fragment's data goes in the datagram, in bytes.
+    pub offset: u32,
+    /// Bytes of fragment data the headers say follow (after the fragment header in IPv6).
+    pub len: u32,
+    /// More fragments follow (MF).
+    pub more: bool,
+    /// IPv6 fragment headers in this one packet (RFC 8200 allows one; 1 in IPv4).
+    pub headers: u8,
+    /// A first fragment (offset 0) that does not hold its whole transport header, or IPv6
+    /// header chain: the rest is in a later fragment (RFC 1858's tiny fragment, RFC 7112).
+    pub split_header: bool,
+    /// FNV-1a of the fragment data as captured: the same range sent twice with other bytes is
+    /// an overlap, a copy of it (a mirror port that sees a packet twice) is not.
+    pub digest: u32,
+}
+
+impl Frag {
+    /// A fragment header that fragments nothing: offset 0 and no more to come.
+    pub const fn atomic(&self) -> bool {
+        self.offset == 0 && !self.more
+    }
 }
 
 /// The IP layer of a packet, v4 or v6.
@@ -101,12 +137,21 @@ pub struct IpInfo {
     pub protocol: u8,
     /// IPv4 header options length in bytes.
     pub ipv4_options_len: u8,
-    /// Part of a fragmented datagram (first or later).
-    pub fragment: bool,
-    /// A later fragment: it carries no upper-layer header.
-    pub fragment_tail: bool,
+    /// Part of a fragmented datagram (first or later), or an IPv6 atomic fragment.
+    pub frag: Option<Frag>,
     pub ipv6_ext: Ipv6Ext,
     pub l4: L4,
+}
+
+impl IpInfo {
+    /// Part of a fragmented datagram (first or later), or an IPv6 atomic fragment.
+    pub const fn fragment(&self) -> bool {
+        self.frag.is_some()
+    }
+    /// A later fragment: it carries no upper-layer header.
+    pub fn fragment_tail(&self) -> bool {
+        self.frag.is_some_and(|f| f.offset != 0)
+    }
 }
 
 /// The transport layer, when there is one to read.
@@ -387,7 +432,7 @@ mod tests {
         let L3::Ip(ip) = m.l3 else { panic!() };
         assert!(ip.ipv6_ext.hop_by_hop);
         assert!(ip.ipv6_ext.fragment);
-        assert!(ip.fragment && !ip.fragment_tail);
+        assert!(ip.fragment() && !ip.fragment_tail());
         assert_eq!(ip.ipv6_ext.count, 2);
         assert_eq!(ip.protocol, 17);
         let L4::Udp(u) = ip.l4 else { panic!("{ip:?}") };

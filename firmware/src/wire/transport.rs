@@ -65,6 +65,16 @@ pub struct UdpInfo {
     pub dhcp: Option<DhcpInfo>,
 }
 
+/// The bytes the transport header of `protocol` takes, as far as `bytes` tell (a TCP header's
+/// options by its data offset, once that is there); 0 for a protocol without one we read.
+pub(crate) fn min_header_len(protocol: u8, bytes: &[u8]) -> usize {
+    match protocol {
+        IPPROTO_TCP => bytes.get(12).map_or(20, |b| usize::from(b >> 4) * 4).max(20),
+        IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
+        _ => 0,
+    }
+}
+
 /// `bytes` is what we hold of the IP payload; `wire_len` what the IP header says it holds.
 /// `partial` says the datagram is not whole here: a first fragment, or cut by the snap length.
 /// Length fields may then point past what we hold, and that is not an error.

@@ -609,6 +609,7 @@ pub enum Kind {
     OsFingerprint,
     Exploit,
     HttpFlood,
+    Evasion,
     AnomalousFlow,
 }
 
@@ -912,6 +913,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 17);
+        assert_eq!(contract.len(), 18);
     }
 }

@@ -67,7 +67,7 @@ export function proto(n: number | null | undefined): string {
 export const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
   "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
-  "os_fingerprint", "exploit", "http_flood", "anomalous_flow",
+  "os_fingerprint", "exploit", "http_flood", "evasion", "anomalous_flow",
 ];
 
 const KIND_NAMES: Record<string, string> = {
@@ -122,6 +122,14 @@ const COUNTERS: Record<string, string> = {
   dns_encoded_names: "{v} distinct encoded names under one domain",
   dns_txt_queries: "{v} TXT/NULL queries to one domain",
   dhcp_client_requests: "{v} DHCP requests from one client address",
+  ip_fragment_overlaps: "{v} datagrams with fragments overlapping in other bytes (the target and a monitor may each keep another version)",
+  ip_fragments_oversized: "{v} datagrams fragmented past 65,535 bytes",
+  ip_fragment_lengths: "{v} datagrams with a fragment not the last yet not a multiple of 8 bytes",
+  ip_fragments_past_end: "{v} datagrams with fragments past the end their last fragment gave",
+  ip_fragment_split_headers: "{v} first fragments without their whole transport header (tiny fragments)",
+  ipv6_fragment_headers: "{v} packets with more than one IPv6 fragment header",
+  ipv6_atomic_fragments: "{v} atomic IPv6 fragments with the identification of a datagram being reassembled",
+  ipv6_header_chains: "{v} packets with an IPv6 extension header chain longer than any stack sends",
 };
 
 // One sentence a person reads: "41 Kerberos pre-auth failures or unknown accounts from
