@@ -7,7 +7,7 @@ DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFES
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
 flood, amplification and SYN-ACK reflection, ARP host scan, Heartbleed, DNS tunnelling, ARP
 spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon; fragment evasion by a
-folder named ipv6-malformed-fragments-N) it prints, per kind and repository,
+folder named ipv6-malformed-fragments-N; web attacks: SQL injection, web attack, web RCE, Log4Shell) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
@@ -59,6 +59,7 @@ def kind_of(label, path=''):
     l = label.lower()
     if not l.startswith('attack'): return 'benign' if l.startswith('benign') else None
     if 'heartbleed' in l: return 'heartbleed'
+    if re.search(r'sql injection|web attack|web rce|log4shell', l): return 'web_attack'
     if 'dns tunneling' in l: return 'dns_tunnel'
     if 'arp spoofing' in l: return 'arp_spoof'
     if 'dhcp request flood' in l or 'starvation' in l: return 'dhcp_starvation'

@@ -180,6 +180,8 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         K::Exploit => Severity::Critical,
         // No stack sends one: whatever it hides, it is made to be missed.
         K::Evasion => Severity::High,
+        // One request may be the one that works.
+        K::WebAttack => Severity::High,
         _ if ratio >= 10.0 => Severity::High,
         _ => Severity::Medium,
     };
@@ -191,6 +193,7 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
         | K::Heartbleed
         | K::LateralMovement
         | K::Exploit
+        | K::WebAttack
         | K::HttpFlood => Some(6),
         K::UdpFlood => Some(17),
         K::Reflection if e.by_victim => Some(17),

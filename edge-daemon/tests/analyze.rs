@@ -512,6 +512,9 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("ipv6_frag_length.pcap", "evasion", "2001:db8:1::2", "ip_fragment_lengths"),
         ("ipv6_frag_nested.pcap", "evasion", "2001:db8:1::2", "ipv6_fragment_headers"),
         ("ipv4_frag_garbage.pcap", "evasion", "10.0.0.2", "ip_fragment_split_headers"),
+        ("http_xss.pcap", "web_attack", "192.168.3.109", "http_xss_attempts"),
+        ("http_sql_injection.pcap", "web_attack", "192.168.3.109", "http_sql_injections"),
+        ("http_path_traversal.pcapng", "web_attack", "10.2.2.101", "http_path_traversals"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);

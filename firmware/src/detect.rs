@@ -88,6 +88,9 @@ pub struct Thresholds {
     /// differently (overlapping with other bytes, past 65,535 bytes, a split transport header,
     /// ...; [`crate::analyzers::frag`]): no stack sends one.
     pub evasion_fragments: f32,
+    /// Web requests from one source that carry an attack (SQL injection, cross-site scripting,
+    /// path traversal, Log4Shell; [`crate::analyzers::webattack`]).
+    pub web_attack_requests: f32,
     /// Web requests a second (HTTP requests to a web port, TLS ClientHellos to 443), over 10 s
     /// ([`crate::analyzers::FLOOD_WINDOW`]): from one source (an HTTP flood by one host, as HULK and GoldenEye
     /// make), and, from at least `victim_sources` sources, to one server (a botnet's).
@@ -134,6 +137,7 @@ impl Default for Thresholds {
             rpc_scan_lookups: 20.0,
             zerologon_authentications: 20.0,
             evasion_fragments: 1.0,
+            web_attack_requests: 1.0,
             http_flood_source_rate: 100.0,
             http_flood_rate: 500.0,
             arp_spoof_changes: 1.0,
@@ -286,6 +290,12 @@ impl Thresholds {
             f.frag_anomaly.counter(),
             f.frag_anomalies,
             self.evasion_fragments,
+        );
+        trip(
+            AnomalyKind::WebAttack,
+            f.web_attack.counter(),
+            f.web_attacks,
+            self.web_attack_requests,
         );
         if f.arp_changes >= self.arp_spoof_changes {
             trip(

@@ -265,6 +265,9 @@ pub enum AnomalyKind {
     /// evasion): IP fragments that overlap with other bytes, overrun the datagram or split the
     /// transport header, nested IPv6 fragment headers, header chains no stack sends.
     Evasion,
+    /// A web request that carries an attack on the application: SQL injection, cross-site
+    /// scripting, path traversal, a Log4Shell JNDI lookup.
+    WebAttack,
     /// The autoencoder found the flow unlike benign traffic, and no named kind fits.
     AnomalousFlow,
 }

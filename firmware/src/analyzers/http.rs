@@ -2,7 +2,8 @@
 //! Required), counted against the client. A client fetching pages gets 200s and 304s and counts
 //! nothing here, however many it fetches. POSTs in a row to one path are counted beside them,
 //! and every request (a segment from the client that begins with a method) as a web request of
-//! the client and of the server, for HTTP floods.
+//! the client and of the server, for HTTP floods; each request is read for attacks
+//! ([`super::webattack`]).
 
 use super::{auth_failure, fnv, web_request, Service, Side, SourceWindow, Web, SOURCES};
 use crate::hosts::WindowTable;
@@ -31,6 +32,13 @@ pub(crate) fn packet(
     if side.from_client {
         if METHODS.iter().any(|m| payload.starts_with(m)) {
             web_request(web, side, now);
+            let attack = super::webattack::classify(payload);
+            if attack != super::webattack::WebAttack::None {
+                if let Some(w) = sources.window_mut(side.conn.client, now) {
+                    w.web_attacks += 1;
+                    w.web_attack = attack;
+                }
+            }
         }
         if let Some(rest) = payload.strip_prefix(b"POST ") {
             let end = rest.iter().take(256).position(|&b| b == b' ' || b == b'?');

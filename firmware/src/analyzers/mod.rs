@@ -19,6 +19,8 @@
 //! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
 //!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation,
 //!   endpoint-mapper enumeration and Netlogon authentications (Zerologon).
+//! - [`webattack`]: SQL injection, cross-site scripting, path traversal and Log4Shell in the
+//!   requests a web client sends.
 //! - [`ssh`]: refused logins, inferred through the encryption from the sizes of the server's
 //!   packets after the key exchange.
 
@@ -32,6 +34,7 @@ pub mod kerberos;
 pub mod smb;
 pub mod ssh;
 pub mod tls;
+pub mod webattack;
 
 use crate::hosts::{Sketch, TableKey, WindowTable};
 use crate::wire::{ArpInfo, IpInfo, PacketMeta, L4};
@@ -119,6 +122,9 @@ pub struct SourceWindow {
     /// wrong with the last of them.
     pub frag_anomalies: u32,
     pub frag_anomaly: frag::FragAnomaly,
+    /// Web requests it sent that carried an attack ([`webattack`]), and the last one's kind.
+    pub web_attacks: u32,
+    pub web_attack: webattack::WebAttack,
 }
 
 crate::hosts::tumbling!(SourceWindow);
@@ -140,6 +146,8 @@ pub struct SourceFeatures {
     pub arp_unasked: f32,
     pub frag_anomalies: f32,
     pub frag_anomaly: frag::FragAnomaly,
+    pub web_attacks: f32,
+    pub web_attack: webattack::WebAttack,
 }
 
 /// Count a previous window by how much of it still overlaps.
@@ -173,6 +181,12 @@ impl crate::hosts::Windows<SourceWindow> {
                 p.frag_anomaly
             } else {
                 c.frag_anomaly
+            },
+            web_attacks: slid(c.web_attacks, p.web_attacks, w),
+            web_attack: if c.web_attack == webattack::WebAttack::None {
+                p.web_attack
+            } else {
+                c.web_attack
             },
         }
     }

@@ -610,6 +610,7 @@ pub enum Kind {
     Exploit,
     HttpFlood,
     Evasion,
+    WebAttack,
     AnomalousFlow,
 }
 
@@ -913,6 +914,6 @@ mod tests {
             .map(Kind::name)
             .collect();
         assert_eq!(ours, contract);
-        assert_eq!(contract.len(), 18);
+        assert_eq!(contract.len(), 19);
     }
 }

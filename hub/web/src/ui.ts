@@ -67,7 +67,8 @@ export function proto(n: number | null | undefined): string {
 export const KINDS = [
   "port_scan", "host_sweep", "syn_flood", "udp_flood", "icmp_flood", "reflection", "brute_force",
   "dns_tunnel", "arp_spoof", "dhcp_starvation", "password_spray", "heartbleed", "lateral_movement",
-  "os_fingerprint", "exploit", "http_flood", "evasion", "anomalous_flow",
+  "os_fingerprint", "exploit", "http_flood", "evasion", "web_attack",
+  "anomalous_flow",
 ];
 
 const KIND_NAMES: Record<string, string> = {
@@ -129,6 +130,10 @@ const COUNTERS: Record<string, string> = {
   ip_fragment_split_headers: "{v} first fragments without their whole transport header (tiny fragments)",
   ipv6_fragment_headers: "{v} packets with more than one IPv6 fragment header",
   ipv6_atomic_fragments: "{v} atomic IPv6 fragments with the identification of a datagram being reassembled",
+  http_sql_injections: "{v} web requests carrying SQL injection",
+  http_xss_attempts: "{v} web requests carrying script (cross-site scripting)",
+  http_path_traversals: "{v} web requests reaching out of the web root (../../, system files)",
+  http_log4shell_lookups: "{v} web requests carrying a JNDI lookup (Log4Shell, CVE-2021-44228)",
   ipv6_header_chains: "{v} packets with an IPv6 extension header chain longer than any stack sends",
 };
 
