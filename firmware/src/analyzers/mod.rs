@@ -150,6 +150,15 @@ pub struct SourceFeatures {
     pub web_attack: webattack::WebAttack,
 }
 
+/// What the current window says (the last of its kind), else what the previous one did.
+fn latest<T: PartialEq + Default>(cur: T, prev: T) -> T {
+    if cur == T::default() {
+        prev
+    } else {
+        cur
+    }
+}
+
 /// Count a previous window by how much of it still overlaps.
 fn slid(cur: u32, prev: u32, weight: f32) -> f32 {
     cur as f32 + prev as f32 * weight
@@ -161,11 +170,7 @@ impl crate::hosts::Windows<SourceWindow> {
         let (c, p) = (&self.cur, &self.prev);
         SourceFeatures {
             auth_failures: slid(c.auth_failures, p.auth_failures, w),
-            auth_service: if c.auth_service == Service::None {
-                p.auth_service
-            } else {
-                c.auth_service
-            },
+            auth_service: latest(c.auth_service, p.auth_service),
             accounts: c.accounts.union(&p.accounts).estimate(),
             auth_servers: c.auth_servers.union(&p.auth_servers).estimate(),
             posts_one_path: slid(c.posts_one_path, p.posts_one_path, w),
@@ -177,17 +182,9 @@ impl crate::hosts::Windows<SourceWindow> {
             arp_claims: c.arp_claims.union(&p.arp_claims).estimate(),
             arp_unasked: slid(c.arp_unasked, p.arp_unasked, w),
             frag_anomalies: slid(c.frag_anomalies, p.frag_anomalies, w),
-            frag_anomaly: if c.frag_anomaly == frag::FragAnomaly::None {
-                p.frag_anomaly
-            } else {
-                c.frag_anomaly
-            },
+            frag_anomaly: latest(c.frag_anomaly, p.frag_anomaly),
             web_attacks: slid(c.web_attacks, p.web_attacks, w),
-            web_attack: if c.web_attack == webattack::WebAttack::None {
-                p.web_attack
-            } else {
-                c.web_attack
-            },
+            web_attack: latest(c.web_attack, p.web_attack),
         }
     }
 }

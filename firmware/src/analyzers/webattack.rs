@@ -9,6 +9,8 @@
 //! sends a request) or a system file's path, and a JNDI URL. One request is evidence enough,
 //! as for Suricata's rules; the source's window counts them.
 
+use super::find;
+
 /// What a request tried (the first rule that matched).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -60,10 +62,6 @@ fn decode(src: &[u8], out: &mut [u8]) -> usize {
         i += 1;
     }
     n
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    super::find(hay, needle)
 }
 
 fn any(hay: &[u8], needles: &[&[u8]]) -> bool {
