@@ -1,17 +1,18 @@
 """Capture-level detection figures on the public corpus.
 
-    python3 models/corpus_check.py [--models DIR] [DATA_DIR] [TAPWATCH_EDGE]
+    python3 models/corpus_check.py [--models DIR] [--repo REPOSITORY] [DATA_DIR] [TAPWATCH_EDGE]
     python3 models/corpus_check.py --write-tsv models/corpus.tsv [DATA_DIR]
 
 DATA_DIR (default ../shared/data) holds folders of captures, each with a MANIFEST.md whose table
 labels every file (ATTACK: ... / BENIGN: ...). For the kinds whose labels say them plainly (SYN
 flood, amplification and SYN-ACK reflection, ARP host scan, Heartbleed, DNS tunnelling, ARP
-spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon; fragment evasion by a
-folder named ipv6-malformed-fragments-N; web attacks: SQL injection, web attack, web RCE, Log4Shell) it prints, per kind and repository,
+spoofing, DHCP flood, brute force; lateral movement by a file name that says smbexec or psexec; the Zerologon exploit by one that begins with CVE-2020-1472 or zerologon, URGENT/11 by one that
+begins with urgent11_cve_; fragment evasion by a folder named ipv6-malformed-fragments-N, and
+IPv6 evasion by ipv6-covert-dstopts and ipv6-atomic-fragments-toobig; web attacks: SQL injection, web attack, web RCE, Log4Shell) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
 alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
-With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to its
+With --repo, only that repository's captures (models/loro.py's held-out fold). With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to its
 detector: `classifier` or `autoencoder` (the record's `detector`), else by the counter that
 tripped (its first reason): `windows` (host_* and victim_* counters), `analyzers` (the protocol
 analyzers' and the slow-scan window's);
@@ -22,10 +23,12 @@ import re, os, sys, json, subprocess, collections
 args = sys.argv[1:]
 models = None
 write_tsv = None
-if args[:1] == ['--write-tsv']:
-    write_tsv, args = args[1], args[2:]
-if args[:1] == ['--models']:
-    models, args = args[1], args[2:]
+only_repo = None
+while args[:1] in (['--write-tsv'], ['--models'], ['--repo']):
+    if args[0] == '--write-tsv': write_tsv = args[1]
+    elif args[0] == '--models': models = args[1]
+    else: only_repo = args[1]
+    args = args[2:]
 root = args[0] if len(args) > 0 else '../shared/data'
 edge = args[1] if len(args) > 1 else os.environ.get('TAPWATCH_EDGE', 'target/release/tapwatch-edge')
 def detector(a):
@@ -69,6 +72,11 @@ def kind_of(label, path=''):
     if re.search(r'(^|/)(cve-2020-1472|zerologon)_', path, re.I): return 'exploit'
     # THC-IPv6's fragmentation6 tests as suricata-verify keeps them ("see file name").
     if re.search(r'(^|/)ipv6-malformed-fragments-', path): return 'evasion'
+    # THC-IPv6's covert channel in destination options, and its Packet Too Big below the
+    # minimum MTU (RFC 8021's atomic-fragment attack), from suricata-verify's ipv6-evasion.
+    if re.search(r'(^|/)ipv6-(covert-dstopts|atomic-fragments-toobig)/', path): return 'evasion'
+    # URGENT/11 (VxWorks' IPnet TCP), by its CVE in the file name.
+    if re.search(r'(^|/)urgent11_cve_', path): return 'exploit'
     if 'icmp host scan' in l or 'sweep' in l: return 'scan'
     if 'scan' in l: return 'scan'
     if 'arp host scan' in l: return 'host_sweep'
@@ -81,7 +89,7 @@ def role(kind, repo):
     if kind == 'benign': return '-'
     return 'victim' if kind == 'reflection' or (kind == 'syn_flood' and repo.startswith('StopDDoS')) else 'attacker'
 corpus = [(repo, path, RELABEL.get((repo, path)) or kind_of(label, path), label) for repo, path, label in rows]
-corpus = [c for c in corpus if c[2] is not None]
+corpus = [c for c in corpus if c[2] is not None and only_repo in (None, c[0])]
 if write_tsv:
     with open(write_tsv, 'w') as f:
         f.write('# The labelled public corpus (models/CORPUS.md): made by `python3 models/corpus_check.py\n')

@@ -91,6 +91,12 @@ pub struct Thresholds {
     /// Web requests from one source that carry an attack (SQL injection, cross-site scripting,
     /// path traversal, Log4Shell; [`crate::analyzers::webattack`]).
     pub web_attack_requests: f32,
+    /// TCP segments from one source that exploit a stack (URGENT/11: urgent data on a SYN, a
+    /// TCP-AO option too short; [`crate::analyzers::tcp`]).
+    pub urgent11_segments: f32,
+    /// Web requests from one source by a scanning tool that names itself (the Nmap Scripting
+    /// Engine's User-Agent, Nikto's, ...; [`crate::analyzers::scanner`]): a port scan.
+    pub scanner_requests: f32,
     /// Web requests a second (HTTP requests to a web port, TLS ClientHellos to 443), over 10 s
     /// ([`crate::analyzers::FLOOD_WINDOW`]): from one source (an HTTP flood by one host, as HULK and GoldenEye
     /// make), and, from at least `victim_sources` sources, to one server (a botnet's).
@@ -138,6 +144,8 @@ impl Default for Thresholds {
             zerologon_authentications: 20.0,
             evasion_fragments: 1.0,
             web_attack_requests: 1.0,
+            urgent11_segments: 1.0,
+            scanner_requests: 1.0,
             http_flood_source_rate: 100.0,
             http_flood_rate: 500.0,
             arp_spoof_changes: 1.0,
@@ -296,6 +304,13 @@ impl Thresholds {
             f.web_attack.counter(),
             f.web_attacks,
             self.web_attack_requests,
+        );
+        trip(AnomalyKind::Exploit, "tcp_urgent11_segments", f.tcp_exploits, self.urgent11_segments);
+        trip(
+            AnomalyKind::PortScan,
+            "http_scanner_requests",
+            f.scanner_requests,
+            self.scanner_requests,
         );
         if f.arp_changes >= self.arp_spoof_changes {
             trip(
@@ -709,6 +724,8 @@ mod tests {
             payload_len: 0,
             mss: None,
             window_scale: None,
+            urgent: 0,
+            short_ao: false,
         })
     }
 
@@ -805,6 +822,8 @@ mod tests {
             payload_len: 0,
             mss: None,
             window_scale: None,
+            urgent: 0,
+            short_ao: false,
         })
     }
 

@@ -954,6 +954,8 @@ mod tests {
             payload_len: 10,
             mss: None,
             window_scale: None,
+            urgent: 0,
+            short_ao: false,
         });
         meta(ts, src, dst, 6, l4)
     }

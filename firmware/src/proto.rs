@@ -256,14 +256,17 @@ pub enum AnomalyKind {
     /// to a few ports (to many, it is a scan).
     OsFingerprint,
     /// An attempt to exploit a known vulnerability, named by the counter that tripped: Zerologon
-    /// (CVE-2020-1472), Netlogon authentications again and again until one gets through.
+    /// (CVE-2020-1472), Netlogon authentications again and again until one gets through;
+    /// URGENT/11 (VxWorks' IPnet), TCP segments with urgent data on a SYN or a malformed TCP-AO
+    /// option.
     Exploit,
     /// Web requests (HTTP requests, TLS handshakes to 443) at a flood's rate, from one source
     /// or, named by its victim, from many.
     HttpFlood,
     /// Packets crafted so that the target and a monitor read them differently (an IDS
     /// evasion): IP fragments that overlap with other bytes, overrun the datagram or split the
-    /// transport header, nested IPv6 fragment headers, header chains no stack sends.
+    /// transport header, nested IPv6 fragment headers, header chains no stack sends; and IPv6
+    /// options that carry a covert channel, a Packet Too Big below the minimum MTU.
     Evasion,
     /// A web request that carries an attack on the application: SQL injection, cross-site
     /// scripting, path traversal, a Log4Shell JNDI lookup.

@@ -17,15 +17,19 @@
 //! - is an atomic fragment (offset 0, nothing more) with the identification of a datagram
 //!   being reassembled: a stack takes it alone (RFC 6946), a monitor may merge it.
 //!
-//! An IPv6 header chain longer than any stack sends ([`crate::wire::MAX_IPV6_EXT`]) is said
-//! the same way: it hides the transport header from whoever stops walking.
+//! Three things of IPv6's own are said the same way, per packet: a header chain longer than
+//! any stack sends ([`crate::wire::MAX_IPV6_EXT`]), which hides the transport header from
+//! whoever stops walking; options no stack sends ([`crate::wire::Ipv6Ext::covert_options`]),
+//! where a covert channel hides data; and a Packet Too Big below IPv6's minimum MTU of 1280,
+//! which a host must not obey (RFC 8200) and older ones answer by fragmenting all they send to
+//! that peer (RFC 8021's atomic fragments): forged, to open the way to a fragment attack.
 //!
 //! The table is bounded ([`DATAGRAMS`]); when full, the datagram touched longest ago goes
 //! (counted). A datagram in more than [`RANGES`] separate pieces at once has the rest unchecked.
 
 use super::{Recent, SourceWindow, SOURCES};
 use crate::hosts::{TableKey, WindowTable};
-use crate::wire::{Frag, IpInfo};
+use crate::wire::{Frag, IpInfo, L4};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
@@ -38,7 +42,8 @@ const RECENT: usize = 4;
 /// How long a datagram is waited for (RFC 8200's reassembly timeout).
 pub const REASSEMBLY_TIME: Duration = Duration::from_secs(60);
 
-/// What was wrong with a datagram's fragments (the first thing found).
+/// What was wrong with a datagram's fragments (the first thing found), or with one IPv6
+/// packet's headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum FragAnomaly {
@@ -52,6 +57,8 @@ pub enum FragAnomaly {
     NestedHeaders,
     AtomicInReassembly,
     LongChain,
+    CovertOptions,
+    TooBigBelowMinimum,
 }
 
 impl FragAnomaly {
@@ -67,6 +74,8 @@ impl FragAnomaly {
             FragAnomaly::NestedHeaders => "ipv6_fragment_headers",
             FragAnomaly::AtomicInReassembly => "ipv6_atomic_fragments",
             FragAnomaly::LongChain => "ipv6_header_chains",
+            FragAnomaly::CovertOptions => "ipv6_covert_options",
+            FragAnomaly::TooBigBelowMinimum => "ipv6_too_big_below_minimum",
         }
     }
 }
@@ -180,7 +189,21 @@ fn alone(f: &Frag) -> FragAnomaly {
     }
 }
 
-/// One IP packet that is a fragment, or has an IPv6 header chain left unread.
+/// IPv6's minimum link MTU (RFC 8200).
+pub const IPV6_MIN_MTU: u32 = 1280;
+
+/// Whether `ip` says something [`packet`] reads: a fragment, or one of IPv6's own.
+pub(crate) fn concerns(ip: &IpInfo) -> bool {
+    ip.frag.is_some() || ip.ipv6_ext.overflow || ip.ipv6_ext.covert_options || too_big_below(ip)
+}
+
+/// An ICMPv6 Packet Too Big that gives an MTU below IPv6's minimum.
+fn too_big_below(ip: &IpInfo) -> bool {
+    matches!(ip.l4, L4::Icmpv6 { icmp_type: 2, mtu: Some(m), .. } if m < IPV6_MIN_MTU)
+}
+
+/// One IP packet that is a fragment, or has an IPv6 header chain left unread, options no
+/// stack sends, or is a Packet Too Big below the minimum MTU.
 pub(crate) fn packet(
     sources: &mut WindowTable<SourceWindow, SOURCES>,
     table: &mut Datagrams,
@@ -189,6 +212,8 @@ pub(crate) fn packet(
 ) {
     let found = match ip.frag {
         _ if ip.ipv6_ext.overflow => FragAnomaly::LongChain,
+        _ if ip.ipv6_ext.covert_options => FragAnomaly::CovertOptions,
+        _ if too_big_below(ip) => FragAnomaly::TooBigBelowMinimum,
         None => return,
         Some(f) => {
             let key = DatagramKey { src: ip.src, dst: ip.dst, id: f.id, protocol: ip.protocol };
@@ -233,7 +258,7 @@ pub(crate) fn packet(
 mod tests {
     use super::*;
     use crate::analyzers::{Analyzers, WINDOW};
-    use crate::wire::{Ipv6Ext, L4};
+    use crate::wire::Ipv6Ext;
     use core::net::Ipv6Addr;
 
     fn src() -> IpAddr {
@@ -326,6 +351,24 @@ mod tests {
         long.frag = None;
         long.ipv6_ext.overflow = true;
         assert_eq!(play(&[long]).1, "ipv6_header_chains");
+        let mut covert = ip(0, 8, false, 1);
+        covert.frag = None;
+        covert.ipv6_ext.covert_options = true;
+        assert_eq!(play(&[covert]), (1.0, "ipv6_covert_options"));
+    }
+
+    #[test]
+    fn test_a_packet_too_big_below_the_minimum_mtu_is_an_anomaly_at_or_above_it_none() {
+        let too_big = |mtu| {
+            let mut p = ip(0, 8, false, 1);
+            p.frag = None;
+            p.l4 =
+                L4::Icmpv6 { icmp_type: 2, code: 0, ident: None, mtu: Some(mtu), payload_len: 0 };
+            play(&[p])
+        };
+        assert_eq!(too_big(1200), (1.0, "ipv6_too_big_below_minimum"));
+        assert_eq!(too_big(1280).0, 0.0);
+        assert_eq!(too_big(1500).0, 0.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! nothing here, however many it fetches. POSTs in a row to one path are counted beside them,
 //! and every request (a segment from the client that begins with a method) as a web request of
 //! the client and of the server, for HTTP floods; each request is read for attacks
-//! ([`super::webattack`]).
+//! ([`super::webattack`]) and for a scanning tool that names itself ([`super::scanner`]).
 
 use super::{auth_failure, fnv, web_request, Service, Side, SourceWindow, Web, SOURCES};
 use crate::hosts::WindowTable;
@@ -37,6 +37,11 @@ pub(crate) fn packet(
                 if let Some(w) = sources.window_mut(side.conn.client, now) {
                     w.web_attacks += 1;
                     w.web_attack = attack;
+                }
+            }
+            if super::scanner::from_scanner(payload) {
+                if let Some(w) = sources.window_mut(side.conn.client, now) {
+                    w.scanner_requests += 1;
                 }
             }
         }

@@ -14,11 +14,13 @@
 //! - [`dhcp`]: requests by client hardware address (chaddr), not by Ethernet source.
 //! - [`dns`]: per source and registered domain, distinct encoded subdomains and TXT/NULL queries.
 //! - [`frag`]: IP fragments that overlap, overrun or split their headers (the reassembly
-//!   ambiguities of an evasion), per datagram.
+//!   ambiguities of an evasion), per datagram; IPv6 headers no stack sends.
+//! - [`tcp`]: TCP segments crafted against a stack (URGENT/11).
 //! - [`tls`]: heartbeat records, their claimed and real lengths, and when they come.
 //! - [`ftp`], [`http`], [`kerberos`], [`smb`]: authentication outcomes (530, 401, KRB-ERROR,
 //!   NT status of a session set-up) and, for SMB and DCE-RPC, remote service creation,
 //!   endpoint-mapper enumeration and Netlogon authentications (Zerologon).
+//! - [`scanner`]: web requests from a scanning tool that names itself (nmap's scripts, Nikto).
 //! - [`webattack`]: SQL injection, cross-site scripting, path traversal and Log4Shell in the
 //!   requests a web client sends.
 //! - [`ssh`]: refused logins, inferred through the encryption from the sizes of the server's
@@ -31,8 +33,10 @@ pub mod frag;
 pub mod ftp;
 pub mod http;
 pub mod kerberos;
+pub mod scanner;
 pub mod smb;
 pub mod ssh;
+pub mod tcp;
 pub mod tls;
 pub mod webattack;
 
@@ -125,6 +129,10 @@ pub struct SourceWindow {
     /// Web requests it sent that carried an attack ([`webattack`]), and the last one's kind.
     pub web_attacks: u32,
     pub web_attack: webattack::WebAttack,
+    /// TCP segments it sent that exploit a stack ([`tcp`]).
+    pub tcp_exploits: u32,
+    /// Web requests it sent as a scanning tool ([`scanner`]).
+    pub scanner_requests: u32,
 }
 
 crate::hosts::tumbling!(SourceWindow);
@@ -148,6 +156,8 @@ pub struct SourceFeatures {
     pub frag_anomaly: frag::FragAnomaly,
     pub web_attacks: f32,
     pub web_attack: webattack::WebAttack,
+    pub tcp_exploits: f32,
+    pub scanner_requests: f32,
 }
 
 /// What the current window says (the last of its kind), else what the previous one did.
@@ -185,6 +195,8 @@ impl crate::hosts::Windows<SourceWindow> {
             frag_anomaly: latest(c.frag_anomaly, p.frag_anomaly),
             web_attacks: slid(c.web_attacks, p.web_attacks, w),
             web_attack: latest(c.web_attack, p.web_attack),
+            tcp_exploits: slid(c.tcp_exploits, p.tcp_exploits, w),
+            scanner_requests: slid(c.scanner_requests, p.scanner_requests, w),
         }
     }
 }
@@ -424,8 +436,11 @@ impl Analyzers {
             conn: Conn { client, server, client_port, server_port },
             from_client: from_initiator,
         };
-        if ip.frag.is_some() || ip.ipv6_ext.overflow {
+        if frag::concerns(ip) {
             frag::packet(&mut self.sources, &mut self.frags, ip, now);
+        }
+        if let L4::Tcp(t) = ip.l4 {
+            tcp::segment(&mut self.sources, ip.src, &t, now);
         }
         match ip.l4 {
             L4::Udp(u) => {

@@ -4,7 +4,8 @@
 use super::{transport, DissectError, Frag, IpInfo, Ipv6Ext, L4, MAX_IPV6_EXT};
 use core::net::IpAddr;
 use smoltcp::wire::{
-    IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Packet, Ipv6RoutingHeader,
+    IpProtocol, Ipv4Packet, Ipv6ExtHeader, Ipv6FragmentHeader, Ipv6Option, Ipv6Packet,
+    Ipv6RoutingHeader,
 };
 
 const IPPROTO_AH: u8 = 51;
@@ -12,6 +13,45 @@ const IPPROTO_AH: u8 = 51;
 /// FNV-1a over a fragment's data, for [`Frag::digest`].
 fn digest(data: &[u8]) -> u32 {
     data.iter().fold(0x811c_9dc5, |h: u32, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// Option types of hop-by-hop and destination-options headers that IANA's registry names
+/// (besides Pad1 and PadN): jumbo payload, RPL, tunnel encapsulation limit, router alert,
+/// Quick-Start, CALIPSO, SMF_DPD, home address, endpoint identification, ILNP nonce, line
+/// identification, the deprecated 0x4D, MPL, IP_DFF, PDM, minimum path MTU, IOAM, AltMark,
+/// and RFC 4727's experimental ones.
+const KNOWN_OPTIONS: [u8; 28] = [
+    0xc2, 0x23, 0x63, 0x04, 0x05, 0x26, 0x07, 0x08, 0xc9, 0x8a, 0x8b, 0x8c, 0x4d, 0x6d, 0xee, 0x0f,
+    0x30, 0x11, 0x31, 0x12, 0x1e, 0x3e, 0x5e, 0x7e, 0x9e, 0xbe, 0xde, 0xfe,
+];
+
+/// Whether the options of a hop-by-hop or destination-options header (`opts`, after its two
+/// fixed bytes) hold what no stack sends ([`Ipv6Ext::covert_options`]): an option no registry
+/// names, PadN with data other than zeros, more than 7 bytes of padding in a row, or an
+/// option that runs past the header.
+fn covert_options(opts: &[u8]) -> bool {
+    let mut rest = opts;
+    let mut padding = 0;
+    while let Some(&kind) = rest.first() {
+        let len = if kind == 0 {
+            1
+        } else {
+            let Ok(o) = Ipv6Option::new_checked(rest) else { return true };
+            let data = o.data();
+            if (kind == 1 && data.iter().any(|&b| b != 0))
+                || (kind != 1 && !KNOWN_OPTIONS.contains(&kind))
+            {
+                return true;
+            }
+            2 + data.len()
+        };
+        padding = if kind <= 1 { padding + len } else { 0 };
+        if padding > 7 {
+            return true;
+        }
+        rest = &rest[len..];
+    }
+    false
 }
 
 /// The transport header of a first fragment (offset 0), which may hold only part of it: then,
@@ -148,8 +188,14 @@ fn ipv6(bytes: &[u8]) -> Result<(IpInfo, bool, usize), DissectError> {
                     Err(_) => return Err(DissectError::Ipv6Malformed),
                 };
                 match IpProtocol::from(nh) {
-                    IpProtocol::HopByHop => ext.hop_by_hop = true,
-                    IpProtocol::Ipv6Opts => ext.destination_options = true,
+                    IpProtocol::HopByHop => {
+                        ext.hop_by_hop = true;
+                        ext.covert_options |= covert_options(h.payload());
+                    }
+                    IpProtocol::Ipv6Opts => {
+                        ext.destination_options = true;
+                        ext.covert_options |= covert_options(h.payload());
+                    }
                     _ => {
                         ext.routing_type = Some(
                             Ipv6RoutingHeader::new_checked(h.payload())
@@ -354,6 +400,48 @@ mod tests {
         let (ip, _, _) = parse(&p[..n], 6).unwrap();
         assert_eq!(ip.frag.unwrap().headers, 2);
         assert!(matches!(ip.l4, L4::Icmpv6 { icmp_type: 128, .. }));
+    }
+
+    /// IPv6 ::2 -> ::1, one destination-options header holding `opts` (a multiple of 8 less
+    /// 2 bytes), then an empty UDP datagram from port 1 to 2.
+    fn with_destination_options(opts: &[u8]) -> IpInfo {
+        let mut p = [0u8; 40 + 64 + 8];
+        let ext = 2 + opts.len();
+        assert_eq!(ext % 8, 0);
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((ext + 8) as u16).to_be_bytes());
+        p[6] = 60;
+        p[23] = 2;
+        p[39] = 1;
+        p[40] = 17;
+        p[41] = (ext / 8 - 1) as u8;
+        p[42..40 + ext].copy_from_slice(opts);
+        let u = 40 + ext;
+        p[u..u + 2].copy_from_slice(&1u16.to_be_bytes());
+        p[u + 2..u + 4].copy_from_slice(&2u16.to_be_bytes());
+        p[u + 4..u + 6].copy_from_slice(&8u16.to_be_bytes());
+        parse(&p[..u + 8], 6).unwrap().0
+    }
+
+    #[test]
+    fn test_covert_destination_options() {
+        let covert = |opts: &[u8]| with_destination_options(opts).ipv6_ext.covert_options;
+        // What stacks send: a tunnel encapsulation limit and PadN of zeros; Pad1s; a home
+        // address (2 + 16) with padding before it.
+        assert!(!covert(&[0x04, 1, 4, 1, 1, 0]));
+        assert!(!covert(&[0; 6]));
+        let mut home = [0u8; 22];
+        home[..4].copy_from_slice(&[1, 2, 0, 0]);
+        home[4] = 0xc9;
+        home[5] = 16;
+        assert!(!covert(&home));
+        // covert_send6's: data in options no registry names, and in padding.
+        assert!(covert(&[0x10, 4, b'd', b'a', b't', b'a']));
+        assert!(covert(&[0x01, 4, 0, b'x', 0, 0]));
+        // Padding past what alignment needs; an option that runs past the header.
+        assert!(covert(&[0x01, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert!(covert(&[0x04, 1, 4, 0x05, 9, 0]));
+        assert_eq!(with_destination_options(&[0x10, 4, 0, 0, 0, 0]).l4.ports(), (1, 2));
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub struct Ipv6Ext {
     /// Routing header type, if one was present (type 0 is deprecated and abused).
     pub routing_type: Option<u8>,
     pub fragment: bool,
+    /// A hop-by-hop or destination-options header carries an option no stack sends: a type
+    /// no registry names, padding with data in it (RFC 8200 says zeros) or longer than the
+    /// 7 bytes alignment needs (RFC 8504 lets a host drop that). What a covert channel in
+    /// the options is made of (THC-IPv6's covert_send6).
+    pub covert_options: bool,
     /// Number of extension headers walked.
     pub count: u8,
     /// The chain went on past [`MAX_IPV6_EXT`] headers and was not walked further (what
@@ -166,11 +171,12 @@ pub enum L4 {
         ident: Option<u16>,
         payload_len: u16,
     },
-    /// ICMPv6 type and code; `ident` as for ICMPv4.
+    /// ICMPv6 type and code; `ident` as for ICMPv4; `mtu` the MTU a Packet Too Big gives.
     Icmpv6 {
         icmp_type: u8,
         code: u8,
         ident: Option<u16>,
+        mtu: Option<u32>,
         payload_len: u16,
     },
     /// A later fragment, or a protocol without ports (GRE, ESP, SCTP, ...).

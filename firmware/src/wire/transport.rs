@@ -1,12 +1,14 @@
 //! TCP (flags, MSS and window-scale options), UDP, ICMPv4 and ICMPv6 through smoltcp's views.
 
 use super::{app, DhcpInfo, DissectError, DnsInfo, L4};
-use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, TcpPacket, UdpPacket};
+use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, TcpOption, TcpPacket, UdpPacket};
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+/// TCP-AO's option kind (RFC 5925).
+const TCP_AO: u8 = 29;
 
 /// The eight TCP flag bits, in header order (FIN is bit 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,6 +55,11 @@ pub struct TcpInfo {
     pub payload_len: u16,
     pub mss: Option<u16>,
     pub window_scale: Option<u8>,
+    /// The urgent pointer, when the URG flag is set (0 without it).
+    pub urgent: u16,
+    /// A SYN with a TCP-AO option (kind 29) shorter than the 4 bytes RFC 5925 makes its least:
+    /// what URGENT/11's CVE-2019-12260 sends to VxWorks' IPnet, which no stack sends itself.
+    pub short_ao: bool,
 }
 
 /// The UDP header fields, and what we read of DNS and DHCP above it.
@@ -102,15 +109,16 @@ pub(crate) fn parse(
             Ok(L4::Icmpv4 { icmp_type, code, ident, payload_len })
         }
         IPPROTO_ICMPV6 => {
-            let head = match Icmpv6Packet::new_checked(bytes) {
+            let (head, mtu) = match Icmpv6Packet::new_checked(bytes) {
                 Ok(p) => {
                     let t: u8 = p.msg_type().into();
-                    (t, p.msg_code(), matches!(t, 128 | 129).then(|| p.echo_ident()))
+                    let mtu = (t == 2).then(|| p.pkt_too_big_mtu());
+                    ((t, p.msg_code(), matches!(t, 128 | 129).then(|| p.echo_ident())), mtu)
                 }
-                Err(_) => icmp_head(bytes, partial)?,
+                Err(_) => (icmp_head(bytes, partial)?, None),
             };
             let (icmp_type, code, ident) = head;
-            Ok(L4::Icmpv6 { icmp_type, code, ident, payload_len })
+            Ok(L4::Icmpv6 { icmp_type, code, ident, mtu, payload_len })
         }
         _ => Ok(L4::None),
     }
@@ -136,6 +144,7 @@ fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
     // scanners send: the segment still counts.
     let opts =
         if flags.syn() { p.options_summary().unwrap_or_default() } else { Default::default() };
+    let short_ao = flags.syn() && short_ao(p.options());
     Ok(L4::Tcp(TcpInfo {
         src_port: p.src_port(),
         dst_port: p.dst_port(),
@@ -146,7 +155,22 @@ fn tcp(bytes: &[u8], wire_len: usize) -> Result<L4, DissectError> {
             as u16,
         mss: opts.max_segment_size,
         window_scale: opts.window_scale,
+        urgent: if flags.has(TcpFlags::URG) { p.urgent_at() } else { 0 },
+        short_ao,
     }))
+}
+
+/// Whether TCP `options` hold a TCP-AO option (kind 29) with a length below 4.
+fn short_ao(mut options: &[u8]) -> bool {
+    while let Ok((rest, option)) = TcpOption::parse(options) {
+        match option {
+            TcpOption::EndOfList => break,
+            TcpOption::Unknown { kind: TCP_AO, data } if data.len() < 2 => return true,
+            _ => {}
+        }
+        options = rest;
+    }
+    false
 }
 
 fn udp(bytes: &[u8], wire_len: usize, partial: bool) -> Result<L4, DissectError> {

@@ -135,6 +135,10 @@ const COUNTERS: Record<string, string> = {
   http_path_traversals: "{v} web requests reaching out of the web root (../../, system files)",
   http_log4shell_lookups: "{v} web requests carrying a JNDI lookup (Log4Shell, CVE-2021-44228)",
   ipv6_header_chains: "{v} packets with an IPv6 extension header chain longer than any stack sends",
+  ipv6_covert_options: "{v} IPv6 packets carrying data in options no stack sends (a covert channel)",
+  ipv6_too_big_below_minimum: "{v} ICMPv6 Packet Too Big messages below the 1,280-byte minimum MTU (forged, to make a host fragment: RFC 8021)",
+  http_scanner_requests: "{v} web requests from a scanning tool that names itself (Nmap Scripting Engine, Nikto, sqlmap, ...)",
+  tcp_urgent11_segments: "{v} TCP segments exploiting VxWorks' IPnet stack (URGENT/11: urgent data on a SYN, a malformed TCP-AO option)",
 };
 
 // One sentence a person reads: "41 Kerberos pre-auth failures or unknown accounts from
