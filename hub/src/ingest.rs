@@ -1265,7 +1265,6 @@ pub async fn run(
     let loop_counters = counters.clone();
     let sub_client = client.clone();
     let mut loop_stop = stop.clone();
-    let loop_prefix = config.mqtt.topic_prefix.clone();
     let mqtt = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         let mut last_log: Option<Instant> = None;
@@ -1289,11 +1288,10 @@ pub async fn run(
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         // Our own acks (and any hub-to-edge topic) come back through the
-                        // subscription: acknowledged, not ingested.
-                        if is_hub_to_edge(&loop_prefix, &String::from_utf8_lossy(&p.topic)) {
-                            let _ = sub_client.try_ack(&p);
-                            continue;
-                        }
+                        // subscription too: the batcher passes them by, and they are
+                        // acknowledged with their batch, in the order they came (MQTT wants
+                        // PUBACKs in the order of the PUBLISHes; a broker may drop a client
+                        // that acknowledges out of order, as rumqttd does).
                         if tx.send(p).is_err() {
                             return;
                         }
@@ -1334,11 +1332,11 @@ pub async fn run(
             let mut batch = Vec::new();
             let mut prepared = Vec::new();
             let take = |p: &rumqttc::v5::mqttbytes::v5::Publish, prepared: &mut Vec<Prepared>| {
-                let incoming = Incoming {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.clone(),
-                };
-                prepared.push(prepare(&prefix, incoming));
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                if is_hub_to_edge(&prefix, &topic) {
+                    return; // acknowledged in its place, not ingested
+                }
+                prepared.push(prepare(&prefix, Incoming { topic, payload: p.payload.clone() }));
             };
             tokio::select! {
                 m = rx.recv() => match m {

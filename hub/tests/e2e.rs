@@ -1078,6 +1078,10 @@ fn test_embedded_broker() {
     edge.start_sync();
     edge.produce_over(3000, 1.0);
     assert_exactly(&db, &edge, &[&hub]);
+    // Its ingest acknowledged in the order messages came, its own acks to the edges among
+    // them: rumqttd drops a client that does not (and the hub would reconnect again and again).
+    let log = hub.log();
+    assert!(!log.contains("out of order ack"), "{log}");
     // A port taken is a clear error at start.
     let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
         .args(["run", "--config"])
