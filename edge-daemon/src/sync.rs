@@ -98,6 +98,16 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Which messages of the outbox a read takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Any,
+    /// Everything but the anomalies.
+    Bulk,
+    /// The anomalies alone.
+    Anomalies,
+}
+
 /// id, stream, seq, created_us, payload, first_row, last_row.
 type OutboxRow = (i64, String, i64, i64, Option<Vec<u8>>, Option<i64>, Option<i64>);
 
@@ -156,31 +166,52 @@ impl OutboxReader {
         Ok(self.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// Up to `n` messages with ids above `after`, in id order. A flow batch whose rows store
-    /// retention deleted entirely is released here (and its flows counted as lost).
+    /// Up to `n` messages with ids above `after`, in id order, but anomalies (they go by
+    /// [`Self::urgent`]). A flow batch whose rows store retention deleted entirely is released
+    /// here (and its flows counted as lost).
     fn next(&mut self, after: i64, n: usize) -> Result<Vec<Outgoing1>, StoreError> {
-        self.read(after, i64::MAX, n, true)
+        self.read(Lane::Bulk, after, i64::MAX, n, true)
+    }
+
+    /// Up to `n` anomaly messages with seqs above `after`, in seq order: an alert goes ahead
+    /// of the flow batches a flood queued before it (the anomalies stream keeps its own order;
+    /// its evidence, queued after it, still follows it).
+    fn urgent(&mut self, after: u64, n: usize) -> Result<Vec<Outgoing1>, StoreError> {
+        self.read(Lane::Anomalies, after as i64, i64::MAX, n, true)
     }
 
     /// The message `id` again, if the outbox still holds it.
     fn again(&mut self, id: i64) -> Result<Option<Outgoing1>, StoreError> {
-        Ok(self.read(id - 1, id, 1, false)?.pop())
+        Ok(self.read(Lane::Any, id - 1, id, 1, false)?.pop())
     }
 
-    /// Messages with ids in `after+1..=until`, at most `n`; `first_time` counts the flows of a
-    /// batch that retention deleted in part (once, not at each resend).
+    /// Messages of `lane` with ids (for the anomalies, seqs) in `after+1..=until`, at most `n`;
+    /// `first_time` counts the flows of a batch that retention deleted in part (once, not at
+    /// each resend).
     fn read(
         &mut self,
+        lane: Lane,
         after: i64,
         until: i64,
         n: usize,
         first_time: bool,
     ) -> Result<Vec<Outgoing1>, StoreError> {
         let rows: Vec<OutboxRow> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
-                 WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-            )?;
+            // The anomalies by the (stream, seq) index; the rest by id, skipping them.
+            let mut stmt = self.conn.prepare_cached(match lane {
+                Lane::Any => {
+                    "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
+                     WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
+                }
+                Lane::Bulk => {
+                    "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
+                     WHERE id > ?1 AND id <= ?2 AND stream <> 'anomalies' ORDER BY id LIMIT ?3"
+                }
+                Lane::Anomalies => {
+                    "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
+                     WHERE stream = 'anomalies' AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+                }
+            })?;
             let rows = stmt.query_map(params![after, until, n as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
             })?;
@@ -605,8 +636,10 @@ pub async fn run(
         unconfirmed: BTreeMap::new(),
         confirmed: [0; Stream::COUNT],
     };
-    // The highest outbox id handed to the client on this connection.
+    // The highest outbox id handed to the client on this connection, and the highest anomaly
+    // seq (anomalies go first, by their own lane).
     let mut cursor = 0i64;
+    let mut urgent = 0u64;
     let mut connected: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -660,14 +693,23 @@ pub async fn run(
                     Err(e) => tracing::error!("sync: cannot read the outbox: {e}"),
                 }
             }
-            let busy = w.busy();
-            let room = if by_hub {
-                unconfirmed_max.saturating_sub(busy + w.unconfirmed.len())
-            } else {
-                usize::MAX
-            };
-            if busy < window && room > 0 {
-                match outbox.next(cursor, (window - busy).min(room)) {
+            // Anomalies first, then the rest in the order it was queued.
+            for lane in [Lane::Anomalies, Lane::Bulk] {
+                let busy = w.busy();
+                let room = if by_hub {
+                    unconfirmed_max.saturating_sub(busy + w.unconfirmed.len())
+                } else {
+                    usize::MAX
+                };
+                if busy >= window || room == 0 {
+                    break;
+                }
+                let n = (window - busy).min(room);
+                let msgs = match lane {
+                    Lane::Anomalies => outbox.urgent(urgent, n),
+                    _ => outbox.next(cursor, n),
+                };
+                match msgs {
                     Ok(msgs) => {
                         for m in msgs {
                             let t = topic(&cfg.topic_prefix, &device, m.stream);
@@ -683,7 +725,10 @@ pub async fn run(
                                 flows: m.flows,
                                 tries: 0,
                             }));
-                            cursor = m.id;
+                            match lane {
+                                Lane::Anomalies => urgent = m.seq,
+                                _ => cursor = m.id,
+                            }
                         }
                     }
                     Err(e) => tracing::error!("sync: cannot read the outbox: {e}"),
@@ -754,6 +799,7 @@ pub async fn run(
                         counters.unconfirmed.store(0, Ordering::Relaxed);
                     }
                     cursor = 0;
+                    urgent = 0;
                 }
                 None => break Err("sync: the MQTT event loop ended".into()),
             },
@@ -814,4 +860,50 @@ pub async fn run(
     counters.connected.store(0, Ordering::Relaxed);
     counters.unconfirmed.store(0, Ordering::Relaxed);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::store::{Store, StoreCounters};
+
+    #[test]
+    fn test_anomalies_go_ahead_of_what_was_queued_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.db");
+        let cfg = StoreConfig { path: path.clone(), max_size_mb: 8, ..StoreConfig::default() };
+        let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
+        store.enable_outbox("tap-1", 1_000_000).unwrap();
+        // A flood's statistics, then an anomaly, then its evidence.
+        let queue = |stream: &str, seq: i64| {
+            store
+                .connection()
+                .execute(
+                    "INSERT INTO outbox (stream, seq, created_us, payload) VALUES (?1, ?2, 0, x'7b7d')",
+                    params![stream, seq],
+                )
+                .unwrap();
+        };
+        for seq in 1..=100 {
+            queue("stats", seq);
+        }
+        queue("anomalies", 1);
+        queue("evidence", 1);
+        queue("anomalies", 2);
+        let mut outbox =
+            OutboxReader::open(&path, "tap-1", Arc::new(SyncCounters::default())).unwrap();
+        let urgent = outbox.urgent(0, 8).unwrap();
+        let seqs: Vec<(Stream, u64)> = urgent.iter().map(|m| (m.stream, m.seq)).collect();
+        assert_eq!(seqs, [(Stream::Anomalies, 1), (Stream::Anomalies, 2)]);
+        assert!(outbox.urgent(2, 8).unwrap().is_empty());
+        // The rest, in the order queued, without the anomalies.
+        let bulk = outbox.next(0, 200).unwrap();
+        assert_eq!(bulk.len(), 101);
+        assert!(bulk.iter().all(|m| m.stream != Stream::Anomalies));
+        assert_eq!(bulk.last().map(|m| m.stream), Some(Stream::Evidence));
+        // A resend finds an anomaly by its id.
+        let again = outbox.again(urgent[0].id).unwrap().unwrap();
+        assert_eq!((again.stream, again.seq), (Stream::Anomalies, 1));
+    }
 }
