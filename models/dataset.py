@@ -8,7 +8,10 @@ relative to the CSV's folder. Every capture is run through `tapwatch-edge analyz
 (the same extractor and features as the edge, never a second one). A flow of an attack capture is
 labelled with the attack when the labelled source initiated it (for reflection, whose source is
 the victim: when the victim is either end), or always when the source is `*` (a capture that
-holds only the attack); `benign` otherwise;
+holds only the attack); `benign` otherwise. A public capture whose attacker's address nobody
+wrote down says `@attacker` (the host that began the most flows in it, as a scanner, a flooder
+or a guesser does) or `@victim` (the host the most flows went to; its flows either way are the
+attack's, as a reflection's);
 every flow of a benign capture is `benign`. A flood makes hundreds of thousands of flows that
 differ only in their ports, so at most N flows of each label are kept per capture (a uniform
 sample, the same on every run; the `weight` column says how many flows each kept one stands for).
@@ -18,6 +21,7 @@ Splits must be made by capture (the `capture` column), never by flow.
 """
 
 import argparse
+import collections
 import csv
 import json
 import pathlib
@@ -49,6 +53,12 @@ def flows(edge: str, capture: pathlib.Path):
             yield r
 
 
+def top_host(edge: str, capture: pathlib.Path, end: str) -> str:
+    """The address at `end` (src_ip or dst_ip) of the most flows of a capture."""
+    n = collections.Counter(r[end] for r in flows(edge, capture))
+    return n.most_common(1)[0][0] if n else ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edge", required=True, help="the tapwatch-edge binary")
@@ -70,12 +80,16 @@ def main() -> int:
                 rng = random.Random(f"{base.name}/{capture}")
                 kept: dict[str, list] = {}
                 seen: dict[str, int] = {}
+                victim = label == "reflection" or source == "@victim"
+                if source in ("@attacker", "@victim"):
+                    end = "src_ip" if source == "@attacker" else "dst_ip"
+                    source = top_host(args.edge, base / capture, end)
                 for r in flows(args.edge, base / capture):
                     # The attacker's own flows; what others send back on flows of their own
                     # (an ICMP error, say) is their normal reaction, benign. A reflection's
                     # source is its victim, at either end.
                     involved = (source == "*" or r["src_ip"] == source
-                                or (label == "reflection" and r["dst_ip"] == source))
+                                or (victim and r["dst_ip"] == source))
                     row_label = label if label != "benign" and involved else "benign"
                     feats = r["features"]
                     missing = [n for n in names if n not in feats]

@@ -51,10 +51,19 @@ def bucket(capture: str) -> int:
     return int(hashlib.sha256(capture.encode()).hexdigest(), 16) % 100
 
 
-def split(df: pd.DataFrame) -> pd.Series:
-    """train / calibrate / test / unseen, per capture."""
+def split(df: pd.DataFrame, hold_out: str | None = None) -> pd.Series:
+    """train / calibrate / test / unseen, per capture. With `hold_out` (a set: one repository of
+    public captures, as models/loro.py makes them), that set is the test split and every other
+    set trains, but for 15% of its benign captures, which calibrate."""
+    attack = set(df.loc[df["label"] != "benign", ["set", "capture"]].itertuples(index=False))
 
     def one(set_name: str, capture: str) -> str:
+        if hold_out is not None:
+            if set_name == hold_out:
+                return "test"
+            if (set_name, capture) in attack:
+                return "train"
+            return "calibrate" if bucket(f"{set_name}/{capture}") >= 85 else "train"
         if set_name == "unseen":
             return "unseen"
         if set_name == "benign":
@@ -159,6 +168,7 @@ def main() -> int:
                     help="a kind with fewer training flows is not one of the classifier's classes")
     ap.add_argument("--min-confidence", type=float, default=0.8,
                     help="the classifier names a kind at this probability or more")
+    ap.add_argument("--hold-out", help="a set (repository) held out as the test split")
     args = ap.parse_args()
 
     import keras
@@ -169,7 +179,7 @@ def main() -> int:
     (out / "fixtures").mkdir(exist_ok=True)
     names = feature_names()
     df = pd.read_csv(args.flows, low_memory=False)
-    df["split"] = split(df)
+    df["split"] = split(df, args.hold_out)
     x_all = df[[f"f_{n}" for n in names]].to_numpy(np.float64)
     labels = df["label"].to_numpy()
     train = (df["split"] == "train").to_numpy()
@@ -253,7 +263,7 @@ def main() -> int:
         of = test_idx[labels[test_idx] == label]
         idx += list(rng.choice(of, min(6, len(of)), replace=False)) if len(of) else []
     rest = np.setdiff1d(test_idx, idx)
-    idx += list(rng.choice(rest, 64 - len(idx), replace=False))
+    idx += list(rng.choice(rest, max(0, min(64 - len(idx), len(rest))), replace=False))
     raw = x_all[idx]
     normalised = normalise(raw, mean, scale)
     for name, path in (("autoencoder", q), ("classifier", qc)):

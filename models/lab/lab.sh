@@ -107,16 +107,22 @@ for _ in $(seq 50); do
 done
 ssh_opts=(-i "$work/clientkey" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes)
 
+# LAB_HOOK, when set, is run as `LAB_HOOK before|after STEP LABEL SOURCE` around each step
+# (bench/lab-live.sh starts and stops a live edge there), and steps.tsv gets each step's
+# command's start (Unix seconds).
 record() { # step label source command...
   local step=$1 label=$2 source=$3
   shift 3
+  [ -z "${LAB_HOOK:-}" ] || "$LAB_HOOK" before "$step" "$label" "$source"
   tcpdump -i twlab0 -s 400 -U -w "$out/$step.pcap" 2> /dev/null &
   local dump=$!
   sleep 1
+  printf '%s\t%s\t%s\t%s\n' "$step" "$label" "$source" "$(date +%s.%N)" >> "$out/steps.tsv"
   "$@" > /dev/null 2>&1 || true
   sleep 1
   kill -INT "$dump"
   wait "$dump" 2> /dev/null || true
+  [ -z "${LAB_HOOK:-}" ] || "$LAB_HOOK" after "$step" "$label" "$source"
   printf '%s.pcap,%s,%s\n' "$step" "$label" "$source" >> "$out/labels.csv"
   echo "lab: $step ($label) $(du -h "$out/$step.pcap" | cut -f1)" >&2
 }
@@ -178,4 +184,5 @@ step() {
 }
 
 : > "$out/labels.csv"
+: > "$out/steps.tsv"
 for s in "${steps[@]}"; do step "$s"; done
