@@ -98,6 +98,10 @@ fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Anomaly messages that may be on their way beyond the window (`sync.inflight`) and the
+/// unconfirmed bound, so that an alert does not wait for a flood's flow batches to be acked.
+const URGENT_RESERVE: usize = 16;
+
 /// Which messages of the outbox a read takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
@@ -369,12 +373,13 @@ pub fn mqtt_options(cfg: &SyncConfig, device: &str) -> Result<MqttOptions, Strin
     let mut o = MqttOptions::new(id, host, port);
     o.set_keep_alive(Duration::from_secs(cfg.keepalive_s.into()))
         .set_clean_session(true)
-        // Twice our window of packet ids: with at most `inflight` unacknowledged, the next id is
-        // always free, so rumqttc never holds a publish back for an id collision and its
-        // `Outgoing::Publish` events come in request order (the pkid mapping relies on it).
-        .set_inflight(cfg.inflight.saturating_mul(2))
+        // Twice our window (with the anomalies' reserve) of packet ids: with at most that many
+        // unacknowledged, the next id is always free, so rumqttc never holds a publish back
+        // for an id collision and its `Outgoing::Publish` events come in request order (the
+        // pkid mapping relies on it).
+        .set_inflight((cfg.inflight.saturating_add(URGENT_RESERVE as u16)).saturating_mul(2))
         .set_max_packet_size(1 << 20, 1 << 20)
-        .set_request_channel_capacity(usize::from(cfg.inflight) + 16);
+        .set_request_channel_capacity(usize::from(cfg.inflight) + URGENT_RESERVE + 16);
     if !cfg.username.is_empty() || !cfg.password_file.as_os_str().is_empty() {
         let password = if cfg.password_file.as_os_str().is_empty() {
             String::new()
@@ -624,7 +629,8 @@ pub async fn run(
         tracing::warn!("sync: cannot keep the status seq: {e}");
     }
     options.set_last_will(will(first_seq + 1));
-    let (client, eventloop) = AsyncClient::new(options, usize::from(cfg.inflight) + 16);
+    let (client, eventloop) =
+        AsyncClient::new(options, usize::from(cfg.inflight) + URGENT_RESERVE + 16);
     let (etx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let link = spawn_event_loop(eventloop, &cfg, will, first_seq, etx);
     let window = usize::from(cfg.inflight);
@@ -693,18 +699,21 @@ pub async fn run(
                     Err(e) => tracing::error!("sync: cannot read the outbox: {e}"),
                 }
             }
-            // Anomalies first, then the rest in the order it was queued.
+            // Anomalies first, then the rest in the order it was queued. An anomaly may go
+            // past a window and an unconfirmed bound that the flow batches of a flood fill, by
+            // URGENT_RESERVE messages (the client has room for twice the window).
             for lane in [Lane::Anomalies, Lane::Bulk] {
+                let reserve = if lane == Lane::Anomalies { URGENT_RESERVE } else { 0 };
                 let busy = w.busy();
                 let room = if by_hub {
-                    unconfirmed_max.saturating_sub(busy + w.unconfirmed.len())
+                    (unconfirmed_max + reserve).saturating_sub(busy + w.unconfirmed.len())
                 } else {
                     usize::MAX
                 };
-                if busy >= window || room == 0 {
-                    break;
+                if busy >= window + reserve || room == 0 {
+                    continue;
                 }
-                let n = (window - busy).min(room);
+                let n = (window + reserve - busy).min(room);
                 let msgs = match lane {
                     Lane::Anomalies => outbox.urgent(urgent, n),
                     _ => outbox.next(cursor, n),
