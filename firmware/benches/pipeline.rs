@@ -1,14 +1,16 @@
-//! Dissection and flow ingest on real packets.
+//! Dissection, flow ingest and the protocol analyzers on real packets.
 //!
 //! Packets come from the captures in tests/data (or the file named by `TAPWATCH_BENCH_PCAP`, e.g.
 //! bench-out/merged.pcap from bench/offline.sh), loaded into memory once; the set is repeated with
 //! shifted timestamps up to about 100k packets so each iteration is long enough to time.
 //!
-//! Run: `cargo bench -p tapwatch-firmware --bench pipeline`
+//! Run: `cargo bench -p tapwatch-firmware --bench pipeline` (`-- analyzers` for the analyzers'
+//! per-packet cost alone)
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use firmware::analyzers::Analyzers;
 use firmware::engine::{Engine, EngineConfig};
-use firmware::wire::{dissect, LinkType};
+use firmware::wire::{dissect, LinkType, PacketMeta, L3};
 use firmware::{Duration, Instant};
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -43,17 +45,22 @@ impl Arena {
     }
 }
 
-fn load() -> Vec<Pkt> {
+/// The captures in `dirs` (under tests/data), or the one `TAPWATCH_BENCH_PCAP` names.
+fn load(dirs: &[&str]) -> Vec<Pkt> {
     let files: Vec<PathBuf> = match std::env::var_os("TAPWATCH_BENCH_PCAP") {
         Some(p) => vec![p.into()],
         None => {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data");
-            let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .expect("tests/data")
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
-                .collect();
-            v.sort();
+            let mut v = Vec::new();
+            for d in dirs {
+                let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data").join(d);
+                let mut in_dir: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .expect("tests/data")
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
+                    .collect();
+                in_dir.sort();
+                v.extend(in_dir);
+            }
             v
         }
     };
@@ -100,7 +107,7 @@ fn engine<const F: usize, const H: usize>() -> Box<Engine<F, H>> {
 }
 
 fn benches(c: &mut Criterion) {
-    let pkts = Arena::new(load());
+    let pkts = Arena::new(load(&[""]));
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(pkts.pkts.len() as u64));
     g.bench_function("dissect", |b| {
@@ -119,6 +126,30 @@ fn benches(c: &mut Criterion) {
             }
             e.reset(&mut |_| n += 1);
             black_box(n)
+        })
+    });
+    g.finish();
+
+    // The protocol analyzers alone, per packet, on the public attack captures (where they
+    // find something) and the others; each packet dissected once, outside the timing.
+    let attacks = Arena::new(load(&["", "attacks"]));
+    let metas: Vec<(PacketMeta, &[u8])> = attacks
+        .iter()
+        .filter_map(|(link, ts, len, data)| dissect(link, ts, len, data).ok().map(|m| (m, data)))
+        .collect();
+    let mut an = Box::new(Analyzers::new());
+    let mut g = c.benchmark_group("analyzers");
+    g.throughput(Throughput::Elements(metas.len() as u64));
+    g.bench_function("every_analyzer", |b| {
+        b.iter(|| {
+            for (m, data) in &metas {
+                match &m.l3 {
+                    L3::Ip(ip) => an.ip(ip, m.payload(data), true, m.ts),
+                    L3::Arp(a) => an.arp(m, a, m.ts),
+                    L3::Other(_) => {}
+                }
+            }
+            an.clear();
         })
     });
     g.finish();
