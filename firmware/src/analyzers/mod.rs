@@ -352,6 +352,17 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The request target of an HTTP request (`segment` begins with its request line), and what
+/// follows the line (its headers, from the line's CRLF on).
+pub(crate) fn request_target(segment: &[u8]) -> (&[u8], &[u8]) {
+    let line_end = find(segment, b"\r\n").unwrap_or(segment.len());
+    let line = &segment[..line_end];
+    let start = line.iter().position(|&b| b == b' ').map_or(line.len(), |p| p + 1);
+    let target = &line[start..];
+    let target = &target[..target.iter().position(|&b| b == b' ').unwrap_or(target.len())];
+    (target, &segment[line_end..])
+}
+
 impl Analyzers {
     pub fn new() -> Self {
         Analyzers {

@@ -39,12 +39,11 @@ const AGENT_MAX: usize = 256;
 
 /// Whether a web request (the client's first segment of it) comes from a scanning tool.
 pub fn from_scanner(request: &[u8]) -> bool {
-    let line_end = find(request, b"\r\n").unwrap_or(request.len());
-    let line = &request[..line_end];
-    if line.split(|&b| b == b' ').nth(1).is_some_and(|t| t.starts_with(b"/nmaplowercheck")) {
+    let (target, headers) = super::request_target(request);
+    if target.starts_with(b"/nmaplowercheck") {
         return true;
     }
-    let Some(agent) = header(&request[line_end..], b"user-agent:") else { return false };
+    let Some(agent) = header(headers, b"user-agent:") else { return false };
     let mut lower = [0u8; AGENT_MAX];
     let n = agent.len().min(AGENT_MAX);
     for (d, s) in lower.iter_mut().zip(&agent[..n]) {

@@ -157,11 +157,7 @@ fn sql_injection(q: &[u8]) -> bool {
 
 /// What `segment` (a client's segment that begins with a request method) tries, if anything.
 pub fn classify(segment: &[u8]) -> WebAttack {
-    let line_end = find(segment, b"\r\n").unwrap_or(segment.len());
-    let line = &segment[..line_end];
-    let start = line.iter().position(|&b| b == b' ').map_or(line.len(), |p| p + 1);
-    let target = &line[start..];
-    let target = &target[..target.iter().position(|&b| b == b' ').unwrap_or(target.len())];
+    let (target, _) = super::request_target(segment);
     let target = &target[..target.len().min(TARGET_MAX)];
     let (mut once, mut twice) = ([0u8; TARGET_MAX], [0u8; TARGET_MAX]);
     let n = decode(target, &mut once);
