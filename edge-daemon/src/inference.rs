@@ -107,6 +107,10 @@ pub struct InferenceCounters {
     pub batches: u64,
     /// Flows with a verdict other than benign.
     pub flagged: u64,
+    /// Classifier verdicts of a kind that does not fit the flow's transport (a UDP flood
+    /// named on a TCP connection), left unnamed: a class the model never learnt lands on the
+    /// nearest one it knows.
+    pub misfits: u64,
     /// Batches a model failed on (their flows got no verdict from it).
     pub errors: u64,
     /// Nanoseconds spent in the models.
@@ -285,8 +289,12 @@ impl ModelStage {
                     m.class_kinds.iter().position(Option::is_none).map_or(0.0, |j| probs[j]);
                 let named = m.class_kinds[best].filter(|_| p_best >= m.min_confidence);
                 self.acc[1].add(1.0 - benign_p, named.is_some());
-                if let Some(kind) = named {
-                    verdict = Some((kind, "classifier", p_best, p_best, m.min_confidence));
+                match named {
+                    Some(kind) if !fits(kind, p.protocol) => self.counters.misfits += 1,
+                    Some(kind) => {
+                        verdict = Some((kind, "classifier", p_best, p_best, m.min_confidence))
+                    }
+                    None => {}
                 }
             }
             if verdict.is_none() {
@@ -371,6 +379,17 @@ impl ModelStage {
             });
         }
         out
+    }
+}
+
+/// Whether a kind can be a flow of this IP protocol: the floods and reflection are of one
+/// transport each; the other kinds are judged by what the flow carries.
+fn fits(kind: AnomalyKind, protocol: u8) -> bool {
+    match kind {
+        AnomalyKind::SynFlood => protocol == 6,
+        AnomalyKind::UdpFlood | AnomalyKind::Reflection => protocol == 17,
+        AnomalyKind::IcmpFlood => matches!(protocol, 1 | 58),
+        _ => true,
     }
 }
 
@@ -524,7 +543,19 @@ pub fn watch(
 
 #[cfg(test)]
 mod tests {
-    use super::Hits;
+    use super::{fits, Hits};
+    use firmware::proto::AnomalyKind;
+
+    #[test]
+    fn a_flood_verdict_fits_only_its_transport() {
+        assert!(!fits(AnomalyKind::UdpFlood, 6), "a UDP flood on a TCP connection");
+        assert!(!fits(AnomalyKind::SynFlood, 17));
+        assert!(!fits(AnomalyKind::IcmpFlood, 6));
+        assert!(!fits(AnomalyKind::Reflection, 1));
+        assert!(fits(AnomalyKind::UdpFlood, 17) && fits(AnomalyKind::SynFlood, 6));
+        assert!(fits(AnomalyKind::IcmpFlood, 1) && fits(AnomalyKind::IcmpFlood, 58));
+        assert!(fits(AnomalyKind::PortScan, 17) && fits(AnomalyKind::PortScan, 6));
+    }
 
     const S: i64 = 1_000_000;
 

@@ -468,6 +468,12 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             enc,
+            "tapwatch_model_misfits",
+            "Classifier verdicts left unnamed: the kind does not fit the flow's transport (a UDP flood on a TCP connection)",
+            &one(inf.misfits),
+        )?;
+        counter(
+            enc,
             "tapwatch_model_errors",
             "Batches a model failed on (their flows got no verdict from it)",
             &one(inf.errors),
