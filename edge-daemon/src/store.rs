@@ -1082,15 +1082,22 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
             let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_rows);
             let mut last_flush = Instant::now();
             let mut last_retention = Instant::now();
+            // An anomaly in the batch: it is written at once, not at the next interval (an
+            // alert waits for nothing but the rows queued before it).
+            let mut urgent = false;
             loop {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
                 let (more, closed) = match rx.recv_timeout(timeout) {
                     Ok(row) => {
+                        urgent |= matches!(row, Row::Anomaly(_));
                         batch.push(row);
                         // What else is waiting, without a clock read per row.
                         while batch.len() < cfg.batch_rows {
                             match rx.try_recv() {
-                                Ok(row) => batch.push(row),
+                                Ok(row) => {
+                                    urgent |= matches!(row, Row::Anomaly(_));
+                                    batch.push(row);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -1104,9 +1111,10 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                     last_flush = Instant::now();
                 }
                 let full = batch.len() >= cfg.batch_rows;
-                if (full || !more || closed || last_flush.elapsed() >= interval)
+                if (full || urgent || !more || closed || last_flush.elapsed() >= interval)
                     && !batch.is_empty()
                 {
+                    urgent = false;
                     if let Err(e) = store.write_batch(&batch) {
                         tracing::error!(rows = batch.len(), "store: batch lost: {e}");
                         store.counters.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -1216,6 +1224,51 @@ mod tests {
         let mode: String =
             s.connection().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn test_an_anomaly_is_written_at_once_not_at_the_next_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { flush_interval_ms: 600_000, ..cfg(dir.path()) };
+        let store = Store::open(&config, Arc::new(StoreCounters::default())).unwrap();
+        let writer = spawn_writer(store, 64, AgeClock::Off);
+        let count = |table: &str| -> i64 {
+            let c = Connection::open(&config.path).unwrap();
+            c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        };
+        writer.tx.send(flow(100)).unwrap();
+        let anomaly = firmware::proto::AnomalyMsg {
+            schema: 0,
+            device: Default::default(),
+            seq: 0,
+            ts: 0,
+            id: 7,
+            kind: firmware::proto::AnomalyKind::UdpFlood,
+            severity: firmware::proto::Severity::High,
+            confidence: 0.9,
+            score: 9000.0,
+            threshold: 5000.0,
+            detector: "window".try_into().unwrap(),
+            src_ip: [10, 0, 0, 66].into(),
+            dst_ip: None,
+            dst_port: None,
+            protocol: Some(17),
+            first_seen: 100,
+            last_seen: 100,
+            count: 1,
+            reasons: Default::default(),
+        };
+        writer.tx.send(Row::Anomaly(Box::new(anomaly))).unwrap();
+        // The interval is ten minutes: only the anomaly makes the batch go now, with the flow
+        // queued before it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count("anomalies") == 0 {
+            assert!(Instant::now() < deadline, "the anomaly waited for the interval");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(count("traffic_features"), 1);
+        drop(writer.tx);
+        writer.handle.join().unwrap();
     }
 
     #[test]

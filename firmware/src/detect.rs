@@ -173,7 +173,7 @@ impl Thresholds {
     /// SYNs at a flood's rate from a new source port each: a flood over however many ports,
     /// not a scan of them (one alert, the flood).
     pub fn flood_shaped(&self, f: &HostFeatures) -> bool {
-        f.syn_rate >= self.syn_flood_rate && f.syn_src_ports >= self.syn_flood_src_ports
+        f.syn_rate * f.burst >= self.syn_flood_rate && f.syn_src_ports >= self.syn_flood_src_ports
     }
 
     /// Every detector a host's window trips, in a fixed order.
@@ -203,15 +203,19 @@ impl Thresholds {
         // a client opening connections at that rate completes them and sends requests in them
         // (an HTTP flood, named by the web requests).
         let syn_share = f.syn_rate / f.pkt_rate.max(f32::MIN_POSITIVE);
+        // Flood rates since the host began sending, when that is within the window: a flood
+        // is named in its first seconds, not once it has filled the window.
+        let rate = |r: f32| r * f.burst;
         if (few_ports || flood) && syn_share >= self.syn_flood_share {
-            trip(AnomalyKind::SynFlood, "host_syn_rate", f.syn_rate, self.syn_flood_rate);
+            trip(AnomalyKind::SynFlood, "host_syn_rate", rate(f.syn_rate), self.syn_flood_rate);
         }
         if few_ports {
             let (kinds, at_least) = (f.crafted_kinds, self.os_fingerprint_kinds);
             trip(AnomalyKind::OsFingerprint, "host_crafted_probes", kinds, at_least);
         }
-        trip(AnomalyKind::UdpFlood, "host_udp_rate", f.udp_rate, self.udp_flood_rate);
-        trip(AnomalyKind::IcmpFlood, "host_icmp_echo_rate", f.icmp_echo_rate, self.icmp_flood_rate);
+        trip(AnomalyKind::UdpFlood, "host_udp_rate", rate(f.udp_rate), self.udp_flood_rate);
+        let icmp = rate(f.icmp_echo_rate);
+        trip(AnomalyKind::IcmpFlood, "host_icmp_echo_rate", icmp, self.icmp_flood_rate);
         trip(AnomalyKind::DhcpStarvation, "host_dhcp_macs", f.dhcp_macs, self.dhcp_starvation_macs);
     }
 }
@@ -227,24 +231,26 @@ impl Thresholds {
             }
         };
         let many = |at_least: f32| f.sources >= at_least;
+        // Rates since the host began receiving, when that is within the window.
+        let rate = |r: f32| r * f.burst;
         trip(
             AnomalyKind::SynFlood,
             "victim_syn_rate",
-            f.syn_rate,
+            rate(f.syn_rate),
             self.victim_syn_rate,
             many(self.victim_sources) && f.syn_share >= self.victim_syn_share,
         );
         trip(
             AnomalyKind::Reflection,
             "victim_reflected_tcp",
-            f.syn_ack_rate,
+            rate(f.syn_ack_rate),
             self.amplification_rate,
             many(self.amplification_reflectors) && f.reflection >= self.amplification_ratio,
         );
         trip(
             AnomalyKind::Reflection,
             crate::victims::amplifier(f.service).unwrap_or("victim_amplified_udp"),
-            f.amplified_rate,
+            rate(f.amplified_rate),
             self.amplification_rate,
             many(self.amplification_reflectors) && f.amplification >= self.amplification_ratio,
         );
@@ -1144,5 +1150,35 @@ mod tests {
         assert_eq!(opened.len(), 1, "{opened:?}");
         assert_eq!(opened[0].0.kind, AnomalyKind::UdpFlood);
         assert_eq!(opened[0].0.src, IpAddr::from([10, 0, 0, 66]));
+        // Its rate is read since its first packet, over 3 s at least: 24,000 in 3 s is 8,000
+        // a second, past 5,000 by the evaluation at 2 s (over the whole window, 8.3 s).
+        assert!(opened[0].0.first_seen.total_millis() <= 2_000, "{:?}", opened[0].0);
+    }
+
+    #[test]
+    fn test_a_short_burst_is_no_flood_and_a_new_flood_is_named_in_its_first_second() {
+        let udp = L4::Udp(UdpInfo {
+            src_port: 5000,
+            dst_port: 9,
+            payload_len: 18,
+            dns: None,
+            dhcp: None,
+        });
+        // 14,000 packets in 2 s (7,000 a second, then silence): under 5,000 a second over the
+        // shortest span, 3 s.
+        let burst: Vec<PacketMeta> =
+            (0..14_000i64).map(|i| packet(i / 7, [10, 0, 0, 7], [10, 0, 0, 1], udp)).collect();
+        let events = run(&burst, 30_000);
+        assert!(events.is_empty(), "{events:?}");
+        // 20,000 a second from a host never seen before: named at the first evaluation past
+        // 15,000 packets (1 s in), where the window's rate would wait until 2.5 s.
+        let flood: Vec<PacketMeta> = (0..60_000i64)
+            .map(|i| packet(500 + i / 20, [10, 0, 0, 66], [10, 0, 0, 1], udp))
+            .collect();
+        let events = run(&flood, 30_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].0.kind, AnomalyKind::UdpFlood);
+        assert!(opened[0].0.first_seen.total_millis() <= 1_600, "{:?}", opened[0].0);
     }
 }

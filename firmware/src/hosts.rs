@@ -176,6 +176,12 @@ pub(crate) use tumbling;
 
 tumbling!(Window);
 
+/// The shortest span a flood detector's rate is taken over ([`Windows::span`]): a burst
+/// shorter than this reads as its packets over 3 s. A browser loading a page of 150 resources
+/// in a second and a half is a burst of 100 requests a second, not a flood of them; a flood at
+/// four times its threshold is named within a second.
+pub const MIN_SPAN: Duration = Duration::from_secs(3);
+
 /// A host's two windows, the current one and the one before, and when it was last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Windows<W> {
@@ -200,6 +206,21 @@ impl<W: Tumbling> Windows<W> {
         }
         if self.last.is_none_or(|l| now > l) {
             self.last = Some(now);
+        }
+    }
+
+    /// Seconds the counts at `now` span, for the rates a flood detector reads: the whole
+    /// window once the previous one holds anything; before that, the time since the current one
+    /// began (the host's first packet), at least [`MIN_SPAN`]. Over the whole window, a flood
+    /// that began two seconds ago reads a fifth of its rate.
+    pub fn span(&self, now: Instant, window: Duration) -> f32 {
+        let w = window.total_micros().max(1) as f32 / 1e6;
+        match (self.prev.start(), self.cur.start()) {
+            (None, Some(start)) => {
+                let since = (now - start).total_micros() as f32 / 1e6;
+                since.clamp((MIN_SPAN.total_micros() as f32 / 1e6).min(w), w)
+            }
+            _ => w,
         }
     }
 
@@ -241,6 +262,10 @@ pub struct HostFeatures {
     pub crafted_kinds: f32,
     /// Distinct IP protocols it sent in the window.
     pub protocols: f32,
+    /// The window's length over the seconds its counts span ([`Windows::span`]), 1 or more:
+    /// a rate times this is the rate since the host began sending, for the flood detectors
+    /// (the models read the rates over the window).
+    pub burst: f32,
 }
 
 impl HostWindow {
@@ -276,6 +301,7 @@ impl HostWindow {
                 .zip(p.protocols.iter())
                 .map(|(a, b)| (a | b).count_ones())
                 .sum::<u32>() as f32,
+            burst: secs / self.span(now, window),
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct VictimFeatures {
     /// SYN-ACKs a second it received, and how many times the SYNs it sent.
     pub syn_ack_rate: f32,
     pub reflection: f32,
+    /// The window's length over the seconds its counts span, 1 or more: the rates times this
+    /// are the rates since the host began receiving ([`crate::hosts::Windows::span`]).
+    pub burst: f32,
 }
 
 impl VictimWindow {
@@ -115,6 +118,7 @@ impl VictimWindow {
             service: if c.service != 0 { c.service } else { p.service },
             syn_ack_rate: slide(c.syn_acks, p.syn_acks) / secs,
             reflection: slide(c.syn_acks, p.syn_acks) / (slide(c.syns_sent, p.syns_sent) + 1.0),
+            burst: secs / self.span(now, window),
         }
     }
 }

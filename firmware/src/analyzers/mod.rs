@@ -241,11 +241,14 @@ pub struct WebWindow {
 crate::hosts::tumbling!(WebWindow);
 
 impl crate::hosts::Windows<WebWindow> {
-    /// Web requests a second, and the distinct hosts at the other end, over the sliding window.
+    /// Web requests a second (over the seconds the window's counts span, so that a flood reads
+    /// its rate from its first second: [`crate::hosts::Windows::span`]), and the distinct hosts
+    /// at the other end, over the sliding window.
     pub fn load(&self, now: Instant, window: Duration) -> (f32, f32) {
-        let (w, secs) = self.slide(now, window);
+        let (w, _) = self.slide(now, window);
         let (c, p) = (&self.cur, &self.prev);
-        (slid(c.requests, p.requests, w) / secs, c.peers.union(&p.peers).estimate())
+        let rate = slid(c.requests, p.requests, w) / self.span(now, window);
+        (rate, c.peers.union(&p.peers).estimate())
     }
 }
 
