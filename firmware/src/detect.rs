@@ -62,8 +62,9 @@ pub struct Thresholds {
     pub victim_sources: f32,
     pub victim_syn_share: f32,
     /// Seen from the victim: UDP packets a second one host received from amplifying services
-    /// (DNS, NTP, SNMP, ...), from at least `amplification_reflectors` of them, and at least
-    /// `amplification_ratio` times what it asked them (reflection and amplification).
+    /// (DNS, NTP, SNMP, ...), from at least `amplification_reflectors` of them (or from fewer,
+    /// at `amplification_reflectors` times the rate: the volume that many would send), and at
+    /// least `amplification_ratio` times what it asked them (reflection and amplification).
     pub amplification_rate: f32,
     pub amplification_reflectors: f32,
     pub amplification_ratio: f32,
@@ -240,19 +241,27 @@ impl Thresholds {
             self.victim_syn_rate,
             many(self.victim_sources) && f.syn_share >= self.victim_syn_share,
         );
+        // Many reflectors each over the rate, or fewer sending what that many would: one DNS
+        // server answering 250 questions a second that the victim never asked.
+        let reflectors = |r: f32| {
+            let volume = self.amplification_rate * self.amplification_reflectors;
+            many(self.amplification_reflectors) || r >= volume
+        };
+        let tcp = rate(f.syn_ack_rate);
         trip(
             AnomalyKind::Reflection,
             "victim_reflected_tcp",
-            rate(f.syn_ack_rate),
+            tcp,
             self.amplification_rate,
-            many(self.amplification_reflectors) && f.reflection >= self.amplification_ratio,
+            reflectors(tcp) && f.reflection >= self.amplification_ratio,
         );
+        let udp = rate(f.amplified_rate);
         trip(
             AnomalyKind::Reflection,
             crate::victims::amplifier(f.service).unwrap_or("victim_amplified_udp"),
-            rate(f.amplified_rate),
+            udp,
             self.amplification_rate,
-            many(self.amplification_reflectors) && f.amplification >= self.amplification_ratio,
+            reflectors(udp) && f.amplification >= self.amplification_ratio,
         );
     }
 }
@@ -1126,6 +1135,17 @@ mod tests {
         }
         packets.sort_by_key(|p| p.ts);
         assert_one_by_victim(&packets, AnomalyKind::Reflection, victim, "victim_amplified_dns");
+        // One resolver answering 400 questions a second the victim never asked (the lab's
+        // reflection: spoofed queries to one server); one answering 100 a second is not yet the
+        // volume of five reflectors at the threshold.
+        let one = |per_s: i64| -> Vec<PacketMeta> {
+            (0..per_s * 6)
+                .map(|i| packet(i * 1000 / per_s, [192, 0, 2, 53], victim, udp(53, 4444)))
+                .collect()
+        };
+        assert_one_by_victim(&one(400), AnomalyKind::Reflection, victim, "victim_amplified_dns");
+        let events = run(&one(100), 30_000);
+        assert!(events.is_empty(), "{events:?}");
     }
 
     #[test]
