@@ -64,7 +64,8 @@ pub struct Thresholds {
     /// Seen from the victim: UDP packets a second one host received from amplifying services
     /// (DNS, NTP, SNMP, ...), from at least `amplification_reflectors` of them (or from fewer,
     /// at `amplification_reflectors` times the rate: the volume that many would send), and at
-    /// least `amplification_ratio` times what it asked them (reflection and amplification).
+    /// least `amplification_ratio` times the bytes it asked them, in bytes (reflection and
+    /// amplification).
     pub amplification_rate: f32,
     pub amplification_reflectors: f32,
     pub amplification_ratio: f32,

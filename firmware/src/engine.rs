@@ -226,7 +226,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                         _ => None,
                     };
                     let udp_tail = ip.fragment_tail() && ip.protocol == 17;
-                    self.victims.note(ip.src, ip.dst, now, tcp, udp, udp_tail);
+                    self.victims.note(ip.src, ip.dst, now, meta.wire_len, tcp, udp, udp_tail);
                 }
                 match ip.l4 {
                     L4::Tcp(t) if t.flags.syn() && t.flags.ack() => {

@@ -66,11 +66,14 @@ pub struct RxWindow {
     /// beyond them are a TCP reflection, servers answering SYNs spoofed with its address.
     pub syn_acks: u32,
     pub syns_sent: u32,
-    /// UDP packets it received from an amplifying service port, and the last such port.
+    /// UDP packets it received from an amplifying service port, their bytes, and the last
+    /// such port.
     pub amplified: u32,
+    pub amplified_bytes: u32,
     pub service: u16,
-    /// UDP packets it sent to an amplifying service port (the questions it asked).
-    pub asked: u32,
+    /// Bytes of the UDP packets it sent to an amplifying service port (the questions it
+    /// asked).
+    pub asked_bytes: u32,
     /// Distinct hosts that sent to it.
     pub sources: Sketch,
 }
@@ -88,7 +91,8 @@ pub struct VictimFeatures {
     /// SYNs a second it received, and their share of the packets it received.
     pub syn_rate: f32,
     pub syn_share: f32,
-    /// UDP packets a second from amplifying services, and how many times what it asked them.
+    /// UDP packets a second from amplifying services, and how many times the bytes it asked
+    /// them the bytes of their answers are (with [`ASKED_SLACK`] beside what it asked).
     pub amplified_rate: f32,
     pub amplification: f32,
     /// The service of the latest such packet.
@@ -114,7 +118,8 @@ impl VictimWindow {
             syn_rate: syns / secs,
             syn_share: syns / slide(c.packets, p.packets).max(1.0),
             amplified_rate: amplified / secs,
-            amplification: amplified / (slide(c.asked, p.asked) + 1.0),
+            amplification: slide(c.amplified_bytes, p.amplified_bytes)
+                / (slide(c.asked_bytes, p.asked_bytes) + ASKED_SLACK),
             service: if c.service != 0 { c.service } else { p.service },
             syn_ack_rate: slide(c.syn_acks, p.syn_acks) / secs,
             reflection: slide(c.syn_acks, p.syn_acks) / (slide(c.syns_sent, p.syns_sent) + 1.0),
@@ -122,6 +127,11 @@ impl VictimWindow {
         }
     }
 }
+
+/// Bytes counted as asked beside what a host was seen asking: its first question goes
+/// uncounted (it is tracked from its first answer on), and one large answer to it is no
+/// amplification.
+pub const ASKED_SLACK: f32 = 512.0;
 
 /// Up to `N` destinations (a power of two), evicted oldest first when full (a victim under
 /// attack is seen all the time), counted.
@@ -133,14 +143,18 @@ impl<const N: usize> VictimTable<N> {
         self.get(host).map(|h| h.features(now, self.window())).unwrap_or_default()
     }
 
-    /// Count a packet from `src` to `dst`: `tcp` its SYN and ACK flags, `udp` its UDP
-    /// ports; `udp_tail` for a later fragment of a UDP datagram (large answers come in
+    /// Count a packet of `len` bytes from `src` to `dst`: `tcp` its SYN and ACK flags, `udp`
+    /// its UDP ports; `udp_tail` for a later fragment of a UDP datagram (large answers come in
     /// fragments, only the first of which has the ports: the rest count as amplified too).
+    /// Amplification is measured in bytes: where the tap sees the spoofed questions too (at
+    /// the reflector's site), there is an answer for each question, many times its size.
+    #[allow(clippy::too_many_arguments)]
     pub fn note(
         &mut self,
         src: IpAddr,
         dst: IpAddr,
         now: Instant,
+        len: u32,
         tcp: Option<(bool, bool)>,
         udp: Option<(u16, u16)>,
         udp_tail: bool,
@@ -153,7 +167,7 @@ impl<const N: usize> VictimTable<N> {
                 if syn {
                     w.syns_sent += 1;
                 } else {
-                    w.asked += 1;
+                    w.asked_bytes = w.asked_bytes.saturating_add(len);
                 }
             }
         }
@@ -167,9 +181,11 @@ impl<const N: usize> VictimTable<N> {
             }
             if let Some((sport, _)) = udp.filter(|(s, _)| amplifier(*s).is_some()) {
                 w.amplified += 1;
+                w.amplified_bytes = w.amplified_bytes.saturating_add(len);
                 w.service = sport;
             } else if udp_tail {
                 w.amplified += 1;
+                w.amplified_bytes = w.amplified_bytes.saturating_add(len);
             }
         }
     }
@@ -186,7 +202,7 @@ mod tests {
         let now = Instant::from_secs(100);
         for i in 0..2000u32 {
             let src = IpAddr::from(i.wrapping_mul(2_654_435_761).to_be_bytes());
-            t.note(src, victim, now, Some((true, false)), None, false);
+            t.note(src, victim, now, 60, Some((true, false)), None, false);
         }
         let f = t.features(&victim, now);
         assert!(f.sources > 1000.0, "{f:?}");
@@ -200,23 +216,34 @@ mod tests {
         let mut t = VictimTable::<64>::with_window(Duration::from_secs(10));
         let (victim, resolver): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 53].into());
         let now = Instant::from_secs(100);
-        // A client's own lookups: one answer a question (the first question goes uncounted:
-        // the client is tracked from its first answer on).
+        // A client's own lookups: an answer of 300 bytes to each question of 80 (the first
+        // question goes uncounted: the client is tracked from its first answer on).
         for _ in 0..20 {
-            t.note(victim, resolver, now, None, Some((40000, 53)), false);
-            t.note(resolver, victim, now, None, Some((53, 40000)), false);
+            t.note(victim, resolver, now, 80, None, Some((40000, 53)), false);
+            t.note(resolver, victim, now, 300, None, Some((53, 40000)), false);
         }
         let f = t.features(&victim, now);
-        assert!(f.amplification <= 1.0, "{f:?}");
-        // 600 answers nobody asked for, from many resolvers.
+        assert!(f.amplification <= 4.0, "{f:?}");
+        // 600 answers of 1,200 bytes nobody asked for, from many resolvers.
         for i in 0..600u32 {
             let src = IpAddr::from((0x0a01_0000 + i % 50).to_be_bytes());
-            t.note(src, victim, now, None, Some((53, 80)), false);
+            t.note(src, victim, now, 1200, None, Some((53, 80)), false);
         }
         let f = t.features(&victim, now);
         assert!(f.amplification > 20.0 && f.amplified_rate >= 60.0, "{f:?}");
         assert_eq!(amplifier(f.service), Some("victim_amplified_dns"));
         assert!(f.sources > 40.0);
+        // Where the spoofed questions are seen too (at the reflector's site): one answer of
+        // 4,200 bytes (in three fragments) for each question of 90, from one resolver.
+        let target: IpAddr = [10, 0, 0, 2].into();
+        for _ in 0..100 {
+            t.note(target, resolver, now, 90, None, Some((40000, 53)), false);
+            t.note(resolver, target, now, 1500, None, Some((53, 40000)), false);
+            t.note(resolver, target, now, 1500, None, None, true);
+            t.note(resolver, target, now, 1200, None, None, true);
+        }
+        let f = t.features(&target, now);
+        assert!(f.amplification > 10.0 && f.amplified_rate >= 30.0, "{f:?}");
     }
 }
 
