@@ -503,7 +503,7 @@ fn protocol_analyzers_name_the_attack_and_its_source() {
         ("dhcp_flood.pcap", "dhcp_starvation", "128.2.5.243", "dhcp_client_requests"),
         ("arppoison.pcapng", "arp_spoof", "172.16.0.1", "arp_mac_addresses"),
         ("ftp-crack-first3000.pcap", "brute_force", "10.234.125.254", "auth_failures_ftp"),
-        ("dns-tunnel-iodine.pcap", "dns_tunnel", "10.0.2.30", "dns_encoded_names"),
+        ("dns-tunnel-iodine.pcap", "dns_tunnel", "10.0.2.30", "dns_null_names"),
         ("dns_txt_commands.pcap", "dns_tunnel", "192.168.100.121", "dns_txt_queries"),
         ("smbexec.pcapng", "lateral_movement", "172.16.66.1", "smb_services_created"),
         ("sshguess.pcap", "brute_force", "192.168.56.1", "auth_failures_ssh"),

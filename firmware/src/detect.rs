@@ -109,9 +109,11 @@ pub struct Thresholds {
     /// asked).
     pub arp_spoof_changes: f32,
     pub arp_spoof_addresses: f32,
-    /// Per source and registered domain: distinct names that carry data, and TXT/NULL queries.
+    /// Per source and registered domain: distinct names that carry data, TXT/NULL queries, and
+    /// distinct names asked with type NULL (which no application asks for; iodine does).
     pub dns_tunnel_names: f32,
     pub dns_tunnel_txt: f32,
+    pub dns_tunnel_null_names: f32,
     /// DHCP messages from one client hardware address.
     pub dhcp_flood_requests: f32,
 }
@@ -154,6 +156,7 @@ impl Default for Thresholds {
             arp_spoof_addresses: 2.0,
             dns_tunnel_names: 20.0,
             dns_tunnel_txt: 40.0,
+            dns_tunnel_null_names: 5.0,
             dhcp_flood_requests: 50.0,
         }
     }
@@ -364,6 +367,8 @@ impl Thresholds {
         };
         if f.encoded_names >= self.dns_tunnel_names {
             out(t("dns_encoded_names", f.encoded_names, self.dns_tunnel_names));
+        } else if f.null_names >= self.dns_tunnel_null_names {
+            out(t("dns_null_names", f.null_names, self.dns_tunnel_null_names));
         } else if f.txt >= self.dns_tunnel_txt && f.txt_names >= crate::analyzers::dns::TXT_NAMES {
             out(t("dns_txt_queries", f.txt, self.dns_tunnel_txt));
         }

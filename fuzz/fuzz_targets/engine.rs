@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         password_spray_accounts: 1.0,
         dns_tunnel_names: 1.0,
         dns_tunnel_txt: 1.0,
+        dns_tunnel_null_names: 1.0,
         dhcp_flood_requests: 1.0,
         ..Default::default()
     };

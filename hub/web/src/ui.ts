@@ -122,6 +122,7 @@ const COUNTERS: Record<string, string> = {
   arp_unasked_replies: "{v} ARP replies nobody asked for, from its MAC",
   dns_encoded_names: "{v} distinct encoded names under one domain",
   dns_txt_queries: "{v} TXT/NULL queries to one domain",
+  dns_null_names: "{v} distinct names asked with type NULL under one domain (no application asks for it; iodine does)",
   dhcp_client_requests: "{v} DHCP requests from one client address",
   ip_fragment_overlaps: "{v} datagrams with fragments overlapping in other bytes (the target and a monitor may each keep another version)",
   ip_fragments_oversized: "{v} datagrams fragmented past 65,535 bytes",
