@@ -135,7 +135,10 @@ hport=$((8080 - (r % 2) * 7000)) # 1080 or 8080
 tunnel() { # iodine's client through the DNS tunnel, four sessions: a download, then pings
   local pid
   for session in 1 2 3 4; do
-    inside atk iodine -f -r -P twlab "$tun" t.lab.test > /dev/null 2>&1 &
+    # Not through `inside` (a function: `&` would fork a subshell, and killing that leaves
+    # iodine polling its server with NULL queries through every later step): ip netns exec
+    # execs iodine in this pid.
+    ip netns exec twl-atk iodine -f -r -P twlab "$tun" t.lab.test > /dev/null 2>&1 &
     pid=$!
     for _ in $(seq 100); do inside atk ip link show dns0 > /dev/null 2>&1 && break; sleep 0.1; done
     sleep 0.5
