@@ -363,6 +363,17 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     }
     totals.engine = *pipeline.engine().counters();
     totals.flows = *pipeline.engine().flow_counters();
+    if let Some(m) = pipeline.models().filter(|m| m.active()) {
+        let c = m.counters();
+        eprintln!(
+            "tapwatch-edge: models: {} flows in {} batches, {} flagged, {} verdicts of another transport left unnamed, {:.3} s",
+            c.rows,
+            c.batches,
+            c.flagged,
+            c.misfits,
+            c.nanos as f64 / 1e9
+        );
+    }
     drop(pipeline);
     if let Some((w, counters)) = writer {
         drop(w.tx);
