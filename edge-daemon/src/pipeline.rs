@@ -187,7 +187,9 @@ pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
     };
     let protocol = match e.kind {
         // A scan of IP protocols is of all of them.
-        K::PortScan if e.counter == "host_ip_protocols" => None,
+        K::PortScan if matches!(e.counter, "host_ip_protocols" | "host_protocol_unreachables") => {
+            None
+        }
         K::SynFlood
         | K::PortScan
         | K::Heartbleed

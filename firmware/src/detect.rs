@@ -267,6 +267,20 @@ impl Thresholds {
             self.amplification_rate,
             reflectors(udp) && f.amplification >= self.amplification_ratio,
         );
+        // Answers that name the host that sent what they answer: protocol unreachables for
+        // protocols it tried, as many as an IP protocol scan tries (nmap -sO), when its probes
+        // are not seen (an asymmetric tap). Named by that host, as the probes would be.
+        let (n, at_least) = (f.proto_unreachables, self.protocol_scan_protocols);
+        if n >= at_least {
+            let counter = "host_protocol_unreachables";
+            out(Trip {
+                kind: AnomalyKind::PortScan,
+                counter,
+                value: n,
+                threshold: at_least,
+                by_victim: false,
+            });
+        }
     }
 }
 
@@ -712,7 +726,11 @@ mod tests {
     type TestEngine = Engine<1024, 64, HeapShards<1024, 1>>;
 
     fn packet(ms: i64, src: [u8; 4], dst: [u8; 4], l4: L4) -> PacketMeta {
-        let protocol = if matches!(l4, L4::Udp(_)) { 17 } else { 6 };
+        let protocol = match l4 {
+            L4::Udp(_) => 17,
+            L4::Icmpv4 { .. } => 1,
+            _ => 6,
+        };
         PacketMeta {
             ts: Instant::from_millis(ms),
             wire_len: 60,
@@ -1179,6 +1197,29 @@ mod tests {
         // Its rate is read since its first packet, over 3 s at least: 24,000 in 3 s is 8,000
         // a second, past 5,000 by the evaluation at 2 s (over the whole window, 8.3 s).
         assert!(opened[0].0.first_seen.total_millis() <= 2_000, "{:?}", opened[0].0);
+    }
+
+    #[test]
+    fn test_protocol_unreachables_name_the_protocol_scanner_whose_probes_were_not_seen() {
+        // Only the answers: 252 protocol unreachables from the target to the scanner (lucaderi's
+        // hs-sh-IPscan), and a router's port unreachable now and then to a client.
+        let unreachable = |code| L4::Icmpv4 { icmp_type: 3, code, ident: None, payload_len: 28 };
+        let mut packets: Vec<PacketMeta> = (0..252i64)
+            .map(|i| packet(i * 4, [10, 0, 0, 9], [10, 0, 0, 66], unreachable(2)))
+            .collect();
+        packets.extend(
+            (0..30i64).map(|i| packet(i * 40, [10, 0, 0, 1], [10, 0, 0, 5], unreachable(3))),
+        );
+        packets.sort_by_key(|p| p.ts);
+        let events = run(&packets, 30_000);
+        let opened: Vec<_> = events.iter().filter(|e| e.1 == EpisodeEvent::Opened).collect();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        let e = opened[0].0;
+        assert_eq!(
+            (e.kind, e.src, e.by_victim),
+            (AnomalyKind::PortScan, IpAddr::from([10, 0, 0, 66]), false)
+        );
+        assert_eq!(e.counter, "host_protocol_unreachables");
     }
 
     #[test]

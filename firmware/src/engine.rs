@@ -227,6 +227,14 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
                     };
                     let udp_tail = ip.fragment_tail() && ip.protocol == 17;
                     self.victims.note(ip.src, ip.dst, now, meta.wire_len, tcp, udp, udp_tail);
+                    let unreachable = matches!(
+                        ip.l4,
+                        L4::Icmpv4 { icmp_type: 3, code: 2, .. }
+                            | L4::Icmpv6 { icmp_type: 4, code: 1, .. }
+                    );
+                    if unreachable {
+                        self.victims.note_protocol_unreachable(ip.dst, now);
+                    }
                 }
                 match ip.l4 {
                     L4::Tcp(t) if t.flags.syn() && t.flags.ack() => {

@@ -76,6 +76,9 @@ pub struct RxWindow {
     pub asked_bytes: u32,
     /// Distinct hosts that sent to it.
     pub sources: Sketch,
+    /// ICMP protocol unreachables it received (IPv4 type 3 code 2, ICMPv6 parameter problem
+    /// code 1): the answers to the protocols it tried that a host does not speak.
+    pub proto_unreachables: u32,
 }
 
 crate::hosts::tumbling!(RxWindow);
@@ -100,6 +103,9 @@ pub struct VictimFeatures {
     /// SYN-ACKs a second it received, and how many times the SYNs it sent.
     pub syn_ack_rate: f32,
     pub reflection: f32,
+    /// ICMP protocol unreachables it received in the window: where only the answers of an
+    /// IP protocol scan are seen (an asymmetric tap), they name the scanner.
+    pub proto_unreachables: f32,
     /// The window's length over the seconds its counts span, 1 or more: the rates times this
     /// are the rates since the host began receiving ([`crate::hosts::Windows::span`]).
     pub burst: f32,
@@ -123,6 +129,7 @@ impl VictimWindow {
             service: if c.service != 0 { c.service } else { p.service },
             syn_ack_rate: slide(c.syn_acks, p.syn_acks) / secs,
             reflection: slide(c.syn_acks, p.syn_acks) / (slide(c.syns_sent, p.syns_sent) + 1.0),
+            proto_unreachables: slide(c.proto_unreachables, p.proto_unreachables),
             burst: secs / self.span(now, window),
         }
     }
@@ -141,6 +148,13 @@ impl<const N: usize> VictimTable<N> {
     /// Features of `host` at `now`; zeros for a host not seen.
     pub fn features(&self, host: &IpAddr, now: Instant) -> VictimFeatures {
         self.get(host).map(|h| h.features(now, self.window())).unwrap_or_default()
+    }
+
+    /// Count an ICMP protocol unreachable sent to `dst` (the host that tried the protocol).
+    pub fn note_protocol_unreachable(&mut self, dst: IpAddr, now: Instant) {
+        if let Some(w) = self.window_mut(dst, now) {
+            w.proto_unreachables += 1;
+        }
     }
 
     /// Count a packet of `len` bytes from `src` to `dst`: `tcp` its SYN and ACK flags, `udp`

@@ -90,6 +90,7 @@ export function kindName(k: string): string {
 const COUNTERS: Record<string, string> = {
   host_dst_ports: "{v} destination ports tried",
   host_ip_protocols: "{v} IP protocols tried",
+  host_protocol_unreachables: "{v} ICMP protocol unreachables received (the answers of an IP protocol scan whose probes the tap did not see)",
   host_dst_hosts: "{v} hosts probed",
   host_arp_targets: "{v} addresses asked for by ARP",
   host_syn_rate: "{v} TCP SYNs a second",
