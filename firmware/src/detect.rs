@@ -440,6 +440,10 @@ pub struct WindowDetector<const E: usize> {
     episodes: heapless::Vec<Episode, E>,
     counters: DetectCounters,
     last_id: u64,
+    /// Trips of a host found in the victim table (the answers it received name it), held until
+    /// [`evaluate`](Self::evaluate) has read the host's own window: where its probes are seen
+    /// too, they name the episode. A host past this many at once trips at the next second.
+    answered: heapless::Vec<(IpAddr, Trip), 16>,
 }
 
 impl<const E: usize> WindowDetector<E> {
@@ -451,6 +455,7 @@ impl<const E: usize> WindowDetector<E> {
             episodes: heapless::Vec::new(),
             counters: DetectCounters::default(),
             last_id: 0,
+            answered: heapless::Vec::new(),
         }
     }
 
@@ -490,6 +495,9 @@ impl<const E: usize> WindowDetector<E> {
                 self.trip(*ip, t, now, out);
             }
         }
+        for (ip, t) in core::mem::take(&mut self.answered) {
+            self.trip(ip, t, now, out);
+        }
         self.close_quiet(now, out);
     }
 
@@ -514,12 +522,16 @@ impl<const E: usize> WindowDetector<E> {
                 continue;
             }
             let f = v.features(now, window);
-            let mut trips: heapless::Vec<Trip, 3> = heapless::Vec::new();
+            let mut trips: heapless::Vec<Trip, 4> = heapless::Vec::new();
             self.thresholds.victim_trips(&f, &mut |t| {
                 let _ = trips.push(t);
             });
             for t in trips {
-                self.trip(*ip, t, now, out);
+                if t.by_victim {
+                    self.trip(*ip, t, now, out);
+                } else {
+                    let _ = self.answered.push((*ip, t));
+                }
             }
         }
     }
