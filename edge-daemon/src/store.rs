@@ -1087,17 +1087,19 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
             let mut urgent = false;
             loop {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
+                // A row into the batch: how many it holds now.
+                let mut take = |row: Row| {
+                    urgent |= matches!(row, Row::Anomaly(_));
+                    batch.push(row);
+                    batch.len()
+                };
                 let (more, closed) = match rx.recv_timeout(timeout) {
                     Ok(row) => {
-                        urgent |= matches!(row, Row::Anomaly(_));
-                        batch.push(row);
+                        let mut held = take(row);
                         // What else is waiting, without a clock read per row.
-                        while batch.len() < cfg.batch_rows {
+                        while held < cfg.batch_rows {
                             match rx.try_recv() {
-                                Ok(row) => {
-                                    urgent |= matches!(row, Row::Anomaly(_));
-                                    batch.push(row);
-                                }
+                                Ok(row) => held = take(row),
                                 Err(_) => break,
                             }
                         }
