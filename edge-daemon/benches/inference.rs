@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         all.iter().cycle().take(all.len().max(4096)).map(|f| (*f, f.features())).collect();
     let mut g = c.benchmark_group("models");
     g.throughput(Throughput::Elements(set.len() as u64));
-    for batch in [64usize, 256] {
+    for batch in [16usize, 64, 256] {
         let mut stage = ModelStage::new(
             Some(load("autoencoder.onnx", ModelKind::Autoencoder)),
             Some(load("classifier.onnx", ModelKind::Classifier)),

@@ -291,6 +291,35 @@ fn outbox_floors(
 /// connection to the store (the writer's and the sync task's). A deferred one that read first
 /// (the outbox's floors, the evidence budget) and wrote after another connection's commit failed
 /// at once with SQLITE_BUSY, past the busy timeout, and its batch was lost.
+/// Hold the ring of `interface` to `keep` packets, oldest out first; `known` is how many it
+/// holds if known (else they are counted, walking the ring once). Returns what it holds after,
+/// and how many were rotated out.
+fn hold_ring(
+    conn: &Connection,
+    interface: &str,
+    known: Option<u64>,
+    keep: u64,
+) -> Result<(u64, u64), StoreError> {
+    let held = match known {
+        Some(n) => n,
+        None => conn
+            .prepare_cached(
+                "SELECT count(*) FROM packets WHERE interface = ?1 AND anomaly_id IS NULL",
+            )?
+            .query_row([interface], |r| r.get::<_, i64>(0))? as u64,
+    };
+    if held <= keep {
+        return Ok((held, 0));
+    }
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM packets WHERE id IN (SELECT id FROM packets
+             WHERE interface = ?1 AND anomaly_id IS NULL ORDER BY id LIMIT ?2)",
+        )?
+        .execute(params![interface, (held - keep) as i64])? as u64;
+    Ok((held - n, n))
+}
+
 pub fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
@@ -317,6 +346,11 @@ pub struct Store {
     outbox: Option<Outbox>,
     /// Evidence packets each episode has kept (since start), against `evidence_max_packets`.
     evidence_kept: std::collections::HashMap<i64, u64>,
+    /// Ring packets stored per interface, where known: counted once, then kept by each write
+    /// (added, marked as evidence, rotated out), so keeping the ring at its size costs what it
+    /// deletes, not a walk over the ring. Forgotten when unsure (a failed transaction,
+    /// retention) and counted again.
+    ring_rows: std::collections::HashMap<Arc<str>, u64>,
 }
 
 impl Store {
@@ -339,6 +373,9 @@ impl Store {
             .and_then(|_| conn.pragma_update(None, "journal_mode", "WAL"))
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
             .and_then(|_| conn.busy_timeout(Duration::from_secs(5)))
+            // Every statement the writer runs stays prepared (rusqlite keeps 16 by default; a
+            // batch runs about as many, and one pushed out is parsed again).
+            .map(|_| conn.set_prepared_statement_cache_capacity(64))
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         Migrations::from_slice(MIGRATIONS)
             .to_latest(&mut conn)
@@ -349,6 +386,7 @@ impl Store {
             counters,
             outbox: None,
             evidence_kept: std::collections::HashMap::new(),
+            ring_rows: std::collections::HashMap::new(),
         };
         store.update_size()?;
         Ok(store)
@@ -474,6 +512,7 @@ impl Store {
             .collect();
         let r = self.write_batch_tx(rows);
         if r.is_err() {
+            self.ring_rows.clear();
             for ((a, k), s) in episodes.iter().zip(kept).zip(sent) {
                 put_back(&mut self.evidence_kept, *a, k);
                 if let Some(o) = self.outbox.as_mut() {
@@ -498,6 +537,9 @@ impl Store {
         let evidence_max = self.outbox.as_ref().map_or(0, |o| o.evidence_max_bytes);
         let mut evidence_unsent = 0u64;
         let mut over_budget = 0u64;
+        // The rings' sizes after this transaction, and the ring packets it rotated out.
+        let mut ring_rows: Vec<(Arc<str>, u64)> = Vec::new();
+        let mut rotated = 0u64;
         let body = (|| -> Result<(), StoreError> {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
@@ -578,18 +620,25 @@ impl Store {
             let mut by_src = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
                  WHERE anomaly_id IS NULL AND src = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
-                 RETURNING ts_us, link_type, wire_len, data",
+                 RETURNING ts_us, link_type, wire_len, data, interface",
             )?;
             let mut by_dst = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
                  WHERE anomaly_id IS NULL AND dst = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
-                 RETURNING ts_us, link_type, wire_len, data",
+                 RETURNING ts_us, link_type, wire_len, data, interface",
             )?;
             let mut left_behind = tx.prepare_cached(
                 "SELECT count(*) FROM packets WHERE anomaly_id IS NULL AND ts_us >= ?1
                  AND (src = ?2 OR dst = ?2)",
             )?;
             let keep_max = self.config.evidence_max_packets;
+            // Ring packets this batch added (+) or marked as evidence (-), by interface.
+            let mut ring_delta: Vec<(Arc<str>, i64)> = Vec::new();
+            let mut ring_note =
+                |iface: &str, d: i64| match ring_delta.iter_mut().find(|(i, _)| &**i == iface) {
+                    Some((_, n)) => *n += d,
+                    None => ring_delta.push((Arc::from(iface), d)),
+                };
             let mut blob = Vec::with_capacity(N_FEATURES * 4);
             // Reused text buffers for the addresses: no allocation per row.
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
@@ -635,6 +684,7 @@ impl Store {
                     }
                     Row::Packet(p) => {
                         packet(p, None)?;
+                        ring_note(&p.interface, 1);
                         n[Table::Packets as usize] += 1;
                     }
                     Row::Stats(s) => {
@@ -689,12 +739,10 @@ impl Store {
                                 break;
                             }
                             let before = marked.len();
-                            for r in stmt
-                                .query_map(params![anomaly, since_us, ip, left as i64], |r| {
-                                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                                })?
-                            {
-                                marked.push(r?);
+                            let mut rs = stmt.query(params![anomaly, since_us, ip, left as i64])?;
+                            while let Some(r) = rs.next()? {
+                                marked.push((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
+                                ring_note(&r.get::<_, String>(4)?, -1);
                             }
                             *kept += (marked.len() - before) as u64;
                             if *kept >= keep_max {
@@ -709,6 +757,7 @@ impl Store {
                             packet(p, evidence.then_some(*anomaly))?;
                             n[Table::Packets as usize] += 1;
                             if !evidence {
+                                ring_note(&p.interface, 1);
                                 over_budget += 1;
                                 continue;
                             }
@@ -784,6 +833,13 @@ impl Store {
             if let Some(r) = run {
                 queue(Stream::Flows, &no_payload, Some(r))?;
             }
+            // Each ring this batch changed is held to its size in the same transaction.
+            for (iface, delta) in ring_delta {
+                let known = self.ring_rows.get(&iface).map(|n| (*n as i64 + delta).max(0) as u64);
+                let (held, n) = hold_ring(&tx, &iface, known, self.config.evidence_ring_packets)?;
+                rotated += n;
+                ring_rows.push((iface, held));
+            }
             if let Some(o) = &self.outbox {
                 let mut seq = tx.prepare_cached(
                     "INSERT INTO sync_seq (stream, last) VALUES (?1, ?2)
@@ -814,6 +870,8 @@ impl Store {
             }
             return Err(e.into());
         }
+        self.ring_rows.extend(ring_rows);
+        self.counters.ring_rotated.fetch_add(rotated, Ordering::Relaxed);
         self.counters.evidence_unsent.fetch_add(evidence_unsent, Ordering::Relaxed);
         self.counters.evidence_over_budget.fetch_add(over_budget, Ordering::Relaxed);
         if self.evidence_kept.len() > 100_000 {
@@ -850,20 +908,9 @@ impl Store {
 
     /// Keep the newest `keep` ring packets of `interface`; the rest are rotated out (counted).
     pub fn trim_ring(&mut self, interface: &str, keep: u64) -> Result<u64, StoreError> {
-        let cutoff: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT id FROM packets WHERE interface = ?1 AND anomaly_id IS NULL
-                 ORDER BY id DESC LIMIT 1 OFFSET ?2",
-                params![interface, keep as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(cutoff) = cutoff else { return Ok(0) };
-        let n = self.conn.execute(
-            "DELETE FROM packets WHERE interface = ?1 AND anomaly_id IS NULL AND id <= ?2",
-            params![interface, cutoff],
-        )? as u64;
+        let known = self.ring_rows.get(interface).copied();
+        let (held, n) = hold_ring(&self.conn, interface, known, keep)?;
+        self.ring_rows.insert(Arc::from(interface), held);
         self.counters.ring_rotated.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }
@@ -897,6 +944,8 @@ impl Store {
             self.counters.evicted_age[t as usize].fetch_add(n, Ordering::Relaxed);
         }
         self.drop_orphan_batches()?;
+        // Retention deletes ring packets too: their number is counted again when next needed.
+        self.ring_rows.clear();
         let limit = self.config.max_size_mb * 1024 * 1024;
         let order = [
             Table::Packets,
@@ -1122,23 +1171,8 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                         store.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                         store.counters.rows_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     }
-                    // Only the rings this batch added to can be over their size.
-                    let mut rings: Vec<Arc<str>> = batch
-                        .iter()
-                        .filter_map(|r| match r {
-                            Row::Packet(p) => Some(p.interface.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    rings.sort();
-                    rings.dedup();
                     batch.clear();
                     last_flush = Instant::now();
-                    for i in &rings {
-                        if let Err(e) = store.trim_ring(i, cfg.evidence_ring_packets) {
-                            tracing::error!("store: ring trim failed: {e}");
-                        }
-                    }
                 }
                 if closed || last_retention.elapsed() >= Duration::from_secs(10) {
                     let now = match age {
@@ -1386,7 +1420,10 @@ mod tests {
     #[test]
     fn test_retention_by_size_evicts_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, c) = open(dir.path());
+        // A ring larger than what is written: the size limit, not the ring, takes packets out.
+        let config = StoreConfig { evidence_ring_packets: 100_000, ..cfg(dir.path()) };
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&config, c.clone()).unwrap();
         // ~12 MiB of ring packets into an 8 MiB store.
         for b in 0..12 {
             let rows: Vec<Row> = (0..1024)
@@ -1441,6 +1478,51 @@ mod tests {
             .unwrap();
         assert_eq!(min_a, 30);
         assert_eq!(c.ring_rotated.load(Ordering::Relaxed), 15);
+    }
+
+    #[test]
+    fn test_each_write_holds_the_ring_to_its_size_counting_what_evidence_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { evidence_ring_packets: 20, ..cfg(dir.path()) };
+        let c = Arc::new(StoreCounters::default());
+        let mut s = Store::open(&config, c.clone()).unwrap();
+        let ring = |s: &Store| -> i64 {
+            s.connection()
+                .query_row(
+                    "SELECT count(*) FROM packets WHERE interface = 'a' AND anomaly_id IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let packet = |ts: i64, src: [u8; 4]| Row::Packet(Box::new(packet_row(ts, src, 60)));
+        // 30 into a ring of 20: the oldest 10 go in the same write.
+        let rows: Vec<Row> = (0..30)
+            .map(|i| packet(i, if i < 25 { [10, 0, 0, 2] } else { [10, 0, 0, 1] }))
+            .collect();
+        s.write_batch(&rows).unwrap();
+        assert_eq!((ring(&s), c.ring_rotated.load(Ordering::Relaxed)), (20, 10));
+        // An episode takes 10.0.0.1's five out of the ring; ten more come: 25 held to 20.
+        let mut rows = vec![Row::Evidence {
+            anomaly: 3,
+            host: [10, 0, 0, 1].into(),
+            since_us: 0,
+            packets: vec![],
+        }];
+        rows.extend((30..40).map(|i| packet(i, [10, 0, 0, 2])));
+        s.write_batch(&rows).unwrap();
+        assert_eq!((ring(&s), c.ring_rotated.load(Ordering::Relaxed)), (20, 15));
+        assert_eq!(s.count(Table::Packets).unwrap(), 25, "the five taken stay as evidence");
+        let oldest: i64 = s
+            .connection()
+            .query_row("SELECT min(ts_us) FROM packets WHERE anomaly_id IS NULL", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(oldest, 15, "the oldest went first");
+        // Retention takes ring packets behind the count's back; the next write counts again.
+        s.connection().execute("DELETE FROM packets WHERE ts_us < 20", []).unwrap();
+        s.enforce_retention(0).unwrap();
+        s.write_batch(&(40..46).map(|i| packet(i, [10, 0, 0, 2])).collect::<Vec<_>>()).unwrap();
+        assert_eq!((ring(&s), c.ring_rotated.load(Ordering::Relaxed)), (20, 16));
     }
 
     #[test]
