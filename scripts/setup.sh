@@ -12,6 +12,7 @@ apt_packages=(
   mosquitto mosquitto-clients openssl   # hub tests: brokers of their own (dynamic security), certificates
   faketime nftables                     # bench/chaos.sh: the edge's clock stepped, a lossy link
   chromium                                      # the dashboard's browser tests (playwright-core)
+  systemd                                       # image/check-units.sh: systemd-analyze security
 )
 arm64_packages=(libpcap-dev:arm64)
 

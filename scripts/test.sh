@@ -15,6 +15,9 @@ cargo fmt --all --check
 step "clippy (all targets, all features, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "the appliance's systemd units are hardened (systemd-analyze security: exposure 2.5 or lower each)"
+bash image/check-units.sh
+
 step "firmware builds for a Cortex-M4F with no default features (no_std, no alloc)"
 cargo build -p tapwatch-firmware --no-default-features --target thumbv7em-none-eabihf
 cargo build -p tapwatch-firmware --no-default-features --features serde --target thumbv7em-none-eabihf
