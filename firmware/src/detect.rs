@@ -229,20 +229,30 @@ impl Thresholds {
     /// Every detector a destination's received window trips: attacks from many or spoofed
     /// sources, named by their victim.
     pub fn victim_trips(&self, f: &VictimFeatures, out: &mut impl FnMut(Trip)) {
-        // Each: the kind, the counter, its rate and threshold, and the conditions beside it.
-        let mut trip = |kind, counter, value: f32, threshold: f32, also: bool| {
-            if also && value >= threshold {
-                out(Trip { kind, counter, value, threshold, by_victim: true });
+        // A trip, if its value reaches its threshold and the conditions beside it hold.
+        let mut trip = |t: Trip, also: bool| {
+            if also && t.value >= t.threshold {
+                out(t);
             }
+        };
+        // Each named by the victim: the kind, the counter, its rate and threshold.
+        let victim = |kind, counter, value, threshold| Trip {
+            kind,
+            counter,
+            value,
+            threshold,
+            by_victim: true,
         };
         let many = |at_least: f32| f.sources >= at_least;
         // Rates since the host began receiving, when that is within the window.
         let rate = |r: f32| r * f.burst;
         trip(
-            AnomalyKind::SynFlood,
-            "victim_syn_rate",
-            rate(f.syn_rate),
-            self.victim_syn_rate,
+            victim(
+                AnomalyKind::SynFlood,
+                "victim_syn_rate",
+                rate(f.syn_rate),
+                self.victim_syn_rate,
+            ),
             many(self.victim_sources) && f.syn_share >= self.victim_syn_share,
         );
         // Many reflectors each over the rate, or fewer sending what that many would: one DNS
@@ -253,34 +263,26 @@ impl Thresholds {
         };
         let tcp = rate(f.syn_ack_rate);
         trip(
-            AnomalyKind::Reflection,
-            "victim_reflected_tcp",
-            tcp,
-            self.amplification_rate,
+            victim(AnomalyKind::Reflection, "victim_reflected_tcp", tcp, self.amplification_rate),
             reflectors(tcp) && f.reflection >= self.amplification_ratio,
         );
         let udp = rate(f.amplified_rate);
+        let service = crate::victims::amplifier(f.service).unwrap_or("victim_amplified_udp");
         trip(
-            AnomalyKind::Reflection,
-            crate::victims::amplifier(f.service).unwrap_or("victim_amplified_udp"),
-            udp,
-            self.amplification_rate,
+            victim(AnomalyKind::Reflection, service, udp, self.amplification_rate),
             reflectors(udp) && f.amplification >= self.amplification_ratio,
         );
         // Answers that name the host that sent what they answer: protocol unreachables for
         // protocols it tried, as many as an IP protocol scan tries (nmap -sO), when its probes
         // are not seen (an asymmetric tap). Named by that host, as the probes would be.
-        let (n, at_least) = (f.proto_unreachables, self.protocol_scan_protocols);
-        if n >= at_least {
-            let counter = "host_protocol_unreachables";
-            out(Trip {
-                kind: AnomalyKind::PortScan,
-                counter,
-                value: n,
-                threshold: at_least,
-                by_victim: false,
-            });
-        }
+        let scanner = Trip {
+            kind: AnomalyKind::PortScan,
+            counter: "host_protocol_unreachables",
+            value: f.proto_unreachables,
+            threshold: self.protocol_scan_protocols,
+            by_victim: false,
+        };
+        trip(scanner, true);
     }
 }
 
