@@ -72,6 +72,9 @@ pub struct Thresholds {
     /// The protocol analyzers' ([`crate::analyzers`]), over their window (60 s):
     /// failed logins from one source (FTP 530, HTTP 401, KRB-ERROR, SMB logon failure).
     pub brute_force_failures: f32,
+    /// Distinct credentials one source sent in login attempts that no server accepted (FTP
+    /// USER and PASS, a login form's fields, HTTP Basic): guesses, counted as they are sent.
+    pub brute_force_guesses: f32,
     /// Distinct accounts among one source's failed logins, with at most
     /// `password_spray_per_account` failures each on average (many accounts, a few guesses).
     pub password_spray_accounts: f32,
@@ -140,6 +143,7 @@ impl Default for Thresholds {
             amplification_reflectors: 5.0,
             amplification_ratio: 10.0,
             brute_force_failures: 10.0,
+            brute_force_guesses: 10.0,
             password_spray_accounts: 8.0,
             password_spray_per_account: 3.0,
             heartbleed_heartbeats: 1.0,
@@ -308,6 +312,12 @@ impl Thresholds {
             trip(AnomalyKind::PasswordSpray, accounts, f.accounts, self.password_spray_accounts);
         } else {
             trip(AnomalyKind::BruteForce, failures, f.auth_failures, self.brute_force_failures);
+            let guesses = match f.guess_service {
+                Service::Ftp => "auth_guesses_ftp",
+                Service::Http => "auth_guesses_http",
+                _ => "auth_guesses",
+            };
+            trip(AnomalyKind::BruteForce, guesses, f.guesses, self.brute_force_guesses);
         }
         trip(AnomalyKind::Heartbleed, "tls_heartbleed", f.heartbleed, self.heartbleed_heartbeats);
         trip(

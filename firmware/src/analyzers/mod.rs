@@ -103,6 +103,14 @@ pub struct SourceWindow {
     pub auth_servers: Sketch,
     /// The account its last login attempt named (a hash), waiting for its outcome.
     pub pending_account: u32,
+    /// Distinct credentials (account and secret, hashed) it sent in login attempts (FTP PASS,
+    /// a login form's fields, an HTTP Basic header), the service of the last, and the logins
+    /// servers accepted (FTP 230). Many credentials none of which was accepted is guessing,
+    /// seen when the guesses are sent: a server that delays its refusals (vsftpd, OpenSSH)
+    /// does not delay this.
+    pub credentials: Sketch,
+    pub guess_service: Service,
+    pub logins: u32,
     /// HTTP POSTs in a row to one path (a hash of the last path): a login form tried again and
     /// again. Not a failure by itself (an API client posts to one path too); the evidence a
     /// model's brute_force verdict on HTTP needs.
@@ -144,6 +152,9 @@ pub struct SourceFeatures {
     pub auth_service: Service,
     pub accounts: f32,
     pub auth_servers: f32,
+    /// Distinct credentials tried that no server accepted (credentials less logins accepted).
+    pub guesses: f32,
+    pub guess_service: Service,
     pub posts_one_path: f32,
     pub heartbleed: f32,
     pub services_created: f32,
@@ -183,6 +194,9 @@ impl crate::hosts::Windows<SourceWindow> {
             auth_service: latest(c.auth_service, p.auth_service),
             accounts: c.accounts.union(&p.accounts).estimate(),
             auth_servers: c.auth_servers.union(&p.auth_servers).estimate(),
+            guesses: (c.credentials.union(&p.credentials).estimate() - slid(c.logins, p.logins, w))
+                .max(0.0),
+            guess_service: latest(c.guess_service, p.guess_service),
             posts_one_path: slid(c.posts_one_path, p.posts_one_path, w),
             heartbleed: slid(c.heartbleed, p.heartbleed, w),
             services_created: slid(c.services_created, p.services_created, w),
@@ -560,6 +574,34 @@ pub(crate) fn failure(
         w.auth_service = service;
         w.accounts.insert(account);
         w.auth_servers.insert(crate::hosts::ip_bits(server));
+    }
+}
+
+/// Record a login attempt by `client` with the secret hashed as `secret`, for `account` (a
+/// hash; `None`: the account its last attempt named), whatever its outcome.
+pub(crate) fn guess(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    client: IpAddr,
+    service: Service,
+    account: Option<u32>,
+    secret: u32,
+    now: Instant,
+) {
+    if let Some(w) = t.window_mut(client, now) {
+        let account = account.unwrap_or(w.pending_account);
+        w.credentials.insert(u64::from(account) << 32 | u64::from(secret));
+        w.guess_service = service;
+    }
+}
+
+/// Record a login of `client` a server accepted.
+pub(crate) fn login_accepted(
+    t: &mut WindowTable<SourceWindow, SOURCES>,
+    client: IpAddr,
+    now: Instant,
+) {
+    if let Some(w) = t.window_mut(client, now) {
+        w.logins += 1;
     }
 }
 
