@@ -23,6 +23,15 @@ use std::sync::Arc;
 /// totals and the overflow is counted.
 const STATS_KEYS_MAX: usize = 16_384;
 
+/// How often (packet time) the window detectors and analyzers are judged: a trip is named at
+/// most this late. A judgement walks the host, victim and analyzer tables (bounded).
+pub const EVAL_US: i64 = 250_000;
+
+/// How often (packet time) the flows waiting for the models run, if their batch has not
+/// filled first: a batch costs about 26 us whatever its size, so batches are not run at every
+/// judgement.
+pub const MODEL_FLUSH_US: i64 = 1_000_000;
+
 /// One captured packet handed to the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct PacketIn<'a> {
@@ -139,9 +148,11 @@ pub struct Pipeline {
     /// Parse errors per interface, by kind.
     iface_errors: Vec<[u64; firmware::wire::DissectError::ALL.len()]>,
     /// The window detectors (None when `detect.enabled` is false), when they next run (packet
-    /// time, once a second), and what they report.
+    /// time, every [`EVAL_US`]), and what they report; when the models' batch is next run
+    /// (every [`MODEL_FLUSH_US`], or when it is full).
     detector: Option<Box<firmware::detect::WindowDetector<EPISODES_MAX>>>,
     next_eval_us: i64,
+    next_flush_us: i64,
     /// The host window, µs: an episode's evidence starts one window before it opened.
     window_us: i64,
     suppress: Vec<crate::config::SuppressRule>,
@@ -280,6 +291,7 @@ impl Pipeline {
                 d
             }),
             next_eval_us: i64::MIN,
+            next_flush_us: i64::MIN,
             window_us: i64::from(config.flows.host_window_s) * 1_000_000,
             suppress: config.detect.suppress.clone(),
             collect: None,
@@ -376,14 +388,18 @@ impl Pipeline {
         self.collect.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    /// Run the window detectors if a second of packet time passed (or `force`).
+    /// Run the window detectors if [`EVAL_US`] of packet time passed (or `force`), and the
+    /// models' batch every [`MODEL_FLUSH_US`].
     fn detect(&mut self, now_us: i64, force: bool) {
         if !force && now_us < self.next_eval_us {
             return;
         }
-        self.next_eval_us = now_us + 1_000_000;
-        self.take_reloads();
-        self.flush_models();
+        self.next_eval_us = now_us + EVAL_US;
+        if force || now_us >= self.next_flush_us {
+            self.next_flush_us = now_us + MODEL_FLUSH_US;
+            self.take_reloads();
+            self.flush_models();
+        }
         let Some(d) = self.detector.as_mut() else { return };
         let mut events = Vec::new();
         let now = Instant::from_micros(now_us);
@@ -445,6 +461,7 @@ impl Pipeline {
             self.report(&e, ev);
         }
         self.next_eval_us = i64::MIN;
+        self.next_flush_us = i64::MIN;
     }
 
     /// Rows wait for room in the store's queue instead of being dropped (offline analysis).
@@ -706,7 +723,7 @@ impl Pipeline {
         // The last second of the input is judged, then what is open ends with it.
         let last = self.engine.flows().iter().map(|(_, f)| f.last.total_micros()).max();
         if let Some(last) =
-            last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - 1_000_000))
+            last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - EVAL_US))
         {
             self.detect(last, true);
         }
