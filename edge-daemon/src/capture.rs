@@ -57,6 +57,9 @@ pub struct InterfaceCounters {
     pub read_errors: AtomicU64,
     /// 1 while the capture runs.
     pub up: AtomicU64,
+    /// Turns of the capture thread's loop (at least ten a second, capturing or waiting for the
+    /// interface to come back): the service manager's watchdog is fed only while it moves.
+    pub turns: AtomicU64,
     /// The BPF filter in force ("" for none).
     pub filter: Mutex<String>,
 }
@@ -151,8 +154,10 @@ pub fn start(
                 }
                 // The interface went away. Try again every two seconds until it is back or
                 // we are told to stop.
+                let mut last_try = std::time::Instant::now();
                 loop {
-                    match rx.recv_timeout(Duration::from_secs(2)) {
+                    c.turns.fetch_add(1, Ordering::Relaxed);
+                    match rx.recv_timeout(Duration::from_millis(100)) {
                         Ok(Control::Stop)
                         | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                             return;
@@ -165,6 +170,10 @@ pub fn start(
                         }
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                     }
+                    if last_try.elapsed() < Duration::from_secs(2) {
+                        continue;
+                    }
+                    last_try = std::time::Instant::now();
                     let filter = c.filter.lock().map(|f| f.clone()).unwrap_or_default();
                     let filter = (!filter.is_empty()).then_some(filter);
                     if let Ok(opened) = open(&cfg, filter.as_deref()) {
@@ -222,6 +231,7 @@ fn run(
         }
     };
     'outer: loop {
+        c.turns.fetch_add(1, Ordering::Relaxed);
         match control.try_recv() {
             Ok(Control::Stop) | Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
             Ok(Control::SetFilter(f, reply)) => {

@@ -190,6 +190,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             let mut last_report = Instant::now();
             let mut nothing = |_: &firmware::engine::FinishedFlow| {};
             loop {
+                pipe_shared.pipeline_turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match brx.recv_timeout(Duration::from_millis(100)) {
                     Ok(b) => {
                         p.batch(&b, &mut nothing);
@@ -266,7 +267,15 @@ async fn serve(
     let reload_fn = {
         let (path, config, controls, shared) =
             (path.clone(), config.clone(), controls.clone(), shared.clone());
-        Arc::new(move || reload(&path, &config, &controls, &shared))
+        Arc::new(move || {
+            crate::supervise::reloading();
+            let r = reload(&path, &config, &controls, &shared);
+            crate::supervise::ready(match r {
+                Ok(_) => "running; reloaded",
+                Err(_) => "running; the last reload was refused, the rules before it stay",
+            });
+            r
+        })
     };
     let state = AppState {
         shared: shared.clone(),
@@ -307,6 +316,9 @@ async fn serve(
             tokio::time::sleep(Duration::from_secs(5).min(metrics_every)).await;
         }
     });
+    let interfaces = shared.interfaces.read().map_or(0, |i| i.len());
+    crate::supervise::ready(&format!("running; capturing on {interfaces} interfaces"));
+    let watchdog = tokio::spawn(crate::supervise::watchdog(shared.clone()));
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -321,8 +333,10 @@ async fn serve(
         }
     }
     tracing::info!("stopping");
+    crate::supervise::stopping();
     let _ = stop_tx.send(true);
     host.abort();
+    watchdog.abort();
     let _ = server.await;
     Ok(())
 }

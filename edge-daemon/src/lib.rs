@@ -18,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod ring;
 pub mod store;
+pub mod supervise;
 pub mod sync;
 
 use firmware::engine::Engine;

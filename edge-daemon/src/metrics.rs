@@ -68,6 +68,8 @@ pub struct Shared {
     pub started: Instant,
     pub interfaces: RwLock<Vec<Arc<InterfaceCounters>>>,
     pub pipeline: Mutex<PipelineSnapshot>,
+    /// Turns of the pipeline thread's loop (at least ten a second): fed to the watchdog.
+    pub pipeline_turns: AtomicU64,
     pub store: Arc<StoreCounters>,
     pub host: Mutex<HostSnapshot>,
     /// Reloads done, and refused (the old rules stay in force).
@@ -86,6 +88,7 @@ impl Shared {
             started: Instant::now(),
             interfaces: RwLock::new(Vec::new()),
             pipeline: Mutex::new(PipelineSnapshot::default()),
+            pipeline_turns: AtomicU64::new(0),
             sync: Arc::new(SyncCounters { store: store.clone(), ..SyncCounters::default() }),
             store,
             host: Mutex::new(HostSnapshot::default()),

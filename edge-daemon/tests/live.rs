@@ -109,10 +109,15 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
+        Daemon::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tapwatch-edge"))
             .args(["run", "--config"])
             .arg(config)
             .env("TAPWATCH_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -355,4 +360,57 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
         .query_row("SELECT sum(packets) FROM traffic_stats", [], |r| r.get::<_, i64>(0))
         .unwrap() as f64;
     assert_eq!(stats_packets, captured);
+}
+
+/// The service manager's protocol (sd_notify), as systemd speaks it under `Type=notify` with
+/// `WatchdogSec`: a datagram socket named by NOTIFY_SOCKET. The daemon says READY=1 once it
+/// captures, pings WATCHDOG=1 while it runs (also while its interface is gone: the capture
+/// thread still turns, waiting for it), says RELOADING=1 then READY=1 around a reload, and
+/// STOPPING=1 when told to stop.
+#[test]
+fn the_service_manager_hears_ready_reload_stop_and_watchdog_pings() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let cfg = config(dir.path(), &lab.host_if, "");
+    let d = Daemon::start_with(
+        &cfg,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
+    );
+    // Everything the daemon sent until `until` is among it (or 10 s pass).
+    let mut heard: Vec<String> = Vec::new();
+    let mut listen = |until: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !until(&heard) && Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        heard.clone()
+    };
+    let pings = |h: &[String]| h.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    let h = listen(&|h| pings(h) >= 3);
+    assert!(h[0].contains("READY=1") && h[0].contains("STATUS=running"), "{h:?}");
+    assert!(pings(&h) >= 3, "{h:?}");
+
+    // The interface goes away: the service is still alive and says so.
+    let _ = Command::new("ip").args(["link", "del", &lab.host_if]).output();
+    let before = pings(&h);
+    let h = listen(&|h| pings(h) >= before + 4);
+    assert!(pings(&h) >= before + 4, "pings stopped with the interface gone: {h:?}");
+    d.signal("-HUP");
+    let h = listen(&|h| h.iter().filter(|m| m.contains("READY=1")).count() >= 2);
+    let reload = h.iter().position(|m| m.contains("RELOADING=1")).expect("RELOADING=1");
+    assert!(h[reload].contains("MONOTONIC_USEC="), "{h:?}");
+    assert!(h[reload..].iter().any(|m| m.contains("READY=1")), "{h:?}");
+    d.signal("-TERM");
+    let h = listen(&|h| h.iter().any(|m| m.contains("STOPPING=1")));
+    assert!(h.iter().any(|m| m.contains("STOPPING=1")), "{h:?}");
+    drop(d);
 }

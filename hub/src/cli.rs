@@ -256,11 +256,20 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
         tracing::info!("hub running");
+        // Under systemd (Type=notify): ready once the database is prepared, HTTP listens and
+        // the ingest has started; nothing without NOTIFY_SOCKET.
+        let notify = |s: &[sd_notify::NotifyState]| {
+            if let Err(e) = sd_notify::notify(s) {
+                tracing::warn!("cannot tell the service manager {s:?}: {e}");
+            }
+        };
+        notify(&[sd_notify::NotifyState::Ready]);
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
         tracing::info!("stopping");
+        notify(&[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
         ingest.await.map_err(|e| e.to_string())?
     })
