@@ -135,6 +135,10 @@ pub struct Pipeline {
     /// Per interface: packets since the last ring write, newest last.
     rings: Vec<Ring>,
     ring_cap: usize,
+    /// Evidence packets given to the store per open episode (by id), and the most one keeps
+    /// (`store.evidence_max_packets`).
+    evidence_given: HashMap<u64, u64>,
+    evidence_max: u64,
     /// When the ring was last written, by the wall clock: at most `ring_cap` packets per
     /// interface a second reach the store, whatever the packet rate (offline, packet time runs
     /// far faster than that).
@@ -278,6 +282,8 @@ impl Pipeline {
             top_n: config.stats.top_n,
             stats: None,
             ring_cap,
+            evidence_given: HashMap::default(),
+            evidence_max: config.store.evidence_max_packets,
             last_ring_write: std::time::Instant::now(),
             since_clock: 0,
             store,
@@ -447,8 +453,25 @@ impl Pipeline {
             // as the ring reaches: those still in memory go with the marking (the rest of the
             // ring waits for its next write, so an episode's updates do not write it whole).
             let since_us = e.first_seen.total_micros() - self.window_us;
-            let packets = self.take_evidence(e.src, since_us);
-            self.send(Row::Evidence { anomaly: e.id as i64, host: e.src, since_us, packets });
+            // At most what the episode may still keep: the store keeps every packet given it
+            // while under budget, and more besides (ring packets it had already written), so
+            // once this episode was given its budget the store's is spent too. The rest stay
+            // ring packets (rotated as those are), counted as over budget here rather than
+            // written and rotated out.
+            let given = self.evidence_given.get(&e.id).copied().unwrap_or(0);
+            let room = self.evidence_max.saturating_sub(given);
+            let (packets, left) = self.take_evidence(e.src, since_us, room);
+            if let Some((_, c)) = &self.store {
+                c.evidence_over_budget.fetch_add(left, Ordering::Relaxed);
+            }
+            if ev == EpisodeEvent::Closed {
+                self.evidence_given.remove(&e.id);
+            } else {
+                self.evidence_given.insert(e.id, given + packets.len() as u64);
+            }
+            if room > 0 {
+                self.send(Row::Evidence { anomaly: e.id as i64, host: e.src, since_us, packets });
+            }
         }
     }
 
@@ -681,12 +704,19 @@ impl Pipeline {
         }
     }
 
-    /// Take the ring packets in memory to or from `host` since `since_us`, oldest first.
-    fn take_evidence(&mut self, host: IpAddr, since_us: i64) -> Vec<PacketRow> {
-        let mut out: Vec<PacketRow> =
-            self.rings.iter_mut().flat_map(|r| r.take_host(host, since_us)).collect();
+    /// Take the ring packets in memory to or from `host` since `since_us`, oldest first, at
+    /// most `max`; also how many more there were.
+    fn take_evidence(&mut self, host: IpAddr, since_us: i64, max: u64) -> (Vec<PacketRow>, u64) {
+        let mut out: Vec<PacketRow> = Vec::new();
+        let mut left = 0;
+        for r in &mut self.rings {
+            let room = (max as usize).saturating_sub(out.len());
+            let (taken, more) = r.take_host(host, since_us, room);
+            out.extend(taken);
+            left += more;
+        }
         out.sort_by_key(|p| p.ts_us);
-        out
+        (out, left)
     }
 
     fn write_rings(&mut self) {

@@ -126,21 +126,27 @@ impl Ring {
         out
     }
 
-    /// Take out the packets to or from `host` at or after `since_us`, oldest first; the others
-    /// stay, in order. Only the packets taken are copied.
-    pub fn take_host(&mut self, host: IpAddr, since_us: i64) -> Vec<PacketRow> {
+    /// Take out the packets to or from `host` at or after `since_us`, oldest first, at most
+    /// `max` of them; the others stay, in order. Only the packets taken are copied. Also
+    /// returns how many more there were (left, past `max`).
+    pub fn take_host(&mut self, host: IpAddr, since_us: i64, max: usize) -> (Vec<PacketRow>, u64) {
         let mut out = Vec::new();
+        let mut left = 0u64;
         let mut at = 0usize;
         for i in 0..self.slots.len() {
             let s = self.slots[i];
             let range = at..at + s.len as usize;
             at = range.end;
             if !s.taken && s.ts_us >= since_us && (s.src == Some(host) || s.dst == Some(host)) {
+                if out.len() >= max {
+                    left += 1;
+                    continue;
+                }
                 out.push(self.row(&s, self.bytes.range(range).copied().collect()));
                 self.slots[i].taken = true;
             }
         }
-        out
+        (out, left)
     }
 }
 
@@ -200,13 +206,13 @@ mod tests {
             r.push(packet(i64::from(i), src, &vec![i; usize::from(i) + 1]));
         }
         // From a, at or after time 3: 3, 6, 9 (0 is too old).
-        let taken = r.take_host(IpAddr::from(a), 3);
+        let taken = r.take_host(IpAddr::from(a), 3, usize::MAX).0;
         assert_eq!(taken.iter().map(|p| p.ts_us).collect::<Vec<_>>(), [3, 6, 9]);
         for p in &taken {
             assert_eq!(p.data, vec![p.ts_us as u8; p.ts_us as usize + 1]);
         }
         // The destination matches too: every packet goes to 10.0.0.99.
-        let rest = r.take_host(IpAddr::from([10, 0, 0, 99]), 5);
+        let rest = r.take_host(IpAddr::from([10, 0, 0, 99]), 5, usize::MAX).0;
         assert_eq!(rest.iter().map(|p| p.ts_us).collect::<Vec<_>>(), [5, 7, 8]);
         let left = r.drain();
         assert_eq!(left.iter().map(|p| p.ts_us).collect::<Vec<_>>(), [0, 1, 2, 4]);
@@ -215,7 +221,7 @@ mod tests {
         }
         // Nobody's packets: nothing taken, nothing changed.
         r.push(packet(20, b, b"z"));
-        assert!(r.take_host(IpAddr::from([192, 0, 2, 1]), 0).is_empty());
+        assert!(r.take_host(IpAddr::from([192, 0, 2, 1]), 0, usize::MAX).0.is_empty());
         assert_eq!(r.len(), 1);
     }
 
@@ -224,12 +230,12 @@ mod tests {
         let mut r = Ring::new("eth0".into(), 2);
         let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
         r.push(packet(1, a, b"a1"));
-        assert_eq!(r.take_host(IpAddr::from(a), 0).len(), 1);
+        assert_eq!(r.take_host(IpAddr::from(a), 0, usize::MAX).0.len(), 1);
         assert_eq!(r.len(), 0);
         assert!(!r.push(packet(2, b, b"b2")));
         assert!(!r.push(packet(3, b, b"b3")), "the slot pushed out was evidence already");
         assert!(r.push(packet(4, b, b"b4")), "b2 is lost to the ring");
-        assert!(r.take_host(IpAddr::from(a), 0).is_empty(), "taken once only");
+        assert!(r.take_host(IpAddr::from(a), 0, usize::MAX).0.is_empty(), "taken once only");
         let left = r.drain();
         assert_eq!(left.iter().map(|p| p.ts_us).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(left[1].data, b"b4");

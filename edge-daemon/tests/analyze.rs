@@ -376,6 +376,40 @@ fn emit_anomalies_reports_the_scan_once() {
     }
     // The 150 SYNs and the RSTs back, all to or from the scanner (not the ARP exchange).
     assert!((300..=310).contains(&n), "{n} evidence packets");
+    // With a budget of 100 evidence packets an episode, the scan keeps its first 100; the rest
+    // of its packets stay ring packets (none written twice, none lost).
+    let budget = dir.path().join("budget.toml");
+    let db2 = dir.path().join("budget.db");
+    std::fs::write(
+        &budget,
+        format!("[device]\nid = \"t\"\n[store]\npath = {:?}\nevidence_max_packets = 100\n", db2),
+    )
+    .expect("config");
+    let out = analyze(&[
+        "--config",
+        budget.to_str().expect("utf-8"),
+        "--emit",
+        "stats",
+        "--db",
+        db2.to_str().expect("utf-8"),
+        cap.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (evidence, ring, older): (i64, i64, i64) = rusqlite::Connection::open(&db2)
+        .expect("db")
+        .query_row(
+            "SELECT count(anomaly_id), count(*) - count(anomaly_id),
+                    (SELECT count(*) FROM packets WHERE anomaly_id IS NULL
+                     AND (src = X'0a630001' OR dst = X'0a630001') AND ts_us <
+                     (SELECT max(ts_us) FROM packets WHERE anomaly_id IS NOT NULL))
+             FROM packets",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("packets");
+    assert_eq!(evidence, 100);
+    assert!(ring + evidence >= n as i64, "{ring} ring packets beside the evidence");
+    assert_eq!(older, 0, "the evidence is the oldest of the scanner's packets");
     // Benign captures raise nothing.
     let cap = data_dir().join("http_post.pcapng");
     let out = analyze(&["--emit", "flows,anomalies,stats", cap.to_str().expect("utf-8")]);
