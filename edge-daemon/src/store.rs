@@ -210,6 +210,10 @@ pub struct PacketRow {
 pub enum Row {
     Flow(Box<FlowRow>),
     Packet(Box<PacketRow>),
+    /// Ring packets written together (a write of the ring in memory, up to
+    /// `evidence_ring_packets` of them): one place in the writer's queue, not one each, so a
+    /// ring write never fills the queue that anomalies and flows wait in.
+    Packets(Vec<PacketRow>),
     /// One statistics interval, as the contract's message (its header is stamped when queued).
     Stats(Box<StatsMsg>),
     /// An anomaly episode, new or updated (`id` is the episode's).
@@ -236,6 +240,7 @@ impl Row {
     pub fn rows(&self) -> u64 {
         match self {
             Row::Evidence { packets, .. } => 1 + packets.len() as u64,
+            Row::Packets(packets) => packets.len() as u64,
             _ => 1,
         }
     }
@@ -686,6 +691,13 @@ impl Store {
                         packet(p, None)?;
                         ring_note(&p.interface, 1);
                         n[Table::Packets as usize] += 1;
+                    }
+                    Row::Packets(ps) => {
+                        for p in ps {
+                            packet(p, None)?;
+                            ring_note(&p.interface, 1);
+                        }
+                        n[Table::Packets as usize] += ps.len() as u64;
                     }
                     Row::Stats(s) => {
                         stats.execute(params![
