@@ -13,6 +13,7 @@ apt_packages=(
   faketime nftables                     # bench/chaos.sh: the edge's clock stepped, a lossy link
   chromium                                      # the dashboard's browser tests (playwright-core)
   systemd                                       # image/check-units.sh: systemd-analyze security
+  debootstrap file                              # image/check-packages.sh: a Debian 12 root to install into
 )
 arm64_packages=(libpcap-dev:arm64)
 
