@@ -88,12 +88,7 @@ mod tests {
     #[test]
     fn test_passwords_sent_are_guesses_until_a_login_is_accepted() {
         let mut an = Analyzers::new();
-        let conn = Conn {
-            client: [10, 0, 0, 1].into(),
-            server: [10, 0, 0, 2].into(),
-            client_port: 40000,
-            server_port: 21,
-        };
+        let conn = Conn::test(21);
         let t = Instant::from_secs(1);
         let guesses = |an: &Analyzers| {
             an.sources().get(&conn.client).unwrap().features(t, WINDOW).guesses.round()

@@ -258,12 +258,7 @@ mod tests {
     #[test]
     fn test_a_form_posted_with_distinct_credentials_is_guessing() {
         let mut an = Analyzers::new();
-        let conn = Conn {
-            client: [10, 0, 0, 1].into(),
-            server: [10, 0, 0, 2].into(),
-            client_port: 40000,
-            server_port: 80,
-        };
+        let conn = Conn::test(80);
         let t = Instant::from_secs(1);
         let client = Side { conn, from_client: true };
         let mut body = heapless::String::<128>::new();

@@ -326,6 +326,19 @@ pub struct Conn {
     pub server_port: u16,
 }
 
+#[cfg(test)]
+impl Conn {
+    /// The tests' exchange: 10.0.0.1 port 40000 to 10.0.0.2 on `server_port`.
+    pub(crate) fn test(server_port: u16) -> Conn {
+        Conn {
+            client: [10, 0, 0, 1].into(),
+            server: [10, 0, 0, 2].into(),
+            client_port: 40000,
+            server_port,
+        }
+    }
+}
+
 impl TableKey for Conn {
     fn word(&self) -> u128 {
         let ports = (u128::from(self.client_port) << 16) | u128::from(self.server_port);
