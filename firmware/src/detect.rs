@@ -413,14 +413,16 @@ pub struct Episode {
     pub kind: AnomalyKind,
     pub first_seen: Instant,
     pub last_seen: Instant,
-    /// Evaluations (seconds) it tripped in.
+    /// Seconds it tripped in (a window's trips are judged four times a second; they count once
+    /// a second), or for a model's trips, the flows judged so.
     pub count: u64,
     /// The counter that tripped, its highest value and the threshold.
     pub counter: &'static str,
     pub peak: f32,
     pub threshold: f32,
-    /// When it was last reported.
+    /// When it was last reported, and when `count` last grew by a window's trip.
     reported: Instant,
+    counted: Instant,
 }
 
 /// What happened to an episode.
@@ -679,7 +681,11 @@ impl<const E: usize> WindowDetector<E> {
                 if now > e.last_seen {
                     e.last_seen = now;
                 }
-                e.count += 1;
+                let model = t.counter == "classifier" || t.counter == "autoencoder";
+                if model || now - e.counted >= Duration::from_secs(1) {
+                    e.count += 1;
+                    e.counted = now;
+                }
                 if t.value > e.peak {
                     e.peak = t.value;
                 }
@@ -704,6 +710,7 @@ impl<const E: usize> WindowDetector<E> {
                     peak: t.value,
                     threshold: t.threshold,
                     reported: now,
+                    counted: now,
                 };
                 if self.episodes.push(e).is_ok() {
                     self.counters.opened += 1;
@@ -829,6 +836,30 @@ mod tests {
             ms += 1000;
         }
         events
+    }
+
+    #[test]
+    fn test_count_is_seconds_a_window_tripped_in_and_flows_a_model_judged() {
+        let mut d: WindowDetector<16> = WindowDetector::new(Thresholds::default());
+        let src: IpAddr = [10, 0, 0, 1].into();
+        let trip = |counter| Trip {
+            kind: AnomalyKind::PortScan,
+            counter,
+            value: 60.0,
+            threshold: 50.0,
+            by_victim: false,
+        };
+        // A window trips at every judgement, four a second, for 3 s: 4 seconds counted (0 to 3).
+        for ms in (0..=3000).step_by(250) {
+            d.observe(src, trip("host_dst_ports"), Instant::from_millis(ms), &mut |_, _| {});
+        }
+        let count = |d: &WindowDetector<16>| d.open().next().unwrap().count;
+        assert_eq!(count(&d), 4);
+        // A model's trips are flows: each counts.
+        for _ in 0..3 {
+            d.observe(src, trip("classifier"), Instant::from_millis(3000), &mut |_, _| {});
+        }
+        assert_eq!(count(&d), 7);
     }
 
     #[test]
