@@ -40,6 +40,9 @@ pub(crate) fn packet(
     if side.from_client {
         if METHODS.iter().any(|m| payload.starts_with(m)) {
             web_request(web, side, now);
+            if let Some((account, secret)) = credential(payload) {
+                guess(sources, side.conn.client, Service::Http, Some(account), secret, now);
+            }
             let attack = super::webattack::classify(payload);
             if attack != super::webattack::WebAttack::None {
                 if let Some(w) = sources.window_mut(side.conn.client, now) {
@@ -52,9 +55,6 @@ pub(crate) fn packet(
                     w.scanner_requests += 1;
                 }
             }
-        }
-        if let Some((account, secret)) = credential(payload) {
-            guess(sources, side.conn.client, Service::Http, Some(account), secret, now);
         }
         if let Some(rest) = payload.strip_prefix(b"POST ") {
             let end = rest.iter().take(256).position(|&b| b == b' ' || b == b'?');
@@ -77,7 +77,8 @@ pub(crate) fn packet(
     }
 }
 
-/// The most of a request's body read for a credential.
+/// The most of a request's head and of its body read for a credential.
+const HEAD_MAX: usize = 8192;
 const BODY_MAX: usize = 2048;
 
 /// Whether a form field's name is a password's: `password`, `pass`, `passwd`, `pwd`, `pw`,
@@ -114,8 +115,8 @@ fn ends_with_ci(hay: &[u8], suffix: &[u8]) -> bool {
 /// it), or a body's password field with its account field if any (`a=1&user=x&pass=y`, or a
 /// flat JSON object `{"username": "x", "password": "y"}`).
 fn credential(request: &[u8]) -> Option<(u32, u32)> {
-    let head_end = find(request, b"\r\n\r\n");
-    let head = &request[..head_end.unwrap_or(request.len())];
+    let head_end = find(&request[..request.len().min(HEAD_MAX)], b"\r\n\r\n");
+    let head = &request[..head_end.unwrap_or(request.len().min(HEAD_MAX))];
     for line in head.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > 21 && line[..21].eq_ignore_ascii_case(b"authorization: basic ") {
