@@ -235,6 +235,15 @@ pub enum Row {
 }
 
 impl Row {
+    /// The ring packets a `Packet` or `Packets` row carries (none for the others).
+    pub fn ring_packets(&self) -> &[PacketRow] {
+        match self {
+            Row::Packet(p) => std::slice::from_ref(&**p),
+            Row::Packets(ps) => ps,
+            _ => &[],
+        }
+    }
+
     /// The rows this stands for (a marking carries the evidence packets it stores): what a
     /// full queue's drop of it loses.
     pub fn rows(&self) -> u64 {
@@ -687,12 +696,8 @@ impl Store {
                             None => Some((id, id)),
                         };
                     }
-                    Row::Packet(p) => {
-                        packet(p, None)?;
-                        ring_note(&p.interface, 1);
-                        n[Table::Packets as usize] += 1;
-                    }
-                    Row::Packets(ps) => {
+                    Row::Packet(_) | Row::Packets(_) => {
+                        let ps = row.ring_packets();
                         for p in ps {
                             packet(p, None)?;
                             ring_note(&p.interface, 1);
