@@ -7,6 +7,7 @@ apt_packages=(
   build-essential pkg-config libpcap-dev        # the pcap crate
   tshark tcpdump wireshark-common bc            # tests cross-check tshark; bench/offline.sh
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user   # the ARM appliance build
+  qemu-system-arm                               # the MCU example on an emulated Cortex-M4F (scripts/mcu.sh)
   iproute2 curl ca-certificates iputils-ping nmap hping3 tcpreplay python3 python3-venv   # live-capture tests and benches
   hydra openssh-server vsftpd dnsmasq-base iodine bind9-dnsutils   # the lab (models/lab/lab.sh)
   mosquitto mosquitto-clients openssl   # hub tests: brokers of their own (dynamic security), certificates

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, formatting, lints, the no_std and ARM builds, the firmware's
-# tests under qemu-aarch64, and every workspace test. Run from anywhere; exits non-zero on the
-# first failure.
+# tests under qemu-aarch64, every workspace test, and the MCU example under qemu-system-arm.
+# Run from anywhere; exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -36,6 +36,9 @@ fi
 
 step "workspace tests"
 cargo test --workspace --all-features
+
+step "the core on a Cortex-M4F (qemu-system-arm -M mps2-an386): the same messages as on this machine and as tapwatch-edge analyze"
+bash scripts/mcu.sh "${CARGO_TARGET_DIR:-$PWD/target}/debug/tapwatch-edge"
 
 step "chaos, short: 10 kills of edge, Mosquitto, hub and PostgreSQL in turn, then 10 s each of a full broker disk, a read-only database, the edge's clock stepped and a lossy link, with live traffic; nothing missing or doubled"
 if [ "$(id -u)" = 0 ] && [ -z "${TAPWATCH_SKIP_LIVE:-}" ]; then

@@ -25,7 +25,7 @@ const STATS_KEYS_MAX: usize = 16_384;
 
 /// How often (packet time) the window detectors and analyzers are judged: a trip is named at
 /// most this late. A judgement walks the host, victim and analyzer tables (bounded).
-pub const EVAL_US: i64 = 250_000;
+pub const EVAL_US: i64 = firmware::detect::JUDGE_EVERY.total_micros() as i64;
 
 /// How often (packet time) the flows waiting for the models run, if their batch has not
 /// filled first: a batch costs about 26 us whatever its size, so batches are not run at every
@@ -184,82 +184,6 @@ pub struct Pipeline {
 
 /// Anomaly episodes open at once.
 pub const EPISODES_MAX: usize = 256;
-
-/// The anomaly message of an episode event (header fields are set when it is queued).
-pub fn anomaly_message(e: &Episode) -> AnomalyMsg {
-    use firmware::proto::{AnomalyKind as K, Reason, Severity};
-    let ratio = if e.threshold > 0.0 { e.peak / e.threshold } else { 1.0 };
-    let severity = match e.kind {
-        K::SynFlood
-        | K::UdpFlood
-        | K::IcmpFlood
-        | K::HttpFlood
-        | K::ArpSpoof
-        | K::DhcpStarvation => {
-            if ratio >= 10.0 {
-                Severity::Critical
-            } else {
-                Severity::High
-            }
-        }
-        // One heartbeat or one service created is the attack itself, not a rate.
-        K::Heartbleed | K::LateralMovement => Severity::High,
-        // An exploit that works takes the domain.
-        K::Exploit => Severity::Critical,
-        // No stack sends one: whatever it hides, it is made to be missed.
-        K::Evasion => Severity::High,
-        // One request may be the one that works.
-        K::WebAttack => Severity::High,
-        _ if ratio >= 10.0 => Severity::High,
-        _ => Severity::Medium,
-    };
-    let protocol = match e.kind {
-        // A scan of IP protocols is of all of them.
-        K::PortScan if matches!(e.counter, "host_ip_protocols" | "host_protocol_unreachables") => {
-            None
-        }
-        K::SynFlood
-        | K::PortScan
-        | K::Heartbleed
-        | K::LateralMovement
-        | K::Exploit
-        | K::WebAttack
-        | K::HttpFlood => Some(6),
-        K::UdpFlood => Some(17),
-        K::Reflection if e.by_victim => Some(17),
-        K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),
-        _ => None,
-    };
-    let mut reasons = heapless::Vec::new();
-    let _ = reasons.push(Reason {
-        feature: e.counter.try_into().unwrap_or_default(),
-        value: e.peak,
-        contribution: e.threshold,
-    });
-    AnomalyMsg {
-        schema: firmware::proto::SCHEMA_VERSION,
-        device: heapless::String::new(),
-        seq: 0,
-        ts: 0,
-        id: e.id,
-        kind: e.kind,
-        severity,
-        // Just over the threshold is a fair guess; twice over or more is near certain.
-        confidence: (0.5 + 0.5 * (ratio - 1.0)).clamp(0.5, 0.99),
-        score: e.peak,
-        threshold: e.threshold,
-        detector: "window".try_into().unwrap_or_default(),
-        src_ip: e.src,
-        // An attack named by its victim (from many or spoofed sources): the victim is both.
-        dst_ip: e.by_victim.then_some(e.src),
-        dst_port: None,
-        protocol,
-        first_seen: e.first_seen.total_micros(),
-        last_seen: e.last_seen.total_micros(),
-        count: e.count,
-        reasons,
-    }
-}
 
 /// What a model saw, on the anomaly of an episode it opened: its confidence, the flow's
 /// destination, and the features that drove it.
@@ -422,9 +346,7 @@ impl Pipeline {
         let Some(d) = self.detector.as_mut() else { return };
         let mut events = Vec::new();
         let now = Instant::from_micros(now_us);
-        d.evaluate_victims(self.engine.victims(), now, &mut |e, ev| events.push((*e, ev)));
-        d.evaluate_analyzers(self.engine.analyzers(), now, &mut |e, ev| events.push((*e, ev)));
-        d.evaluate(self.engine.hosts(), now, &mut |e, ev| events.push((*e, ev)));
+        d.judge(&self.engine, now, &mut |e, ev| events.push((*e, ev)));
         for (e, ev) in events {
             self.report(&e, ev);
         }
@@ -450,7 +372,7 @@ impl Pipeline {
             self.counters.anomalies += 1;
             tracing::info!(kind = ?e.kind, src = %e.src, counter = e.counter, value = e.peak, "anomaly");
         }
-        let mut msg = anomaly_message(e);
+        let mut msg = e.message();
         if let Some(d) = detail {
             apply_detail(&mut msg, d);
         }

@@ -12,7 +12,7 @@
 use crate::analyzers::dns::DomainFeatures;
 use crate::analyzers::{Analyzers, Service, SourceFeatures};
 use crate::hosts::{HostFeatures, HostTable};
-use crate::proto::AnomalyKind;
+use crate::proto::{AnomalyKind, AnomalyMsg};
 use crate::victims::{VictimFeatures, VictimTable};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
@@ -401,6 +401,10 @@ impl Thresholds {
     }
 }
 
+/// How often the window detectors are judged, in packet time: four times a second, so a flood
+/// or a scan is named within a quarter of a second of crossing its threshold.
+pub const JUDGE_EVERY: Duration = Duration::from_millis(250);
+
 /// One anomaly episode: a source and a kind, while it lasts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Episode {
@@ -423,6 +427,86 @@ pub struct Episode {
     /// When it was last reported, and when `count` last grew by a window's trip.
     reported: Instant,
     counted: Instant,
+}
+
+impl Episode {
+    /// The contract's anomaly message of this episode, as a window detector saw it (the header
+        /// fields are left for the uplink to stamp; a model's trip adds what it saw on top).
+    pub fn message(&self) -> AnomalyMsg {
+            let e = self;
+        use crate::proto::{AnomalyKind as K, Reason, Severity};
+        let ratio = if e.threshold > 0.0 { e.peak / e.threshold } else { 1.0 };
+        let severity = match e.kind {
+            K::SynFlood
+            | K::UdpFlood
+            | K::IcmpFlood
+            | K::HttpFlood
+            | K::ArpSpoof
+            | K::DhcpStarvation => {
+                if ratio >= 10.0 {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                }
+            }
+            // One heartbeat or one service created is the attack itself, not a rate.
+            K::Heartbleed | K::LateralMovement => Severity::High,
+            // An exploit that works takes the domain.
+            K::Exploit => Severity::Critical,
+            // No stack sends one: whatever it hides, it is made to be missed.
+            K::Evasion => Severity::High,
+            // One request may be the one that works.
+            K::WebAttack => Severity::High,
+            _ if ratio >= 10.0 => Severity::High,
+            _ => Severity::Medium,
+        };
+        let protocol = match e.kind {
+            // A scan of IP protocols is of all of them.
+            K::PortScan if matches!(e.counter, "host_ip_protocols" | "host_protocol_unreachables") => {
+                None
+            }
+            K::SynFlood
+            | K::PortScan
+            | K::Heartbleed
+            | K::LateralMovement
+            | K::Exploit
+            | K::WebAttack
+            | K::HttpFlood => Some(6),
+            K::UdpFlood => Some(17),
+            K::Reflection if e.by_victim => Some(17),
+            K::IcmpFlood => Some(if e.src.is_ipv4() { 1 } else { 58 }),
+            _ => None,
+        };
+        let mut reasons = heapless::Vec::new();
+        let _ = reasons.push(Reason {
+            feature: e.counter.try_into().unwrap_or_default(),
+            value: e.peak,
+            contribution: e.threshold,
+        });
+        AnomalyMsg {
+            schema: crate::proto::SCHEMA_VERSION,
+            device: heapless::String::new(),
+            seq: 0,
+            ts: 0,
+            id: e.id,
+            kind: e.kind,
+            severity,
+            // Just over the threshold is a fair guess; twice over or more is near certain.
+            confidence: (0.5 + 0.5 * (ratio - 1.0)).clamp(0.5, 0.99),
+            score: e.peak,
+            threshold: e.threshold,
+            detector: "window".try_into().unwrap_or_default(),
+            src_ip: e.src,
+            // An attack named by its victim (from many or spoofed sources): the victim is both.
+            dst_ip: e.by_victim.then_some(e.src),
+            dst_port: None,
+            protocol,
+            first_seen: e.first_seen.total_micros(),
+            last_seen: e.last_seen.total_micros(),
+            count: e.count,
+            reasons,
+        }
+    }
 }
 
 /// What happened to an episode.
@@ -479,6 +563,20 @@ impl<const E: usize> WindowDetector<E> {
 
     pub fn open(&self) -> impl Iterator<Item = &Episode> {
         self.episodes.iter()
+    }
+
+    /// Judge everything the engine keeps at `now`, in the order the detectors need: what each
+    /// destination received, the protocol analyzers' facts, then each source's window (which
+    /// also closes quiet episodes). A caller judges every [`JUDGE_EVERY`] of packet time.
+    pub fn judge<const F: usize, const H: usize, M: crate::flow::FlowShards<F>>(
+        &mut self,
+        engine: &crate::engine::Engine<F, H, M>,
+        now: Instant,
+        out: &mut impl FnMut(&Episode, EpisodeEvent),
+    ) {
+        self.evaluate_victims(engine.victims(), now, out);
+        self.evaluate_analyzers(engine.analyzers(), now, out);
+        self.evaluate(engine.hosts(), now, out);
     }
 
     /// Read every host's window at `now`, open and update episodes, close quiet ones; each

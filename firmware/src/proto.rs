@@ -219,6 +219,29 @@ pub struct FlowMsg {
     pub features: Vec<f32, FEATURES_MAX>,
 }
 
+impl FlowMsg {
+    /// The message of a flow that ended, with its feature vector.
+    pub fn of(f: &crate::engine::FinishedFlow) -> FlowMsg {
+        let r = &f.record;
+        let mut features = Vec::new();
+        for v in f.features() {
+            let _ = features.push(v);
+        }
+        FlowMsg {
+            src_ip: r.src(),
+            src_port: r.src_port(),
+            dst_ip: r.dst(),
+            dst_port: r.dst_port(),
+            protocol: r.flow.protocol,
+            vlan: r.vlan(),
+            start: r.flow.start.total_micros(),
+            end: r.flow.last.total_micros(),
+            end_reason: r.reason,
+            features,
+        }
+    }
+}
+
 message! {
     /// `flows` stream: finished flows in batches.
     #[derive(Debug, Clone, PartialEq)]
