@@ -26,6 +26,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../migrations/003_outbox.sql")),
     M::up(include_str!("../migrations/004_evidence_by_host.sql")),
     M::up(include_str!("../migrations/005_sync_will.sql")),
+    M::up(include_str!("../migrations/006_evidence_parts.sql")),
 ];
 
 /// The tables, for counters.
@@ -609,6 +610,10 @@ impl Store {
                     anomaly,
                 ])
             };
+            let mut part = tx.prepare_cached(
+                "INSERT INTO evidence (anomaly_id, first_us, last_us, packets, pcap)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             let mut stats = tx.prepare_cached(
                 "INSERT INTO traffic_stats (interval_start_us, interval_end_us, packets, bytes,
                  tcp_packets, udp_packets, icmp_packets, other_packets, flows_started, flows_ended,
@@ -749,7 +754,7 @@ impl Store {
                     Row::Evidence { anomaly, host, since_us, packets } => {
                         let ip = ip_bytes(host);
                         let kept = self.evidence_kept.entry(*anomaly).or_insert(0);
-                        let mut marked: Vec<(i64, i32, u32, Vec<u8>)> = Vec::new();
+                        let mut marked: Vec<EvidencePacket> = Vec::new();
                         for stmt in [&mut by_src, &mut by_dst] {
                             let left = keep_max.saturating_sub(*kept);
                             if left == 0 {
@@ -769,21 +774,26 @@ impl Store {
                                 over_budget += rest as u64;
                             }
                         }
+                        // The packets from memory, up to the budget, as pcap parts; the rest
+                        // stay ring packets (rotated as those are).
+                        let mut taken: Vec<EvidencePacket> = Vec::new();
                         for p in packets {
-                            let evidence = *kept < keep_max;
-                            packet(p, evidence.then_some(*anomaly))?;
                             n[Table::Packets as usize] += 1;
-                            if !evidence {
+                            if *kept >= keep_max {
+                                packet(p, None)?;
                                 ring_note(&p.interface, 1);
                                 over_budget += 1;
                                 continue;
                             }
                             *kept += 1;
-                            if syncing {
-                                marked.push((p.ts_us, p.link_type, p.wire_len, p.data.clone()));
-                            }
+                            taken.push((p.ts_us, p.link_type, p.wire_len, p.data.clone()));
                         }
-                        if !syncing {
+                        for (count, first, last, pcap) in evidence_parts(&taken) {
+                            part.execute(params![anomaly, first, last, count, pcap])?;
+                        }
+                        if syncing {
+                            marked.append(&mut taken);
+                        } else {
                             marked.clear();
                         }
                         if syncing && !marked.is_empty() {
@@ -801,7 +811,7 @@ impl Store {
                             }
                             evidence_unsent += (marked.len() - keep) as u64;
                             marked.truncate(keep);
-                            for (n, pcap) in evidence_parts(&marked) {
+                            for (n, _, _, pcap) in evidence_parts(&marked) {
                                 let msg = firmware::proto::EvidenceMsg {
                                     schema: 0,
                                     device: Default::default(),
@@ -960,6 +970,13 @@ impl Store {
             let n = self.conn.execute(&sql, [cutoff])? as u64;
             self.counters.evicted_age[t as usize].fetch_add(n, Ordering::Relaxed);
         }
+        // Evidence parts whose last packet is old, counted in packets as the marked ring
+        // packets beside them are.
+        let mut gone =
+            self.conn.prepare("DELETE FROM evidence WHERE last_us < ?1 RETURNING packets")?;
+        let n: i64 = gone.query_map([cutoff], |r| r.get::<_, i64>(0))?.sum::<Result<i64, _>>()?;
+        drop(gone);
+        self.counters.evicted_age[Table::Packets as usize].fetch_add(n as u64, Ordering::Relaxed);
         self.drop_orphan_batches()?;
         // Retention deletes ring packets too: their number is counted again when next needed.
         self.ring_rows.clear();
@@ -1013,6 +1030,25 @@ impl Store {
         Ok(())
     }
 
+    /// The evidence packets of an anomaly (Unix µs, DLT, wire length, bytes), in time order:
+    /// the ring packets marked for it and the parts it took from memory.
+    pub fn evidence(&self, anomaly: i64) -> Result<Vec<EvidencePacket>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ts_us, link_type, wire_len, data FROM packets WHERE anomaly_id = ?1 ORDER BY ts_us, id",
+        )?;
+        let mut rows: Vec<EvidencePacket> = stmt
+            .query_map([anomaly], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut parts = self
+            .conn
+            .prepare_cached("SELECT pcap FROM evidence WHERE anomaly_id = ?1 ORDER BY id")?;
+        let blobs: Vec<Vec<u8>> =
+            parts.query_map([anomaly], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        rows.extend(read_parts(anomaly, blobs)?);
+        rows.sort_by_key(|r| r.0);
+        Ok(rows)
+    }
+
     /// Write the evidence packets of an anomaly as a pcap file.
     pub fn export_pcap(&self, anomaly: i64, path: &Path) -> Result<u64, StoreError> {
         let exists: Option<i64> = self
@@ -1022,12 +1058,7 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NoAnomaly(anomaly));
         }
-        let mut stmt = self.conn.prepare(
-            "SELECT ts_us, link_type, wire_len, data FROM packets WHERE anomaly_id = ?1 ORDER BY ts_us, id",
-        )?;
-        let rows: Vec<(i64, i32, u32, Vec<u8>)> = stmt
-            .query_map([anomaly], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
+        let rows = self.evidence(anomaly)?;
         write_pcap(path, &rows).and_then(|n| {
             if n == 0 {
                 Err(StoreError::NoEvidence(anomaly))
@@ -1038,16 +1069,23 @@ impl Store {
     }
 }
 
+/// One evidence packet: Unix µs, libpcap DLT, length on the wire, the bytes captured.
+pub type EvidencePacket = (i64, i32, u32, Vec<u8>);
+
+/// One pcap part being written: its writer, link type, bytes, packets, first and last time.
+type PartWriter = (pcap_file::pcap::PcapWriter<Vec<u8>>, i32, usize, u32, i64, i64);
+
 /// Evidence packets (Unix µs, DLT, wire length, bytes; in time order) as pcap files of at most
-/// `EVIDENCE_PCAP_MAX` bytes, each of one link type, with its packet count. A packet too large
-/// for any part (not possible with the capture's snaplen) is left out.
-pub fn evidence_parts(rows: &[(i64, i32, u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)> {
+/// `EVIDENCE_PCAP_MAX` bytes, each of one link type, with its packet count and its first and
+/// last packet's time. A packet too large for any part (not possible with the capture's
+/// snaplen) is left out.
+pub fn evidence_parts(rows: &[EvidencePacket]) -> Vec<(u32, i64, i64, Vec<u8>)> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
     const HEADER: usize = 24;
     const RECORD: usize = 16;
     let max = firmware::proto::EVIDENCE_PCAP_MAX;
     let mut parts = Vec::new();
-    let mut current: Option<(PcapWriter<Vec<u8>>, i32, usize, u32)> = None;
+    let mut current: Option<PartWriter> = None;
     for (ts, link, len, data) in rows {
         let size = RECORD + data.len();
         if HEADER + size > max {
@@ -1055,11 +1093,11 @@ pub fn evidence_parts(rows: &[(i64, i32, u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)> 
         }
         let full = current.as_ref().is_some_and(|c| c.1 != *link || c.2 + size > max);
         if full {
-            if let Some((w, _, _, n)) = current.take() {
-                parts.push((n, w.into_writer()));
+            if let Some((w, _, _, n, first, last)) = current.take() {
+                parts.push((n, first, last, w.into_writer()));
             }
         }
-        let (w, _, bytes, n) = match current.as_mut() {
+        let (w, _, bytes, n, first, last) = match current.as_mut() {
             Some(c) => c,
             None => {
                 let header = PcapHeader {
@@ -1070,25 +1108,50 @@ pub fn evidence_parts(rows: &[(i64, i32, u32, Vec<u8>)]) -> Vec<(u32, Vec<u8>)> 
                 let Ok(w) = PcapWriter::with_header(Vec::with_capacity(max), header) else {
                     continue;
                 };
-                current.insert((w, *link, HEADER, 0))
+                current.insert((w, *link, HEADER, 0, *ts, *ts))
             }
         };
         let at = std::time::Duration::from_micros(ts.max(&0).unsigned_abs());
         if w.write_packet(&PcapPacket::new(at, *len, data)).is_ok() {
             *bytes += size;
             *n += 1;
+            *first = (*first).min(*ts);
+            *last = (*last).max(*ts);
         }
     }
-    if let Some((w, _, _, n)) = current {
+    if let Some((w, _, _, n, first, last)) = current {
         if n > 0 {
-            parts.push((n, w.into_writer()));
+            parts.push((n, first, last, w.into_writer()));
         }
     }
     parts
 }
 
+/// The packets of evidence parts' pcap files (Unix µs, DLT, wire length, bytes). A part that
+/// does not read back (it cannot be, the store wrote it) is an error naming the anomaly.
+fn read_parts(
+    anomaly: i64,
+    parts: impl IntoIterator<Item = Vec<u8>>,
+) -> Result<Vec<EvidencePacket>, StoreError> {
+    let mut out = Vec::new();
+    for pcap in parts {
+        let bad = |e: pcap_file::PcapError| {
+            StoreError::Pcap(format!(
+                "evidence of anomaly {anomaly}: a stored part is corrupt: {e}"
+            ))
+        };
+        let mut r = pcap_file::pcap::PcapReader::new(std::io::Cursor::new(pcap)).map_err(bad)?;
+        let link = u32::from(r.header().datalink) as i32;
+        while let Some(p) = r.next_packet() {
+            let p = p.map_err(bad)?;
+            out.push((p.timestamp.as_micros() as i64, link, p.orig_len, p.data.into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// Write packets (Unix µs, DLT, wire length, bytes) as a pcap file; all must share a link type.
-pub fn write_pcap(path: &Path, rows: &[(i64, i32, u32, Vec<u8>)]) -> Result<u64, StoreError> {
+pub fn write_pcap(path: &Path, rows: &[EvidencePacket]) -> Result<u64, StoreError> {
     let Some(first) = rows.first() else { return Ok(0) };
     let cap = pcap::Capture::dead(pcap::Linktype(first.1))
         .map_err(|e| StoreError::Pcap(e.to_string()))?;
@@ -1617,15 +1680,18 @@ mod tests {
             packets: vec![packet(7, [10, 0, 0, 1]), packet(8, [10, 0, 0, 1])],
         }])
         .unwrap();
-        let marked: Vec<i64> = s
-            .connection()
-            .prepare("SELECT ts_us FROM packets WHERE anomaly_id = 3 ORDER BY ts_us")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let marked: Vec<i64> = s.evidence(3).unwrap().iter().map(|p| p.0).collect();
         assert_eq!(marked, [5, 7, 8]);
+        // The two from memory are one part, not two rows.
+        let (parts, in_parts): (i64, i64) = s
+            .connection()
+            .query_row(
+                "SELECT count(*), sum(packets) FROM evidence WHERE anomaly_id = 3",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((parts, in_parts), (1, 2));
         let payload: Vec<u8> = s
             .connection()
             .query_row("SELECT payload FROM outbox WHERE stream = 'evidence'", [], |r| r.get(0))
@@ -1670,10 +1736,7 @@ mod tests {
             let mut q = s.connection().prepare(sql).unwrap();
             q.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
         };
-        assert_eq!(
-            ts("SELECT ts_us FROM packets WHERE anomaly_id = 9 ORDER BY ts_us"),
-            [1, 2, 3, 5]
-        );
+        assert_eq!(s.evidence(9).unwrap().iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3, 5]);
         assert_eq!(
             ts("SELECT ts_us FROM packets WHERE anomaly_id IS NULL ORDER BY ts_us"),
             [4, 6, 7]
@@ -1689,7 +1752,29 @@ mod tests {
         }])
         .unwrap();
         assert_eq!(c.evidence_over_budget.load(Ordering::Relaxed), 3);
-        assert_eq!(s.count(Table::Packets).unwrap(), 8, "nothing deleted");
+        let in_parts: i64 = s
+            .connection()
+            .query_row("SELECT sum(packets) FROM evidence", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(s.count(Table::Packets).unwrap() + in_parts, 8, "nothing deleted");
+        // Exported, the evidence is one pcap file in time order; age retention takes the
+        // parts with the rest, counted in packets.
+        let out = dir.path().join("nine.pcap");
+        s.connection()
+            .execute(
+                "INSERT INTO anomalies (id, first_seen_us, last_seen_us, kind, severity,
+                 confidence, score, threshold, detector, src_ip, count, reasons)
+                 VALUES (9, 1, 8, 'port_scan', 'medium', 1, 1, 1, 'window', '10.0.0.1', 1, '[]')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(s.export_pcap(9, &out).unwrap(), 4);
+        let before = c.evicted_age[Table::Packets as usize].load(Ordering::Relaxed);
+        s.enforce_retention(100 + s.config.max_age_hours as i64 * 3_600_000_000).unwrap();
+        let parts: i64 =
+            s.connection().query_row("SELECT count(*) FROM evidence", [], |r| r.get(0)).unwrap();
+        assert_eq!(parts, 0);
+        assert_eq!(c.evicted_age[Table::Packets as usize].load(Ordering::Relaxed) - before, 8);
     }
 
     #[test]

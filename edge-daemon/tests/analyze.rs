@@ -398,10 +398,13 @@ fn emit_anomalies_reports_the_scan_once() {
     let (evidence, ring, older): (i64, i64, i64) = rusqlite::Connection::open(&db2)
         .expect("db")
         .query_row(
-            "SELECT count(anomaly_id), count(*) - count(anomaly_id),
+            // Evidence: ring packets the store held, marked, and parts taken from memory.
+            "SELECT count(anomaly_id) + (SELECT coalesce(sum(packets), 0) FROM evidence),
+                    count(*) - count(anomaly_id),
                     (SELECT count(*) FROM packets WHERE anomaly_id IS NULL
                      AND (src = X'0a630001' OR dst = X'0a630001') AND ts_us <
-                     (SELECT max(ts_us) FROM packets WHERE anomaly_id IS NOT NULL))
+                     max((SELECT coalesce(max(ts_us), 0) FROM packets WHERE anomaly_id IS NOT NULL),
+                         (SELECT coalesce(max(last_us), 0) FROM evidence)))
              FROM packets",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -348,8 +348,9 @@ fn live_capture_of_real_tools_lands_in_sqlite_and_rules_change_at_run_time() {
     // Its evidence: the scan's packets from the ring, kept for export.
     let evidence: i64 = db
         .query_row(
-            "SELECT count(*) FROM packets WHERE anomaly_id =
-             (SELECT id FROM anomalies WHERE kind = 'port_scan')",
+            "SELECT (SELECT count(*) FROM packets WHERE anomaly_id = a.id)
+                  + (SELECT coalesce(sum(packets), 0) FROM evidence WHERE anomaly_id = a.id)
+             FROM anomalies a WHERE kind = 'port_scan'",
             [],
             |r| r.get(0),
         )
