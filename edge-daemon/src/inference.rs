@@ -35,8 +35,9 @@ pub struct Detail {
     pub protocol: u8,
 }
 
+/// A finished flow waiting for the models: its features and what a verdict on it needs.
 #[derive(Debug, Clone)]
-struct Pending {
+pub struct Pending {
     v: FeatureVector,
     src: IpAddr,
     dst: IpAddr,
@@ -45,6 +46,24 @@ struct Pending {
     /// The responder sent more than the initiator (which end a reflection's victim is).
     responder_heavier: bool,
     end_us: i64,
+}
+
+impl Pending {
+    /// What the models need of a finished flow with its feature vector.
+    pub fn of(f: &FinishedFlow, v: &FeatureVector) -> Pending {
+        let r = &f.record;
+        let (src, _) = r.key.src(r.flow.lo_is_src);
+        let (dst, dst_port) = r.key.dst(r.flow.lo_is_src);
+        Pending {
+            v: *v,
+            src,
+            dst,
+            dst_port,
+            protocol: r.key.protocol,
+            responder_heavier: r.flow.bwd.wire_bytes > r.flow.fwd.wire_bytes,
+            end_us: r.flow.last.total_micros(),
+        }
+    }
 }
 
 /// When a source's last verdicts of one kind came (at most as many as the kind needs).
@@ -189,19 +208,15 @@ impl ModelStage {
         if !self.active() {
             return false;
         }
-        let r = &f.record;
-        let (src, _) = r.key.src(r.flow.lo_is_src);
-        let (dst, dst_port) = r.key.dst(r.flow.lo_is_src);
-        self.pending.push(Pending {
-            v: *v,
-            src,
-            dst,
-            dst_port,
-            protocol: r.key.protocol,
-            responder_heavier: r.flow.bwd.wire_bytes > r.flow.fwd.wire_bytes,
-            end_us: r.flow.last.total_micros(),
-        });
+        self.pending.push(Pending::of(f, v));
         self.pending.len() >= self.batch
+    }
+
+    /// Run a batch made elsewhere (by a [`ModelWorker`]'s pipeline) as [`flush`](Self::flush)
+    /// runs its own.
+    fn run_batch(&mut self, rows: Vec<Pending>, trip: &mut impl FnMut(IpAddr, Trip, i64, Detail)) {
+        self.pending = rows;
+        self.flush(trip);
     }
 
     /// Flows of one kind one source needs within the host window.
@@ -476,6 +491,167 @@ impl ModelStage {
             }
         }
         (stage, refused)
+    }
+}
+
+/// A model trip: the source, the trip, the packet time of the flow, what the model saw.
+pub type ModelTrip = (IpAddr, Trip, i64, Detail);
+
+/// What the pipeline asks of the model thread, in order.
+#[derive(Debug)]
+enum Job {
+    Batch(Vec<Pending>),
+    Replace(Box<Model>),
+    /// The analysis messages of the interval ending at this packet time.
+    Analyses(i64),
+}
+
+/// The model stage on a thread of its own, beside the pipeline's: a batch of finished flows
+/// leaves, the pipeline goes on with the next packets, and the batch's trips come back in
+/// order. They are taken once due, a flush interval of packet time after the batch left (the
+/// same whatever the machine's speed: `analyze` gives the same anomalies every run), or live,
+/// as soon as they are ready. The analysis messages go from the model thread to the store.
+#[derive(Debug)]
+pub struct ModelWorker {
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    done: crossbeam_channel::Receiver<Vec<ModelTrip>>,
+    /// The packet time each batch in flight left at, oldest first.
+    in_flight: VecDeque<i64>,
+    pending: Vec<Pending>,
+    batch: usize,
+    active: bool,
+    loaded: Vec<(&'static str, String, String)>,
+    counters: std::sync::Arc<std::sync::Mutex<InferenceCounters>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ModelWorker {
+    /// Start the thread that runs `stage`; its analysis messages go to `analysis`.
+    pub fn spawn(
+        mut stage: ModelStage,
+        mut analysis: impl FnMut(AnalysisMsg) + Send + 'static,
+    ) -> std::io::Result<ModelWorker> {
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let counters = std::sync::Arc::new(std::sync::Mutex::new(*stage.counters()));
+        let (batch, active, loaded) = (stage.batch, stage.active(), stage.loaded());
+        let shared = counters.clone();
+        let thread = std::thread::Builder::new().name("models".into()).spawn(move || {
+            for job in rx {
+                match job {
+                    Job::Batch(rows) => {
+                        let mut trips = Vec::new();
+                        stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
+                        if let Ok(mut c) = shared.lock() {
+                            *c = *stage.counters();
+                        }
+                        if done_tx.send(trips).is_err() {
+                            return;
+                        }
+                    }
+                    Job::Replace(m) => stage.replace(*m),
+                    Job::Analyses(now_us) => {
+                        stage.take_analyses(now_us).into_iter().for_each(&mut analysis)
+                    }
+                }
+            }
+        })?;
+        Ok(ModelWorker {
+            jobs: Some(jobs),
+            done,
+            in_flight: VecDeque::new(),
+            pending: Vec::with_capacity(batch),
+            batch,
+            active,
+            loaded,
+            counters,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// The models in the slots: (slot, name, version).
+    pub fn loaded(&self) -> Vec<(&'static str, String, String)> {
+        self.loaded.clone()
+    }
+
+    /// The counters as of the last batch the model thread ran.
+    pub fn counters(&self) -> InferenceCounters {
+        self.counters.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// Queue a finished flow; true when the batch is full (call [`send`](Self::send)).
+    pub fn push(&mut self, f: &FinishedFlow, v: &FeatureVector) -> bool {
+        if !self.active {
+            return false;
+        }
+        self.pending.push(Pending::of(f, v));
+        self.pending.len() >= self.batch
+    }
+
+    /// The batch waiting leaves for the model thread, at packet time `now_us`.
+    pub fn send(&mut self, now_us: i64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let rows = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch));
+        if let Some(jobs) = &self.jobs {
+            if jobs.send(Job::Batch(rows)).is_ok() {
+                self.in_flight.push_back(now_us);
+            }
+        }
+    }
+
+    /// Put a model in its slot: the batches already sent run on the one they were sent to.
+    pub fn replace(&mut self, m: Model) {
+        self.loaded.retain(|(slot, _, _)| *slot != m.kind.as_str());
+        self.loaded.push((m.kind.as_str(), m.name.clone(), m.version.clone()));
+        self.active = true;
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Replace(Box::new(m)));
+        }
+    }
+
+    /// Ask for the analysis messages of the interval ending at `now_us` (they go to the store
+    /// from the model thread, after the batches sent before).
+    pub fn analyses(&mut self, now_us: i64) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Analyses(now_us));
+        }
+    }
+
+    /// The trips of the batches that left at or before `due_us` (waiting for them), and with
+    /// `ready`, of those after that the model thread has already run, in order.
+    pub fn take(&mut self, due_us: i64, ready: bool) -> Vec<ModelTrip> {
+        let mut out = Vec::new();
+        while let Some(&left) = self.in_flight.front() {
+            let trips = if left <= due_us {
+                self.done.recv().ok()
+            } else if ready {
+                match self.done.try_recv() {
+                    Ok(t) => Some(t),
+                    Err(_) => break,
+                }
+            } else {
+                break;
+            };
+            self.in_flight.pop_front();
+            out.extend(trips.into_iter().flatten());
+        }
+        out
+    }
+}
+
+impl Drop for ModelWorker {
+    fn drop(&mut self) {
+        // The thread ends when its queue closes, after the jobs in it (the last analyses).
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

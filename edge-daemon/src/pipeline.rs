@@ -4,7 +4,7 @@
 //! the capture threads; `analyze` runs it directly.
 
 use crate::config::Config;
-use crate::inference::{Detail, ModelStage};
+use crate::inference::{Detail, ModelStage, ModelWorker};
 use crate::model::Model;
 use crate::ring::{Ring, RingPacket};
 use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
@@ -91,7 +91,7 @@ type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 fn sink_flow(
     store: &StoreLink,
     blocking: bool,
-    models: &mut Option<Box<ModelStage>>,
+    models: &mut Option<Box<ModelWorker>>,
     f: &FinishedFlow,
 ) -> bool {
     let to_models = models.as_ref().is_some_and(|m| m.active());
@@ -177,7 +177,7 @@ pub struct Pipeline {
     collect: Option<Vec<AnomalyMsg>>,
     /// The models (None when there are none), models loaded again to put in their slots, and
     /// what drove each open episode the models opened.
-    models: Option<Box<ModelStage>>,
+    models: Option<Box<ModelWorker>>,
     reloads: Option<crossbeam_channel::Receiver<Model>>,
     model_detail: HashMap<(IpAddr, AnomalyKind), Detail>,
 }
@@ -245,10 +245,19 @@ impl Pipeline {
     }
 
     /// Run these models on every finished flow (with the window detectors: `detect.enabled`).
+    ///
+    /// The models run on a thread of their own ([`ModelWorker`]); their analysis messages go
+    /// from there to the store, waiting for room as this pipeline's rows do (call
+    /// [`blocking`](Self::blocking) first).
     pub fn with_models(mut self, stage: ModelStage) -> Self {
         // Kept even when empty: a model file that appears later is loaded into it.
         if self.detector.is_some() {
-            self.models = Some(Box::new(stage));
+            let (store, blocking) = (self.store.clone(), self.blocking);
+            let analysis = move |a| send_row(&store, blocking, Row::Analysis(Box::new(a)));
+            match ModelWorker::spawn(stage, analysis) {
+                Ok(w) => self.models = Some(Box::new(w)),
+                Err(e) => tracing::error!("cannot start the model thread, models off: {e}"),
+            }
         }
         self
     }
@@ -260,15 +269,24 @@ impl Pipeline {
     }
 
     /// The model stage's counters and the models in it (name, version).
-    pub fn models(&self) -> Option<&ModelStage> {
+    pub fn models(&self) -> Option<&ModelWorker> {
         self.models.as_deref()
     }
 
-    /// Run the flows waiting for the models; the sources they name go to the episodes.
-    fn flush_models(&mut self) {
+    /// The flows waiting for the models leave for the model thread (packet time `now_us`).
+    fn send_models(&mut self, now_us: i64) {
+        if let Some(m) = self.models.as_mut() {
+            m.send(now_us);
+        }
+    }
+
+    /// Take the models' trips that are due at `now_us` (a flush interval after their batch
+    /// left; live, also those ready sooner; with `all`, every batch sent): the sources they
+    /// name go to the episodes.
+    fn apply_models(&mut self, now_us: i64, all: bool) {
         let Some(m) = self.models.as_mut() else { return };
-        let mut trips = Vec::new();
-        m.flush(&mut |src, t, now_us, d| trips.push((src, t, now_us, d)));
+        let due = if all { i64::MAX } else { now_us.saturating_sub(MODEL_FLUSH_US) };
+        let trips = m.take(due, !self.blocking);
         for (src, t, now_us, d) in trips {
             // Many attempts is not an attack; many failed ones is. The analyzers see failures
             // where the protocol shows them (FTP, HTTP, Kerberos, SMB), infer them for SSH from
@@ -341,8 +359,9 @@ impl Pipeline {
         if force || now_us >= self.next_flush_us {
             self.next_flush_us = now_us + MODEL_FLUSH_US;
             self.take_reloads();
-            self.flush_models();
+            self.send_models(now_us);
         }
+        self.apply_models(now_us, force);
         let Some(d) = self.detector.as_mut() else { return };
         let mut events = Vec::new();
         let now = Instant::from_micros(now_us);
@@ -454,7 +473,7 @@ impl Pipeline {
             hosts_active: self.engine.hosts().len() as u64,
             victims_active: self.engine.victims().len() as u64,
             iface_errors: self.iface_errors.clone(),
-            inference: self.models.as_ref().map(|m| *m.counters()).unwrap_or_default(),
+            inference: self.models.as_ref().map(|m| m.counters()).unwrap_or_default(),
             models: self.models.as_ref().map(|m| m.loaded()).unwrap_or_default(),
             updated: Some(std::time::Instant::now()),
         }
@@ -495,7 +514,7 @@ impl Pipeline {
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
         if full {
-            self.flush_models();
+            self.send_models(p.ts_us);
         }
         self.detect(p.ts_us, false);
         if let Err(e) = &result {
@@ -633,9 +652,7 @@ impl Pipeline {
         };
         self.send(Row::Stats(Box::new(row)));
         if let Some(m) = self.models.as_mut() {
-            for a in m.take_analyses(iv.start_us + self.interval_us) {
-                self.send(Row::Analysis(Box::new(a)));
-            }
+            m.analyses(iv.start_us + self.interval_us);
         }
     }
 
@@ -690,9 +707,8 @@ impl Pipeline {
     pub fn finish(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
         // The last second of the input is judged, then what is open ends with it.
         let last = self.engine.flows().iter().map(|(_, f)| f.last.total_micros()).max();
-        if let Some(last) =
-            last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - EVAL_US))
-        {
+        let last = last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - EVAL_US));
+        if let Some(last) = last {
             self.detect(last, true);
         }
         let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
@@ -702,8 +718,10 @@ impl Pipeline {
             sink_flow(store, blocking, models, f);
             out(f)
         });
-        // The flows that just ended are judged, then every episode ends.
-        self.flush_models();
+        // The flows that just ended are judged (waiting for the model thread), then every
+        // episode ends.
+        self.send_models(last.unwrap_or_default());
+        self.apply_models(last.unwrap_or_default(), true);
         self.close_episodes();
         if let Some(mut iv) = self.stats.take() {
             iv.flows_ended += ended;
