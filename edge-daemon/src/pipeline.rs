@@ -87,11 +87,17 @@ pub struct PipelineCounters {
 
 type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 
-/// A finished flow: its row to the store and its features to the models, computed once.
+/// Finished flows go to the store in chunks of this many at most (and at every judgement):
+/// a row each woke the writer for each flow.
+const FLOW_CHUNK: usize = 64;
+
+/// A finished flow: its row to the store (in `chunk`, sent when full) and its features to the
+/// models, computed once.
 fn sink_flow(
     store: &StoreLink,
     blocking: bool,
     models: &mut Option<Box<ModelWorker>>,
+    chunk: &mut Vec<FlowRow>,
     f: &FinishedFlow,
 ) -> bool {
     let to_models = models.as_ref().is_some_and(|m| m.active());
@@ -101,7 +107,10 @@ fn sink_flow(
     let row = FlowRow::from(f);
     let full = models.as_mut().is_some_and(|m| m.push(f, &row.features));
     if store.is_some() {
-        send_row(store, blocking, Row::Flow(Box::new(row)));
+        chunk.push(row);
+        if chunk.len() >= FLOW_CHUNK {
+            send_row(store, blocking, Row::Flows(std::mem::take(chunk)));
+        }
     }
     full
 }
@@ -178,6 +187,8 @@ pub struct Pipeline {
     /// The models (None when there are none), models loaded again to put in their slots, and
     /// what drove each open episode the models opened.
     models: Option<Box<ModelWorker>>,
+    /// Finished flows not yet sent to the store.
+    flow_rows: Vec<FlowRow>,
     reloads: Option<crossbeam_channel::Receiver<Model>>,
     model_detail: HashMap<(IpAddr, AnomalyKind), Detail>,
 }
@@ -239,6 +250,7 @@ impl Pipeline {
             suppress: config.detect.suppress.clone(),
             collect: None,
             models: None,
+            flow_rows: Vec::new(),
             reloads: None,
             model_detail: HashMap::default(),
         }
@@ -271,6 +283,14 @@ impl Pipeline {
     /// The model stage's counters and the models in it (name, version).
     pub fn models(&self) -> Option<&ModelWorker> {
         self.models.as_deref()
+    }
+
+    /// The finished flows not yet in the store go (a chunk short of [`FLOW_CHUNK`]).
+    fn send_flows(&mut self) {
+        if !self.flow_rows.is_empty() {
+            let rows = std::mem::take(&mut self.flow_rows);
+            self.send(Row::Flows(rows));
+        }
     }
 
     /// The flows waiting for the models leave for the model thread (packet time `now_us`).
@@ -356,6 +376,7 @@ impl Pipeline {
             return;
         }
         self.next_eval_us = now_us + EVAL_US;
+        self.send_flows();
         if force || now_us >= self.next_flush_us {
             self.next_flush_us = now_us + MODEL_FLUSH_US;
             self.take_reloads();
@@ -504,10 +525,11 @@ impl Pipeline {
         let ts = Instant::from_micros(p.ts_us);
         let mut ended = 0u64;
         let mut full = false;
-        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
+        let (store, blocking, models, chunk) =
+            (&self.store, self.blocking, &mut self.models, &mut self.flow_rows);
         let mut sink = |f: &FinishedFlow| {
             ended += 1;
-            full |= sink_flow(store, blocking, models, f);
+            full |= sink_flow(store, blocking, models, chunk, f);
             out(f)
         };
         let started_before = self.engine.flow_counters().created;
@@ -685,11 +707,12 @@ impl Pipeline {
     /// Advance time with no packet (live capture on a quiet link): flows time out and the
     /// interval rolls.
     pub fn tick(&mut self, now_us: i64, out: &mut impl FnMut(&FinishedFlow)) {
-        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
+        let (store, blocking, models, chunk) =
+            (&self.store, self.blocking, &mut self.models, &mut self.flow_rows);
         let mut ended = 0;
         self.engine.tick(Instant::from_micros(now_us), &mut |f| {
             ended += 1;
-            sink_flow(store, blocking, models, f);
+            sink_flow(store, blocking, models, chunk, f);
             out(f)
         });
         if let Some(iv) = self.stats.as_mut() {
@@ -711,13 +734,15 @@ impl Pipeline {
         if let Some(last) = last {
             self.detect(last, true);
         }
-        let (store, blocking, models) = (&self.store, self.blocking, &mut self.models);
+        let (store, blocking, models, chunk) =
+            (&self.store, self.blocking, &mut self.models, &mut self.flow_rows);
         let mut ended = 0;
         self.engine.reset(&mut |f| {
             ended += 1;
-            sink_flow(store, blocking, models, f);
+            sink_flow(store, blocking, models, chunk, f);
             out(f)
         });
+        self.send_flows();
         // The flows that just ended are judged (waiting for the model thread), then every
         // episode ends.
         self.send_models(last.unwrap_or_default());

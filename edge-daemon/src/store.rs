@@ -210,6 +210,9 @@ pub struct PacketRow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Flow(Box<FlowRow>),
+    /// Finished flows together (the pipeline sends them in chunks: a row each woke the writer
+    /// for each flow).
+    Flows(Vec<FlowRow>),
     Packet(Box<PacketRow>),
     /// Ring packets written together (a write of the ring in memory, up to
     /// `evidence_ring_packets` of them): one place in the writer's queue, not one each, so a
@@ -245,12 +248,22 @@ impl Row {
         }
     }
 
+    /// The flows a `Flow` or `Flows` row carries (none for the others).
+    pub fn flows(&self) -> &[FlowRow] {
+        match self {
+            Row::Flow(f) => std::slice::from_ref(&**f),
+            Row::Flows(fs) => fs,
+            _ => &[],
+        }
+    }
+
     /// The rows this stands for (a marking carries the evidence packets it stores): what a
     /// full queue's drop of it loses.
     pub fn rows(&self) -> u64 {
         match self {
             Row::Evidence { packets, .. } => 1 + packets.len() as u64,
             Row::Packets(packets) => packets.len() as u64,
+            Row::Flows(flows) => flows.len() as u64,
             _ => 1,
         }
     }
@@ -663,43 +676,45 @@ impl Store {
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
             for row in rows {
                 match row {
-                    Row::Flow(f) => {
-                        blob.clear();
-                        for v in &f.features {
-                            blob.extend_from_slice(&v.to_le_bytes());
+                    Row::Flow(_) | Row::Flows(_) => {
+                        for f in row.flows() {
+                            blob.clear();
+                            for v in &f.features {
+                                blob.extend_from_slice(&v.to_le_bytes());
+                            }
+                            use std::fmt::Write as _;
+                            src.clear();
+                            dst.clear();
+                            let _ = write!(src, "{}", f.src_ip);
+                            let _ = write!(dst, "{}", f.dst_ip);
+                            flow.execute(params![
+                                f.start_us,
+                                f.end_us,
+                                src.as_str(),
+                                f.src_port,
+                                dst.as_str(),
+                                f.dst_port,
+                                f.protocol,
+                                f.vlan,
+                                f.end_reason,
+                                f.packets,
+                                f.bytes as i64,
+                                FEATURE_SET_VERSION,
+                                blob,
+                            ])?;
+                            n[Table::TrafficFeatures as usize] += 1;
+                            let id = tx.last_insert_rowid();
+                            run = match run {
+                                Some((first, _)) if id - first + 1 < FLOW_BATCH_MAX as i64 => {
+                                    Some((first, id))
+                                }
+                                Some((first, _)) => {
+                                    queue(Stream::Flows, &no_payload, Some((first, id)))?;
+                                    None
+                                }
+                                None => Some((id, id)),
+                            };
                         }
-                        use std::fmt::Write as _;
-                        src.clear();
-                        dst.clear();
-                        let _ = write!(src, "{}", f.src_ip);
-                        let _ = write!(dst, "{}", f.dst_ip);
-                        flow.execute(params![
-                            f.start_us,
-                            f.end_us,
-                            src.as_str(),
-                            f.src_port,
-                            dst.as_str(),
-                            f.dst_port,
-                            f.protocol,
-                            f.vlan,
-                            f.end_reason,
-                            f.packets,
-                            f.bytes as i64,
-                            FEATURE_SET_VERSION,
-                            blob,
-                        ])?;
-                        n[Table::TrafficFeatures as usize] += 1;
-                        let id = tx.last_insert_rowid();
-                        run = match run {
-                            Some((first, _)) if id - first + 1 < FLOW_BATCH_MAX as i64 => {
-                                Some((first, id))
-                            }
-                            Some((first, _)) => {
-                                queue(Stream::Flows, &no_payload, Some((first, id)))?;
-                                None
-                            }
-                            None => Some((id, id)),
-                        };
                     }
                     Row::Packet(_) | Row::Packets(_) => {
                         let ps = row.ring_packets();
@@ -1209,6 +1224,8 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
             let cfg = store.config.clone();
             let interval = Duration::from_millis(cfg.flush_interval_ms);
             let mut batch: Vec<Row> = Vec::with_capacity(cfg.batch_rows);
+            // Rows the batch stands for (a chunk of flows is its flows).
+            let mut held = 0usize;
             let mut last_flush = Instant::now();
             let mut last_retention = Instant::now();
             // An anomaly in the batch: it is written at once, not at the next interval (an
@@ -1219,16 +1236,17 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                 // A row into the batch: how many it holds now.
                 let mut take = |row: Row| {
                     urgent |= matches!(row, Row::Anomaly(_));
+                    held += row.flows().len().max(1);
                     batch.push(row);
-                    batch.len()
+                    held
                 };
                 let (more, closed) = match rx.recv_timeout(timeout) {
                     Ok(row) => {
-                        let mut held = take(row);
+                        let mut n = take(row);
                         // What else is waiting, without a clock read per row.
-                        while held < cfg.batch_rows {
+                        while n < cfg.batch_rows {
                             match rx.try_recv() {
-                                Ok(row) => held = take(row),
+                                Ok(row) => n = take(row),
                                 Err(_) => break,
                             }
                         }
@@ -1241,7 +1259,7 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                     // Idle: the next wait is a whole interval, not zero (which would spin).
                     last_flush = Instant::now();
                 }
-                let full = batch.len() >= cfg.batch_rows;
+                let full = held >= cfg.batch_rows;
                 if (full || urgent || !more || closed || last_flush.elapsed() >= interval)
                     && !batch.is_empty()
                 {
@@ -1252,6 +1270,7 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                         store.counters.rows_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     }
                     batch.clear();
+                    held = 0;
                     last_flush = Instant::now();
                 }
                 if closed || last_retention.elapsed() >= Duration::from_secs(10) {
