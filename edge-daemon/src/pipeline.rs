@@ -258,17 +258,21 @@ impl Pipeline {
 
     /// Run these models on every finished flow (with the window detectors: `detect.enabled`).
     ///
-    /// The models run on a thread of their own ([`ModelWorker`]); their analysis messages go
-    /// from there to the store, waiting for room as this pipeline's rows do (call
-    /// [`blocking`](Self::blocking) first).
+    /// Live, the models run on a thread of their own ([`ModelWorker`]), their analysis
+    /// messages going from there to the store; offline ([`blocking`](Self::blocking), called
+    /// first), on this one, with the same timing of their trips.
     pub fn with_models(mut self, stage: ModelStage) -> Self {
         // Kept even when empty: a model file that appears later is loaded into it.
         if self.detector.is_some() {
             let (store, blocking) = (self.store.clone(), self.blocking);
             let analysis = move |a| send_row(&store, blocking, Row::Analysis(Box::new(a)));
-            match ModelWorker::spawn(stage, analysis) {
-                Ok(w) => self.models = Some(Box::new(w)),
-                Err(e) => tracing::error!("cannot start the model thread, models off: {e}"),
+            if blocking {
+                self.models = Some(Box::new(ModelWorker::inline(stage, analysis)));
+            } else {
+                match ModelWorker::spawn(stage, analysis) {
+                    Ok(w) => self.models = Some(Box::new(w)),
+                    Err(e) => tracing::error!("cannot start the model thread, models off: {e}"),
+                }
             }
         }
         self
