@@ -32,7 +32,24 @@ pub struct Batch {
 impl Batch {
     pub fn new(iface: usize, link: LinkType, dlt: i32) -> Batch {
         // Small to start: in immediate mode most batches hold a packet or two.
-        Batch { iface, link, dlt, packets: Vec::with_capacity(8), bytes: Vec::with_capacity(2048) }
+        Batch::with_capacity(iface, link, dlt, 8, 2048)
+    }
+
+    /// A batch with room for `packets` packets of `bytes` bytes in all, allocated once.
+    pub fn with_capacity(
+        iface: usize,
+        link: LinkType,
+        dlt: i32,
+        packets: usize,
+        bytes: usize,
+    ) -> Batch {
+        Batch {
+            iface,
+            link,
+            dlt,
+            packets: Vec::with_capacity(packets),
+            bytes: Vec::with_capacity(bytes),
+        }
     }
 }
 
