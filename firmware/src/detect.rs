@@ -431,9 +431,9 @@ pub struct Episode {
 
 impl Episode {
     /// The contract's anomaly message of this episode, as a window detector saw it (the header
-        /// fields are left for the uplink to stamp; a model's trip adds what it saw on top).
+    /// fields are left for the uplink to stamp; a model's trip adds what it saw on top).
     pub fn message(&self) -> AnomalyMsg {
-            let e = self;
+        let e = self;
         use crate::proto::{AnomalyKind as K, Reason, Severity};
         let ratio = if e.threshold > 0.0 { e.peak / e.threshold } else { 1.0 };
         let severity = match e.kind {
@@ -462,7 +462,9 @@ impl Episode {
         };
         let protocol = match e.kind {
             // A scan of IP protocols is of all of them.
-            K::PortScan if matches!(e.counter, "host_ip_protocols" | "host_protocol_unreachables") => {
+            K::PortScan
+                if matches!(e.counter, "host_ip_protocols" | "host_protocol_unreachables") =>
+            {
                 None
             }
             K::SynFlood
