@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Boot the appliance image (image/build-image.sh) under qemu-system-aarch64 -M virt (software
+# emulation of a Cortex-A57, Debian's arm64 kernel) with two NICs: eth0 for management (qemu's
+# user network, where this machine is 10.0.2.2) and eth1 on a bridge of this machine that acts
+# as a mirror (it floods every frame: ageing 0), with an attacker and a victim in network
+# namespaces on the same bridge. A hub runs on this machine (PostgreSQL, its embedded broker);
+# the device is registered there and its broker password handed to the tap on the kernel
+# command line, which first boot provisions from. The test waits for the edge to capture on
+# eth1 (systemd's READY) and for the hub to see the device online, runs an nmap SYN scan from
+# the attacker, and waits for the scan's flows and its port_scan anomaly in the hub's database.
+# Timings go to stdout; the serial console to image/out/boot-test.log.
+#
+# Usage: sudo image/boot-test.sh   (needs qemu-system-arm (qemu-system-aarch64), nmap, iproute2,
+# PostgreSQL at 127.0.0.1; TAPWATCH_HUB: the hub binary, default target/release/tapwatch-hub)
+# BOOT_TIMEOUT (default 900 s): boot to capture under emulation.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=$here/out
+img=$out/tapwatch-arm64.ext4
+fail() { echo "boot-test: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || fail "needs root (a bridge, a tap device, namespaces)"
+[ -s "$img" ] || fail "no image in $out (image/build-image.sh)"
+timeout_s=${BOOT_TIMEOUT:-900}
+log=$out/boot-test.log
+n=$$
+br=twbr$n tap=twtap$n att=twatt$n vic=twvic$n
+work=$(mktemp -d /tmp/tapwatch-boot.XXXXXX)
+hub=${TAPWATCH_HUB:-$here/../target/release/tapwatch-hub}
+[ -x "$hub" ] || (cd "$here/.." && cargo build --release -q -p tapwatch-hub)
+cleanup() {
+  [ -n "${qemu:-}" ] && kill "$qemu" 2> /dev/null && wait "$qemu" 2> /dev/null || true
+  [ -n "${hubpid:-}" ] && kill "$hubpid" 2> /dev/null && wait "$hubpid" 2> /dev/null || true
+  rm -rf "$work"
+  ip link del "$br" 2> /dev/null || true
+  ip link del "$tap" 2> /dev/null || true
+  ip netns del "$att" 2> /dev/null || true
+  ip netns del "$vic" 2> /dev/null || true
+}
+trap cleanup EXIT
+# The mirror: a bridge that floods every frame to every port (no MAC learning).
+ip link add "$br" type bridge ageing_time 0
+ip link set "$br" up
+ip tuntap add dev "$tap" mode tap
+ip link set "$tap" master "$br" up
+i=1
+for ns in "$att" "$vic"; do
+  ip netns add "$ns"
+  ip link add "tw$i$n" type veth peer name eth0 netns "$ns"
+  ip link set "tw$i$n" master "$br" up
+  ip netns exec "$ns" ip addr add "10.77.0.$i/24" dev eth0
+  ip netns exec "$ns" ip link set eth0 up
+  ip netns exec "$ns" ip link set lo up
+  i=$((i + 1))
+done
+attacker=10.77.0.1 victim=10.77.0.2
+
+# The hub, with its embedded broker on this machine's loopback (the tap reaches it as 10.0.2.2).
+pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
+db=tapwatch_boottest
+psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
+  -c "CREATE DATABASE $db" 2> /dev/null
+sql() { psql -X -q -t -A -h 127.0.0.1 -U postgres -d "$db" -c "$1" 2> /dev/null || true; }
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+edges_port=$(port) hub_port=$(port) web_port=$(port)
+cat > "$work/hub.toml" << TOML
+[broker]
+embedded = true
+listen = "127.0.0.1:$edges_port"
+listen_v5 = "127.0.0.1:$hub_port"
+[postgres]
+url = "host=127.0.0.1 user=postgres dbname=$db"
+[http]
+listen = "127.0.0.1:$web_port"
+TOML
+TAPWATCH_ADMIN_USER=admin TAPWATCH_ADMIN_PASSWORD=boot-test-admin "$hub" run \
+  --config "$work/hub.toml" 2> "$out/boot-test-hub.log" &
+hubpid=$!
+for _ in $(seq 100); do grep -q "mqtt: subscribed" "$out/boot-test-hub.log" && break; sleep 0.1; done
+grep -q "mqtt: subscribed" "$out/boot-test-hub.log" || fail "the hub did not start: $out/boot-test-hub.log"
+"$hub" device add --config "$work/hub.toml" --password-file "$work/password" qemu-tap-1 \
+  > /dev/null 2>> "$out/boot-test-hub.log"
+password=$(cat "$work/password")
+
+: > "$log"
+start=$(date +%s.%N)
+qemu-system-aarch64 -M virt -cpu cortex-a57 -smp 2 -m 1024 \
+  -display none -monitor none -serial "file:$log" \
+  -kernel "$out/tapwatch-arm64.vmlinuz" -initrd "$out/tapwatch-arm64.initrd" \
+  -append "root=/dev/vda rw console=ttyAMA0 net.ifnames=0 systemd.journald.forward_to_console=1 tapwatch.device=qemu-tap-1 tapwatch.capture=eth1 tapwatch.broker=10.0.2.2:$edges_port tapwatch.user=qemu-tap-1 tapwatch.password=$password" \
+  -drive "if=virtio,format=raw,file=$img,snapshot=on" \
+  -netdev user,id=mgmt -device virtio-net-pci,netdev=mgmt,mac=52:54:00:77:00:01 \
+  -netdev "tap,id=cap,ifname=$tap,script=no,downscript=no" \
+  -device virtio-net-pci,netdev=cap,mac=52:54:00:77:00:02 &
+qemu=$!
+
+# Seconds since the start when a line matching $1 shows in the console, or fail after $2 s.
+wait_for() {
+  local deadline=$(( $(date +%s) + $2 ))
+  while ! grep -qE "$1" "$log"; do
+    kill -0 "$qemu" 2> /dev/null || fail "qemu exited; the console is in $log"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "no '$1' within $2 s; the console is in $log"
+    sleep 2
+  done
+  echo "$(date +%s.%N) - $start" | bc -l | xargs printf '%.1f'
+}
+provisioned=$(wait_for "provision: this tap is qemu-tap-1" "$timeout_s")
+echo "boot-test: provisioned as qemu-tap-1 after $provisioned s"
+ready=$(wait_for "capturing.*eth1|interface=eth1.*capturing" "$timeout_s")
+echo "boot-test: tapwatch-edge capturing on eth1 after $ready s (boot to capture, software emulation)"
+grep -q "Started.*tapwatch-edge" "$log" && echo "boot-test: systemd saw it ready (Type=notify)"
+# Seconds since the start when the query $1 returns a row, or fail after $2 s.
+wait_db() {
+  local deadline=$(( $(date +%s) + $2 ))
+  while [ -z "$(sql "$1")" ]; do
+    kill -0 "$qemu" 2> /dev/null || fail "qemu exited; the console is in $log"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "nothing for '$1' within $2 s; the console is in $log, the hub's log in $out/boot-test-hub.log"
+    sleep 1
+  done
+  echo "$(date +%s.%N) - $start" | bc -l | xargs printf '%.1f'
+}
+online=$(wait_db "SELECT 1 FROM devices WHERE id = 'qemu-tap-1' AND state = 'online'" 120)
+echo "boot-test: the hub sees qemu-tap-1 online after $online s"
+scan_start=$(date +%s.%N)
+ip netns exec "$att" nmap -n -sS -Pn -T4 -p 1-1000 "$victim" > /dev/null
+named=$(wait_for "anomaly.*kind=PortScan.*src=$attacker" 120)
+echo "boot-test: the tap named the nmap scan from $attacker port_scan $(echo "$(date +%s.%N) - $scan_start" | bc -l | xargs printf '%.1f') s after it started"
+at_hub=$(wait_db "SELECT 1 FROM anomalies WHERE device = 'qemu-tap-1' AND kind = 'port_scan' AND host(src_ip) = '$attacker'" 60)
+echo "boot-test: the port_scan anomaly is in the hub's database $(echo "$(date +%s.%N) - $scan_start" | bc -l | xargs printf '%.1f') s after the scan started"
+wait_db "SELECT 1 FROM traffic_features WHERE device = 'qemu-tap-1' AND host(src_ip) = '$attacker' HAVING count(*) >= 100" 90 > /dev/null
+echo "boot-test: the hub has $(sql "SELECT count(*) FROM traffic_features WHERE device = 'qemu-tap-1'") flows from qemu-tap-1, $(sql "SELECT count(*) FROM traffic_features WHERE device = 'qemu-tap-1' AND host(src_ip) = '$attacker'") of them the scanner's"
