@@ -2,12 +2,12 @@
 
 use crate::config::Config;
 use crate::inference::ModelStage;
-use crate::output::{FlowRecordOut, RunTotals};
+use crate::output::RunTotals;
 use crate::pipeline::Pipeline;
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
 use clap::{Parser, Subcommand, ValueEnum};
 use firmware::engine::FinishedFlow;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -287,8 +287,13 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         }
     };
     let emit_anomalies = args.emit.contains(&Emit::Anomalies);
-    let stdout = io::stdout();
-    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut lines = match crate::output::JsonLines::spawn() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tapwatch-edge: cannot start the output thread: {e}");
+            return ExitCode::from(71);
+        }
+    };
     let emit_flows = args.emit.contains(&Emit::Flows);
     let mut totals = RunTotals::default();
     let mut write_error: Option<io::Error> = None;
@@ -301,13 +306,8 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         Pipeline::new(&config, names, store).blocking().collect_anomalies().with_models(stage);
     for (iface, path) in args.files.iter().enumerate() {
         let mut sink = |f: &FinishedFlow| {
-            if emit_flows && write_error.is_none() {
-                let r = serde_json::to_writer(&mut out, &FlowRecordOut::new(f))
-                    .map_err(io::Error::from)
-                    .and_then(|_| out.write_all(b"\n"));
-                if let Err(e) = r {
-                    write_error = Some(e);
-                }
+            if emit_flows {
+                lines.flow(f);
             }
         };
         // Reading and analysing run side by side: a reader thread hands batches of packets on
@@ -338,15 +338,9 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         pipeline.finish(&mut sink);
         let anomalies = pipeline.take_anomalies();
         totals.anomalies += anomalies.len() as u64;
-        if emit_anomalies && write_error.is_none() {
+        if emit_anomalies && !lines.failed() {
             for a in anomalies {
-                let r = serde_json::to_writer(
-                    &mut out,
-                    &crate::output::AnomalyRecordOut::new(&a, path),
-                )
-                .map_err(io::Error::from)
-                .and_then(|_| out.write_all(b"\n"));
-                if let Err(e) = r {
+                if let Err(e) = lines.record(&crate::output::AnomalyRecordOut::new(&a, path)) {
                     write_error = Some(e);
                     break;
                 }
@@ -357,7 +351,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
             totals.files_failed += 1;
             eprintln!("tapwatch-edge: {e}");
         }
-        if write_error.is_some() {
+        if write_error.is_some() || lines.failed() {
             break;
         }
     }
@@ -398,17 +392,13 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
     totals.seconds = started.elapsed().as_secs_f64();
 
     if write_error.is_none() && args.emit.contains(&Emit::Stats) {
-        let r = serde_json::to_writer(&mut out, &totals.to_json())
-            .map_err(io::Error::from)
-            .and_then(|_| out.write_all(b"\n"));
-        if let Err(e) = r {
+        if let Err(e) = lines.record(&totals.to_json()) {
             write_error = Some(e);
         }
     }
-    if write_error.is_none() {
-        if let Err(e) = out.flush() {
-            write_error = Some(e);
-        }
+    // What is left is written and flushed; the first error the output met is the one told.
+    if let Err(e) = lines.finish() {
+        write_error.get_or_insert(e);
     }
     match write_error {
         // A closed pipe (`| head`) is the reader's choice, not an error.
