@@ -28,7 +28,8 @@ trap cleanup EXIT
 if [ -s "$cache" ]; then
   tar -xf "$cache" -C "$root"
 else
-  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || fail "qemu-aarch64 is not registered with binfmt_misc (apt-get install qemu-user-static binfmt-support)"
+  grep -qs '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 \
+    || fail "qemu-aarch64 is not registered and enabled with binfmt_misc (apt-get install qemu-user-static binfmt-support; update-binfmts --enable qemu-aarch64)"
   debootstrap --arch=arm64 --variant=minbase \
     --include=systemd,systemd-sysv,udev,dbus,linux-image-arm64,adduser,libpcap0.8,iproute2,kmod,ca-certificates,netbase \
     bookworm "$root" http://deb.debian.org/debian > /dev/null
