@@ -35,24 +35,7 @@ rm -rf "$out"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
 db=tapwatch_lablive
-psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
-  -c "CREATE DATABASE $db"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-edges_port=$(port) hub_port=$(port) web_port=$(port)
-cat > "$out/hub.toml" << TOML
-[broker]
-embedded = true
-listen = "127.0.0.1:$edges_port"
-listen_v5 = "127.0.0.1:$hub_port"
-[postgres]
-url = "host=127.0.0.1 user=postgres dbname=$db"
-[ingest]
-batch_ms = 20
-[http]
-listen = "127.0.0.1:$web_port"
-TOML
 
 pids=()
 cleanup() {
@@ -61,11 +44,11 @@ cleanup() {
   wait 2> /dev/null || true
 }
 trap cleanup EXIT
-TAPWATCH_ADMIN_USER=admin TAPWATCH_ADMIN_PASSWORD=lab-live-bench "$bin/tapwatch-hub" run \
-  --config "$out/hub.toml" 2> "$out/hub.log" &
-pids+=($!)
-for _ in $(seq 100); do grep -q "mqtt: subscribed" "$out/hub.log" && break; sleep 0.1; done
-grep -q "mqtt: subscribed" "$out/hub.log" || { cat "$out/hub.log"; exit 1; }
+# shellcheck source=../scripts/hub-here.sh
+. "$root/scripts/hub-here.sh"
+hub_here "$bin/tapwatch-hub" "$out" "$db" "$(printf '[ingest]\nbatch_ms = 20')" || exit 1
+pids+=("$HUB_PID")
+edges_port=$HUB_EDGES_PORT
 
 # The poller: each anomaly row, once, with the wall-clock time it was first seen in the database.
 ( declare -A seen

@@ -48,30 +48,14 @@ ip link set "$tap" master "$br" up
 attacker=10.77.0.1 victim=10.77.0.2
 
 # The hub, with its embedded broker on this machine's loopback (the tap reaches it as 10.0.2.2).
-pg_isready -q -h 127.0.0.1 || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
 db=tapwatch_boottest
-psql -X -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
-  -c "CREATE DATABASE $db" 2> /dev/null
 sql() { psql -X -q -t -A -h 127.0.0.1 -U postgres -d "$db" -c "$1" 2> /dev/null || true; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-edges_port=$(port) hub_port=$(port) web_port=$(port)
-cat > "$work/hub.toml" << TOML
-[broker]
-embedded = true
-listen = "127.0.0.1:$edges_port"
-listen_v5 = "127.0.0.1:$hub_port"
-[postgres]
-url = "host=127.0.0.1 user=postgres dbname=$db"
-[http]
-listen = "127.0.0.1:$web_port"
-TOML
-TAPWATCH_ADMIN_USER=admin TAPWATCH_ADMIN_PASSWORD=boot-test-admin "$hub" run \
-  --config "$work/hub.toml" 2> "$out/boot-test-hub.log" &
-hubpid=$!
-for _ in $(seq 100); do grep -q "mqtt: subscribed" "$out/boot-test-hub.log" && break; sleep 0.1; done
-grep -q "mqtt: subscribed" "$out/boot-test-hub.log" || fail "the hub did not start: $out/boot-test-hub.log"
-"$hub" device add --config "$work/hub.toml" --password-file "$work/password" qemu-tap-1 \
-  > /dev/null 2>> "$out/boot-test-hub.log"
+# shellcheck source=../scripts/hub-here.sh
+. "$here/../scripts/hub-here.sh"
+hub_here "$hub" "$out/boot-test-hub" "$db" || fail "the hub did not start: $out/boot-test-hub/hub.log"
+hubpid=$HUB_PID edges_port=$HUB_EDGES_PORT
+"$hub" device add --config "$out/boot-test-hub/hub.toml" --password-file "$work/password" \
+  qemu-tap-1 > /dev/null 2>> "$out/boot-test-hub/hub.log"
 password=$(cat "$work/password")
 
 : > "$log"
@@ -106,7 +90,7 @@ wait_db() {
   local deadline=$(( $(date +%s) + $2 ))
   while [ -z "$(sql "$1")" ]; do
     kill -0 "$qemu" 2> /dev/null || fail "qemu exited; the console is in $log"
-    [ "$(date +%s)" -lt "$deadline" ] || fail "nothing for '$1' within $2 s; the console is in $log, the hub's log in $out/boot-test-hub.log"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "nothing for '$1' within $2 s; the console is in $log, the hub's log in $out/boot-test-hub/hub.log"
     sleep 1
   done
   echo "$(date +%s.%N) - $start" | bc -l | xargs printf '%.1f'
