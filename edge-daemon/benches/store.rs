@@ -24,15 +24,17 @@ fn bench(c: &mut Criterion) {
         max_size_mb: 100_000,
         ..StoreConfig::default()
     };
+    // As the pipeline sends them: chunks of 64 flows.
     let rows = |n: usize| -> Vec<Row> {
-        all.iter().cycle().take(n).map(|f| Row::Flow(Box::new(f.clone()))).collect()
+        let flows: Vec<_> = all.iter().cycle().take(n).cloned().collect();
+        flows.chunks(64).map(|c| Row::Flows(c.to_vec())).collect()
     };
     let mut g = c.benchmark_group("store");
     g.sample_size(20);
 
     let batch = rows(config.batch_rows);
     let mut store = Store::open(&config, Arc::new(StoreCounters::default())).expect("store");
-    g.throughput(Throughput::Elements(batch.len() as u64));
+    g.throughput(Throughput::Elements(config.batch_rows as u64));
     g.bench_function("write_batch, 2000 flow rows", |b| {
         b.iter(|| store.write_batch(&batch).expect("write"))
     });

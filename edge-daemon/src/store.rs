@@ -209,9 +209,7 @@ pub struct PacketRow {
 /// What the writer is sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
-    Flow(Box<FlowRow>),
-    /// Finished flows together (the pipeline sends them in chunks: a row each woke the writer
-    /// for each flow).
+    /// Finished flows, in a chunk (a row each woke the writer for each flow).
     Flows(Vec<FlowRow>),
     Packet(Box<PacketRow>),
     /// Ring packets written together (a write of the ring in memory, up to
@@ -248,10 +246,9 @@ impl Row {
         }
     }
 
-    /// The flows a `Flow` or `Flows` row carries (none for the others).
+    /// The flows a `Flows` row carries (none for the others).
     pub fn flows(&self) -> &[FlowRow] {
         match self {
-            Row::Flow(f) => std::slice::from_ref(&**f),
             Row::Flows(fs) => fs,
             _ => &[],
         }
@@ -676,7 +673,7 @@ impl Store {
             let (mut src, mut dst) = (String::with_capacity(40), String::with_capacity(40));
             for row in rows {
                 match row {
-                    Row::Flow(_) | Row::Flows(_) => {
+                    Row::Flows(_) => {
                         for f in row.flows() {
                             blob.clear();
                             for v in &f.features {
@@ -1325,7 +1322,11 @@ mod tests {
     }
 
     fn flow(end_us: i64) -> Row {
-        Row::Flow(Box::new(FlowRow {
+        Row::Flows(vec![flow_row(end_us)])
+    }
+
+    fn flow_row(end_us: i64) -> FlowRow {
+        FlowRow {
             start_us: end_us - 10,
             end_us,
             src_ip: [10, 0, 0, 1].into(),
@@ -1338,7 +1339,7 @@ mod tests {
             packets: 3,
             bytes: 180,
             features: [1.5; N_FEATURES],
-        }))
+        }
     }
 
     #[test]
@@ -1412,13 +1413,11 @@ mod tests {
         let (mut s, c) = open(dir.path());
         s.enable_outbox("tap-1", 1_000_000).unwrap();
         // 70 and 40 flows around a packet row, each with its own address and features.
-        let numbered = |i: i64| match flow(i) {
-            Row::Flow(mut f) => {
-                f.src_ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
-                f.features[0] = i as f32;
-                Row::Flow(f)
-            }
-            _ => unreachable!(),
+        let numbered = |i: i64| {
+            let mut f = flow_row(i);
+            f.src_ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).into();
+            f.features[0] = i as f32;
+            Row::Flows(vec![f])
         };
         let mut rows: Vec<Row> = (1..=70).map(numbered).collect();
         rows.push(Row::Packet(Box::new(PacketRow {

@@ -403,7 +403,7 @@ impl Edge {
         for _ in 0..n {
             let i = self.produced_flows;
             let start = 1_790_000_000_000_000 + (i as i64) * 1000;
-            tx.send(Row::Flow(Box::new(FlowRow {
+            tx.send(Row::Flows(vec![FlowRow {
                 start_us: start,
                 end_us: start + 500,
                 src_ip: [10, 0, (i >> 8) as u8, i as u8].into(),
@@ -416,7 +416,7 @@ impl Edge {
                 packets: 10,
                 bytes: 1000,
                 features: [i as f32; N_FEATURES],
-            })))
+            }]))
             .unwrap();
             self.produced_flows += 1;
             if self.produced_flows % 100 == 0 {
