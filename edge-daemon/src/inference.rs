@@ -506,32 +506,39 @@ enum Job {
     Analyses(i64),
 }
 
-/// The model stage on a thread of its own, beside the pipeline's: a batch of finished flows
-/// leaves, the pipeline goes on with the next packets, and the batch's trips come back in
-/// order. They are taken once due, a flush interval of packet time after the batch left (the
-/// same whatever the machine's speed: `analyze` gives the same anomalies every run), or live,
-/// as soon as they are ready. The analysis messages go from the model thread to the store.
+/// The model stage beside the pipeline: a batch of finished flows leaves, the pipeline goes on
+/// with the next packets, and the batch's trips come back in order. They are taken once due, a
+/// flush interval of packet time after the batch left (the same whatever the machine's speed:
+/// `analyze` gives the same anomalies every run), or live, as soon as they are ready.
 #[derive(Debug)]
 pub struct ModelWorker {
-    jobs: Option<crossbeam_channel::Sender<Job>>,
-    done: crossbeam_channel::Receiver<Vec<ModelTrip>>,
     /// The packet time each batch in flight left at, oldest first.
     in_flight: VecDeque<i64>,
     pending: Vec<Pending>,
     batch: usize,
     active: bool,
     loaded: Vec<(&'static str, String, String)>,
-    counters: std::sync::Arc<std::sync::Mutex<InferenceCounters>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// Or the stage run on the caller's thread, with the trips of each batch in flight.
-    inline: Option<Box<Inline>>,
+    runner: Runner,
 }
 
-/// The model stage run on the pipeline's own thread: offline, where the trips are taken a
-/// flush interval of packet time after their batch, and a capture's packet time runs far ahead
-/// of the clock, the pipeline would wait for nearly every batch, and the hand-offs cost more
-/// than the thread saved (`analyze --models`: 0.56 s inline, 0.65 s on a thread, on the bench
-/// capture).
+/// Where the stage runs.
+#[derive(Debug)]
+enum Runner {
+    /// On a thread of its own (live): jobs in, each batch's trips back; the analysis messages
+    /// go from that thread to the store.
+    Thread {
+        jobs: Option<crossbeam_channel::Sender<Job>>,
+        done: crossbeam_channel::Receiver<Vec<ModelTrip>>,
+        counters: std::sync::Arc<std::sync::Mutex<InferenceCounters>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    /// On the pipeline's own thread (offline), each batch's trips held until due: there a
+    /// capture's packet time runs far ahead of the clock, the pipeline would wait for nearly
+    /// every batch, and the hand-offs cost more than the thread saved (`analyze --models`:
+    /// 0.56 s inline, 0.65 s on a thread, on the bench capture).
+    Inline(Box<Inline>),
+}
+
 struct Inline {
     stage: ModelStage,
     analysis: Box<dyn FnMut(AnalysisMsg) + Send>,
@@ -545,26 +552,28 @@ impl std::fmt::Debug for Inline {
 }
 
 impl ModelWorker {
+    fn new(stage: &ModelStage) -> impl FnOnce(Runner) -> ModelWorker {
+        let (batch, active, loaded) = (stage.batch, stage.active(), stage.loaded());
+        move |runner| ModelWorker {
+            in_flight: VecDeque::new(),
+            pending: Vec::with_capacity(batch),
+            batch,
+            active,
+            loaded,
+            runner,
+        }
+    }
+
     /// Run `stage` on the caller's thread, with the same timing of trips as on a thread of its
     /// own (a batch's trips are taken a flush interval after it left); its analysis messages go
     /// to `analysis`.
     pub fn inline(stage: ModelStage, analysis: impl FnMut(AnalysisMsg) + Send + 'static) -> Self {
-        ModelWorker {
-            jobs: None,
-            done: crossbeam_channel::never(),
-            in_flight: VecDeque::new(),
-            pending: Vec::with_capacity(stage.batch),
-            batch: stage.batch,
-            active: stage.active(),
-            loaded: stage.loaded(),
-            counters: Default::default(),
-            thread: None,
-            inline: Some(Box::new(Inline {
-                stage,
-                analysis: Box::new(analysis),
-                done: VecDeque::new(),
-            })),
-        }
+        let new = ModelWorker::new(&stage);
+        new(Runner::Inline(Box::new(Inline {
+            stage,
+            analysis: Box::new(analysis),
+            done: VecDeque::new(),
+        })))
     }
 
     /// Start the thread that runs `stage`; its analysis messages go to `analysis`.
@@ -572,10 +581,10 @@ impl ModelWorker {
         mut stage: ModelStage,
         mut analysis: impl FnMut(AnalysisMsg) + Send + 'static,
     ) -> std::io::Result<ModelWorker> {
+        let new = ModelWorker::new(&stage);
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done) = crossbeam_channel::unbounded();
         let counters = std::sync::Arc::new(std::sync::Mutex::new(*stage.counters()));
-        let (batch, active, loaded) = (stage.batch, stage.active(), stage.loaded());
         let shared = counters.clone();
         let thread = std::thread::Builder::new().name("models".into()).spawn(move || {
             for job in rx {
@@ -597,18 +606,7 @@ impl ModelWorker {
                 }
             }
         })?;
-        Ok(ModelWorker {
-            jobs: Some(jobs),
-            done,
-            in_flight: VecDeque::new(),
-            pending: Vec::with_capacity(batch),
-            batch,
-            active,
-            loaded,
-            counters,
-            thread: Some(thread),
-            inline: None,
-        })
+        Ok(new(Runner::Thread { jobs: Some(jobs), done, counters, thread: Some(thread) }))
     }
 
     pub fn active(&self) -> bool {
@@ -622,9 +620,9 @@ impl ModelWorker {
 
     /// The counters as of the last batch the models ran.
     pub fn counters(&self) -> InferenceCounters {
-        match &self.inline {
-            Some(i) => *i.stage.counters(),
-            None => self.counters.lock().map(|c| *c).unwrap_or_default(),
+        match &self.runner {
+            Runner::Inline(i) => *i.stage.counters(),
+            Runner::Thread { counters, .. } => counters.lock().map(|c| *c).unwrap_or_default(),
         }
     }
 
@@ -637,21 +635,25 @@ impl ModelWorker {
         self.pending.len() >= self.batch
     }
 
-    /// The batch waiting leaves for the model thread, at packet time `now_us`.
+    /// The batch waiting leaves for the models, at packet time `now_us`.
     pub fn send(&mut self, now_us: i64) {
         if self.pending.is_empty() {
             return;
         }
         let rows = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch));
-        if let Some(i) = self.inline.as_mut() {
-            let mut trips = Vec::new();
-            i.stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
-            i.done.push_back(trips);
-            self.in_flight.push_back(now_us);
-        } else if let Some(jobs) = &self.jobs {
-            if jobs.send(Job::Batch(rows)).is_ok() {
-                self.in_flight.push_back(now_us);
+        let sent = match &mut self.runner {
+            Runner::Inline(i) => {
+                let mut trips = Vec::new();
+                i.stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
+                i.done.push_back(trips);
+                true
             }
+            Runner::Thread { jobs, .. } => {
+                jobs.as_ref().is_some_and(|j| j.send(Job::Batch(rows)).is_ok())
+            }
+        };
+        if sent {
+            self.in_flight.push_back(now_us);
         }
     }
 
@@ -660,44 +662,47 @@ impl ModelWorker {
         self.loaded.retain(|(slot, _, _)| *slot != m.kind.as_str());
         self.loaded.push((m.kind.as_str(), m.name.clone(), m.version.clone()));
         self.active = true;
-        if let Some(i) = self.inline.as_mut() {
-            i.stage.replace(m);
-        } else if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Job::Replace(Box::new(m)));
+        match &mut self.runner {
+            Runner::Inline(i) => i.stage.replace(m),
+            Runner::Thread { jobs, .. } => {
+                if let Some(j) = jobs {
+                    let _ = j.send(Job::Replace(Box::new(m)));
+                }
+            }
         }
     }
 
     /// Ask for the analysis messages of the interval ending at `now_us` (they go to the store
-    /// from the model thread, after the batches sent before).
+    /// after the batches sent before).
     pub fn analyses(&mut self, now_us: i64) {
-        if let Some(i) = self.inline.as_mut() {
-            for a in i.stage.take_analyses(now_us) {
-                (i.analysis)(a);
+        match &mut self.runner {
+            Runner::Inline(i) => {
+                for a in i.stage.take_analyses(now_us) {
+                    (i.analysis)(a);
+                }
             }
-        } else if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Job::Analyses(now_us));
+            Runner::Thread { jobs, .. } => {
+                if let Some(j) = jobs {
+                    let _ = j.send(Job::Analyses(now_us));
+                }
+            }
         }
     }
 
     /// The trips of the batches that left at or before `due_us` (waiting for them), and with
-    /// `ready`, of those after that the model thread has already run, in order.
+    /// `ready`, of those after that already run, in order.
     pub fn take(&mut self, due_us: i64, ready: bool) -> Vec<ModelTrip> {
         let mut out = Vec::new();
         while let Some(&left) = self.in_flight.front() {
-            let trips = if let Some(i) = self.inline.as_mut() {
-                if left > due_us && !ready {
-                    break;
-                }
-                i.done.pop_front()
-            } else if left <= due_us {
-                self.done.recv().ok()
-            } else if ready {
-                match self.done.try_recv() {
+            let trips = match &mut self.runner {
+                Runner::Inline(_) if left > due_us && !ready => break,
+                Runner::Inline(i) => i.done.pop_front(),
+                Runner::Thread { done, .. } if left <= due_us => done.recv().ok(),
+                Runner::Thread { done, .. } if ready => match done.try_recv() {
                     Ok(t) => Some(t),
                     Err(_) => break,
-                }
-            } else {
-                break;
+                },
+                Runner::Thread { .. } => break,
             };
             self.in_flight.pop_front();
             out.extend(trips.into_iter().flatten());
@@ -709,9 +714,11 @@ impl ModelWorker {
 impl Drop for ModelWorker {
     fn drop(&mut self) {
         // The thread ends when its queue closes, after the jobs in it (the last analyses).
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Runner::Thread { jobs, thread, .. } = &mut self.runner {
+            *jobs = None;
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
