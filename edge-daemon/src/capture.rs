@@ -62,6 +62,8 @@ pub struct InterfaceCounters {
     pub bytes: AtomicU64,
     /// Packets left out by 1-in-N sampling (a choice, not a loss).
     pub sampled_out: AtomicU64,
+    /// Keep one packet in this many (`sample`; set again by a reload or the hub).
+    pub sample: AtomicU64,
     /// Dropped by the kernel: no room in the capture buffer (libpcap ps_drop).
     pub kernel_drops: AtomicU64,
     /// Dropped by the interface or its driver (libpcap ps_ifdrop).
@@ -149,6 +151,7 @@ pub fn start(
     let counters = Arc::new(InterfaceCounters {
         name: config.name.clone(),
         up: AtomicU64::new(1),
+        sample: AtomicU64::new(u64::from(config.sample.max(1))),
         ..InterfaceCounters::default()
     });
     if let Ok(mut f) = counters.filter.lock() {
@@ -220,7 +223,6 @@ fn run(
     control: &std::sync::mpsc::Receiver<Control>,
     c: &InterfaceCounters,
 ) -> bool {
-    let sample = u64::from(config.sample.max(1));
     c.up.store(1, Ordering::Relaxed);
     let mut failed = false;
     // libpcap's drop counts start at zero with each handle; ours run on across reopens.
@@ -265,6 +267,7 @@ fn run(
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => {}
         }
+        let sample = c.sample.load(Ordering::Relaxed).max(1);
         // Read what is there.
         loop {
             match cap.next_packet() {

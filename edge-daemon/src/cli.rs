@@ -208,6 +208,11 @@ fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String>
         counters.clone(),
         crate::sync::Until::Drained,
         stop_rx,
+        // Its status messages name the hub's configuration the daemon last applied here.
+        crate::sync::Fleet {
+            configs: None,
+            applied: Some(tokio::sync::watch::channel(crate::fleet::kept_revision(&config)).1),
+        },
     ))?;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(

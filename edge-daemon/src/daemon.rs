@@ -3,17 +3,19 @@
 //! Threads: one capture thread per interface (reads libpcap, hands batches on, never waits), one
 //! pipeline thread (engine, statistics, ring, rows for the store), one store writer, and a small
 //! tokio runtime for HTTP, signals and host metrics. SIGHUP or `POST /admin/reload` re-reads the
-//! configuration and replaces each interface's capture filter in place: the flow table is not
-//! touched, so flows in progress continue. SIGTERM or SIGINT stops capture, records every flow in
+//! configuration, and the hub's configuration comes over the link to the hub; either is applied
+//! while running ([`crate::fleet`]): the flow table is not touched, so flows in progress
+//! continue. SIGTERM or SIGINT stops capture, records every flow in
 //! progress, writes the last rows and exits.
 
 use crate::capture::{self, Batch, CaptureThread, Control};
 use crate::config::{interface_filter, Config};
-use crate::http::{AppState, ReloadReport};
+use crate::fleet::{Controls, Runtime};
+use crate::http::AppState;
 use crate::metrics::{HostProbe, Shared};
 use crate::pipeline::Pipeline;
 use crate::store::{spawn_writer, AgeClock, Store, StoreCounters};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,67 +23,11 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Capture controls by interface name.
-type Controls = Arc<Mutex<Vec<(String, std::sync::mpsc::Sender<Control>)>>>;
-
-/// Re-read the configuration and apply each interface's rules.
-fn reload(
-    path: &Path,
-    running: &Config,
-    controls: &Controls,
-    shared: &Shared,
-) -> Result<ReloadReport, Vec<String>> {
-    let refuse = |problems: Vec<String>| {
-        shared.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::error!("reload refused, the rules in force stay: {}", problems.join("; "));
-        problems
-    };
-    let new = Config::load(path).map_err(|e| refuse(e.problems))?;
-    let mut filters = Vec::new();
-    for iface in &new.interfaces {
-        match interface_filter(&iface.rules) {
-            Ok(f) => filters.push((iface.name.clone(), f)),
-            Err(e) => return Err(refuse(vec![format!("interface {}: {e}", iface.name)])),
-        }
-    }
-    let mut report = ReloadReport { applied: Vec::new(), notes: Vec::new() };
-    let controls = controls.lock().map_err(|_| vec!["internal: controls poisoned".to_string()])?;
-    for (name, filter) in filters {
-        let Some((_, ctl)) = controls.iter().find(|(n, _)| *n == name) else {
-            report.notes.push(format!("interface {name} is new: it is captured after a restart"));
-            continue;
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        if ctl.send(Control::SetFilter(filter.clone(), tx)).is_err() {
-            report.notes.push(format!("interface {name}: its capture has stopped"));
-            continue;
-        }
-        match rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(())) => report.applied.push((name, filter.unwrap_or_default())),
-            Ok(Err(e)) => {
-                return Err(refuse(vec![format!("interface {name}: filter rejected: {e}")]))
-            }
-            Err(_) => report.notes.push(format!("interface {name}: no answer from its capture")),
-        }
-    }
-    for (name, _) in controls.iter() {
-        if !new.interfaces.iter().any(|i| &i.name == name) {
-            report
-                .notes
-                .push(format!("interface {name} is gone from the file: it stops after a restart"));
-        }
-    }
-    if new.flows != running.flows || new.store != running.store || new.stats != running.stats {
-        report.notes.push("flow, store and statistics settings take effect after a restart".into());
-    }
-    shared.reloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(applied = ?report.applied, notes = ?report.notes, "capture rules reloaded");
-    Ok(report)
-}
-
 /// Run until SIGTERM or SIGINT.
 pub fn run(path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let file = Config::load(&path).map_err(|e| e.to_string())?;
+    // With the hub's configuration an earlier run kept laid over it.
+    let (config, kept) = crate::fleet::startup(file);
     if config.interfaces.is_empty() {
         return Err(format!("{}: no [[interface]] to capture on", path.display()));
     }
@@ -99,7 +45,10 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
     // The link to the hub: a thread of its own (it reads the outbox with blocking SQLite calls).
+    // It hands the hub's configuration over (the newest) and names the one in force.
     let (sync_stop, sync_stop_rx) = tokio::sync::watch::channel(false);
+    let (configs_tx, configs_rx) = tokio::sync::watch::channel::<Option<Vec<u8>>>(None);
+    let (applied_tx, applied_rx) = tokio::sync::watch::channel((0u64, String::new()));
     let sync = if config.sync.enabled {
         let (cfg, device, db, counters) = (
             config.sync.clone(),
@@ -107,6 +56,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             config.store.path.clone(),
             shared.sync.clone(),
         );
+        let fleet = crate::sync::Fleet { configs: Some(configs_tx), applied: Some(applied_rx) };
         let handle = std::thread::Builder::new()
             .name("sync".into())
             .spawn(move || {
@@ -115,9 +65,15 @@ pub fn run(path: PathBuf) -> Result<(), String> {
                     Err(e) => return tracing::error!("sync: cannot start: {e}"),
                 };
                 let until = crate::sync::Until::Stopped;
-                if let Err(e) =
-                    rt.block_on(crate::sync::run(cfg, device, db, counters, until, sync_stop_rx))
-                {
+                if let Err(e) = rt.block_on(crate::sync::run(
+                    cfg,
+                    device,
+                    db,
+                    counters,
+                    until,
+                    sync_stop_rx,
+                    fleet,
+                )) {
                     tracing::error!("sync stopped: {e}");
                 }
             })
@@ -177,6 +133,17 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             .spawn(move || crate::inference::watch(cfg, reload_tx, watch_stop_rx, counters))
             .map_err(|e| format!("cannot start the model watcher: {e}"))?
     };
+    let (settings_tx, settings_rx) = crossbeam_channel::unbounded();
+    let live = Arc::new(Runtime::new(
+        path,
+        config.clone(),
+        kept,
+        controls.clone(),
+        shared.clone(),
+        settings_tx,
+        writer.tx.clone(),
+        applied_tx,
+    ));
     let pipe_shared = shared.clone();
     let pipe_config = config.clone();
     let store_tx = writer.tx.clone();
@@ -186,7 +153,8 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .spawn(move || {
             let mut p = Pipeline::new(&pipe_config, names, Some((store_tx, store_counters)))
                 .with_models(stage)
-                .with_reloads(reload_rx);
+                .with_reloads(reload_rx)
+                .with_settings(settings_rx);
             let mut last_report = Instant::now();
             let mut nothing = |_: &firmware::engine::FinishedFlow| {};
             loop {
@@ -226,8 +194,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let metrics_tx = config.sync.enabled.then(|| writer.tx.clone());
-    let result =
-        runtime.block_on(serve(path, config, shared.clone(), controls.clone(), metrics_tx));
+    let result = runtime.block_on(serve(config, shared.clone(), live, configs_rx, metrics_tx));
 
     // Shut down in order: capture, pipeline (records every flow), store.
     for c in &captures {
@@ -252,10 +219,10 @@ pub fn run(path: PathBuf) -> Result<(), String> {
 }
 
 async fn serve(
-    path: PathBuf,
     config: Config,
     shared: Arc<Shared>,
-    controls: Controls,
+    live: Arc<Runtime>,
+    mut configs: tokio::sync::watch::Receiver<Option<Vec<u8>>>,
     metrics_tx: Option<crossbeam_channel::Sender<crate::store::Row>>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -265,11 +232,10 @@ async fn serve(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("listening on http://{addr}");
     let reload_fn = {
-        let (path, config, controls, shared) =
-            (path.clone(), config.clone(), controls.clone(), shared.clone());
+        let live = live.clone();
         Arc::new(move || {
             crate::supervise::reloading();
-            let r = reload(&path, &config, &controls, &shared);
+            let r = live.reload();
             crate::supervise::ready(match r {
                 Ok(_) => "running; reloaded",
                 Err(_) => "running; the last reload was refused, the rules before it stay",
@@ -327,6 +293,13 @@ async fn serve(
             _ = hup.recv() => {
                 let f = reload_fn.clone();
                 let _ = tokio::task::spawn_blocking(move || f()).await;
+            }
+            Ok(()) = configs.changed() => {
+                let payload = configs.borrow_and_update().clone();
+                if let Some(payload) = payload {
+                    let r = live.clone();
+                    let _ = tokio::task::spawn_blocking(move || r.take(&payload)).await;
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

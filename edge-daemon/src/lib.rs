@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod http;
 pub mod inference;
 pub mod metrics;
@@ -24,16 +25,9 @@ pub mod sync;
 use firmware::engine::Engine;
 use firmware::flow::HeapShards;
 
-/// Flows one shard of the flow table holds (heapless maps hold at most 65,536).
-pub const FLOWS_PER_SHARD: usize = 1 << 16;
-/// Shards of the flow table when the configuration names no size.
-pub const FLOW_SHARDS: usize = 2;
-/// Flows one shard holds at most: 7/8 of its slots (57,344), where its hash index stays quick.
-pub const FLOWS_HELD_PER_SHARD: usize = firmware::flow::FlowTable::<FLOWS_PER_SHARD>::HIGH_WATER;
-/// Flows the edge tracks at once by default (`flows.max_flows`).
-pub const DEFAULT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * FLOW_SHARDS;
-/// The most `flows.max_flows` may be: 14.7 million flows, about 5 GiB.
-pub const LIMIT_MAX_FLOWS: usize = FLOWS_HELD_PER_SHARD * 256;
+pub use edge_config::{
+    DEFAULT_MAX_FLOWS, FLOWS_HELD_PER_SHARD, FLOWS_PER_SHARD, FLOW_SHARDS, LIMIT_MAX_FLOWS,
+};
 /// Slots for source hosts with window counters (a power of two; 7/8 of them are held at once).
 pub const MAX_HOSTS: usize = 1 << 13;
 

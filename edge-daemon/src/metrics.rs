@@ -75,6 +75,11 @@ pub struct Shared {
     /// Reloads done, and refused (the old rules stay in force).
     pub reloads: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Configurations from the hub applied, refused or failed (the one before stayed), and
+    /// the revision in force (0: none).
+    pub fleet_applied: AtomicU64,
+    pub fleet_refused: AtomicU64,
+    pub fleet_revision: AtomicU64,
     /// The link to the hub.
     pub sync: Arc<SyncCounters>,
     /// Model files loaded again, and refused.
@@ -94,6 +99,9 @@ impl Shared {
             host: Mutex::new(HostSnapshot::default()),
             reloads: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            fleet_applied: AtomicU64::new(0),
+            fleet_refused: AtomicU64::new(0),
+            fleet_revision: AtomicU64::new(0),
             model_reloads: Arc::default(),
         }
     }
@@ -700,6 +708,24 @@ impl prometheus_client::collector::Collector for Collector {
             "tapwatch_config_reloads_failed",
             "Reloads refused (the rules in force stayed)",
             &one(load(&s.reloads_failed)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_fleet_config_applied",
+            "Configurations from the hub applied",
+            &one(load(&s.fleet_applied)),
+        )?;
+        counter(
+            enc,
+            "tapwatch_fleet_config_refused",
+            "Configurations from the hub refused or failed (the one before stayed in force)",
+            &one(load(&s.fleet_refused)),
+        )?;
+        gauge(
+            enc,
+            "tapwatch_fleet_config_revision",
+            "Revision of the hub's configuration in force (0: none)",
+            &one(load(&s.fleet_revision) as f64),
         )?;
 
         let h = s.host.lock().map(|h| h.clone()).unwrap_or_default();

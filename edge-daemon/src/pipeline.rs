@@ -190,7 +190,31 @@ pub struct Pipeline {
     /// Finished flows not yet sent to the store.
     flow_rows: Vec<FlowRow>,
     reloads: Option<crossbeam_channel::Receiver<Model>>,
+    settings: Option<crossbeam_channel::Receiver<Settings>>,
     model_detail: HashMap<(IpAddr, AnomalyKind), Detail>,
+}
+
+/// Detection settings changed while running (a reload, or the hub's configuration): taken
+/// between two judgements; open episodes and the windows' counts go on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub thresholds: firmware::detect::Thresholds,
+    pub quiet_s: u32,
+    pub update_s: u32,
+    pub suppress: Vec<crate::config::SuppressRule>,
+    pub evidence_max_packets: u64,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Settings {
+        Settings {
+            thresholds: config.detect.thresholds,
+            quiet_s: config.detect.quiet_s,
+            update_s: config.detect.update_s,
+            suppress: config.detect.suppress.clone(),
+            evidence_max_packets: config.store.evidence_max_packets,
+        }
+    }
 }
 
 /// Anomaly episodes open at once.
@@ -252,6 +276,7 @@ impl Pipeline {
             models: None,
             flow_rows: Vec::new(),
             reloads: None,
+            settings: None,
             model_detail: HashMap::default(),
         }
     }
@@ -282,6 +307,26 @@ impl Pipeline {
     pub fn with_reloads(mut self, rx: crossbeam_channel::Receiver<Model>) -> Self {
         self.reloads = Some(rx);
         self
+    }
+
+    /// Detection settings changed while running arrive here.
+    pub fn with_settings(mut self, rx: crossbeam_channel::Receiver<Settings>) -> Self {
+        self.settings = Some(rx);
+        self
+    }
+
+    /// Take the newest settings sent.
+    fn take_settings(&mut self) {
+        let Some(rx) = self.settings.as_ref() else { return };
+        let Some(s) = rx.try_iter().last() else { return };
+        if let Some(d) = self.detector.as_mut() {
+            d.thresholds = s.thresholds;
+            d.quiet = firmware::Duration::from_secs(s.quiet_s.into());
+            d.update_every = firmware::Duration::from_secs(s.update_s.into());
+        }
+        self.suppress = s.suppress;
+        self.evidence_max = s.evidence_max_packets;
+        tracing::info!("detection settings applied");
     }
 
     /// The model stage's counters and the models in it (name, version).
@@ -380,6 +425,7 @@ impl Pipeline {
             return;
         }
         self.next_eval_us = now_us + EVAL_US;
+        self.take_settings();
         self.send_flows();
         if force || now_us >= self.next_flush_us {
             self.next_flush_us = now_us + MODEL_FLUSH_US;

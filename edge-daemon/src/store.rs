@@ -234,6 +234,16 @@ pub enum Row {
     Metrics(Box<MetricsMsg>),
     /// One model's detection runs over a statistics interval (`ts` is the interval's end).
     Analysis(Box<firmware::proto::AnalysisMsg>),
+    /// Retention changed while running (a reload, or the hub's configuration): from this row
+    /// on, the store keeps to these.
+    Limits {
+        max_size_mb: u64,
+        max_age_hours: u64,
+        evidence_max_packets: u64,
+    },
+    /// The answer to a configuration the hub sent (outbox only; `device` and `seq` are set
+    /// when it is queued).
+    ConfigApplied(Box<firmware::proto::ConfigAppliedMsg>),
 }
 
 impl Row {
@@ -565,6 +575,8 @@ impl Store {
         // The rings' sizes after this transaction, and the ring packets it rotated out.
         let mut ring_rows: Vec<(Arc<str>, u64)> = Vec::new();
         let mut rotated = 0u64;
+        // New limits a row of this batch set: in force after it commits.
+        let mut limits = None;
         let body = (|| -> Result<(), StoreError> {
             let mut out = tx.prepare_cached(
                 "INSERT INTO outbox (stream, seq, created_us, payload, first_row, last_row)
@@ -660,7 +672,7 @@ impl Store {
                 "SELECT count(*) FROM packets WHERE anomaly_id IS NULL AND ts_us >= ?1
                  AND (src = ?2 OR dst = ?2)",
             )?;
-            let keep_max = self.config.evidence_max_packets;
+            let mut keep_max = self.config.evidence_max_packets;
             // Ring packets this batch added (+) or marked as evidence (-), by interface.
             let mut ring_delta: Vec<(Arc<str>, i64)> = Vec::new();
             let mut ring_note =
@@ -850,6 +862,17 @@ impl Store {
                         }
                         queue(Stream::Metrics, &|d, seq| stamped(&m, d, seq, created), None)?;
                     }
+                    Row::Limits { max_size_mb, max_age_hours, evidence_max_packets } => {
+                        limits = Some((*max_size_mb, *max_age_hours, *evidence_max_packets));
+                        keep_max = *evidence_max_packets;
+                    }
+                    Row::ConfigApplied(m) => {
+                        queue(
+                            Stream::ConfigApplied,
+                            &|d, seq| stamped(&**m, d, seq, created),
+                            None,
+                        )?;
+                    }
                     Row::Analysis(a) => {
                         analysis.execute(params![
                             a.ts,
@@ -908,6 +931,11 @@ impl Store {
                 o.evidence_sent = evidence_sent;
             }
             return Err(e.into());
+        }
+        if let Some((size, age, evidence)) = limits {
+            self.config.max_size_mb = size;
+            self.config.max_age_hours = age;
+            self.config.evidence_max_packets = evidence;
         }
         self.ring_rows.extend(ring_rows);
         self.counters.ring_rotated.fetch_add(rotated, Ordering::Relaxed);

@@ -24,6 +24,11 @@
 //! earlier run kept in `sync_will`: after the clock steps back, a restarted edge still shows
 //! online.
 //!
+//! The hub's configuration for this device comes, retained, on `tapwatch/v1/{device}/config`
+//! ([`firmware::proto::ConfigMsg`]); with a [`Fleet`] link the newest one is handed to the
+//! daemon, which checks and applies it and answers on the `config/applied` stream (through the
+//! outbox, as everything else). Each status message names the revision and hash in force.
+//!
 //! Mapping a PUBACK to its message: rumqttc reports `Outgoing::Publish(pkid)` for each publish
 //! request in the order the requests were made, and the session is clean, so nothing else is
 //! published by the event loop on our behalf; a FIFO of the requests made gives each pkid its
@@ -353,7 +358,28 @@ fn topic(prefix: &str, device: &str, stream: Stream) -> String {
     format!("{prefix}{t}")
 }
 
-fn status(device: &str, state: DeviceState, seq: u64, started: Instant) -> Vec<u8> {
+/// The link to the daemon's fleet configuration: where the newest configuration the hub sent
+/// goes (only the newest matters, so a watch channel), and the revision and hash in force
+/// that status messages carry. The default is no fleet configuration (offline tools, tests).
+#[derive(Debug, Default)]
+pub struct Fleet {
+    pub configs: Option<tokio::sync::watch::Sender<Option<Vec<u8>>>>,
+    pub applied: Option<tokio::sync::watch::Receiver<(u64, String)>>,
+}
+
+impl Fleet {
+    fn applied(&self) -> (u64, String) {
+        self.applied.as_ref().map(|a| a.borrow().clone()).unwrap_or_default()
+    }
+}
+
+fn status(
+    device: &str,
+    state: DeviceState,
+    seq: u64,
+    started: Instant,
+    applied: &(u64, String),
+) -> Vec<u8> {
     let msg = StatusMsg {
         schema: SCHEMA_VERSION,
         device: device.try_into().unwrap_or_default(),
@@ -362,6 +388,8 @@ fn status(device: &str, state: DeviceState, seq: u64, started: Instant) -> Vec<u
         state,
         version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
         uptime_s: started.elapsed().as_secs(),
+        config_revision: applied.0,
+        config_hash: applied.1.as_str().try_into().unwrap_or_default(),
     };
     serde_json::to_vec(&msg).unwrap_or_default()
 }
@@ -428,8 +456,8 @@ enum LinkEvent {
     /// A publish request was given this packet id.
     Published(u16),
     Acked(u16),
-    /// A message on a topic we subscribed to (the hub's `ack`).
-    Message(Vec<u8>),
+    /// A message on a topic we subscribed to (the hub's `ack` or `config`): topic, payload.
+    Message(String, Vec<u8>),
     Disconnected,
 }
 
@@ -458,7 +486,9 @@ fn spawn_event_loop(
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Published(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
-                Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Message(p.payload.to_vec()),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    LinkEvent::Message(p.topic.clone(), p.payload.to_vec())
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
@@ -596,8 +626,10 @@ pub async fn run(
     counters: Arc<SyncCounters>,
     until: Until,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    fleet: Fleet,
 ) -> Result<(), String> {
     let started = Instant::now();
+    let fleet = Arc::new(fleet);
     let mut outbox = OutboxReader::open(&db, &device, counters.clone())?;
     let mut options = mqtt_options(&cfg, &device)?;
     let status_topic = topic(&cfg.topic_prefix, &device, Stream::Status);
@@ -606,13 +638,18 @@ pub async fn run(
         cfg.topic_prefix,
         proto::ack_topic(&device).map(|t| t.to_string()).unwrap_or_default()
     );
+    let config_topic = format!(
+        "{}{}",
+        cfg.topic_prefix,
+        proto::config_topic(&device).map(|t| t.to_string()).unwrap_or_default()
+    );
     let by_hub = cfg.confirm == Confirm::Hub;
     let will = {
-        let (t, d) = (status_topic.clone(), device.clone());
+        let (t, d, f) = (status_topic.clone(), device.clone(), fleet.clone());
         move |seq: u64| {
             LastWill::new(
                 &t,
-                status(&d, DeviceState::Offline, seq, started),
+                status(&d, DeviceState::Offline, seq, started, &f.applied()),
                 QoS::AtLeastOnce,
                 true,
             )
@@ -649,7 +686,7 @@ pub async fn run(
     let mut connected: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let offline = |seq: u64| status(&device, DeviceState::Offline, seq, started);
+    let offline = |seq: u64| status(&device, DeviceState::Offline, seq, started, &fleet.applied());
     let result = loop {
         if !w.acked.is_empty() {
             let now = Instant::now();
@@ -772,7 +809,14 @@ pub async fn run(
                     if by_hub && client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err() {
                         tracing::error!("sync: cannot subscribe to {ack_topic}");
                     }
-                    let online = status(&device, DeviceState::Online, seq, started);
+                    // And the hub's configuration, retained: the newest comes at once.
+                    if fleet.configs.is_some()
+                        && client.try_subscribe(&config_topic, QoS::AtLeastOnce).is_err()
+                    {
+                        tracing::error!("sync: cannot subscribe to {config_topic}");
+                    }
+                    let online =
+                        status(&device, DeviceState::Online, seq, started, &fleet.applied());
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_ok() {
                         w.requested.push_back(None);
                     }
@@ -787,8 +831,12 @@ pub async fn run(
                         w.acked.push(m);
                     }
                 }
-                Some(LinkEvent::Message(payload)) => {
-                    if by_hub {
+                Some(LinkEvent::Message(t, payload)) => {
+                    if t == config_topic {
+                        if let Some(configs) = &fleet.configs {
+                            configs.send_replace(Some(payload));
+                        }
+                    } else if by_hub && t == ack_topic {
                         if let Err(e) = w.take_ack(&payload, &device, &mut outbox, &counters) {
                             break Err(e);
                         }
@@ -850,8 +898,8 @@ pub async fn run(
                         w.acked.push(m);
                     }
                 }
-                LinkEvent::Message(payload) => {
-                    if by_hub {
+                LinkEvent::Message(t, payload) => {
+                    if by_hub && t == ack_topic {
                         let _ = w.take_ack(&payload, &device, &mut outbox, &counters);
                     }
                 }

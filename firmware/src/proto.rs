@@ -44,11 +44,13 @@ pub enum Stream {
     Analyses,
     Status,
     Evidence,
+    /// `config/applied`: what became of a configuration the hub sent ([`ConfigAppliedMsg`]).
+    ConfigApplied,
 }
 
 impl Stream {
     /// How many streams there are.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
     pub const ALL: [Stream; Stream::COUNT] = [
         Stream::Anomalies,
         Stream::Flows,
@@ -57,6 +59,7 @@ impl Stream {
         Stream::Analyses,
         Stream::Status,
         Stream::Evidence,
+        Stream::ConfigApplied,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -67,6 +70,7 @@ impl Stream {
             Stream::Analyses => "analyses",
             Stream::Status => "status",
             Stream::Evidence => "evidence",
+            Stream::ConfigApplied => "config/applied",
         }
     }
     pub fn from_name(name: &str) -> Option<Stream> {
@@ -107,6 +111,19 @@ pub fn topic(device: &str, stream: Stream) -> Option<String<128>> {
     }
     let mut t = String::new();
     write!(t, "tapwatch/v1/{}/{}", device, stream.name()).ok()?;
+    Some(t)
+}
+
+/// The last topic level the hub sends a device its configuration on ([`ConfigMsg`], retained).
+pub const CONFIG_TOPIC_LEAF: &str = "config";
+
+/// The topic the hub sends a device its configuration on; `None` if the device id is not valid.
+pub fn config_topic(device: &str) -> Option<String<128>> {
+    if !valid_device_id(device) {
+        return None;
+    }
+    let mut t = String::new();
+    write!(t, "tapwatch/v1/{}/{}", device, CONFIG_TOPIC_LEAF).ok()?;
     Some(t)
 }
 
@@ -483,7 +500,94 @@ message! {
         #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 32)))]
         pub version: Name,
         pub uptime_s: u64,
+        /// The revision of the hub's configuration the edge runs (0: none from the hub).
+        #[cfg_attr(feature = "serde", serde(default))]
+        pub config_revision: u64,
+        /// Its hash ([`ConfigMsg::hash`]); empty with revision 0.
+        #[cfg_attr(feature = "serde", serde(default))]
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
+        pub config_hash: ConfigHash,
     }
+}
+
+/// A configuration's hash: SHA-256, 64 lower-case hex digits.
+pub type ConfigHash = String<64>;
+
+/// What became of a configuration the hub sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum ApplyResult {
+    /// Checked and in force.
+    Applied,
+    /// Refused when checked (its error says why); the one before stays in force.
+    Refused,
+    /// Checked, but applying it failed (a filter the capture refused, ...); the one before
+    /// stays in force.
+    Failed,
+}
+
+/// The longest error text a [`ConfigAppliedMsg`] carries (cut at a character boundary).
+pub const APPLY_ERROR_MAX: usize = 1024;
+
+message! {
+    /// `config/applied` stream: the edge's answer to a configuration the hub sent
+    /// ([`ConfigMsg`]), as it checked and applied it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConfigAppliedMsg => ConfigApplied {
+        pub revision: u64,
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
+        pub hash: ConfigHash,
+        pub result: ApplyResult,
+        /// Why it was refused or failed, each problem naming its field; notes when applied
+        /// (parts that take effect after a restart); empty otherwise.
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 1024)))]
+        pub error: String<APPLY_ERROR_MAX>,
+    }
+}
+
+/// `error` text cut to fit [`ConfigAppliedMsg::error`].
+pub fn apply_error(text: &str) -> String<APPLY_ERROR_MAX> {
+    let mut end = text.len().min(APPLY_ERROR_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut s = String::new();
+    let _ = s.push_str(&text[..end]);
+    s
+}
+
+/// `tapwatch/v1/{device}/config`, hub to edge, retained: the configuration the hub wants the
+/// device to run, its global, group and device layers merged. Host-side only (the
+/// configuration is a JSON object of the edge's configuration sections). `revision` grows with
+/// each change for the device; `hash` is SHA-256 of `config` in canonical JSON (keys sorted, no
+/// white space), which the edge checks before anything else.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ConfigMsg {
+    /// Contract version ([`SCHEMA_VERSION`]).
+    pub schema: u16,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// When the hub wrote it, Unix microseconds.
+    pub ts: i64,
+    pub revision: u64,
+    #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
+    pub hash: ConfigHash,
+    /// Sections of the edge's configuration: `capture` (by interface name, `*` for every
+    /// interface: `rules`, `sample`), `detect`, `store`, `stats`, `sync`, each holding only
+    /// what the hub may set.
+    pub config: serde_json::Map<std::string::String, serde_json::Value>,
 }
 
 #[cfg(feature = "std")]
@@ -572,6 +676,13 @@ pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
         one::<AnalysisMsg>(),
         one::<StatusMsg>(),
         one::<EvidenceMsg>(),
+        one::<ConfigAppliedMsg>(),
+        (CONFIG_TOPIC_LEAF, {
+            let mut schema =
+                serde_json::to_value(schemars::schema_for!(ConfigMsg)).unwrap_or_default();
+            schema["$id"] = "https://tapwatch.invalid/schema/v1/config.json".into();
+            schema
+        }),
         (ACK_TOPIC_LEAF, {
             let mut schema =
                 serde_json::to_value(schemars::schema_for!(AckMsg)).unwrap_or_default();
@@ -603,7 +714,7 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
         let bless = std::env::var_os("TAPWATCH_BLESS").is_some();
         for (name, schema) in json_schemas() {
-            let path = dir.join(format!("{name}.schema.json"));
+            let path = dir.join(format!("{}.schema.json", name.replace('/', "_")));
             let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
             if bless {
                 std::fs::create_dir_all(&dir).unwrap();

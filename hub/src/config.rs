@@ -138,7 +138,7 @@ pub struct MqttConfig {
 impl MqttConfig {
     /// The topic filter the hub subscribes to: every device's streams.
     pub fn subscription(&self) -> String {
-        let topics = format!("{}tapwatch/v1/+/+", self.topic_prefix);
+        let topics = format!("{}tapwatch/v1/#", self.topic_prefix);
         if self.share_group.is_empty() {
             topics
         } else {

@@ -13,8 +13,8 @@
 
 use base64::Engine;
 use firmware::proto::{
-    parse_topic, AnalysisMsg, AnomalyMsg, EvidenceMsg, FlowBatch, Header, Message, MetricsMsg,
-    StatsMsg, StatusMsg, Stream, EVIDENCE_PCAP_MAX, SCHEMA_VERSION,
+    parse_topic, AnalysisMsg, AnomalyMsg, ConfigAppliedMsg, EvidenceMsg, FlowBatch, Header,
+    Message, MetricsMsg, StatsMsg, StatusMsg, Stream, EVIDENCE_PCAP_MAX, SCHEMA_VERSION,
 };
 
 /// Largest payload accepted. A full flow batch (32 flows of 128 features) is about 60 KiB.
@@ -32,6 +32,7 @@ pub enum Decoded {
     Status(StatusMsg),
     /// With the pcap file decoded from base64 (and checked whole).
     Evidence(Box<EvidenceMsg>, Vec<u8>),
+    ConfigApplied(Box<ConfigAppliedMsg>),
 }
 
 impl Decoded {
@@ -44,6 +45,7 @@ impl Decoded {
             Decoded::Analysis(m) => m.header(),
             Decoded::Status(m) => m.header(),
             Decoded::Evidence(m, _) => m.header(),
+            Decoded::ConfigApplied(m) => m.header(),
         }
     }
     pub fn stream(&self) -> Stream {
@@ -55,6 +57,7 @@ impl Decoded {
             Decoded::Analysis(_) => AnalysisMsg::STREAM,
             Decoded::Status(_) => StatusMsg::STREAM,
             Decoded::Evidence(..) => EvidenceMsg::STREAM,
+            Decoded::ConfigApplied(_) => ConfigAppliedMsg::STREAM,
         }
     }
 }
@@ -121,6 +124,7 @@ pub fn decode(topic: &str, payload: &[u8], now_us: i64) -> Result<Decoded, Rejec
         Stream::Evidence => {
             serde_json::from_slice(payload).map(|m| Decoded::Evidence(Box::new(m), Vec::new()))
         }
+        Stream::ConfigApplied => serde_json::from_slice(payload).map(Decoded::ConfigApplied),
     };
     if let Ok(msg) = typed {
         let schema = msg.header().schema;
@@ -149,8 +153,15 @@ pub fn decode(topic: &str, payload: &[u8], now_us: i64) -> Result<Decoded, Rejec
         Stream::Analyses => Decoded::Analysis(shape(stream, v)?),
         Stream::Status => Decoded::Status(shape(stream, v)?),
         Stream::Evidence => Decoded::Evidence(Box::new(shape(stream, v)?), Vec::new()),
+        Stream::ConfigApplied => Decoded::ConfigApplied(shape(stream, v)?),
     };
     accept(device, msg, now_us)
+}
+
+/// A configuration hash as the contract has it: 64 lower-case hex digits, or empty (none).
+fn is_hash(h: &str) -> bool {
+    h.is_empty()
+        || (h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 /// The checks after the shape: the device inside is the topic's, times, counts and floats are
@@ -328,8 +339,30 @@ fn check_numbers(msg: &Decoded) -> Result<(), Reject> {
                 floats.push(("reasons[].contribution", r.contribution, any.0, any.1));
             }
         }
-        Decoded::Status(s) => counts.push(("uptime_s", s.uptime_s, MAX_COUNT)),
+        Decoded::Status(s) => {
+            counts.extend([
+                ("uptime_s", s.uptime_s, MAX_COUNT),
+                ("config_revision", s.config_revision, MAX_COUNT),
+            ]);
+            if !is_hash(&s.config_hash) {
+                return Err(Reject::Range {
+                    stream,
+                    field: "config_hash",
+                    message: "not a SHA-256 in hex".into(),
+                });
+            }
+        }
         Decoded::Evidence(e, _) => counts.push(("anomaly", e.anomaly, MAX_COUNT)),
+        Decoded::ConfigApplied(m) => {
+            counts.push(("revision", m.revision, MAX_COUNT));
+            if !is_hash(&m.hash) {
+                return Err(Reject::Range {
+                    stream,
+                    field: "hash",
+                    message: "not a SHA-256 in hex".into(),
+                });
+            }
+        }
     }
     if let Some((field, v, max)) = counts.into_iter().find(|(_, v, max)| v > max) {
         return Err(Reject::Range { stream, field, message: format!("{v} is over {max}") });

@@ -142,6 +142,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Acks published to the edges (what is committed, per device and stream)",
             &[(vec![], load(&c.acks_published))],
         )?;
+        counter(
+            enc,
+            "tapwatch_fleet_configs_published",
+            "Desired configurations handed to the broker for the edges (retained)",
+            &[(vec![], load(&c.configs_published))],
+        )?;
         gauge(
             enc,
             "tapwatch_ingest_seqs_missing",

@@ -1,6 +1,6 @@
 //! MQTT to PostgreSQL, exactly once in effect.
 //!
-//! The hub subscribes to `<prefix>tapwatch/v1/+/+` (or, for several hubs sharing the load, an
+//! The hub subscribes to `<prefix>tapwatch/v1/#` (or, for several hubs sharing the load, an
 //! MQTT v5 shared subscription `$share/<group>/...`) with a persistent session and manual
 //! acknowledgements. Messages are gathered into batches
 //! (`ingest.batch_messages`, `ingest.batch_ms`); a batch is one transaction:
@@ -89,6 +89,8 @@ pub struct IngestCounters {
     pub acked: AtomicU64,
     /// Acks published to the edges (`tapwatch/v1/{device}/ack`, retained).
     pub acks_published: AtomicU64,
+    /// Desired configurations handed to the broker (`tapwatch/v1/{device}/config`, retained).
+    pub configs_published: AtomicU64,
     /// Seqs missing (never received, later ones were) and lost, summed over the devices
     /// heard from since start.
     pub seqs_missing: AtomicU64,
@@ -720,7 +722,9 @@ impl Ingestor {
                     )
                     .await?;
                 }
+                Decoded::ConfigApplied(m) => crate::fleet::record_applied(&tx, m).await?,
                 Decoded::Status(s) => {
+                    crate::fleet::record_status(&tx, s).await?;
                     let state = serde_json::to_value(s.state).unwrap_or_default();
                     tx.execute(
                         "UPDATE devices SET state = $2, state_seq = $3, version = $4, uptime_s = $5
@@ -1320,6 +1324,7 @@ pub async fn run(
     let batch_max = config.ingest.batch_messages;
     let batch_wait = Duration::from_millis(config.ingest.batch_ms);
     let mut last_retention: Option<Instant> = None;
+    let mut last_refresh: Option<Instant> = None;
     let retention_every = Duration::from_secs(config.retention.interval_s.into());
     // The batching stage decodes messages as they arrive (CPU) while this task commits the
     // previous batch (PostgreSQL): on two cores the two overlap.
@@ -1456,6 +1461,37 @@ pub async fn run(
                     }
                 }
                 Err(e) => tracing::warn!("postgres: cannot read what to confirm ({e}); next batch"),
+            }
+        }
+        // The edges' configurations: merged again now and then (a device added, a group
+        // changed), and each new desired revision handed to the broker, retained.
+        if let Some(ing) = ingestor.as_mut() {
+            if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                last_refresh = Some(Instant::now());
+                match crate::fleet::refresh(ing.client()).await {
+                    Ok(p) if !p.is_empty() => tracing::warn!("fleet: {}", p.join("; ")),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("fleet: cannot merge the configurations ({e})"),
+                }
+            }
+            match crate::fleet::unpublished(ing.client()).await {
+                Ok(configs) => {
+                    for (device, revision, payload) in configs {
+                        let Some(t) = firmware::proto::config_topic(&device) else { continue };
+                        let topic = format!("{}{t}", config.mqtt.topic_prefix);
+                        if client.publish(topic, QoS::AtLeastOnce, true, payload).await.is_ok() {
+                            counters.configs_published.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) =
+                                crate::fleet::published(ing.client(), &device, revision).await
+                            {
+                                tracing::warn!(
+                                    "fleet: cannot mark {device}'s configuration sent ({e})"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("fleet: cannot read the configurations to send ({e})"),
             }
         }
         if let Some(ing) = ingestor.as_mut() {

@@ -8,6 +8,7 @@
 //! - [`api`]: the API under `/api/v1`: statistics, flows, anomalies, users and roles, live push.
 //! - [`http`]: the HTTP server: `/metrics`, `/healthz` and the API.
 //! - [`config`]: the configuration file, hub.toml.
+//! - [`fleet`]: the edges' configuration: layers, revisions, desired against applied.
 //! - [`cli`]: the command line.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod provision;

@@ -383,8 +383,16 @@ impl Edge {
         );
         let h = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(tapwatch_edge::sync::run(cfg, device, db, counters, Until::Stopped, rx))
-                .unwrap();
+            rt.block_on(tapwatch_edge::sync::run(
+                cfg,
+                device,
+                db,
+                counters,
+                Until::Stopped,
+                rx,
+                Default::default(),
+            ))
+            .unwrap();
         });
         self.sync = Some((tx, h));
     }

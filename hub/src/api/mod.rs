@@ -1,5 +1,6 @@
 //! The API for people and programs, under `/api/v1`: devices, traffic statistics, flows,
-//! anomalies, analyses, suppression rules, users and tokens, the audit log, and live push.
+//! anomalies, analyses, suppression rules, the fleet's configuration, users and tokens, the
+//! audit log, and live push.
 //!
 //! Every handler is annotated for utoipa; [`router`] collects them with utoipa-axum, so the
 //! OpenAPI document served at `/api/v1/openapi.json` is the routes that exist. Each operation's
@@ -12,6 +13,7 @@
 pub mod anomalies;
 pub mod auth;
 pub mod data;
+pub mod fleet;
 pub mod live;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -298,8 +300,8 @@ pub use time::serde::rfc3339;
     components(schemas(data::Kind, anomalies::Severity, anomalies::AnomalyState)),
     tags(
         (name = "auth"), (name = "devices"), (name = "statistics"), (name = "flows"),
-        (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "admin"),
-        (name = "live")
+        (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "fleet"),
+        (name = "admin"), (name = "live")
     )
 )]
 struct ApiDoc;
@@ -406,6 +408,14 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(anomalies::evidence))
         .routes(routes!(anomalies::list_rules, anomalies::create_rule))
         .routes(routes!(anomalies::delete_rule))
+        .routes(routes!(fleet::list))
+        .routes(routes!(fleet::get_global, fleet::put_global))
+        .routes(routes!(fleet::get_layer, fleet::put_layer))
+        .routes(routes!(fleet::history))
+        .routes(routes!(fleet::rollback))
+        .routes(routes!(fleet::groups, fleet::create_group))
+        .routes(routes!(fleet::set_group))
+        .routes(routes!(fleet::device))
         .routes(routes!(live::live))
         .with_state(state)
         .split_for_parts();

@@ -1,0 +1,310 @@
+//! The fleet configuration: the part of an edge's configuration the hub sets at run time.
+//!
+//! A fleet document is a JSON object of the edge's own sections, holding only what the hub may
+//! set ([`ALLOWED`]); the device's `edge.toml` keeps the rest (its id, the broker and its
+//! credentials, paths, listen addresses, flow-table size):
+//!
+//! ```json
+//! {"capture": {"*": {"rules": [{"name": "no-ssh", "action": "exclude", "port": 22}]},
+//!              "eth1": {"sample": 4}},
+//!  "detect": {"quiet_s": 60, "thresholds": {"port_scan_ports": 80}, "suppress": []},
+//!  "store": {"max_age_hours": 72}}
+//! ```
+//!
+//! `capture` is by interface name; `*` is for each interface with no entry of its own. The hub
+//! keeps a global document, one per device group and one per device, and merges them in that
+//! order with JSON Merge Patch (RFC 7396: an object merges key by key, anything else replaces,
+//! `null` removes), [`merge`]. The edge lays the merged document over its `edge.toml` the same
+//! way ([`apply`]) and checks the result as it checks a file at start-up, so the hub, which
+//! checks a document with [`check`] before it accepts it, and the edge agree on what is valid.
+
+use crate::{Config, DeviceConfig, InterfaceConfig};
+use serde_json::{Map, Value};
+use sha2::Digest as _;
+
+/// What the hub may set, by section: the keys allowed in each (`capture`'s entries are per
+/// interface, each allowing [`CAPTURE_KEYS`]). Everything here is applied without a restart.
+pub const ALLOWED: &[(&str, &[&str])] = &[
+    ("detect", &["quiet_s", "update_s", "thresholds", "suppress"]),
+    ("store", &["max_size_mb", "max_age_hours", "evidence_max_packets"]),
+];
+
+/// What the hub may set of an interface's capture.
+pub const CAPTURE_KEYS: &[&str] = &["rules", "sample"];
+
+/// The entry of `capture` for each interface without one of its own.
+pub const EVERY_INTERFACE: &str = "*";
+
+/// The largest fleet document, bytes of JSON (a thousand capture rules fit easily).
+pub const MAX_BYTES: usize = 256 * 1024;
+
+/// Merge layers in order, each over the ones before (RFC 7396).
+pub fn merge<'a>(layers: impl IntoIterator<Item = &'a Value>) -> Value {
+    let mut doc = Value::Object(Map::new());
+    for layer in layers {
+        json_patch::merge(&mut doc, layer);
+    }
+    prune(&mut doc);
+    doc
+}
+
+/// Objects left empty by a merge go (an emptied section says nothing).
+fn prune(v: &mut Value) {
+    if let Value::Object(m) = v {
+        for child in m.values_mut() {
+            prune(child);
+        }
+        m.retain(|_, c| !matches!(c, Value::Object(o) if o.is_empty()) && !c.is_null());
+    }
+}
+
+/// SHA-256 of a document in canonical JSON (keys sorted, no white space), as hex.
+pub fn hash(doc: &Value) -> String {
+    // serde_json's maps are sorted (no `preserve_order`), so its compact text is canonical.
+    let text = serde_json::to_string(doc).unwrap_or_default();
+    sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Problems with a document's shape: a key the hub may not set, or not an object where one is
+/// needed. Each names its field.
+pub fn shape(doc: &Value) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(top) = doc.as_object() else {
+        return vec!["the configuration must be a JSON object of sections".into()];
+    };
+    if serde_json::to_string(doc).map_or(0, |t| t.len()) > MAX_BYTES {
+        p.push(format!("the configuration is over {MAX_BYTES} bytes"));
+    }
+    for (section, v) in top {
+        if section == "capture" {
+            let Some(ifaces) = v.as_object() else {
+                p.push("capture: must be an object of interfaces (\"*\" for every one)".into());
+                continue;
+            };
+            for (name, entry) in ifaces {
+                if name.is_empty() || name.len() > 64 || name.contains(char::is_whitespace) {
+                    p.push(format!("capture.{name:?}: not an interface name"));
+                }
+                match entry.as_object() {
+                    Some(e) => {
+                        for k in e.keys().filter(|k| !CAPTURE_KEYS.contains(&k.as_str())) {
+                            p.push(format!(
+                                "capture.{name}.{k}: the hub may set only {} of a capture",
+                                CAPTURE_KEYS.join(", ")
+                            ));
+                        }
+                    }
+                    None if entry.is_null() => {}
+                    None => p.push(format!("capture.{name}: must be an object")),
+                }
+            }
+            continue;
+        }
+        let Some((_, keys)) = ALLOWED.iter().find(|(s, _)| s == section) else {
+            p.push(format!(
+                "{section}: not a section the hub sets (it sets capture, {}); the rest is the \
+                 edge's own edge.toml",
+                ALLOWED.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        };
+        match v.as_object() {
+            Some(o) => {
+                for k in o.keys().filter(|k| !keys.contains(&k.as_str())) {
+                    p.push(format!(
+                        "{section}.{k}: the hub may set only {} of {section}; the rest is the \
+                         edge's own edge.toml",
+                        keys.join(", ")
+                    ));
+                }
+            }
+            None if v.is_null() => {}
+            None => p.push(format!("{section}: must be an object")),
+        }
+    }
+    p
+}
+
+/// Lay a document over a configuration; the result is checked as a file is at start-up. An
+/// interface named in `capture` that this configuration does not have is a note, not an
+/// error (a group's document names the interfaces of all its devices).
+pub fn apply(base: &Config, doc: &Value) -> Result<(Config, Vec<String>), Vec<String>> {
+    let problems = shape(doc);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut notes = Vec::new();
+    let mut v = serde_json::to_value(base).map_err(|e| vec![format!("internal: {e}")])?;
+    let empty = Map::new();
+    let top = doc.as_object().unwrap_or(&empty);
+    for (section, patch) in top {
+        if section == "capture" {
+            continue;
+        }
+        json_patch::merge(&mut v[section.as_str()], patch);
+    }
+    if let Some(capture) = top.get("capture").and_then(Value::as_object) {
+        for name in capture.keys().filter(|n| *n != EVERY_INTERFACE) {
+            if !base.interfaces.iter().any(|i| &i.name == name) {
+                notes.push(format!("capture.{name}: this edge has no such interface"));
+            }
+        }
+        if let Some(ifaces) = v.get_mut("interface").and_then(Value::as_array_mut) {
+            for iface in ifaces {
+                let name = iface["name"].as_str().unwrap_or_default().to_string();
+                let patch = capture.get(&name).or_else(|| capture.get(EVERY_INTERFACE));
+                if let Some(patch) = patch {
+                    // `rules` in JSON, `[[interface.rule]]` in the file.
+                    let mut patch = patch.clone();
+                    if let Some(rules) = patch.as_object_mut().and_then(|p| p.remove("rules")) {
+                        patch["rule"] = rules;
+                    }
+                    json_patch::merge(iface, &patch);
+                }
+            }
+        }
+    }
+    let config: Config = serde_path_to_error::deserialize(v).map_err(|e| {
+        let mut path = e.path().to_string();
+        for (i, iface) in base.interfaces.iter().enumerate() {
+            path = path.replace(&format!("interface[{i}]"), &format!("capture.{}", iface.name));
+        }
+        vec![format!("{}: {}", path.replace(".rule[", ".rules["), e.inner())]
+    })?;
+    let problems = config.check();
+    if problems.is_empty() {
+        Ok((config, notes))
+    } else {
+        Err(problems)
+    }
+}
+
+/// Check a document at the hub, as an edge would: laid over the defaults, with an interface
+/// for each one `capture` names.
+pub fn check(doc: &Value) -> Vec<String> {
+    let mut base = Config::offline(None);
+    base.device = DeviceConfig { id: "fleet-check".into() };
+    if let Some(capture) = doc.get("capture").and_then(Value::as_object) {
+        for name in capture.keys() {
+            base.interfaces.push(InterfaceConfig {
+                name: name.clone(),
+                snaplen: crate::default_snaplen(),
+                buffer_mb: crate::default_buffer_mb(),
+                promiscuous: true,
+                immediate: false,
+                queue_packets: crate::default_queue_packets(),
+                sample: 1,
+                rules: Vec::new(),
+            });
+        }
+    }
+    match apply(&base, doc) {
+        Ok(_) => Vec::new(),
+        Err(p) => p,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn edge() -> Config {
+        Config::parse(
+            "[device]\nid = \"tap-1\"\n[[interface]]\nname = \"eth1\"\n\
+             [[interface.rule]]\nname = \"local\"\naction = \"exclude\"\nport = 22\n\
+             [[interface]]\nname = \"eth2\"\n",
+            "edge.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn test_layers_merge_in_order_and_null_removes() {
+        let global =
+            json!({"detect": {"quiet_s": 60, "update_s": 20}, "store": {"max_age_hours": 24}});
+        let group = json!({"detect": {"quiet_s": 90}, "capture": {"*": {"sample": 2}}});
+        let device = json!({"store": null, "capture": {"eth1": {"sample": 1}}});
+        let doc = merge([&global, &group, &device]);
+        assert_eq!(
+            doc,
+            json!({"detect": {"quiet_s": 90, "update_s": 20},
+                   "capture": {"*": {"sample": 2}, "eth1": {"sample": 1}}})
+        );
+        // The hash does not depend on the order keys were written in.
+        let same: Value = serde_json::from_str(
+            r#"{"capture": {"eth1": {"sample": 1}, "*": {"sample": 2}},
+                "detect": {"update_s": 20, "quiet_s": 90}}"#,
+        )
+        .unwrap();
+        assert_eq!(hash(&doc), hash(&same));
+        assert_eq!(hash(&doc).len(), 64);
+        assert_ne!(hash(&doc), hash(&global));
+    }
+
+    #[test]
+    fn test_a_document_lays_over_the_edges_own_file() {
+        let doc = json!({
+            "capture": {"*": {"rules": [{"name": "web", "port": 80}]}, "eth2": {"sample": 3}},
+            "detect": {"quiet_s": 45, "thresholds": {"port_scan_ports": 99.0}},
+            "store": {"max_age_hours": 12}
+        });
+        let (c, notes) = apply(&edge(), &doc).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(c.device.id, "tap-1");
+        // eth1 has no entry of its own: "*" replaces its rules; eth2's own entry wins.
+        assert_eq!(c.interfaces[0].rules.len(), 1);
+        assert_eq!(c.interfaces[0].rules[0].port, Some(80));
+        assert_eq!(c.interfaces[1].sample, 3);
+        assert!(c.interfaces[1].rules.is_empty());
+        assert_eq!(c.detect.quiet_s, 45);
+        assert_eq!(c.detect.thresholds.port_scan_ports, 99.0);
+        assert_eq!(c.store.max_age_hours, 12);
+        assert_eq!(c.store.path, edge().store.path);
+        let (_, notes) = apply(&edge(), &json!({"capture": {"eth9": {"sample": 2}}})).unwrap();
+        assert_eq!(notes, ["capture.eth9: this edge has no such interface"]);
+    }
+
+    #[test]
+    fn test_what_the_hub_may_not_set_is_refused_by_name() {
+        for (doc, field) in [
+            (json!({"sync": {"broker": "evil:1883"}}), "sync:"),
+            (json!({"store": {"path": "/etc/passwd"}}), "store.path"),
+            (json!({"device": {"id": "other"}}), "device:"),
+            (json!({"capture": {"eth1": {"snaplen": 64}}}), "capture.eth1.snaplen"),
+            (json!({"capture": []}), "capture:"),
+            (json!([1, 2]), "JSON object"),
+        ] {
+            let p = check(&doc);
+            assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");
+            assert!(apply(&edge(), &doc).is_err());
+        }
+    }
+
+    #[test]
+    fn test_values_are_checked_as_at_start_up() {
+        for (doc, field) in [
+            (
+                json!({"capture": {"eth1": {"rules": [{"name": "x", "bpf": "port nonsense"}]}}}),
+                "does not compile",
+            ),
+            (json!({"capture": {"*": {"sample": 0}}}), "sample"),
+            (
+                json!({"detect": {"thresholds": {"port_scan_ports": -1.0}}}),
+                "detect.thresholds.port_scan_ports",
+            ),
+            (json!({"detect": {"thresholds": {"no_such": 1.0}}}), "no_such"),
+            (json!({"detect": {"quiet_s": "soon"}}), "detect.quiet_s"),
+            (json!({"detect": {"suppress": [{"name": "all"}]}}), "detect.suppress[0]"),
+            (json!({"store": {"max_size_mb": 1}}), "store.max_size_mb"),
+        ] {
+            let p = check(&doc);
+            assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");
+        }
+        assert!(check(&json!({})).is_empty());
+        assert!(check(
+            &json!({"capture": {"*": {"rules": [{"name": "x", "bpf": "tcp port 80"}]}}})
+        )
+        .is_empty());
+    }
+}

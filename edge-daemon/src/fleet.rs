@@ -1,0 +1,393 @@
+//! The configuration in force while the daemon runs: `edge.toml`, with the hub's fleet
+//! configuration laid over it ([`edge_config::fleet`]).
+//!
+//! Two things change it: a reload (SIGHUP or `POST /admin/reload`: the file is read again and the
+//! hub's configuration laid over it again) and a configuration from the hub ([`Runtime::take`],
+//! the newest one the sync thread received). Either is checked as a file is at start-up and
+//! then applied to the running parts without a restart: each interface's capture filter is
+//! replaced in place and its sampling set (the flow table is not touched, so flows in progress
+//! go on), the detection settings go to the pipeline and the retention to the store writer. A
+//! configuration refused when checked, or one a capture refuses (every filter changed is put
+//! back), leaves the one before in force. The hub's configuration last applied is kept beside
+//! the store (`fleet-config.json`) and laid over the file at the next start; each one the hub
+//! sends is answered on the `config/applied` stream with its revision, hash and result.
+
+use crate::capture::{Control, InterfaceCounters};
+use crate::config::{interface_filter, Config};
+use crate::http::ReloadReport;
+use crate::metrics::Shared;
+use crate::pipeline::Settings;
+use crate::store::Row;
+use edge_config::fleet;
+use firmware::proto::{ApplyResult, ConfigAppliedMsg, ConfigMsg};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Capture controls by interface name.
+pub type Controls = Arc<Mutex<Vec<(String, std::sync::mpsc::Sender<Control>)>>>;
+
+/// A configuration from the hub, as applied and kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub revision: u64,
+    pub hash: String,
+    pub config: serde_json::Value,
+}
+
+/// Where the hub's configuration last applied is kept: beside the store's database.
+pub fn state_path(config: &Config) -> PathBuf {
+    config.store.path.with_file_name("fleet-config.json")
+}
+
+/// The hub's configuration kept by an earlier run, if there is one and it is whole.
+pub fn kept(config: &Config) -> Option<Applied> {
+    let path = state_path(config);
+    let text = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<Applied>(&text) {
+        Ok(a) if fleet::hash(&a.config) == a.hash => Some(a),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the hub's configuration kept here does not match its hash; not used");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "the hub's configuration kept here does not read ({e}); not used");
+            None
+        }
+    }
+}
+
+/// The revision and hash of the hub's configuration kept here ((0, "") if none).
+pub fn kept_revision(config: &Config) -> (u64, String) {
+    kept(config).map(|a| (a.revision, a.hash)).unwrap_or_default()
+}
+
+/// The configuration to start with: the file, and the hub's configuration kept by an earlier
+/// run laid over it when it still applies (the file may have changed since).
+pub fn startup(file: Config) -> (Config, Option<Applied>) {
+    let Some(a) = kept(&file) else { return (file, None) };
+    match fleet::apply(&file, &a.config) {
+        Ok((config, _)) => {
+            tracing::info!(revision = a.revision, "the hub's configuration kept here is in force");
+            (config, Some(a))
+        }
+        Err(problems) => {
+            tracing::warn!(
+                revision = a.revision,
+                "the hub's configuration kept here no longer applies over the file, not used: {}",
+                problems.join("; ")
+            );
+            (file, None)
+        }
+    }
+}
+
+/// Write `a` to `path` whole or not at all (a new file renamed over the old).
+fn keep(path: &Path, a: &Applied) -> Result<(), String> {
+    let tmp = path.with_extension("json.new");
+    let text = serde_json::to_vec_pretty(a).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[derive(Debug)]
+struct State {
+    /// The configuration in force.
+    running: Config,
+    /// The hub's configuration in it.
+    fleet: Option<Applied>,
+    /// The last configuration the hub sent (revision, hash) and answered: the broker sends the
+    /// retained one again on each connection, and it is answered once.
+    answered: Option<(u64, String)>,
+}
+
+/// What applies changes to the running daemon.
+#[derive(Debug)]
+pub struct Runtime {
+    path: PathBuf,
+    state: Mutex<State>,
+    controls: Controls,
+    shared: Arc<Shared>,
+    settings: crossbeam_channel::Sender<Settings>,
+    store: crossbeam_channel::Sender<Row>,
+    applied: tokio::sync::watch::Sender<(u64, String)>,
+}
+
+impl Runtime {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: PathBuf,
+        running: Config,
+        fleet: Option<Applied>,
+        controls: Controls,
+        shared: Arc<Shared>,
+        settings: crossbeam_channel::Sender<Settings>,
+        store: crossbeam_channel::Sender<Row>,
+        applied: tokio::sync::watch::Sender<(u64, String)>,
+    ) -> Runtime {
+        let now = fleet.as_ref().map(|a| (a.revision, a.hash.clone())).unwrap_or_default();
+        shared.fleet_revision.store(now.0, Ordering::Relaxed);
+        applied.send_replace(now);
+        Runtime {
+            path,
+            state: Mutex::new(State { running, fleet, answered: None }),
+            controls,
+            shared,
+            settings,
+            store,
+            applied,
+        }
+    }
+
+    /// Read the file again and lay the hub's configuration in force over it; apply the result.
+    pub fn reload(&self) -> Result<ReloadReport, Vec<String>> {
+        let refuse = |problems: Vec<String>| {
+            self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "reload refused, the configuration in force stays: {}",
+                problems.join("; ")
+            );
+            problems
+        };
+        let mut state = self.state.lock().map_err(|_| vec!["internal: state poisoned".into()])?;
+        let file = Config::load(&self.path).map_err(|e| refuse(e.problems))?;
+        let (new, notes) = match &state.fleet {
+            Some(a) => fleet::apply(&file, &a.config).map_err(|p| {
+                refuse(
+                    p.into_iter()
+                        .map(|p| {
+                            format!("with the hub's configuration revision {}: {p}", a.revision)
+                        })
+                        .collect(),
+                )
+            })?,
+            None => (file, Vec::new()),
+        };
+        let mut report = self.put(&mut state, new).map_err(refuse)?;
+        report.notes.extend(notes);
+        self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(applied = ?report.applied, notes = ?report.notes, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// A configuration message from the hub: check it, apply it, keep it, answer it.
+    pub fn take(&self, payload: &[u8]) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let (revision, hash, result) = self.take_locked(&mut state, payload);
+        let Some((result, text)) = result else {
+            return; // answered before
+        };
+        match result {
+            ApplyResult::Applied => {
+                self.shared.fleet_applied.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(revision, notes = %text, "the hub's configuration applied");
+            }
+            _ => {
+                self.shared.fleet_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    revision,
+                    ?result,
+                    "the hub's configuration not applied, the one before stays: {text}"
+                );
+            }
+        }
+        let msg = ConfigAppliedMsg {
+            schema: 0,
+            device: Default::default(),
+            seq: 0,
+            ts: 0,
+            revision,
+            hash: hash.as_str().try_into().unwrap_or_default(),
+            result,
+            error: firmware::proto::apply_error(&text),
+        };
+        // The answer waits for room rather than drop: it is one message per change.
+        if self
+            .store
+            .send_timeout(Row::ConfigApplied(Box::new(msg)), Duration::from_secs(5))
+            .is_err()
+        {
+            self.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(revision, "the answer to the hub's configuration could not be queued");
+        }
+    }
+
+    /// `None` as the result when this revision was answered already.
+    #[allow(clippy::type_complexity)]
+    fn take_locked(
+        &self,
+        state: &mut State,
+        payload: &[u8],
+    ) -> (u64, String, Option<(ApplyResult, String)>) {
+        let refused = |r: u64, h: String, why: String| (r, h, Some((ApplyResult::Refused, why)));
+        let msg: ConfigMsg = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                return refused(0, String::new(), format!("not a configuration message: {e}"))
+            }
+        };
+        let (revision, hash) = (msg.revision, msg.hash.to_string());
+        if state.answered.as_ref() == Some(&(revision, hash.clone())) {
+            return (revision, hash, None);
+        }
+        state.answered = Some((revision, hash.clone()));
+        if msg.device.as_str() != state.running.device.id {
+            return refused(revision, hash, format!("it is for device {:?}", msg.device.as_str()));
+        }
+        let doc = serde_json::Value::Object(msg.config);
+        let actual = fleet::hash(&doc);
+        if actual != hash {
+            let why = format!("its hash is {actual}, not the {hash} it names");
+            return refused(revision, hash, why);
+        }
+        if state.fleet.as_ref().is_some_and(|a| a.revision == revision && a.hash == hash) {
+            // In force already (kept from an earlier run): said so again, nothing to do.
+            return (revision, hash, Some((ApplyResult::Applied, String::new())));
+        }
+        let file = match Config::load(&self.path) {
+            Ok(f) => f,
+            Err(e) => {
+                return (revision, hash, Some((ApplyResult::Failed, format!("edge.toml: {e}"))))
+            }
+        };
+        let (new, mut notes) = match fleet::apply(&file, &doc) {
+            Ok(r) => r,
+            Err(problems) => return refused(revision, hash, problems.join("; ")),
+        };
+        match self.put(state, new) {
+            Ok(report) => notes.extend(report.notes),
+            Err(problems) => {
+                return (revision, hash, Some((ApplyResult::Failed, problems.join("; "))))
+            }
+        }
+        let a = Applied { revision, hash: hash.clone(), config: doc };
+        let path = state_path(&state.running);
+        if let Err(e) = keep(&path, &a) {
+            notes.push(format!("in force, but not kept for the next start: {e}"));
+        }
+        state.fleet = Some(a);
+        self.shared.fleet_revision.store(revision, Ordering::Relaxed);
+        self.applied.send_replace((revision, hash.clone()));
+        (revision, hash, Some((ApplyResult::Applied, notes.join("; "))))
+    }
+
+    /// Apply a checked configuration to the running parts; on an error, what was changed is put
+    /// back and the configuration before stays in force.
+    fn put(&self, state: &mut State, new: Config) -> Result<ReloadReport, Vec<String>> {
+        let mut filters = Vec::new();
+        for iface in &new.interfaces {
+            match interface_filter(&iface.rules) {
+                Ok(f) => filters.push((iface.name.clone(), f)),
+                Err(e) => return Err(vec![format!("interface {}: {e}", iface.name)]),
+            }
+        }
+        let old: Vec<(String, Option<String>)> = state
+            .running
+            .interfaces
+            .iter()
+            .map(|i| (i.name.clone(), interface_filter(&i.rules).ok().flatten()))
+            .collect();
+        let mut report = ReloadReport { applied: Vec::new(), notes: Vec::new() };
+        let controls =
+            self.controls.lock().map_err(|_| vec!["internal: controls poisoned".to_string()])?;
+        let mut changed = Vec::new();
+        for (name, filter) in filters {
+            let Some((_, ctl)) = controls.iter().find(|(n, _)| *n == name) else {
+                report
+                    .notes
+                    .push(format!("interface {name} is new: it is captured after a restart"));
+                continue;
+            };
+            match set_filter(ctl, filter.clone()) {
+                Ok(true) => {
+                    changed.push((name.clone(), ctl.clone()));
+                    report.applied.push((name, filter.unwrap_or_default()));
+                }
+                Ok(false) => {
+                    report.notes.push(format!("interface {name}: no answer from its capture"))
+                }
+                Err(e) => {
+                    // Put back what this one changed.
+                    for (n, c) in &changed {
+                        let before = old.iter().find(|(o, _)| o == n).and_then(|(_, f)| f.clone());
+                        let _ = set_filter(c, before);
+                    }
+                    return Err(vec![format!("interface {name}: filter rejected: {e}")]);
+                }
+            }
+        }
+        for (name, _) in controls.iter() {
+            if !new.interfaces.iter().any(|i| &i.name == name) {
+                report.notes.push(format!(
+                    "interface {name} is gone from the file: it stops after a restart"
+                ));
+            }
+        }
+        drop(controls);
+        let ifaces: Vec<Arc<InterfaceCounters>> =
+            self.shared.interfaces.read().map(|v| v.clone()).unwrap_or_default();
+        for iface in &new.interfaces {
+            if let Some(c) = ifaces.iter().find(|c| c.name == iface.name) {
+                c.sample.store(u64::from(iface.sample.max(1)), Ordering::Relaxed);
+            }
+        }
+        let settings = Settings::of(&new);
+        if settings != Settings::of(&state.running) {
+            let _ = self.settings.send(settings);
+        }
+        let (s, o) = (&new.store, &state.running.store);
+        if (s.max_size_mb, s.max_age_hours, s.evidence_max_packets)
+            != (o.max_size_mb, o.max_age_hours, o.evidence_max_packets)
+        {
+            let limits = Row::Limits {
+                max_size_mb: s.max_size_mb,
+                max_age_hours: s.max_age_hours,
+                evidence_max_packets: s.evidence_max_packets,
+            };
+            if self.store.send_timeout(limits, Duration::from_secs(5)).is_err() {
+                report.notes.push("the store's new limits could not be queued".into());
+            }
+        }
+        let r = &state.running;
+        let restart = |a: &Config| {
+            let mut a = a.clone();
+            // What is applied while running, or set only at start.
+            for i in &mut a.interfaces {
+                (i.rules, i.sample) = (Vec::new(), 1);
+            }
+            a.detect.thresholds = Default::default();
+            a.detect.suppress = Vec::new();
+            (a.detect.quiet_s, a.detect.update_s) = (0, 0);
+            (a.store.max_size_mb, a.store.max_age_hours, a.store.evidence_max_packets) = (0, 0, 0);
+            (a.interfaces, a.flows, a.store, a.stats, a.sync, a.detect)
+        };
+        if restart(&new) != restart(r) {
+            report.notes.push(
+                "other changes (interfaces, flows, store, statistics, sync, models) take effect after a restart"
+                    .into(),
+            );
+        }
+        state.running = new;
+        Ok(report)
+    }
+}
+
+/// Replace a capture's filter: `Ok(false)` if its capture did not answer.
+fn set_filter(
+    ctl: &std::sync::mpsc::Sender<Control>,
+    filter: Option<String>,
+) -> Result<bool, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    if ctl.send(Control::SetFilter(filter, tx)).is_err() {
+        return Ok(false);
+    }
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
