@@ -1,0 +1,369 @@
+//! The fleet's configuration with real parts: two `tapwatch-edge run` daemons capturing live on
+//! veth pairs into network namespaces made here, Mosquitto, PostgreSQL and `tapwatch-hub run`.
+//! A rule saved at the hub reaches both captures within 5 s while a flow in progress goes on; a
+//! broken BPF is refused at the hub; a configuration an edge cannot apply is reported as failed
+//! and the one before keeps running, as does one put on the broker by someone else; an edge that was offline during two changes applies the newest
+//! when it comes back, and starts with what it had kept.
+//!
+//! Needs root (namespaces, capture); TAPWATCH_SKIP_LIVE=1 skips it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod procs;
+use procs::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tapwatch_hub::fleet::{self, Scope};
+
+fn sh(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A namespace at the end of a veth pair; the edge captures on the root namespace's end.
+struct Link {
+    ns: String,
+    host_if: String,
+    ns_ip: String,
+}
+
+impl Link {
+    fn new(tag: u8) -> Link {
+        let id = std::process::id() % 10_000;
+        let (ns, host_if, ns_if) =
+            (format!("twf{id}{tag}"), format!("twfh{id}{tag}"), format!("twfn{id}{tag}"));
+        let net = 10 + u32::from(tag) + (id % 100) * 2;
+        let (host_ip, ns_ip) = (format!("10.78.{net}.1/24"), format!("10.78.{net}.2"));
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh(&["ip", "netns", "add", &ns]);
+        let link = Link { ns: ns.clone(), host_if: host_if.clone(), ns_ip: ns_ip.clone() };
+        sh(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        sh(&["ip", "link", "set", &ns_if, "netns", &ns]);
+        sh(&["ip", "addr", "add", &host_ip, "dev", &host_if]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        let ns_addr = format!("{ns_ip}/24");
+        sh(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &ns_addr, "dev", &ns_if]);
+        sh(&["ip", "netns", "exec", &ns, "ip", "link", "set", &ns_if, "up"]);
+        link
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+const TOKEN: &str = "fleet-test-admin-token-0123456789";
+
+/// A `tapwatch-edge run` daemon.
+struct Edge {
+    config: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+    base: String,
+}
+
+fn edge_binary() -> PathBuf {
+    // Built beside this test by `cargo test --workspace`; otherwise built now.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("tapwatch-edge");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", "tapwatch-edge", "--bin", "tapwatch-edge"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    bin
+}
+
+impl Edge {
+    fn new(dir: &Path, id: &str, iface: &str, broker_port: u16, prefix: &str) -> Edge {
+        let dir = dir.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+        let config = dir.join("edge.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[device]\nid = \"{id}\"\n[[interface]]\nname = \"{iface}\"\n\
+                 [store]\npath = \"{db}\"\nflush_interval_ms = 200\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{token}\"\n\
+                 [sync]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\n\
+                 topic_prefix = \"{prefix}\"\nkeepalive_s = 5\nreconnect_min_ms = 100\n\
+                 reconnect_max_ms = 500\n",
+                db = dir.join("edge.db").display(),
+                token = dir.join("admin.token").display(),
+            ),
+        )
+        .unwrap();
+        let mut e = Edge { config, dir, child: None, base: String::new() };
+        e.start();
+        e
+    }
+
+    fn start(&mut self) {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(edge_binary())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("TAPWATCH_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        self.base = loop {
+            let line = lines.next().expect("the edge exited before listening").unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_string();
+            }
+        };
+        let log = self.dir.join("log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(log).unwrap();
+            for l in lines.map_while(Result::ok) {
+                let _ = writeln!(f, "{l}");
+            }
+        });
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let status = c.wait().unwrap();
+            assert!(status.success(), "the edge exited with {status}");
+        }
+    }
+
+    fn get(&self, path: &str) -> String {
+        let auth = format!("Authorization: Bearer {TOKEN}");
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-H", &auth, &format!("{}{path}", self.base)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn flows(&self, sql: &str) -> i64 {
+        let db = rusqlite::Connection::open(self.dir.join("edge.db")).unwrap();
+        db.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "timed out ({within:?}) waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+/// A UDP datagram from the root namespace (a new source port each time: a new flow).
+fn udp(to: &str, port: u16) {
+    sh(&["bash", "-c", &format!("echo probe > /dev/udp/{to}/{port}")]);
+}
+
+#[test]
+fn test_the_hubs_configuration_reaches_live_edges() {
+    if std::env::var_os("TAPWATCH_SKIP_LIVE").is_some() {
+        eprintln!("skipped: TAPWATCH_SKIP_LIVE is set");
+        return;
+    }
+    let _ = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", "15", "main", "start"])
+        .status();
+    let dir = tempfile::Builder::new().prefix("tapwatch-fleet").tempdir().unwrap();
+    let (a, b) = (Link::new(1), Link::new(2));
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("f"));
+    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let mut ea = Edge::new(dir.path(), "edge-a", &a.host_if, broker.port, &prefix);
+    let mut eb = Edge::new(dir.path(), "edge-b", &b.host_if, broker.port, &prefix);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sql = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let mut writer = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let sync_of = |sql: &tokio_postgres::Client, device: &str| {
+        let d = rt.block_on(fleet::fleet(sql, Some(device))).unwrap();
+        d.into_iter().next().map(|d| (d.sync, d.desired_revision, d.applied_revision, d.error))
+    };
+    let in_sync = |sql: &tokio_postgres::Client, device: &str| {
+        sync_of(sql, device).is_some_and(|s| s.0 == "in_sync")
+    };
+    // Both register by connecting; the hub sends each its (empty) configuration.
+    wait_for("both edges in sync at the hub", Duration::from_secs(40), || {
+        in_sync(&sql, "edge-a") && in_sync(&sql, "edge-b")
+    });
+    psql(&db.url(), "INSERT INTO device_groups (name) VALUES ('lab')");
+    psql(&db.url(), "UPDATE devices SET group_name = 'lab'");
+    let mut save = |scope: Scope, doc: serde_json::Value| {
+        rt.block_on(async {
+            let tx = writer.transaction().await.unwrap();
+            let r = fleet::save(&tx, &scope, &doc, "test", "").await;
+            if r.is_ok() {
+                tx.commit().await.unwrap();
+            }
+            r.map(|r| r.revision)
+        })
+    };
+
+    // A flow in progress (a ping every 0.2 s) and a first datagram to UDP 9999: captured.
+    let mut ping = Running(
+        Command::new("ping")
+            .args(["-i", "0.2", &a.ns_ip])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    udp(&a.ns_ip, 9999);
+    udp(&b.ns_ip, 9999);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // A broken rule is refused at the hub, naming it; nothing is sent.
+    let broken =
+        serde_json::json!({"capture": {"*": {"rules": [{"name": "x", "bpf": "udp port lots"}]}}});
+    match save(Scope::Group("lab".into()), broken) {
+        Err(fleet::SaveError::Invalid(p)) => {
+            assert!(p.iter().any(|p| p.contains("does not compile")), "{p:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The rule, for the group: in force on both captures within 5 s of saving.
+    let rule = serde_json::json!({"capture": {"*": {"rules": [
+        {"name": "no-9999", "action": "exclude", "port": 9999}]}}});
+    let t0 = Instant::now();
+    save(Scope::Group("lab".into()), rule).unwrap();
+    for e in [&ea, &eb] {
+        wait_for(
+            "the rule on the capture",
+            Duration::from_secs(5).saturating_sub(t0.elapsed()),
+            || e.get("/admin/rules").contains("not (port 9999)"),
+        );
+    }
+    let took = t0.elapsed();
+    eprintln!("saved to in force on both edges: {took:?}");
+    wait_for("both in sync", Duration::from_secs(5), || {
+        in_sync(&sql, "edge-a") && in_sync(&sql, "edge-b")
+    });
+    // From now on UDP 9999 is not captured.
+    for _ in 0..3 {
+        udp(&a.ns_ip, 9999);
+    }
+
+    // A configuration no hub sends (it sets the broker, which the edge keeps to itself), put
+    // on the broker by someone else: refused, the refusal reported, the rule stays in force.
+    let (_, desired, applied, _) = sync_of(&sql, "edge-a").unwrap();
+    let bad = serde_json::json!({"sync": {"broker": "198.51.100.1:1883"}});
+    let forged = serde_json::json!({"schema": 1, "device": "edge-a", "ts": 1, "revision": desired,
+        "hash": edge_config::fleet::hash(&bad), "config": bad});
+    sh(&[
+        "mosquitto_pub",
+        "-p",
+        &broker.port.to_string(),
+        "-r",
+        "-q",
+        "1",
+        "-t",
+        &format!("{prefix}tapwatch/v1/edge-a/config"),
+        "-m",
+        &forged.to_string(),
+    ]);
+    wait_for("the refusal at the hub", Duration::from_secs(10), || {
+        sync_of(&sql, "edge-a").is_some_and(|s| s.3.contains("sync: not a section"))
+    });
+    // It still runs what the hub wants.
+    assert_eq!(sync_of(&sql, "edge-a").unwrap().0, "in_sync");
+    assert_eq!(sync_of(&sql, "edge-a").unwrap().2, applied);
+    assert!(ea.get("/admin/rules").contains("not (port 9999)"));
+    let metrics = ea.get("/metrics");
+    assert!(
+        metrics.contains("tapwatch_fleet_config_refused_total{} 1\n"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("fleet")).collect::<Vec<_>>().join("\n")
+    );
+
+    // A configuration the edge cannot apply (its own file was broken meanwhile): reported as
+    // failed, the one before keeps running; edge-b applies it.
+    let file = std::fs::read_to_string(&ea.config).unwrap();
+    std::fs::write(&ea.config, format!("{file}\n[nonsense\n")).unwrap();
+    save(Scope::Global, serde_json::json!({"detect": {"quiet_s": 45}})).unwrap();
+    wait_for("the failure at the hub", Duration::from_secs(10), || {
+        sync_of(&sql, "edge-a").is_some_and(|s| s.0 == "failed" && s.3.contains("edge.toml"))
+    });
+    wait_for("edge-b in sync", Duration::from_secs(10), || in_sync(&sql, "edge-b"));
+    assert!(ea.get("/admin/rules").contains("not (port 9999)"));
+    std::fs::write(&ea.config, file).unwrap();
+
+    // edge-b goes offline; two changes; it takes the newest when it is back (and starts with
+    // the rule it kept).
+    eb.stop();
+    save(Scope::Global, serde_json::json!({"detect": {"quiet_s": 40}})).unwrap();
+    let last = serde_json::json!({"detect": {"quiet_s": 50}});
+    save(Scope::Global, last).unwrap();
+    wait_for("edge-a in sync again", Duration::from_secs(10), || in_sync(&sql, "edge-a"));
+    eb.start();
+    assert!(eb.get("/admin/rules").contains("not (port 9999)"), "the kept rule at start");
+    wait_for("edge-b in sync with the newest", Duration::from_secs(20), || in_sync(&sql, "edge-b"));
+    let kept: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eb.dir.join("fleet-config.json")).unwrap()).unwrap();
+    assert_eq!(kept["config"]["detect"]["quiet_s"], 50, "{kept}");
+    // It applied the newest only: one answer since it came back, for the desired revision.
+    let (state, desired_b, applied_b, _) = sync_of(&sql, "edge-b").unwrap();
+    assert_eq!((state.as_str(), applied_b), ("in_sync", desired_b));
+    let answers = psql(
+        &db.url(),
+        "SELECT count(*) FROM ingest_log WHERE device = 'edge-b' AND stream = 'config/applied'",
+    );
+    // The empty configuration, the rule, quiet_s 45, and the newest (none for the one in
+    // between).
+    assert_eq!(answers.trim(), "4", "edge-b's answers");
+
+    ping.0.kill().unwrap();
+    let _ = ping.0.wait();
+    ea.stop();
+    eb.stop();
+    // The ping's flow went on across the change: one flow, packets before and after.
+    let icmp = ea.flows(&format!(
+        "SELECT count(*) FROM traffic_features WHERE protocol = 1 AND dst_ip = '{}' AND packets >= 20",
+        a.ns_ip
+    ));
+    assert_eq!(icmp, 1, "the flow in progress survived the change");
+    // UDP 9999: the datagram before the rule, none after.
+    for (e, link) in [(&ea, &a), (&eb, &b)] {
+        let n = e.flows(&format!(
+            "SELECT count(*) FROM traffic_features WHERE protocol = 17 AND dst_port = 9999 AND dst_ip = '{}'",
+            link.ns_ip
+        ));
+        assert_eq!(n, 1, "UDP 9999 flows");
+    }
+    drop(hub);
+}
