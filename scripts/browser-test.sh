@@ -32,5 +32,6 @@ done
 seed="$PWD/hub/web/tests/seed.py"
 pub="mosquitto_pub -h 127.0.0.1 -p 1883 -q 1 -l -t ${prefix}tapwatch/v1/$device"
 inject="python3 $seed inject $device anomalies 42 | $pub/anomalies && python3 $seed inject $device evidence 42 | $pub/evidence"
-(cd hub/web && node tests/browser.mjs "$url" admin browser-test-password "$inject")
+answer="python3 $seed applied $device REV HASH | $pub/config/applied"
+(cd hub/web && node tests/browser.mjs "$url" admin browser-test-password "$inject" "$answer")
 echo "screenshots: $ARTEFACTS"

@@ -54,3 +54,20 @@ CREATE TABLE device_config (
 
 -- A device's desired revision never goes back (a rollback is a new revision).
 CREATE SEQUENCE device_config_revision;
+
+-- Live: a device's configuration state changed (desired, applied, or an answer), for the
+-- dashboard's fleet pages.
+CREATE FUNCTION tapwatch_notify_config() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT'
+       OR NEW.desired_hash IS DISTINCT FROM OLD.desired_hash
+       OR NEW.applied_hash IS DISTINCT FROM OLD.applied_hash
+       OR NEW.result_revision IS DISTINCT FROM OLD.result_revision
+       OR NEW.result IS DISTINCT FROM OLD.result THEN
+        PERFORM pg_notify('tapwatch_live', json_build_object(
+            'type', 'config', 'device', NEW.device)::text);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER device_config_notify AFTER INSERT OR UPDATE ON device_config
+    FOR EACH ROW EXECUTE FUNCTION tapwatch_notify_config();

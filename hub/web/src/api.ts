@@ -59,6 +59,7 @@ export const api = {
   get: <T>(path: string) => request<T>("GET", path),
   post: <T>(path: string, body?: unknown) => request<T>("POST", path, body ?? {}),
   patch: <T>(path: string, body: unknown) => request<T>("PATCH", path, body),
+  put: <T>(path: string, body: unknown) => request<T>("PUT", path, body),
   del: (path: string) => request<void>("DELETE", path),
   async login(username: string, password: string): Promise<Me> {
     const me = await request<Me>("POST", "/auth/login", { username, password });
@@ -232,5 +233,50 @@ export interface Rule {
   host: string | null;
   net: string | null;
   port: number | null;
+  comment: string;
+}
+
+// The fleet's configuration.
+export interface DeviceSync {
+  device: string;
+  group: string | null;
+  state: string;
+  sync: "in_sync" | "pending" | "failed" | "offline";
+  desired_revision: number;
+  desired_hash: string;
+  applied_revision: number;
+  applied_hash: string;
+  result_revision: number;
+  result: string | null;
+  error: string;
+  desired_at: string | null;
+  applied_at: string | null;
+}
+
+export interface FleetDevice extends DeviceSync {
+  desired: unknown;
+  layers: number[];
+}
+
+export interface FleetRevision {
+  id: number;
+  scope: string;
+  target: string;
+  revision: number;
+  document: unknown;
+  hash: string;
+  author: string;
+  comment: string;
+  created_at: string;
+}
+
+export interface FleetLayer {
+  scope: string;
+  target: string;
+  current: FleetRevision | null;
+}
+
+export interface Group {
+  name: string;
   comment: string;
 }

@@ -1,5 +1,5 @@
 // The Tapwatch dashboard: a login, then hash-routed pages (overview, anomalies, devices, flows,
-// admin) around a live feed of what the hub pushes over its WebSocket.
+// fleet, admin) around a live feed of what the hub pushes over its WebSocket.
 
 import "./style.css";
 import { api, ApiError, Me, whenUnauthorized } from "./api";
@@ -10,6 +10,7 @@ import { anomalyList, anomalyDetail } from "./pages/anomalies";
 import { deviceList, deviceDetail } from "./pages/devices";
 import { flows } from "./pages/flows";
 import { admin } from "./pages/admin";
+import { fleetLayer, fleetList } from "./pages/fleet";
 import { Live } from "./live";
 
 const app = document.getElementById("app") as HTMLElement;
@@ -76,6 +77,8 @@ const routes: [RegExp, (p: Page, m: RegExpMatchArray) => void | Promise<void>, s
   [/^#\/devices\/([A-Za-z0-9_.-]+)$/, (p, m) => deviceDetail(p, m[1]), "Devices"],
   [/^#\/devices$/, (p) => deviceList(p), "Devices"],
   [/^#\/flows$/, (p) => flows(p), "Flows"],
+  [/^#\/fleet\/(global|groups|devices)\/([A-Za-z0-9_.-]+)$/, (p, m) => fleetLayer(p, m[1], m[2]), "Fleet"],
+  [/^#\/fleet$/, (p) => fleetList(p), "Fleet"],
   [/^#\/admin$/, (p) => admin(p), "Admin"],
 ];
 
@@ -84,6 +87,7 @@ const NAV: [string, string][] = [
   ["#/anomalies", "Anomalies"],
   ["#/devices", "Devices"],
   ["#/flows", "Flows"],
+  ["#/fleet", "Fleet"],
   ["#/admin", "Admin"],
 ];
 

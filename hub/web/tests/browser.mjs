@@ -3,7 +3,10 @@
 // pushed after an injected event, its detail, acknowledge, the evidence pcap downloaded; every
 // page visited without an error shown. Screenshots go to $ARTEFACTS.
 //
-//   node tests/browser.mjs URL USER PASSWORD 'INJECT COMMAND'
+//   node tests/browser.mjs URL USER PASSWORD 'INJECT COMMAND' 'ANSWER COMMAND'
+//
+// ANSWER COMMAND publishes the device's answer to the hub's configuration, as an edge does;
+// REV and HASH in it are replaced by the revision and hash to answer.
 //
 // Prints the overview's first contentful paint (a speed figure for the notes, not asserted).
 
@@ -12,7 +15,7 @@ import { execSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 
-const [url, user, password, inject] = process.argv.slice(2);
+const [url, user, password, inject, answer] = process.argv.slice(2);
 const out = process.env.ARTEFACTS ?? "test-results";
 mkdirSync(out, { recursive: true });
 const step = (s) => console.log(`  browser: ${s}`);
@@ -112,6 +115,35 @@ try {
   assert.ok(streams.includes("stats") && streams.includes("anomalies"), `streams shown: ${streams}`);
   await page.screenshot({ path: `${out}/device.png`, fullPage: true });
   step("anomalies, devices (and one device's charts and streams), flows and admin pages shown");
+
+  // Fleet: a layer edited in the browser; the device goes pending, and in sync once it
+  // answers (as an edge does); a document the hub refuses says why.
+  await page.goto(`${url}#/fleet/global/-`);
+  const doc = page.getByRole("textbox", { name: "document" });
+  await doc.fill(JSON.stringify({ sync: { broker: "198.51.100.1:1883" } }));
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText(/Refused: .*sync/).waitFor();
+  failures.length = 0; // the 400 is logged by the browser as a console error
+  await doc.fill(JSON.stringify({ detect: { quiet_s: 45 } }, null, 2));
+  await page.getByRole("textbox", { name: "comment" }).fill("longer episodes");
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByText("Saved revision 1").waitFor();
+  await page.locator("table[data-testid=history] tbody tr", { hasText: "longer episodes" }).waitFor();
+  await page.goto(`${url}#/fleet`);
+  const row = page.locator("tr[data-device=tap-browser]");
+  await row.locator("[data-sync=pending]").waitFor({ timeout: 15_000 });
+  await page.screenshot({ path: `${out}/fleet-pending.png`, fullPage: true });
+  const want = await page.evaluate(() => fetch("/api/v1/fleet/devices/tap-browser").then((r) => r.json()));
+  execSync(answer.replace("REV", String(want.desired_revision)).replace("HASH", want.desired_hash), { stdio: "inherit" });
+  await row.locator("[data-sync=in_sync]").waitFor({ timeout: 15_000 });
+  await page.screenshot({ path: `${out}/fleet-in-sync.png`, fullPage: true });
+  await page.goto(`${url}#/fleet/devices/tap-browser`);
+  await page.getByText("What the hub wants it to run").waitFor();
+  await page.goto(`${url}#/fleet/global/-`);
+  await page.locator("table[data-testid=history] tbody tr").first().locator("button", { hasText: "Diff" }).click();
+  await page.locator("[data-testid=diff] .added").first().waitFor();
+  await page.screenshot({ path: `${out}/fleet-layer.png`, fullPage: true });
+  step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; history and diff shown");
   assert.deepEqual(failures, [], "the browser reported errors");
 } finally {
   await browser.close();

@@ -4,6 +4,7 @@
   seed.py seed DEVICE STREAM     the last two hours of one stream of DEVICE (status, stats,
                                  metrics, analyses, flows, anomalies, evidence)
   seed.py inject DEVICE STREAM N an anomaly (id N) now, and its evidence
+  seed.py applied DEVICE REV HASH the device's answer to the hub's configuration REV: applied
 
 The messages follow the contract (firmware/schema/*.schema.json); the hub's ingest checks them
 as it would an edge's.
@@ -129,8 +130,16 @@ def inject(device, stream, ident):
         print(json.dumps(evidence(device, 100 + ident, ident, 8)))
 
 
+def applied(device, revision, hash_):
+    m = header(device, 1, int(time.time() * 1_000_000))
+    m.update({"revision": revision, "hash": hash_, "result": "applied", "error": ""})
+    print(json.dumps(m))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "seed":
         seed(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "applied":
+        applied(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         inject(sys.argv[2], sys.argv[3], int(sys.argv[4]))

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The fleet's configuration, issue 18's bench: seconds from saving a change at the hub (the API,
+# as an operator does) to each online edge having applied it and said so (its `config/applied`
+# answer committed at the hub), with FLEET_EDGES `tapwatch-edge run` daemons on this machine
+# (each capturing on a dummy interface of its own, syncing through the local Mosquitto), the
+# hub and PostgreSQL. FLEET_ROUNDS changes, one after the other; prints p50, p95 and the
+# largest over every (edge, change) and writes bench/results/fleet-DATE-COMMIT.txt.
+#
+#   sudo bench/fleet.sh                     # 40 edges, 10 changes
+#   FLEET_EDGES=10 FLEET_ROUNDS=3 bench/fleet.sh
+#
+# TAPWATCH_BIN names the folder of the tapwatch-edge binary (default: the debug build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${FLEET_EDGES:-40}
+rounds=${FLEET_ROUNDS:-10}
+target=${CARGO_TARGET_DIR:-target}
+bin=${TAPWATCH_BIN:-$target/debug}
+[ -x "$bin/tapwatch-edge" ] || cargo build -q -p tapwatch-edge
+[ -x "$target/debug/tapwatch-hub" ] || cargo build -q -p tapwatch-hub
+
+. scripts/test-hub.sh
+password=fleet-bench-password
+test_hub_start fleet "$password" "" "$(printf '[ingest]\nauto_register_devices = true\nbatch_ms = 20')"
+edges=()
+cleanup() {
+  for p in "${edges[@]}"; do kill "$p" 2> /dev/null || true; done
+  wait "${edges[@]}" 2> /dev/null || true
+  for i in $(seq "$n"); do ip link del "twfd$$-$i" 2> /dev/null || true; done
+  test_hub_stop
+}
+trap cleanup EXIT
+
+sql() { psql -X -q -t -A -h 127.0.0.1 -U postgres -d "$HUB_DB" -c "$1"; }
+for i in $(seq "$n"); do
+  ifc="twfd$$-$i"
+  ifc=${ifc:0:15}
+  ip link add "$ifc" type dummy
+  ip link set "$ifc" up
+  dir=$HUB_WORK/edge-$i
+  mkdir -p "$dir"
+  cat > "$dir/edge.toml" << TOML
+[device]
+id = "fleet-$i"
+[[interface]]
+name = "$ifc"
+buffer_mb = 1
+queue_packets = 1024
+[flows]
+max_flows = 1000
+[store]
+path = "$dir/edge.db"
+evidence_ring_packets = 100
+[http]
+listen = "127.0.0.1:0"
+[sync]
+enabled = true
+broker = "127.0.0.1:1883"
+topic_prefix = "$HUB_PREFIX"
+metrics_interval_s = 60
+TOML
+  "$bin/tapwatch-edge" run --config "$dir/edge.toml" 2> "$dir/log" &
+  edges+=($!)
+done
+
+in_sync() { sql "SELECT count(*) FROM device_config WHERE desired_hash <> '' AND applied_hash = desired_hash"; }
+wait_all() {
+  for _ in $(seq 1200); do
+    [ "$(in_sync)" = "$n" ] && return 0
+    sleep 0.05
+  done
+  echo "only $(in_sync) of $n edges in sync" >&2
+  return 1
+}
+echo "starting $n edges"
+wait_all
+
+jar=$HUB_WORK/jar
+csrf=$(curl -sf -c "$jar" -H 'content-type: application/json' \
+  -d "{\"username\":\"admin\",\"password\":\"$password\"}" "$HUB_URL/api/v1/auth/login" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["csrf_token"])')
+lat=$HUB_WORK/latencies
+: > "$lat"
+for r in $(seq "$rounds"); do
+  curl -sf -b "$jar" -H "x-csrf-token: $csrf" -H 'content-type: application/json' -XPUT \
+    -d "{\"document\":{\"detect\":{\"quiet_s\":$((30 + r))}},\"comment\":\"bench $r\"}" \
+    "$HUB_URL/api/v1/fleet/config/global" > /dev/null
+  wait_all
+  # Each edge's answer time (its clock, this machine's) against the revision's save time.
+  sql "SELECT extract(epoch FROM c.applied_at - r.created_at) FROM device_config c,
+       (SELECT created_at FROM config_revisions ORDER BY id DESC LIMIT 1) r" >> "$lat"
+done
+
+commit=$(git rev-parse --short HEAD)
+out=bench/results/fleet-$(date +%F)-$commit.txt
+python3 - "$lat" "$n" "$rounds" "$commit" << 'PY' | tee "$out"
+import statistics, sys
+xs = sorted(float(x) for x in open(sys.argv[1]) if x.strip())
+n, rounds, commit = sys.argv[2], sys.argv[3], sys.argv[4]
+p = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
+print(f"fleet configuration: {n} edges (tapwatch-edge run, a dummy interface each), {rounds} changes saved through the API, commit {commit}")
+print(f"seconds from saving to each edge's answer committed at the hub, over {len(xs)} (edge, change):")
+print(f"  p50 {p(0.5):.2f}  p95 {p(0.95):.2f}  max {xs[-1]:.2f}  mean {statistics.mean(xs):.2f}")
+PY

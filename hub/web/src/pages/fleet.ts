@@ -1,0 +1,233 @@
+// Fleet: each device's configuration, desired against applied (in sync, pending, failed,
+// offline), and the layers an operator edits (global, a group's, a device's) with their history,
+// a diff between revisions, and rollback.
+
+import { api, ApiError, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group } from "../api";
+import type { Page } from "../main";
+import { ago, h, panel, toast } from "../ui";
+
+const SYNC_TEXT: Record<string, string> = {
+  in_sync: "in sync",
+  pending: "pending",
+  failed: "failed",
+  offline: "offline",
+};
+
+function badge(sync: string): HTMLElement {
+  return h("span", { class: `sync ${sync}`, "data-sync": sync }, SYNC_TEXT[sync] ?? sync);
+}
+
+function short(hash: string): string {
+  return hash ? hash.slice(0, 12) : "none";
+}
+
+export function fleetList(p: Page) {
+  const box = h("div", { id: "fleet" });
+  const groups = h("div", {});
+  const draw = () => {
+    panel(
+      box,
+      () => api.get<DeviceSync[]>("/fleet"),
+      (list) => {
+        if (list.length === 0) return null;
+        const out = list.filter((d) => d.sync !== "in_sync").length;
+        return h(
+          "div",
+          {},
+          h("p", { class: out ? "warn" : "" }, out ? `${out} of ${list.length} devices are not in sync.` : `All ${list.length} devices are in sync.`),
+          h(
+            "table",
+            { "data-testid": "fleet" },
+            h("thead", {}, h("tr", {}, ["Device", "Group", "State", "Configuration", "Desired", "Applied", "Error"].map((c) => h("th", {}, c)))),
+            h(
+              "tbody",
+              {},
+              list.map((d) =>
+                h(
+                  "tr",
+                  { "data-device": d.device },
+                  h("td", {}, h("a", { href: `#/fleet/devices/${d.device}` }, d.device)),
+                  h("td", {}, d.group ? h("a", { href: `#/fleet/groups/${d.group}` }, d.group) : "none"),
+                  h("td", {}, d.state),
+                  h("td", {}, badge(d.sync)),
+                  h("td", { title: d.desired_hash }, `${d.desired_revision} (${short(d.desired_hash)})`),
+                  h("td", { title: d.applied_hash }, `${d.applied_revision} (${short(d.applied_hash)}), ${ago(d.applied_at)}`),
+                  h("td", { class: d.error ? "warn" : "" }, d.error),
+                ),
+              ),
+            ),
+          ),
+        );
+      },
+      "No device has reported yet.",
+    );
+    panel(
+      groups,
+      () => api.get<Group[]>("/fleet/groups"),
+      (gs) =>
+        h(
+          "p",
+          {},
+          "Layers: ",
+          h("a", { href: "#/fleet/global/-" }, "global"),
+          ...gs.flatMap((g) => [", ", h("a", { href: `#/fleet/groups/${g.name}` }, `group ${g.name}`)]),
+        ),
+    );
+  };
+  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), groups, box);
+  draw();
+  p.live.subscribe((e) => {
+    if (e.type === "device" || e.type === "config") draw();
+  });
+}
+
+/** Lines of `a` and `b` (pretty JSON) marked as removed, added or the same. */
+function diff(a: unknown, b: unknown): HTMLElement {
+  const x = JSON.stringify(a ?? {}, null, 2).split("\n");
+  const y = JSON.stringify(b ?? {}, null, 2).split("\n");
+  // Longest common subsequence, line by line (documents are small).
+  const n = x.length;
+  const m = y.length;
+  const l: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(m + 1).fill(0));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) l[i][j] = x[i] === y[j] ? l[i + 1][j + 1] + 1 : Math.max(l[i + 1][j], l[i][j + 1]);
+  const out: HTMLElement[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && x[i] === y[j]) {
+      out.push(h("div", {}, `  ${x[i]}`));
+      i++;
+      j++;
+    } else if (j < m && (i === n || l[i][j + 1] >= l[i + 1][j])) {
+      out.push(h("div", { class: "added" }, `+ ${y[j++]}`));
+    } else {
+      out.push(h("div", { class: "removed" }, `- ${x[i++]}`));
+    }
+  }
+  return h("pre", { class: "diff", "data-testid": "diff" }, out);
+}
+
+export function fleetLayer(p: Page, kind: string, target: string) {
+  const path = kind === "global" ? "/fleet/config/global" : `/fleet/config/${kind}/${encodeURIComponent(target)}`;
+  const title = kind === "global" ? "Global configuration" : `${kind === "groups" ? "Group" : "Device"} ${target}`;
+  const canEdit = p.me.role === "admin" || p.me.role === "analyst";
+  const editor = h("textarea", { class: "json", rows: 16, spellcheck: false, "aria-label": "document", readonly: !canEdit });
+  const comment = h("input", { "aria-label": "comment", placeholder: "Why (kept in the history)" });
+  const err = h("p", { class: "error", role: "alert", hidden: true });
+  const save = h("button", { hidden: !canEdit }, "Save");
+  const state = h("div", {});
+  const history = h("div", {});
+  let current: FleetRevision | null = null;
+  const drawState = () => {
+    if (kind !== "devices") return;
+    panel(state, () => api.get<FleetDevice>(`/fleet/devices/${encodeURIComponent(target)}`), (d) =>
+      h(
+        "div",
+        {},
+        h("p", {}, "Configuration: ", badge(d.sync), ` desired revision ${d.desired_revision} (${short(d.desired_hash)}), applied ${d.applied_revision} (${short(d.applied_hash)})`, d.error ? h("span", { class: "warn" }, `: ${d.error}`) : ""),
+        h("h3", {}, "What the hub wants it to run (its layers merged)"),
+        h("pre", { class: "json" }, JSON.stringify(d.desired, null, 2)),
+      ),
+    );
+  };
+  const drawHistory = () =>
+    panel(
+      history,
+      () => api.get<FleetRevision[]>(`/fleet/history/${kind}/${encodeURIComponent(target)}`),
+      (revs) => {
+        const shown = h("div", {});
+        return [
+          h(
+            "table",
+            { "data-testid": "history" },
+            h("thead", {}, h("tr", {}, ["Revision", "When", "Author", "Comment", "Hash", ""].map((c) => h("th", {}, c)))),
+            h(
+              "tbody",
+              {},
+              revs.map((r, i) =>
+                h(
+                  "tr",
+                  {},
+                  h("td", {}, String(r.revision)),
+                  h("td", {}, ago(r.created_at)),
+                  h("td", {}, r.author),
+                  h("td", {}, r.comment),
+                  h("td", { title: r.hash }, short(r.hash)),
+                  h(
+                    "td",
+                    {},
+                    h("button", { onclick: () => shown.replaceChildren(h("h3", {}, `Revision ${r.revision} against the one before`), diff(revs[i + 1]?.document, r.document)) }, "Diff"),
+                    p.me.role === "admin" && i > 0
+                      ? h(
+                          "button",
+                          {
+                            onclick: async () => {
+                              try {
+                                await api.post(`/fleet/revisions/${r.id}/rollback`);
+                                toast(`Rolled back to revision ${r.revision}`);
+                                load();
+                              } catch (e) {
+                                toast((e as Error).message, "error");
+                              }
+                            },
+                          },
+                          "Roll back",
+                        )
+                      : "",
+                  ),
+                ),
+              ),
+            ),
+          ),
+          shown,
+        ];
+      },
+      "No revision yet: the layer is empty.",
+    );
+  const load = async () => {
+    try {
+      const layer = await api.get<FleetLayer>(path);
+      current = layer.current;
+      editor.value = JSON.stringify(current?.document ?? {}, null, 2);
+    } catch (e) {
+      err.textContent = (e as Error).message;
+      err.hidden = false;
+    }
+    drawHistory();
+    drawState();
+  };
+  save.addEventListener("click", async () => {
+    err.hidden = true;
+    let document: unknown;
+    try {
+      document = JSON.parse(editor.value);
+    } catch (e) {
+      err.textContent = `Not JSON: ${(e as Error).message}`;
+      err.hidden = false;
+      return;
+    }
+    save.disabled = true;
+    try {
+      const r = await api.put<FleetRevision>(path, { document, comment: comment.value });
+      toast(`Saved revision ${r.revision}`);
+      comment.value = "";
+      await load();
+    } catch (e) {
+      err.textContent = e instanceof ApiError ? `Refused: ${e.message}` : (e as Error).message;
+      err.hidden = false;
+    } finally {
+      save.disabled = false;
+    }
+  });
+  p.main.replaceChildren(
+    h("header", {}, h("h2", {}, title), h("a", { href: "#/fleet" }, "All devices")),
+    state,
+    h("section", { class: "card" }, h("h3", {}, "This layer"), editor, h("div", { class: "row" }, comment, save), err),
+    h("h3", {}, "History"),
+    history,
+  );
+  load();
+  p.live.subscribe((e) => {
+    if (e.type === "device" || e.type === "config") drawState();
+  });
+}
