@@ -41,6 +41,15 @@ pub struct HistoryQuery {
     pub limit: Option<i64>,
 }
 
+/// A device id from the path: 400 unless it could be one (PostgreSQL text holds no NUL).
+fn device_id(id: &str) -> ApiResult<()> {
+    if firmware::proto::valid_device_id(id) {
+        Ok(())
+    } else {
+        Err(Problem::bad("id", "1-64 of A-Z a-z 0-9 _ . -"))
+    }
+}
+
 fn scope_of(kind: &str, target: String) -> ApiResult<Scope> {
     let valid = |t: &str| firmware::proto::valid_device_id(t);
     match kind {
@@ -279,9 +288,13 @@ pub async fn set_group(
     ApiPath(id): ApiPath<String>,
     ApiJson(m): ApiJson<Membership>,
 ) -> ApiResult<Json<DeviceSync>> {
+    device_id(&id)?;
     let mut db = s.pool.get().await?;
     let tx = db.transaction().await?;
     if let Some(g) = &m.group {
+        if !firmware::proto::valid_device_id(g) {
+            return Err(Problem::bad("group", "1-64 of A-Z a-z 0-9 _ . -"));
+        }
         if tx.query_opt("SELECT 1 FROM device_groups WHERE name = $1", &[g]).await?.is_none() {
             return Err(Problem::bad("group", format!("no group {g:?}")));
         }
@@ -332,6 +345,7 @@ pub async fn device(
     _: Viewer,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<DeviceConfig>> {
+    device_id(&id)?;
     let db = s.pool.get().await?;
     let sync = fleet::fleet(&**db, Some(&id))
         .await?
