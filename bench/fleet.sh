@@ -2,7 +2,7 @@
 # The fleet's configuration, issue 18's bench: seconds from saving a change at the hub (the API,
 # as an operator does) to each online edge having applied it and said so (its `config/applied`
 # answer committed at the hub), with FLEET_EDGES `tapwatch-edge run` daemons on this machine
-# (each capturing on a dummy interface of its own, syncing through the local Mosquitto), the
+# (each capturing on a veth interface of its own, with no traffic, syncing through the local Mosquitto), the
 # hub and PostgreSQL. FLEET_ROUNDS changes, one after the other; prints p50, p95 and the
 # largest over every (edge, change) and writes bench/results/fleet-DATE-COMMIT.txt.
 #
@@ -34,8 +34,7 @@ trap cleanup EXIT
 sql() { psql -X -q -t -A -h 127.0.0.1 -U postgres -d "$HUB_DB" -c "$1"; }
 for i in $(seq "$n"); do
   ifc="twfd$$-$i"
-  ifc=${ifc:0:15}
-  ip link add "$ifc" type dummy
+  ip link add "$ifc" type veth peer name "twfe$$-$i"
   ip link set "$ifc" up
   dir=$HUB_WORK/edge-$i
   mkdir -p "$dir"
@@ -98,7 +97,7 @@ import statistics, sys
 xs = sorted(float(x) for x in open(sys.argv[1]) if x.strip())
 n, rounds, commit = sys.argv[2], sys.argv[3], sys.argv[4]
 p = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))]
-print(f"fleet configuration: {n} edges (tapwatch-edge run, a dummy interface each), {rounds} changes saved through the API, commit {commit}")
+print(f"fleet configuration: {n} edges (tapwatch-edge run, a veth interface each), {rounds} changes saved through the API, commit {commit}")
 print(f"seconds from saving to each edge's answer committed at the hub, over {len(xs)} (edge, change):")
 print(f"  p50 {p(0.5):.2f}  p95 {p(0.95):.2f}  max {xs[-1]:.2f}  mean {statistics.mean(xs):.2f}")
 PY

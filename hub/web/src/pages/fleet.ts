@@ -34,7 +34,7 @@ export function fleetList(p: Page) {
         return h(
           "div",
           {},
-          h("p", { class: out ? "warn" : "" }, out ? `${out} of ${list.length} devices are not in sync.` : `All ${list.length} devices are in sync.`),
+          h("p", { class: out ? "warn" : "" }, out ? `${out} of ${list.length} devices are not in sync.` : list.length === 1 ? "The device is in sync." : `All ${list.length} devices are in sync.`),
           h(
             "table",
             { "data-testid": "fleet" },
