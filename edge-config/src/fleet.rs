@@ -19,6 +19,7 @@
 //! checks a document with [`check`] before it accepts it, and the edge agree on what is valid.
 
 use crate::{Config, DeviceConfig, InterfaceConfig};
+use base64::Engine as _;
 use serde_json::{Map, Value};
 use sha2::Digest as _;
 
@@ -63,6 +64,67 @@ pub fn hash(doc: &Value) -> String {
     // serde_json's maps are sorted (no `preserve_order`), so its compact text is canonical.
     let text = serde_json::to_string(doc).unwrap_or_default();
     sha2::Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the hub signs of a configuration message: its device, revision and hash (the hash
+/// covers the document).
+fn signed_bytes(device: &str, revision: u64, hash: &str) -> Vec<u8> {
+    format!("tapwatch-config-v1\0{device}\0{revision}\0{hash}").into_bytes()
+}
+
+/// A signing key from its file's text: the 32-byte seed in base64, on the first line.
+pub fn signing_key(text: &str) -> Result<ed25519_dalek::SigningKey, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.lines().next().unwrap_or_default().trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let seed: [u8; 32] =
+        bytes.try_into().map_err(|_| "a signing key is 32 bytes (44 characters of base64)")?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// A verifying key as edges are given it: base64 of its 32 bytes.
+pub fn public_key_text(key: &ed25519_dalek::SigningKey) -> String {
+    base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes())
+}
+
+/// The signature of a configuration message, base64.
+pub fn sign(key: &ed25519_dalek::SigningKey, device: &str, revision: u64, hash: &str) -> String {
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&signed_bytes(device, revision, hash));
+    base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+}
+
+/// Check a configuration message's signature against the hub's public key (base64).
+pub fn verify(
+    public_key: &str,
+    device: &str,
+    revision: u64,
+    hash: &str,
+    signature: &str,
+) -> Result<(), String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key: [u8; 32] = b64
+        .decode(public_key.trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or("the hub's public key is not 32 bytes of base64")?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|e| format!("the hub's public key: {e}"))?;
+    if signature.is_empty() {
+        return Err(
+            "it is not signed, and this edge takes only configurations the hub signed".into()
+        );
+    }
+    let sig: [u8; 64] = b64
+        .decode(signature)
+        .ok()
+        .and_then(|s| s.try_into().ok())
+        .ok_or("its signature is not 64 bytes of base64")?;
+    key.verify_strict(
+        &signed_bytes(device, revision, hash),
+        &ed25519_dalek::Signature::from_bytes(&sig),
+    )
+    .map_err(|_| "its signature is not the hub's".to_string())
 }
 
 /// Problems with a document's shape: a key the hub may not set, or not an object where one is
@@ -217,6 +279,27 @@ mod tests {
             "edge.toml",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn test_only_the_hubs_signature_on_this_message_verifies() {
+        let key = signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let public = public_key_text(&key);
+        let h = "ab".repeat(32);
+        let sig = sign(&key, "tap-1", 7, &h);
+        assert_eq!(verify(&public, "tap-1", 7, &h, &sig), Ok(()));
+        // Another device, revision or hash (the document), or another key: refused.
+        for (d, r, hash) in
+            [("tap-2", 7, h.clone()), ("tap-1", 8, h.clone()), ("tap-1", 7, "cd".repeat(32))]
+        {
+            assert!(verify(&public, d, r, &hash, &sig).is_err(), "{d} {r}");
+        }
+        let other = signing_key("HwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        assert!(verify(&public_key_text(&other), "tap-1", 7, &h, &sig).is_err());
+        assert!(verify(&public, "tap-1", 7, &h, "").unwrap_err().contains("not signed"));
+        assert!(verify(&public, "tap-1", 7, &h, "bm90IGEgc2lnbmF0dXJl").is_err());
+        assert!(verify("short", "tap-1", 7, &h, &sig).unwrap_err().contains("public key"));
+        assert!(signing_key("c2hvcnQ=").is_err());
     }
 
     #[test]

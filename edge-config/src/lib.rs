@@ -412,6 +412,10 @@ pub struct SyncConfig {
     /// Wait before reconnecting: from the first, doubling to the second, milliseconds.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// The hub's public key for its configurations (base64, `tapwatch-hub fleet-key`): only
+    /// configurations it signed are taken. Empty: unsigned ones are taken too (where the broker
+    /// lets only the hub publish them).
+    pub config_public_key: String,
 }
 
 impl Default for SyncConfig {
@@ -437,6 +441,7 @@ impl Default for SyncConfig {
             metrics_interval_s: 30,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
+            config_public_key: String::new(),
         }
     }
 }
@@ -667,6 +672,15 @@ impl Config {
                     y.client_id
                 ));
             }
+        }
+        if !y.config_public_key.is_empty()
+            && fleet::verify(&y.config_public_key, "", 0, "", "")
+                .is_err_and(|e| e.contains("public key"))
+        {
+            p.push(
+                "sync.config_public_key: not 32 bytes of base64 (tapwatch-hub fleet-key prints it)"
+                    .into(),
+            );
         }
         if y.keepalive_s < 5 {
             p.push(format!("sync.keepalive_s {}: must be at least 5", y.keepalive_s));

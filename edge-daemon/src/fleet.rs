@@ -244,6 +244,12 @@ impl Runtime {
             let why = format!("its hash is {actual}, not the {hash} it names");
             return refused(revision, hash, why);
         }
+        let key = &state.running.sync.config_public_key;
+        if !key.is_empty() {
+            if let Err(why) = fleet::verify(key, &msg.device, revision, &hash, &msg.signature) {
+                return refused(revision, hash, why);
+            }
+        }
         if state.fleet.as_ref().is_some_and(|a| a.revision == revision && a.hash == hash) {
             // In force already (kept from an earlier run): said so again, nothing to do.
             return (revision, hash, Some((ApplyResult::Applied, String::new())));

@@ -585,9 +585,13 @@ pub struct ConfigMsg {
     #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
     pub hash: ConfigHash,
     /// Sections of the edge's configuration: `capture` (by interface name, `*` for every
-    /// interface: `rules`, `sample`), `detect`, `store`, `stats`, `sync`, each holding only
-    /// what the hub may set.
+    /// interface: `rules`, `sample`), `detect`, `store`, each holding only what the hub may set.
     pub config: serde_json::Map<std::string::String, serde_json::Value>,
+    /// Ed25519 signature by the hub's key of `tapwatch-config-v1`, device, revision and hash
+    /// (NUL between them), base64; empty when the hub has no key. An edge given the hub's
+    /// public key takes only what it signed.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub signature: std::string::String,
 }
 
 #[cfg(feature = "std")]

@@ -42,6 +42,12 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print the public key the edges check the hub's configurations with
+    /// (`sync.config_public_key`), making the signing key (`fleet.signing_key_file`) if needed.
+    FleetKey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print the JSON Schema of a stream's message (anomalies, flows, stats, metrics, analyses,
     /// status), as edges publish them.
     Schema { stream: String },
@@ -450,6 +456,16 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file }) => {
             exit(Config::load(&file).map(|_| println!("{}: ok", file.display())), 78)
         }
+        Command::FleetKey { config } => exit(
+            Config::load(&config).and_then(|c| match c.fleet.signing_key()? {
+                Some(key) => {
+                    println!("{}", edge_config::fleet::public_key_text(&key));
+                    Ok(())
+                }
+                None => Err(format!("{}: fleet.signing_key_file is not set", config.display())),
+            }),
+            78,
+        ),
         Command::Schema { stream } => {
             match firmware::proto::json_schemas().into_iter().find(|(name, _)| *name == stream) {
                 Some((_, schema)) => {

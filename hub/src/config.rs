@@ -18,6 +18,55 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub retention: RetentionConfig,
     pub http: HttpConfig,
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: the edges' configuration the hub sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// The key the hub signs each configuration it sends with (Ed25519; the file holds its
+    /// 32-byte seed in base64, made on first use, readable by the hub alone); edges given its
+    /// public key (`tapwatch-hub fleet-key`, `sync.config_public_key`) take only what it signed.
+    /// Empty: configurations go unsigned.
+    pub signing_key_file: PathBuf,
+}
+
+impl FleetConfig {
+    /// The signing key, made (and its file written, mode 0600) if the file does not exist yet.
+    pub fn signing_key(&self) -> Result<Option<ed25519_dalek::SigningKey>, String> {
+        use base64::Engine as _;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = &self.signing_key_file;
+        if path.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let at =
+            |e: &dyn std::fmt::Display| format!("fleet.signing_key_file {}: {e}", path.display());
+        match std::fs::read_to_string(path) {
+            Ok(text) => edge_config::fleet::signing_key(&text).map(Some).map_err(|e| at(&e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut seed = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut seed);
+                let text = base64::engine::general_purpose::STANDARD.encode(seed);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(|e| at(&e))?;
+                writeln!(f, "{text}").and_then(|()| f.sync_all()).map_err(|e| at(&e))?;
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                tracing::info!(
+                    public_key = %edge_config::fleet::public_key_text(&key),
+                    "fleet: a new signing key; give its public key to the edges (sync.config_public_key)"
+                );
+                Ok(Some(key))
+            }
+            Err(e) => Err(at(&e)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

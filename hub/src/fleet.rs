@@ -256,9 +256,10 @@ pub async fn refresh(c: &impl GenericClient) -> Result<Vec<String>, tokio_postgr
 }
 
 /// Desired configurations not yet handed to the broker: (device, revision, the `config`
-/// message).
+/// message, signed with `key` if there is one).
 pub async fn unpublished(
     c: &impl GenericClient,
+    key: Option<&ed25519_dalek::SigningKey>,
 ) -> Result<Vec<(String, i64, Vec<u8>)>, tokio_postgres::Error> {
     let rows = c
         .query(
@@ -283,6 +284,9 @@ pub async fn unpublished(
                     Value::Object(m) => m,
                     _ => serde_json::Map::new(),
                 },
+                signature: key
+                    .map(|k| doc::sign(k, &device, revision as u64, &hash))
+                    .unwrap_or_default(),
             };
             Some((device, revision, serde_json::to_vec(&msg).ok()?))
         })

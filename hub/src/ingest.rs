@@ -1325,6 +1325,7 @@ pub async fn run(
     let batch_wait = Duration::from_millis(config.ingest.batch_ms);
     let mut last_retention: Option<Instant> = None;
     let mut last_refresh: Option<Instant> = None;
+    let fleet_key = config.fleet.signing_key()?;
     let retention_every = Duration::from_secs(config.retention.interval_s.into());
     // The batching stage decodes messages as they arrive (CPU) while this task commits the
     // previous batch (PostgreSQL): on two cores the two overlap.
@@ -1474,7 +1475,7 @@ pub async fn run(
                     Err(e) => tracing::warn!("fleet: cannot merge the configurations ({e})"),
                 }
             }
-            match crate::fleet::unpublished(ing.client()).await {
+            match crate::fleet::unpublished(ing.client(), fleet_key.as_ref()).await {
                 Ok(configs) => {
                     for (device, revision, payload) in configs {
                         let Some(t) = firmware::proto::config_topic(&device) else { continue };

@@ -2,7 +2,8 @@
 //! veth pairs into network namespaces made here, Mosquitto, PostgreSQL and `tapwatch-hub run`.
 //! A rule saved at the hub reaches both captures within 5 s while a flow in progress goes on; a
 //! broken BPF is refused at the hub; a configuration an edge cannot apply is reported as failed
-//! and the one before keeps running, as does one put on the broker by someone else; an edge that was offline during two changes applies the newest
+//! and the one before keeps running, as does one put on the broker by someone else (the hub
+//! signs what it sends, the edges take only what it signed); an edge that was offline during two changes applies the newest
 //! when it comes back, and starts with what it had kept.
 //!
 //! Needs root (namespaces, capture); TAPWATCH_SKIP_LIVE=1 skips it.
@@ -68,22 +69,40 @@ struct Edge {
 }
 
 fn edge_binary() -> PathBuf {
-    // Built beside this test by `cargo test --workspace`; otherwise built now.
+    // Built beside this test by `cargo test --workspace`; a binary older than the sources it is
+    // built from would test old code.
     let exe = std::env::current_exe().unwrap();
     let bin = exe.parent().unwrap().parent().unwrap().join("tapwatch-edge");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "-p", "tapwatch-edge", "--bin", "tapwatch-edge"])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = ["edge-daemon/src", "edge-config/src", "firmware/src"]
+        .iter()
+        .flat_map(|d| walk(&root.join(d)))
+        .max();
+    assert!(
+        built.is_some() && built >= newest,
+        "{} is missing or older than its sources: cargo build -p tapwatch-edge",
+        bin.display()
+    );
     bin
 }
 
+/// The modification times of the files under `dir`.
+fn walk(dir: &Path) -> Vec<std::time::SystemTime> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+            out.push(t);
+        }
+    }
+    out
+}
+
 impl Edge {
-    fn new(dir: &Path, id: &str, iface: &str, broker_port: u16, prefix: &str) -> Edge {
+    fn new(dir: &Path, id: &str, iface: &str, broker_port: u16, prefix: &str, key: &str) -> Edge {
         let dir = dir.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
@@ -96,7 +115,7 @@ impl Edge {
                  [http]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{token}\"\n\
                  [sync]\nenabled = true\nbroker = \"127.0.0.1:{broker_port}\"\n\
                  topic_prefix = \"{prefix}\"\nkeepalive_s = 5\nreconnect_min_ms = 100\n\
-                 reconnect_max_ms = 500\n",
+                 reconnect_max_ms = 500\nconfig_public_key = \"{key}\"\n",
                 db = dir.join("edge.db").display(),
                 token = dir.join("admin.token").display(),
             ),
@@ -204,9 +223,22 @@ fn test_the_hubs_configuration_reaches_live_edges() {
     let broker = Broker::start(dir.path());
     let db = Database::create(SHARED_PG);
     let prefix = format!("{}/", unique("f"));
-    let hub = Hub::start(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let mut ea = Edge::new(dir.path(), "edge-a", &a.host_if, broker.port, &prefix);
-    let mut eb = Edge::new(dir.path(), "edge-b", &b.host_if, broker.port, &prefix);
+    // The hub signs what it sends; the edges take only what it signed.
+    let mut hub = Hub::configure(dir.path(), "hub", broker.port, &prefix, &db.url());
+    let key_file = dir.path().join("fleet.key");
+    let toml = std::fs::read_to_string(&hub.config).unwrap();
+    let toml = format!("{toml}[fleet]\nsigning_key_file = \"{}\"\n", key_file.display());
+    std::fs::write(&hub.config, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+        .args(["fleet-key", "--config"])
+        .arg(&hub.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    hub.restart();
+    let mut ea = Edge::new(dir.path(), "edge-a", &a.host_if, broker.port, &prefix, &public);
+    let mut eb = Edge::new(dir.path(), "edge-b", &b.host_if, broker.port, &prefix, &public);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let sql = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
     let mut writer = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
@@ -279,8 +311,9 @@ fn test_the_hubs_configuration_reaches_live_edges() {
         udp(&a.ns_ip, 9999);
     }
 
-    // A configuration no hub sends (it sets the broker, which the edge keeps to itself), put
-    // on the broker by someone else: refused, the refusal reported, the rule stays in force.
+    // A configuration put on the broker by someone else (it would set the broker, which the
+    // edge keeps to itself anyway): not signed by the hub, refused, the refusal reported, the
+    // rule stays in force.
     let (_, desired, applied, _) = sync_of(&sql, "edge-a").unwrap();
     let bad = serde_json::json!({"sync": {"broker": "198.51.100.1:1883"}});
     let forged = serde_json::json!({"schema": 1, "device": "edge-a", "ts": 1, "revision": desired,
@@ -298,7 +331,7 @@ fn test_the_hubs_configuration_reaches_live_edges() {
         &forged.to_string(),
     ]);
     wait_for("the refusal at the hub", Duration::from_secs(10), || {
-        sync_of(&sql, "edge-a").is_some_and(|s| s.3.contains("sync: not a section"))
+        sync_of(&sql, "edge-a").is_some_and(|s| s.3.contains("not signed"))
     });
     // It still runs what the hub wants.
     assert_eq!(sync_of(&sql, "edge-a").unwrap().0, "in_sync");
