@@ -134,16 +134,14 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             .map_err(|e| format!("cannot start the model watcher: {e}"))?
     };
     let (settings_tx, settings_rx) = crossbeam_channel::unbounded();
-    let live = Arc::new(Runtime::new(
-        path,
-        config.clone(),
-        kept,
-        controls.clone(),
-        shared.clone(),
-        settings_tx,
-        writer.tx.clone(),
-        applied_tx,
-    ));
+    let parts = crate::fleet::Parts {
+        controls: controls.clone(),
+        shared: shared.clone(),
+        settings: settings_tx,
+        store: writer.tx.clone(),
+        applied: applied_tx,
+    };
+    let live = Arc::new(Runtime::new(path, config.clone(), kept, parts));
     let pipe_shared = shared.clone();
     let pipe_config = config.clone();
     let store_tx = writer.tx.clone();

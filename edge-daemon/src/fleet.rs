@@ -105,48 +105,41 @@ struct State {
     answered: Option<(u64, String)>,
 }
 
+/// The running parts a configuration is applied to.
+#[derive(Debug)]
+pub struct Parts {
+    /// Each interface's capture.
+    pub controls: Controls,
+    pub shared: Arc<Shared>,
+    /// Detection settings, to the pipeline.
+    pub settings: crossbeam_channel::Sender<Settings>,
+    /// Retention and the answers to the hub, to the store writer.
+    pub store: crossbeam_channel::Sender<Row>,
+    /// The hub's revision and hash in force, for the sync thread's status messages.
+    pub applied: tokio::sync::watch::Sender<(u64, String)>,
+}
+
 /// What applies changes to the running daemon.
 #[derive(Debug)]
 pub struct Runtime {
     path: PathBuf,
     state: Mutex<State>,
-    controls: Controls,
-    shared: Arc<Shared>,
-    settings: crossbeam_channel::Sender<Settings>,
-    store: crossbeam_channel::Sender<Row>,
-    applied: tokio::sync::watch::Sender<(u64, String)>,
+    parts: Parts,
 }
 
 impl Runtime {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        path: PathBuf,
-        running: Config,
-        fleet: Option<Applied>,
-        controls: Controls,
-        shared: Arc<Shared>,
-        settings: crossbeam_channel::Sender<Settings>,
-        store: crossbeam_channel::Sender<Row>,
-        applied: tokio::sync::watch::Sender<(u64, String)>,
-    ) -> Runtime {
+    /// `running` is in force (`fleet` the hub's configuration in it), read from `path`.
+    pub fn new(path: PathBuf, running: Config, fleet: Option<Applied>, parts: Parts) -> Runtime {
         let now = fleet.as_ref().map(|a| (a.revision, a.hash.clone())).unwrap_or_default();
-        shared.fleet_revision.store(now.0, Ordering::Relaxed);
-        applied.send_replace(now);
-        Runtime {
-            path,
-            state: Mutex::new(State { running, fleet, answered: None }),
-            controls,
-            shared,
-            settings,
-            store,
-            applied,
-        }
+        parts.shared.fleet_revision.store(now.0, Ordering::Relaxed);
+        parts.applied.send_replace(now);
+        Runtime { path, state: Mutex::new(State { running, fleet, answered: None }), parts }
     }
 
     /// Read the file again and lay the hub's configuration in force over it; apply the result.
     pub fn reload(&self) -> Result<ReloadReport, Vec<String>> {
         let refuse = |problems: Vec<String>| {
-            self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            self.parts.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 "reload refused, the configuration in force stays: {}",
                 problems.join("; ")
@@ -169,7 +162,7 @@ impl Runtime {
         };
         let mut report = self.put(&mut state, new).map_err(refuse)?;
         report.notes.extend(notes);
-        self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+        self.parts.shared.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(applied = ?report.applied, notes = ?report.notes, "configuration reloaded");
         Ok(report)
     }
@@ -183,11 +176,11 @@ impl Runtime {
         };
         match result {
             ApplyResult::Applied => {
-                self.shared.fleet_applied.fetch_add(1, Ordering::Relaxed);
+                self.parts.shared.fleet_applied.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(revision, notes = %text, "the hub's configuration applied");
             }
             _ => {
-                self.shared.fleet_refused.fetch_add(1, Ordering::Relaxed);
+                self.parts.shared.fleet_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     revision,
                     ?result,
@@ -207,11 +200,12 @@ impl Runtime {
         };
         // The answer waits for room rather than drop: it is one message per change.
         if self
+            .parts
             .store
             .send_timeout(Row::ConfigApplied(Box::new(msg)), Duration::from_secs(5))
             .is_err()
         {
-            self.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
+            self.parts.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
             tracing::error!(revision, "the answer to the hub's configuration could not be queued");
         }
     }
@@ -276,8 +270,8 @@ impl Runtime {
             notes.push(format!("in force, but not kept for the next start: {e}"));
         }
         state.fleet = Some(a);
-        self.shared.fleet_revision.store(revision, Ordering::Relaxed);
-        self.applied.send_replace((revision, hash.clone()));
+        self.parts.shared.fleet_revision.store(revision, Ordering::Relaxed);
+        self.parts.applied.send_replace((revision, hash.clone()));
         (revision, hash, Some((ApplyResult::Applied, notes.join("; "))))
     }
 
@@ -298,8 +292,11 @@ impl Runtime {
             .map(|i| (i.name.clone(), interface_filter(&i.rules).ok().flatten()))
             .collect();
         let mut report = ReloadReport { applied: Vec::new(), notes: Vec::new() };
-        let controls =
-            self.controls.lock().map_err(|_| vec!["internal: controls poisoned".to_string()])?;
+        let controls = self
+            .parts
+            .controls
+            .lock()
+            .map_err(|_| vec!["internal: controls poisoned".to_string()])?;
         let mut changed = Vec::new();
         for (name, filter) in filters {
             let Some((_, ctl)) = controls.iter().find(|(n, _)| *n == name) else {
@@ -335,7 +332,7 @@ impl Runtime {
         }
         drop(controls);
         let ifaces: Vec<Arc<InterfaceCounters>> =
-            self.shared.interfaces.read().map(|v| v.clone()).unwrap_or_default();
+            self.parts.shared.interfaces.read().map(|v| v.clone()).unwrap_or_default();
         for iface in &new.interfaces {
             if let Some(c) = ifaces.iter().find(|c| c.name == iface.name) {
                 c.sample.store(u64::from(iface.sample.max(1)), Ordering::Relaxed);
@@ -343,7 +340,7 @@ impl Runtime {
         }
         let settings = Settings::of(&new);
         if settings != Settings::of(&state.running) {
-            let _ = self.settings.send(settings);
+            let _ = self.parts.settings.send(settings);
         }
         let (s, o) = (&new.store, &state.running.store);
         if (s.max_size_mb, s.max_age_hours, s.evidence_max_packets)
@@ -354,7 +351,7 @@ impl Runtime {
                 max_age_hours: s.max_age_hours,
                 evidence_max_packets: s.evidence_max_packets,
             };
-            if self.store.send_timeout(limits, Duration::from_secs(5)).is_err() {
+            if self.parts.store.send_timeout(limits, Duration::from_secs(5)).is_err() {
                 report.notes.push("the store's new limits could not be queued".into());
             }
         }
