@@ -4,7 +4,7 @@
 //! broken BPF is refused at the hub; a configuration an edge cannot apply is reported as failed
 //! and the one before keeps running, as does one put on the broker by someone else (the hub
 //! signs what it sends, the edges take only what it signed); an edge that was offline during two changes applies the newest
-//! when it comes back, and starts with what it had kept.
+//! when it comes back, and starts with what it had kept; a rollback reaches the captures.
 //!
 //! Needs root (namespaces, capture); TAPWATCH_SKIP_LIVE=1 skips it.
 
@@ -379,6 +379,27 @@ fn test_the_hubs_configuration_reaches_live_edges() {
     // The empty configuration, the rule, quiet_s 45, and the newest (none for the one in
     // between).
     assert_eq!(answers.trim(), "4", "edge-b's answers");
+
+    // Rolling back: the group's rule removed, then its first revision's content saved again
+    // (what the API's rollback does); both reach the captures.
+    let first = rt
+        .block_on(fleet::history(&sql, &Scope::Group("lab".into()), 10))
+        .unwrap()
+        .into_iter()
+        .find(|r| r.revision == 1)
+        .unwrap();
+    save(Scope::Group("lab".into()), serde_json::json!({})).unwrap();
+    for e in [&ea, &eb] {
+        wait_for("the rule gone", Duration::from_secs(5), || {
+            !e.get("/admin/rules").contains("9999")
+        });
+    }
+    save(Scope::Group("lab".into()), first.document).unwrap();
+    for e in [&ea, &eb] {
+        wait_for("the rule back", Duration::from_secs(5), || {
+            e.get("/admin/rules").contains("not (port 9999)")
+        });
+    }
 
     ping.0.kill().unwrap();
     let _ = ping.0.wait();
