@@ -8,7 +8,8 @@
 //! replaced in place and its sampling set (the flow table is not touched, so flows in progress
 //! go on), the detection settings go to the pipeline and the retention to the store writer. A
 //! configuration refused when checked, or one a capture refuses (every filter changed is put
-//! back), leaves the one before in force. The hub's configuration last applied is kept beside
+//! back), leaves the one before in force; one that failed to apply (not one refused) is tried
+//! again after the next reload that succeeds. The hub's configuration last applied is kept beside
 //! the store (`fleet-config.json`) and laid over the file at the next start; each one the hub
 //! sends is answered on the `config/applied` stream with its revision, hash and result.
 
@@ -103,6 +104,9 @@ struct State {
     /// The last configuration the hub sent (revision, hash) and answered: the broker sends the
     /// retained one again on each connection, and it is answered once.
     answered: Option<(u64, String)>,
+    /// The hub's configuration that failed to apply (not one refused when checked): tried
+    /// again after the next reload that succeeds (the operator fixed the edge's own file).
+    failed: Option<Vec<u8>>,
 }
 
 /// The running parts a configuration is applied to.
@@ -133,7 +137,11 @@ impl Runtime {
         let now = fleet.as_ref().map(|a| (a.revision, a.hash.clone())).unwrap_or_default();
         parts.shared.fleet_revision.store(now.0, Ordering::Relaxed);
         parts.applied.send_replace(now);
-        Runtime { path, state: Mutex::new(State { running, fleet, answered: None }), parts }
+        Runtime {
+            path,
+            state: Mutex::new(State { running, fleet, answered: None, failed: None }),
+            parts,
+        }
     }
 
     /// Read the file again and lay the hub's configuration in force over it; apply the result.
@@ -164,6 +172,14 @@ impl Runtime {
         report.notes.extend(notes);
         self.parts.shared.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(applied = ?report.applied, notes = ?report.notes, "configuration reloaded");
+        if let Some(payload) = state.failed.take() {
+            state.answered = None;
+            let (revision, hash, result) = self.take_locked(&mut state, &payload);
+            if let Some((result, text)) = result {
+                report.notes.push(format!("the hub's configuration revision {revision}: {text}"));
+                self.answer(revision, &hash, result, &text);
+            }
+        }
         Ok(report)
     }
 
@@ -174,6 +190,13 @@ impl Runtime {
         let Some((result, text)) = result else {
             return; // answered before
         };
+        state.failed = (result == ApplyResult::Failed).then(|| payload.to_vec());
+        drop(state);
+        self.answer(revision, &hash, result, &text);
+    }
+
+    /// Count, log and send the answer to a configuration from the hub.
+    fn answer(&self, revision: u64, hash: &str, result: ApplyResult, text: &str) {
         match result {
             ApplyResult::Applied => {
                 self.parts.shared.fleet_applied.fetch_add(1, Ordering::Relaxed);
@@ -194,9 +217,9 @@ impl Runtime {
             seq: 0,
             ts: 0,
             revision,
-            hash: hash.as_str().try_into().unwrap_or_default(),
+            hash: hash.try_into().unwrap_or_default(),
             result,
-            error: firmware::proto::apply_error(&text),
+            error: firmware::proto::apply_error(text),
         };
         // The answer waits for room rather than drop: it is one message per change.
         if self

@@ -2,7 +2,7 @@
 //! veth pairs into network namespaces made here, Mosquitto, PostgreSQL and `tapwatch-hub run`.
 //! A rule saved at the hub reaches both captures within 5 s while a flow in progress goes on; a
 //! broken BPF is refused at the hub; a configuration an edge cannot apply is reported as failed
-//! and the one before keeps running, as does one put on the broker by someone else (the hub
+//! and the one before keeps running (until the edge's own file is mended and reloaded), as does one put on the broker by someone else (the hub
 //! signs what it sends, the edges take only what it signed); an edge that was offline during two changes applies the newest
 //! when it comes back, and starts with what it had kept; a rollback reaches the captures.
 //!
@@ -159,6 +159,11 @@ impl Edge {
             let status = c.wait().unwrap();
             assert!(status.success(), "the edge exited with {status}");
         }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        sh(&["kill", sig, &pid]);
     }
 
     fn get(&self, path: &str) -> String {
@@ -354,7 +359,10 @@ fn test_the_hubs_configuration_reaches_live_edges() {
     });
     wait_for("edge-b in sync", Duration::from_secs(10), || in_sync(&sql, "edge-b"));
     assert!(ea.get("/admin/rules").contains("not (port 9999)"));
+    // Its file mended and reloaded, it applies the change it could not.
     std::fs::write(&ea.config, file).unwrap();
+    ea.signal("-HUP");
+    wait_for("edge-a in sync after its reload", Duration::from_secs(5), || in_sync(&sql, "edge-a"));
 
     // edge-b goes offline; two changes; it takes the newest when it is back (and starts with
     // the rule it kept).
