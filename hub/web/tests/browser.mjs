@@ -132,6 +132,12 @@ try {
   await page.goto(`${url}#/fleet`);
   const row = page.locator("tr[data-device=tap-browser]");
   await row.locator("[data-sync=pending]").waitFor({ timeout: 15_000 });
+  // A group, and the device in it (its layer is empty: the configuration stays the same).
+  await page.getByRole("textbox", { name: "new group" }).fill("dmz");
+  await page.getByRole("button", { name: "Add group" }).click();
+  await page.getByRole("link", { name: "group dmz" }).waitFor();
+  await page.getByRole("combobox", { name: "group of tap-browser" }).selectOption("dmz");
+  await page.getByText("tap-browser is in group dmz").waitFor();
   await page.screenshot({ path: `${out}/fleet-pending.png`, fullPage: true });
   const want = await page.evaluate(() => fetch("/api/v1/fleet/devices/tap-browser").then((r) => r.json()));
   execSync(answer.replace("REV", String(want.desired_revision)).replace("HASH", want.desired_hash), { stdio: "inherit" });
@@ -143,7 +149,7 @@ try {
   await page.locator("table[data-testid=history] tbody tr").first().locator("button", { hasText: "Diff" }).click();
   await page.locator("[data-testid=diff] .added").first().waitFor();
   await page.screenshot({ path: `${out}/fleet-layer.png`, fullPage: true });
-  step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; history and diff shown");
+  step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; a group made and the device put in it; history and diff shown");
   assert.deepEqual(failures, [], "the browser reported errors");
 } finally {
   await browser.close();

@@ -23,58 +23,97 @@ function short(hash: string): string {
 
 export function fleetList(p: Page) {
   const box = h("div", { id: "fleet" });
-  const groups = h("div", {});
-  const draw = () => {
+  const admin = p.me.role === "admin";
+  // A device's group: a choice for admins, a link for the others.
+  const groupCell = (d: DeviceSync, groups: Group[]) => {
+    if (!admin) return d.group ? h("a", { href: `#/fleet/groups/${d.group}` }, d.group) : "none";
+    const select = h(
+      "select",
+      {
+        "aria-label": `group of ${d.device}`,
+        onchange: async () => {
+          try {
+            await api.put(`/fleet/devices/${encodeURIComponent(d.device)}/group`, { group: select.value || null });
+            toast(`${d.device} is in ${select.value ? `group ${select.value}` : "no group"}`);
+          } catch (e) {
+            toast((e as Error).message, "error");
+          }
+          draw();
+        },
+      },
+      h("option", { value: "" }, "none"),
+      groups.map((g) => h("option", { value: g.name, selected: g.name === d.group }, g.name)),
+    );
+    return select;
+  };
+  const newGroup = () => {
+    const name = h("input", { "aria-label": "new group", placeholder: "new group name", pattern: "[A-Za-z0-9_.-]{1,64}" });
+    const add = h(
+      "button",
+      {
+        onclick: async () => {
+          try {
+            await api.post("/fleet/groups", { name: name.value });
+            toast(`Group ${name.value} added`);
+            draw();
+          } catch (e) {
+            toast((e as Error).message, "error");
+          }
+        },
+      },
+      "Add group",
+    );
+    return h("div", { class: "row" }, name, add);
+  };
+  const draw = () =>
     panel(
       box,
-      () => api.get<DeviceSync[]>("/fleet"),
-      (list) => {
-        if (list.length === 0) return null;
+      () => Promise.all([api.get<DeviceSync[]>("/fleet"), api.get<Group[]>("/fleet/groups")]),
+      ([list, groups]) => {
         const out = list.filter((d) => d.sync !== "in_sync").length;
-        return h(
-          "div",
-          {},
-          h("p", { class: out ? "warn" : "" }, out ? `${out} of ${list.length} devices are not in sync.` : list.length === 1 ? "The device is in sync." : `All ${list.length} devices are in sync.`),
-          h(
-            "table",
-            { "data-testid": "fleet" },
-            h("thead", {}, h("tr", {}, ["Device", "Group", "State", "Configuration", "Desired", "Applied", "Error"].map((c) => h("th", {}, c)))),
-            h(
-              "tbody",
-              {},
-              list.map((d) =>
-                h(
-                  "tr",
-                  { "data-device": d.device },
-                  h("td", {}, h("a", { href: `#/fleet/devices/${d.device}` }, d.device)),
-                  h("td", {}, d.group ? h("a", { href: `#/fleet/groups/${d.group}` }, d.group) : "none"),
-                  h("td", {}, d.state),
-                  h("td", {}, badge(d.sync)),
-                  h("td", { title: d.desired_hash }, `${d.desired_revision} (${short(d.desired_hash)})`),
-                  h("td", { title: d.applied_hash }, `${d.applied_revision} (${short(d.applied_hash)}), ${ago(d.applied_at)}`),
-                  h("td", { class: d.error ? "warn" : "" }, d.error),
-                ),
-              ),
-            ),
-          ),
-        );
-      },
-      "No device has reported yet.",
-    );
-    panel(
-      groups,
-      () => api.get<Group[]>("/fleet/groups"),
-      (gs) =>
-        h(
+        const layers = h(
           "p",
           {},
           "Layers: ",
           h("a", { href: "#/fleet/global/-" }, "global"),
-          ...gs.flatMap((g) => [", ", h("a", { href: `#/fleet/groups/${g.name}` }, `group ${g.name}`)]),
-        ),
+          ...groups.flatMap((g) => [", ", h("a", { href: `#/fleet/groups/${g.name}` }, `group ${g.name}`)]),
+        );
+        return [
+          layers,
+          ...(admin ? [newGroup()] : []),
+          list.length === 0
+            ? h("p", { class: "empty" }, "No device has reported yet.")
+            : h(
+                "div",
+                {},
+                h("p", { class: out ? "warn" : "" }, out ? `${out} of ${list.length} devices are not in sync.` : list.length === 1 ? "The device is in sync." : `All ${list.length} devices are in sync.`),
+                h(
+                  "table",
+                  { "data-testid": "fleet" },
+                  h("thead", {}, h("tr", {}, ["Device", "Group", "State", "Configuration", "Desired", "Applied", "Error"].map((c) => h("th", {}, c)))),
+                  h(
+                    "tbody",
+                    {},
+                    list.map((d) =>
+                      h(
+                        "tr",
+                        { "data-device": d.device },
+                        h("td", {}, h("a", { href: `#/fleet/devices/${d.device}` }, d.device)),
+                        h("td", {}, groupCell(d, groups)),
+                        h("td", {}, d.state),
+                        h("td", {}, badge(d.sync)),
+                        h("td", { title: d.desired_hash }, `${d.desired_revision} (${short(d.desired_hash)})`),
+                        h("td", { title: d.applied_hash }, `${d.applied_revision} (${short(d.applied_hash)}), ${ago(d.applied_at)}`),
+                        h("td", { class: d.error ? "warn" : "" }, d.error),
+                      ),
+                    ),
+                  ),
+                ),
+              ),
+        ];
+      },
     );
-  };
-  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), groups, box);
+  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), box);
   draw();
   p.live.subscribe((e) => {
     if (e.type === "device" || e.type === "config") draw();
