@@ -233,6 +233,8 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
             .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let api = api_state(&config)?;
+        // The ingest hears of desired configurations changed (here or at another hub) at once.
+        let feed = Some(api.live.subscribe());
         let api_metrics =
             crate::http::ApiMetrics { counters: api.counters.clone(), live: api.live.clone() };
         let state = crate::http::AppState {
@@ -257,7 +259,7 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
         serve_http(&config.http, listener, addr, app).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx));
+        let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx, feed));
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;

@@ -1238,10 +1238,28 @@ async fn one_by_one(
 
 /// Run the ingest until `stop`: the MQTT loop, batching, commits, acknowledgements, and
 /// retention. Reconnects to the broker and to PostgreSQL as needed.
+/// Wait for a `config` event of the live feed (a device's desired configuration changed, at
+/// this hub or another), so that it goes to the broker now rather than at the next turn; never,
+/// without a feed.
+async fn config_changed(feed: &mut Option<tokio::sync::broadcast::Receiver<Arc<str>>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = feed.as_mut() else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(e) if e.contains(r#""type":"config""#) => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
+/// Ingest until `stop`; `feed` (the live events) wakes it to send new desired configurations.
 pub async fn run(
     config: Config,
     counters: Arc<IngestCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    mut feed: Option<tokio::sync::broadcast::Receiver<Arc<str>>>,
 ) -> Result<(), String> {
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
     use rumqttc::v5::mqttbytes::QoS;
@@ -1353,6 +1371,7 @@ pub async fn run(
                     None => return,
                 },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = config_changed(&mut feed) => {}
             }
             if !batch.is_empty() {
                 let deadline = tokio::time::Instant::now() + batch_wait;
