@@ -85,9 +85,11 @@ for r in $(seq "$rounds"); do
     -d "{\"document\":{\"detect\":{\"quiet_s\":$((30 + r))}},\"comment\":\"bench $r\"}" \
     "$HUB_URL/api/v1/fleet/config/global" > /dev/null
   wait_all
-  # Each edge's answer time (its clock, this machine's) against the revision's save time.
-  sql "SELECT extract(epoch FROM c.applied_at - r.created_at) FROM device_config c,
-       (SELECT created_at FROM config_revisions ORDER BY id DESC LIMIT 1) r" >> "$lat"
+  # When the hub committed each edge's answer, against the revision's save time.
+  sql "SELECT extract(epoch FROM min(l.received_at) - r.created_at) FROM ingest_log l,
+       (SELECT created_at FROM config_revisions ORDER BY id DESC LIMIT 1) r
+       WHERE l.stream = 'config/applied' AND l.received_at >= r.created_at
+       GROUP BY l.device, r.created_at" >> "$lat"
 done
 
 commit=$(git rev-parse --short HEAD)

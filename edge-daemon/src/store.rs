@@ -1254,13 +1254,14 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
             let mut last_flush = Instant::now();
             let mut last_retention = Instant::now();
             // An anomaly in the batch: it is written at once, not at the next interval (an
-            // alert waits for nothing but the rows queued before it).
+            // alert waits for nothing but the rows queued before it); so is the answer to the
+            // hub's configuration (the operator waits for it).
             let mut urgent = false;
             loop {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
                 // A row into the batch: how many it holds now.
                 let mut take = |row: Row| {
-                    urgent |= matches!(row, Row::Anomaly(_));
+                    urgent |= matches!(row, Row::Anomaly(_) | Row::ConfigApplied(_));
                     held += row.flows().len().max(1);
                     batch.push(row);
                     held

@@ -1246,8 +1246,13 @@ async fn config_changed(feed: &mut Option<tokio::sync::broadcast::Receiver<Arc<s
     let Some(rx) = feed.as_mut() else { return std::future::pending().await };
     loop {
         match rx.recv().await {
-            Ok(e) if e.contains(r#""type":"config""#) => return,
-            Ok(_) => {}
+            Ok(e) => {
+                // PostgreSQL writes `{"type" : "config", ...}`.
+                let event: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
+                if event["type"] == "config" {
+                    return;
+                }
+            }
             Err(RecvError::Lagged(_)) => return,
             Err(RecvError::Closed) => return std::future::pending().await,
         }
