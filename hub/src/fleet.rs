@@ -245,7 +245,7 @@ pub async fn refresh(c: &impl GenericClient) -> Result<Vec<String>, tokio_postgr
         c.execute(
             "INSERT INTO device_config (device, desired_revision, desired_hash, desired, layers, desired_at)
              VALUES ($1, nextval('device_config_revision'), $2, $3, $4, now())
-             ON CONFLICT (device) DO UPDATE SET desired_revision = nextval('device_config_revision'),
+             ON CONFLICT (device) DO UPDATE SET desired_revision = EXCLUDED.desired_revision,
                  desired_hash = $2, desired = $3, layers = $4, desired_at = now()
              WHERE device_config.desired_hash <> $2",
             &[&id, &hash, &merged, &ids],

@@ -151,6 +151,11 @@ async fn test_layers_merge_per_device_and_edges_answer() {
     let tap1 = hub.get("/api/v1/fleet/devices/tap-1", &viewer).await;
     assert_eq!(tap1["desired"], json!({"detect": {"quiet_s": 90}}));
     assert_eq!(tap1["sync"], "pending");
+    // One change, one revision each (merged in device order, from one sequence).
+    assert_eq!(
+        tap2["desired_revision"].as_i64().unwrap(),
+        tap1["desired_revision"].as_i64().unwrap() + 1
+    );
     let r = hub
         .call(
             Method::POST,
