@@ -150,7 +150,8 @@ export function fleetLayer(p: Page, kind: string, target: string) {
   const path = kind === "global" ? "/fleet/config/global" : `/fleet/config/${kind}/${encodeURIComponent(target)}`;
   const title = kind === "global" ? "Global configuration" : `${kind === "groups" ? "Group" : "Device"} ${target}`;
   const canEdit = p.me.role === "admin" || p.me.role === "analyst";
-  const editor = h("textarea", { class: "json", rows: 16, spellcheck: false, "aria-label": "document", readonly: !canEdit });
+  // Read-only until the layer is loaded (what is typed before would be overwritten).
+  const editor = h("textarea", { class: "json", rows: 16, spellcheck: false, "aria-label": "document", readonly: true });
   const comment = h("input", { "aria-label": "comment", placeholder: "Why (kept in the history)" });
   const err = h("p", { class: "error", role: "alert", hidden: true });
   const save = h("button", { hidden: !canEdit }, "Save");
@@ -228,6 +229,7 @@ export function fleetLayer(p: Page, kind: string, target: string) {
       const layer = await api.get<FleetLayer>(path);
       current = layer.current;
       editor.value = JSON.stringify(current?.document ?? {}, null, 2);
+      editor.readOnly = !canEdit;
     } catch (e) {
       err.textContent = (e as Error).message;
       err.hidden = false;
