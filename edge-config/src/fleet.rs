@@ -8,7 +8,8 @@
 //! {"capture": {"*": {"rules": [{"name": "no-ssh", "action": "exclude", "port": 22}]},
 //!              "eth1": {"sample": 4}},
 //!  "detect": {"quiet_s": 60, "thresholds": {"port_scan_ports": 80}, "suppress": []},
-//!  "store": {"max_age_hours": 72}}
+//!  "store": {"max_age_hours": 72},
+//!  "models": {"classifier": "9f2c...64 hex digits"}}
 //! ```
 //!
 //! `capture` is by interface name; `*` is for each interface with no entry of its own. The hub
@@ -17,6 +18,12 @@
 //! `null` removes), [`merge`]. The edge lays the merged document over its `edge.toml` the same
 //! way ([`apply`]) and checks the result as it checks a file at start-up, so the hub, which
 //! checks a document with [`check`] before it accepts it, and the edge agree on what is valid.
+//!
+//! `models` names a model for each slot by the SHA-256 of its ONNX file (`""`: no model in that
+//! slot): one uploaded to the hub, which checked and signed it ([`sign_model`]). The edge fetches
+//! it and its fixture by those hashes, checks both and the signature ([`verify_model`]), keeps
+//! them in [`model_dir`] and runs the fixture before it swaps the model in; [`apply`] puts the
+//! kept file's path in `detect.models`.
 
 use crate::{Config, DeviceConfig, InterfaceConfig};
 use base64::Engine as _;
@@ -29,6 +36,9 @@ pub const ALLOWED: &[(&str, &[&str])] = &[
     ("detect", &["quiet_s", "update_s", "thresholds", "suppress"]),
     ("store", &["max_size_mb", "max_age_hours", "evidence_max_packets"]),
 ];
+
+/// The model slots `models` may name (`detect.models`' files).
+pub const MODEL_SLOTS: &[&str] = &["autoencoder", "classifier"];
 
 /// What the hub may set of an interface's capture.
 pub const CAPTURE_KEYS: &[&str] = &["rules", "sample"];
@@ -72,6 +82,36 @@ fn signed_bytes(device: &str, revision: u64, hash: &str) -> Vec<u8> {
     format!("tapwatch-config-v1\0{device}\0{revision}\0{hash}").into_bytes()
 }
 
+/// What the hub signs of a model: its slot, the SHA-256 of its file and of its fixture.
+fn model_signed_bytes(kind: &str, sha256: &str, fixture_sha256: &str) -> Vec<u8> {
+    format!("tapwatch-model-v1\0{kind}\0{sha256}\0{fixture_sha256}").into_bytes()
+}
+
+/// Where an edge keeps the models the hub sent: beside its store.
+pub fn model_dir(config: &Config) -> std::path::PathBuf {
+    config.store.path.with_file_name("models")
+}
+
+/// The file an edge keeps a model in, by its SHA-256 (its fixture: `<sha256>.fixture.json`).
+pub fn model_file(config: &Config, sha256: &str) -> std::path::PathBuf {
+    model_dir(config).join(format!("{sha256}.onnx"))
+}
+
+/// The models a document names: (slot, SHA-256, `""` for none).
+pub fn models(doc: &Value) -> Vec<(&'static str, String)> {
+    MODEL_SLOTS
+        .iter()
+        .filter_map(|slot| {
+            let v = doc.get("models")?.get(*slot)?.as_str()?;
+            Some((*slot, v.to_string()))
+        })
+        .collect()
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A signing key from its file's text: the 32-byte seed in base64, on the first line.
 pub fn signing_key(text: &str) -> Result<ed25519_dalek::SigningKey, String> {
     let bytes = base64::engine::general_purpose::STANDARD
@@ -102,6 +142,33 @@ pub fn verify(
     hash: &str,
     signature: &str,
 ) -> Result<(), String> {
+    verify_bytes(public_key, &signed_bytes(device, revision, hash), signature, "configurations")
+}
+
+/// The signature of a model, base64: its slot, its file's and its fixture's SHA-256.
+pub fn sign_model(
+    key: &ed25519_dalek::SigningKey,
+    kind: &str,
+    sha256: &str,
+    fixture_sha256: &str,
+) -> String {
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&model_signed_bytes(kind, sha256, fixture_sha256));
+    base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+}
+
+/// Check a model's signature against the hub's public key (base64).
+pub fn verify_model(
+    public_key: &str,
+    kind: &str,
+    sha256: &str,
+    fixture_sha256: &str,
+    signature: &str,
+) -> Result<(), String> {
+    verify_bytes(public_key, &model_signed_bytes(kind, sha256, fixture_sha256), signature, "models")
+}
+
+fn verify_bytes(public_key: &str, bytes: &[u8], signature: &str, what: &str) -> Result<(), String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let key: [u8; 32] = b64
         .decode(public_key.trim())
@@ -111,20 +178,15 @@ pub fn verify(
     let key = ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|e| format!("the hub's public key: {e}"))?;
     if signature.is_empty() {
-        return Err(
-            "it is not signed, and this edge takes only configurations the hub signed".into()
-        );
+        return Err(format!("it is not signed, and this edge takes only {what} the hub signed"));
     }
     let sig: [u8; 64] = b64
         .decode(signature)
         .ok()
         .and_then(|s| s.try_into().ok())
         .ok_or("its signature is not 64 bytes of base64")?;
-    key.verify_strict(
-        &signed_bytes(device, revision, hash),
-        &ed25519_dalek::Signature::from_bytes(&sig),
-    )
-    .map_err(|_| "its signature is not the hub's".to_string())
+    key.verify_strict(bytes, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| "its signature is not the hub's".to_string())
 }
 
 /// Problems with a document's shape: a key the hub may not set, or not an object where one is
@@ -162,9 +224,30 @@ pub fn shape(doc: &Value) -> Vec<String> {
             }
             continue;
         }
+        if section == "models" {
+            let Some(slots) = v.as_object() else {
+                if !v.is_null() {
+                    p.push("models: must be an object of slots (autoencoder, classifier)".into());
+                }
+                continue;
+            };
+            for (slot, sha) in slots {
+                if !MODEL_SLOTS.contains(&slot.as_str()) {
+                    p.push(format!("models.{slot}: the slots are {}", MODEL_SLOTS.join(", ")));
+                } else if !(sha.is_null()
+                    || sha.as_str().is_some_and(|s| s.is_empty() || is_sha256(s)))
+                {
+                    p.push(format!(
+                        "models.{slot}: the SHA-256 of a model uploaded to the hub (64 hex \
+                         digits, lower case), or \"\" for none"
+                    ));
+                }
+            }
+            continue;
+        }
         let Some((_, keys)) = ALLOWED.iter().find(|(s, _)| s == section) else {
             p.push(format!(
-                "{section}: not a section the hub sets (it sets capture, {}); the rest is the \
+                "{section}: not a section the hub sets (it sets capture, models, {}); the rest is the \
                  edge's own edge.toml",
                 ALLOWED.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
             ));
@@ -200,10 +283,18 @@ pub fn apply(base: &Config, doc: &Value) -> Result<(Config, Vec<String>), Vec<St
     let empty = Map::new();
     let top = doc.as_object().unwrap_or(&empty);
     for (section, patch) in top {
-        if section == "capture" {
+        if section == "capture" || section == "models" {
             continue;
         }
         json_patch::merge(&mut v[section.as_str()], patch);
+    }
+    for (slot, sha) in models(doc) {
+        let path = if sha.is_empty() {
+            String::new()
+        } else {
+            model_file(base, &sha).to_string_lossy().into_owned()
+        };
+        v["detect"]["models"][slot] = Value::String(path);
     }
     if let Some(capture) = top.get("capture").and_then(Value::as_object) {
         for name in capture.keys().filter(|n| *n != EVERY_INTERFACE) {
@@ -300,6 +391,40 @@ mod tests {
         assert!(verify(&public, "tap-1", 7, &h, "bm90IGEgc2lnbmF0dXJl").is_err());
         assert!(verify("short", "tap-1", 7, &h, &sig).unwrap_err().contains("public key"));
         assert!(signing_key("c2hvcnQ=").is_err());
+    }
+
+    #[test]
+    fn test_models_are_named_by_hash_and_kept_beside_the_store() {
+        let sha = "0123456789abcdef".repeat(4);
+        let doc = json!({"models": {"classifier": sha, "autoencoder": ""}});
+        assert!(check(&doc).is_empty(), "{:?}", check(&doc));
+        let (c, _) = apply(&edge(), &doc).unwrap();
+        let want = edge().store.path.with_file_name("models").join(format!("{sha}.onnx"));
+        assert_eq!(c.detect.models.classifier, want.to_string_lossy());
+        assert_eq!(c.detect.models.autoencoder, "");
+        assert_eq!(models(&doc), [("autoencoder", String::new()), ("classifier", sha.clone())]);
+        for (doc, field) in [
+            (json!({"models": {"classifier": "../../etc/passwd"}}), "models.classifier"),
+            (json!({"models": {"classifier": sha.to_uppercase()}}), "models.classifier"),
+            (json!({"models": {"classifier": 7}}), "models.classifier"),
+            (json!({"models": {"detector": sha}}), "models.detector"),
+            (json!({"models": [sha]}), "models:"),
+        ] {
+            let p = check(&doc);
+            assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");
+        }
+        // A model's signature covers its slot and both hashes.
+        let key = signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let public = public_key_text(&key);
+        let fx = "ff".repeat(32);
+        let sig = sign_model(&key, "classifier", &sha, &fx);
+        assert_eq!(verify_model(&public, "classifier", &sha, &fx, &sig), Ok(()));
+        assert!(verify_model(&public, "autoencoder", &sha, &fx, &sig).is_err());
+        assert!(verify_model(&public, "classifier", &fx, &fx, &sig).is_err());
+        assert!(verify_model(&public, "classifier", &sha, &sha, &sig).is_err());
+        // A configuration's signature is not a model's.
+        assert!(verify(&public, "classifier", 0, &sha, &sig).is_err());
+        assert!(verify_model(&public, "classifier", &sha, &fx, "").unwrap_err().contains("models"));
     }
 
     #[test]

@@ -126,11 +126,15 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     }
     let (reload_tx, reload_rx) = crossbeam_channel::bounded(4);
     let (watch_stop, watch_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let model_paths: crate::inference::ModelPaths =
+        Arc::new(std::sync::Mutex::new([models.autoencoder.clone(), models.classifier.clone()]));
     let watcher = {
-        let (cfg, counters) = (models.clone(), shared.model_reloads.clone());
+        let (paths, counters, tx) =
+            (model_paths.clone(), shared.model_reloads.clone(), reload_tx.clone());
+        let every = Duration::from_secs(models.reload_check_s.max(1).into());
         std::thread::Builder::new()
             .name("models".into())
-            .spawn(move || crate::inference::watch(cfg, reload_tx, watch_stop_rx, counters))
+            .spawn(move || crate::inference::watch(every, paths, tx, watch_stop_rx, counters))
             .map_err(|e| format!("cannot start the model watcher: {e}"))?
     };
     let (settings_tx, settings_rx) = crossbeam_channel::unbounded();
@@ -140,6 +144,8 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         settings: settings_tx,
         store: writer.tx.clone(),
         applied: applied_tx,
+        models: reload_tx,
+        model_paths,
     };
     let live = Arc::new(Runtime::new(path, config.clone(), kept, parts));
     let pipe_shared = shared.clone();
@@ -286,6 +292,10 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    // A configuration from the hub that failed to apply (a model the hub did not serve) is
+    // tried again this often.
+    let mut retry = tokio::time::interval(crate::fleet::RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -298,6 +308,10 @@ async fn serve(
                     let r = live.clone();
                     let _ = tokio::task::spawn_blocking(move || r.take(&payload)).await;
                 }
+            }
+            _ = retry.tick() => {
+                let r = live.clone();
+                let _ = tokio::task::spawn_blocking(move || r.retry()).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

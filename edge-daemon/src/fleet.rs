@@ -12,11 +12,18 @@
 //! again after the next reload that succeeds. The hub's configuration last applied is kept beside
 //! the store (`fleet-config.json`) and laid over the file at the next start; each one the hub
 //! sends is answered on the `config/applied` stream with its revision, hash and result.
+//!
+//! A configuration that names models ([`crate::hub_models`]) has them fetched, checked and run
+//! on their fixture rows before anything is applied; they replace the running models only once
+//! the rest of the configuration is applied (a slot whose path did not change keeps its model).
+//! One that failed (a model the hub could not serve) is tried again every [`RETRY`].
 
 use crate::capture::{Control, InterfaceCounters};
 use crate::config::{interface_filter, Config};
 use crate::http::ReloadReport;
+use crate::inference::{ModelPaths, Swap};
 use crate::metrics::Shared;
+use crate::model::{Model, ModelKind};
 use crate::pipeline::Settings;
 use crate::store::Row;
 use edge_config::fleet;
@@ -26,6 +33,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How often a configuration from the hub that failed to apply is tried again.
+pub const RETRY: Duration = Duration::from_secs(30);
 
 /// Capture controls by interface name.
 pub type Controls = Arc<Mutex<Vec<(String, std::sync::mpsc::Sender<Control>)>>>;
@@ -105,8 +115,9 @@ struct State {
     /// retained one again on each connection, and it is answered once.
     answered: Option<(u64, String)>,
     /// The hub's configuration that failed to apply (not one refused when checked): tried
-    /// again after the next reload that succeeds (the operator fixed the edge's own file).
-    failed: Option<Vec<u8>>,
+    /// again after the next reload that succeeds (the operator fixed the edge's own file), and
+    /// every [`RETRY`]; with why it failed (the same failure is not answered again).
+    failed: Option<(Vec<u8>, String)>,
 }
 
 /// The running parts a configuration is applied to.
@@ -121,6 +132,10 @@ pub struct Parts {
     pub store: crossbeam_channel::Sender<Row>,
     /// The hub's revision and hash in force, for the sync thread's status messages.
     pub applied: tokio::sync::watch::Sender<(u64, String)>,
+    /// Models to the pipeline's model slots.
+    pub models: crossbeam_channel::Sender<Swap>,
+    /// The model files in force, which the model watcher follows.
+    pub model_paths: ModelPaths,
 }
 
 /// What applies changes to the running daemon.
@@ -168,19 +183,40 @@ impl Runtime {
             })?,
             None => (file, Vec::new()),
         };
-        let mut report = self.put(&mut state, new).map_err(refuse)?;
+        let mut report = self.put(&mut state, new, Vec::new()).map_err(refuse)?;
         report.notes.extend(notes);
         self.parts.shared.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(applied = ?report.applied, notes = ?report.notes, "configuration reloaded");
-        if let Some(payload) = state.failed.take() {
+        if let Some((payload, _)) = state.failed.take() {
             state.answered = None;
             let (revision, hash, result) = self.take_locked(&mut state, &payload);
             if let Some((result, text)) = result {
                 report.notes.push(format!("the hub's configuration revision {revision}: {text}"));
+                if result == ApplyResult::Failed {
+                    state.failed = Some((payload, text.clone()));
+                }
                 self.answer(revision, &hash, result, &text);
             }
         }
         Ok(report)
+    }
+
+    /// Try again the hub's configuration that failed to apply, if one did; answered only when
+    /// the result is not the same failure again.
+    pub fn retry(&self) {
+        let Ok(mut state) = self.state.lock() else { return };
+        let Some((payload, before)) = state.failed.take() else { return };
+        state.answered = None;
+        let (revision, hash, result) = self.take_locked(&mut state, &payload);
+        let Some((result, text)) = result else { return };
+        let same = result == ApplyResult::Failed && text == before;
+        if result == ApplyResult::Failed {
+            state.failed = Some((payload, text.clone()));
+        }
+        drop(state);
+        if !same {
+            self.answer(revision, &hash, result, &text);
+        }
     }
 
     /// A configuration message from the hub: check it, apply it, keep it, answer it.
@@ -190,7 +226,7 @@ impl Runtime {
         let Some((result, text)) = result else {
             return; // answered before
         };
-        state.failed = (result == ApplyResult::Failed).then(|| payload.to_vec());
+        state.failed = (result == ApplyResult::Failed).then(|| (payload.to_vec(), text.clone()));
         drop(state);
         self.answer(revision, &hash, result, &text);
     }
@@ -281,7 +317,12 @@ impl Runtime {
             Ok(r) => r,
             Err(problems) => return refused(revision, hash, problems.join("; ")),
         };
-        match self.put(state, new) {
+        let ca_file = state.running.sync.ca_file.clone();
+        let staged = match crate::hub_models::stage(&state.running, &doc, &msg.models, &ca_file) {
+            Ok(s) => s,
+            Err((result, why)) => return (revision, hash, Some((result, why))),
+        };
+        match self.put(state, new, staged) {
             Ok(report) => notes.extend(report.notes),
             Err(problems) => {
                 return (revision, hash, Some((ApplyResult::Failed, problems.join("; "))))
@@ -299,8 +340,42 @@ impl Runtime {
     }
 
     /// Apply a checked configuration to the running parts; on an error, what was changed is put
-    /// back and the configuration before stays in force.
-    fn put(&self, state: &mut State, new: Config) -> Result<ReloadReport, Vec<String>> {
+    /// back and the configuration before stays in force. `staged`: the hub's models, fetched
+    /// and checked; a slot whose file changed to another is loaded here.
+    fn put(
+        &self,
+        state: &mut State,
+        new: Config,
+        mut staged: Vec<crate::hub_models::Staged>,
+    ) -> Result<ReloadReport, Vec<String>> {
+        let (m, o) = (&new.detect.models, &state.running.detect.models);
+        let mut swaps = Vec::new();
+        let mut model_notes = Vec::new();
+        for (kind, path, before) in [
+            (ModelKind::Autoencoder, &m.autoencoder, &o.autoencoder),
+            (ModelKind::Classifier, &m.classifier, &o.classifier),
+        ] {
+            if path == before {
+                continue;
+            }
+            if path.is_empty() {
+                model_notes.push(format!("{}: no model from now on", kind.as_str()));
+                swaps.push(Swap::Empty(kind));
+                continue;
+            }
+            let model = match staged.iter().position(|s| s.path.as_os_str() == path.as_str()) {
+                Some(i) => staged.swap_remove(i).model,
+                None => Model::load(Path::new(path), kind).map_err(|e| vec![e.to_string()])?,
+            };
+            model_notes.push(format!(
+                "{}: {} {} ({})",
+                kind.as_str(),
+                model.name,
+                model.version,
+                Path::new(path).file_name().unwrap_or_default().to_string_lossy()
+            ));
+            swaps.push(Swap::Load(Box::new(model)));
+        }
         let mut filters = Vec::new();
         for iface in &new.interfaces {
             match interface_filter(&iface.rules) {
@@ -314,7 +389,7 @@ impl Runtime {
             .iter()
             .map(|i| (i.name.clone(), interface_filter(&i.rules).ok().flatten()))
             .collect();
-        let mut report = ReloadReport { applied: Vec::new(), notes: Vec::new() };
+        let mut report = ReloadReport { applied: Vec::new(), notes: model_notes };
         let controls = self
             .parts
             .controls
@@ -389,14 +464,24 @@ impl Runtime {
             a.detect.suppress = Vec::new();
             (a.detect.quiet_s, a.detect.update_s) = (0, 0);
             (a.store.max_size_mb, a.store.max_age_hours, a.store.evidence_max_packets) = (0, 0, 0);
+            (a.detect.models.autoencoder, a.detect.models.classifier) = Default::default();
             (a.interfaces, a.flows, a.store, a.stats, a.sync, a.detect)
         };
         if restart(&new) != restart(r) {
             report.notes.push(
-                "other changes (interfaces, flows, store, statistics, sync, models) take effect after a restart"
+                "other changes (interfaces, flows, store, statistics, sync, model settings) take effect after a restart"
                     .into(),
             );
         }
+        for s in swaps {
+            if self.parts.models.send_timeout(s, Duration::from_secs(5)).is_err() {
+                report.notes.push("a model could not be handed to the pipeline".into());
+            }
+        }
+        if let Ok(mut p) = self.parts.model_paths.lock() {
+            *p = [new.detect.models.autoencoder.clone(), new.detect.models.classifier.clone()];
+        }
+        crate::hub_models::prune(&new);
         state.running = new;
         Ok(report)
     }

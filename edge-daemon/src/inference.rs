@@ -203,6 +203,22 @@ impl ModelStage {
         }
     }
 
+    /// Take the model out of a slot: the batch waiting runs without it.
+    pub fn empty(&mut self, kind: ModelKind) {
+        match kind {
+            ModelKind::Autoencoder => self.autoencoder = None,
+            ModelKind::Classifier => self.classifier = None,
+        }
+    }
+
+    /// A change of a slot.
+    pub fn swap(&mut self, s: Swap) {
+        match s {
+            Swap::Load(m) => self.replace(*m),
+            Swap::Empty(kind) => self.empty(kind),
+        }
+    }
+
     /// Queue a finished flow; true when the batch is full (call [`flush`](Self::flush)).
     pub fn push(&mut self, f: &FinishedFlow, v: &FeatureVector) -> bool {
         if !self.active() {
@@ -494,6 +510,14 @@ impl ModelStage {
     }
 }
 
+/// A change of a model slot while running: a model loaded again or sent by the hub, or a slot
+/// emptied.
+#[derive(Debug)]
+pub enum Swap {
+    Load(Box<Model>),
+    Empty(ModelKind),
+}
+
 /// A model trip: the source, the trip, the packet time of the flow, what the model saw.
 pub type ModelTrip = (IpAddr, Trip, i64, Detail);
 
@@ -501,7 +525,7 @@ pub type ModelTrip = (IpAddr, Trip, i64, Detail);
 #[derive(Debug)]
 enum Job {
     Batch(Vec<Pending>),
-    Replace(Box<Model>),
+    Swap(Swap),
     /// The analysis messages of the interval ending at this packet time.
     Analyses(i64),
 }
@@ -599,7 +623,7 @@ impl ModelWorker {
                             return;
                         }
                     }
-                    Job::Replace(m) => stage.replace(*m),
+                    Job::Swap(s) => stage.swap(s),
                     Job::Analyses(now_us) => {
                         stage.take_analyses(now_us).into_iter().for_each(&mut analysis)
                     }
@@ -657,19 +681,31 @@ impl ModelWorker {
         }
     }
 
-    /// Put a model in its slot: the batches already sent run on the one they were sent to.
-    pub fn replace(&mut self, m: Model) {
-        self.loaded.retain(|(slot, _, _)| *slot != m.kind.as_str());
-        self.loaded.push((m.kind.as_str(), m.name.clone(), m.version.clone()));
-        self.active = true;
+    /// Put a model in its slot, or empty one: the batches already sent run on what they were
+    /// sent to.
+    pub fn swap(&mut self, s: Swap) {
+        let kind = match &s {
+            Swap::Load(m) => m.kind,
+            Swap::Empty(kind) => *kind,
+        };
+        self.loaded.retain(|(slot, _, _)| *slot != kind.as_str());
+        if let Swap::Load(m) = &s {
+            self.loaded.push((m.kind.as_str(), m.name.clone(), m.version.clone()));
+        }
+        self.active = !self.loaded.is_empty();
         match &mut self.runner {
-            Runner::Inline(i) => i.stage.replace(m),
+            Runner::Inline(i) => i.stage.swap(s),
             Runner::Thread { jobs, .. } => {
                 if let Some(j) = jobs {
-                    let _ = j.send(Job::Replace(Box::new(m)));
+                    let _ = j.send(Job::Swap(s));
                 }
             }
         }
+    }
+
+    /// Put a model in its slot.
+    pub fn replace(&mut self, m: Model) {
+        self.swap(Swap::Load(Box::new(m)))
     }
 
     /// Ask for the analysis messages of the interval ending at `now_us` (they go to the store
@@ -730,38 +766,50 @@ pub struct ReloadCounters {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
+/// The model files in force, by slot (autoencoder, classifier; empty: none): the hub's
+/// configuration changes them while running.
+pub type ModelPaths = std::sync::Arc<std::sync::Mutex<[String; 2]>>;
+
 /// Watch the model files: a file whose size or modification time changed, and then stayed the
 /// same for one more check (a copy finished), is loaded; a model that loads goes to `tx`, one
 /// that does not is refused with an error in the log (and counted), and the running one stays.
-/// Returns when `stop` is dropped or sends.
+/// A slot whose path changed (the hub's configuration, which loads its model itself) is watched
+/// at its new path from then on. Returns when `stop` is dropped or sends.
 pub fn watch(
-    cfg: crate::config::ModelsConfig,
-    tx: crossbeam_channel::Sender<Model>,
+    every: std::time::Duration,
+    paths: ModelPaths,
+    tx: crossbeam_channel::Sender<Swap>,
     stop: crossbeam_channel::Receiver<()>,
     counters: std::sync::Arc<ReloadCounters>,
 ) {
     use std::sync::atomic::Ordering;
     type Stamp = Option<(u64, std::time::SystemTime)>;
     let stamp = |p: &str| -> Stamp {
+        if p.is_empty() {
+            return None;
+        }
         let m = std::fs::metadata(p).ok()?;
         Some((m.len(), m.modified().ok()?))
     };
-    let slots: Vec<(ModelKind, String)> = [
-        (ModelKind::Autoencoder, cfg.autoencoder.clone()),
-        (ModelKind::Classifier, cfg.classifier),
-    ]
-    .into_iter()
-    .filter(|(_, p)| !p.is_empty())
-    .collect();
+    let kinds = [ModelKind::Autoencoder, ModelKind::Classifier];
+    let current = || paths.lock().map(|p| p.clone()).unwrap_or_default();
+    let mut watched = current();
     // (what is running, what the last check saw)
-    let mut seen: Vec<(Stamp, Stamp)> = slots.iter().map(|(_, p)| (stamp(p), stamp(p))).collect();
-    let every = std::time::Duration::from_secs(cfg.reload_check_s.max(1).into());
+    let mut seen: Vec<(Stamp, Stamp)> = watched.iter().map(|p| (stamp(p), stamp(p))).collect();
     loop {
         match stop.recv_timeout(every) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        for ((kind, path), (running, last)) in slots.iter().zip(seen.iter_mut()) {
+        let now_paths = current();
+        for (i, kind) in kinds.iter().enumerate() {
+            let path = &now_paths[i];
+            if *path != watched[i] {
+                watched[i] = path.clone();
+                seen[i] = (stamp(path), stamp(path));
+                continue;
+            }
+            let (running, last) = &mut seen[i];
             let now = stamp(path);
             let settled = now == *last;
             *last = now;
@@ -772,7 +820,7 @@ pub fn watch(
             match Model::load(std::path::Path::new(path), *kind) {
                 Ok(m) => {
                     counters.loaded.fetch_add(1, Ordering::Relaxed);
-                    if tx.send(m).is_err() {
+                    if tx.send(Swap::Load(Box::new(m))).is_err() {
                         return;
                     }
                 }

@@ -5,7 +5,6 @@
 
 use crate::config::Config;
 use crate::inference::{Detail, ModelStage, ModelWorker};
-use crate::model::Model;
 use crate::ring::{Ring, RingPacket};
 use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
 use crate::EdgeEngine;
@@ -189,7 +188,7 @@ pub struct Pipeline {
     models: Option<Box<ModelWorker>>,
     /// Finished flows not yet sent to the store.
     flow_rows: Vec<FlowRow>,
-    reloads: Option<crossbeam_channel::Receiver<Model>>,
+    reloads: Option<crossbeam_channel::Receiver<crate::inference::Swap>>,
     settings: Option<crossbeam_channel::Receiver<Settings>>,
     model_detail: HashMap<(IpAddr, AnomalyKind), Detail>,
 }
@@ -304,7 +303,7 @@ impl Pipeline {
     }
 
     /// Models loaded again arrive here; each replaces the one in its slot.
-    pub fn with_reloads(mut self, rx: crossbeam_channel::Receiver<Model>) -> Self {
+    pub fn with_reloads(mut self, rx: crossbeam_channel::Receiver<crate::inference::Swap>) -> Self {
         self.reloads = Some(rx);
         self
     }
@@ -401,9 +400,16 @@ impl Pipeline {
         let (Some(rx), Some(stage)) = (self.reloads.as_ref(), self.models.as_mut()) else {
             return;
         };
-        while let Ok(m) = rx.try_recv() {
-            tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded again");
-            stage.replace(m);
+        while let Ok(s) = rx.try_recv() {
+            match &s {
+                crate::inference::Swap::Load(m) => {
+                    tracing::info!(model = %m.name, version = %m.version, path = %m.path.display(), "model loaded")
+                }
+                crate::inference::Swap::Empty(kind) => {
+                    tracing::info!(slot = kind.as_str(), "model slot emptied")
+                }
+            }
+            stage.swap(s);
         }
     }
 

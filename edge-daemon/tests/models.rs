@@ -157,16 +157,22 @@ fn a_changed_file_is_loaded_again_and_a_bad_one_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("autoencoder.onnx");
     std::fs::copy(shipped().join("autoencoder.onnx"), &path).unwrap();
-    let cfg = tapwatch_edge::config::ModelsConfig {
-        autoencoder: path.display().to_string(),
-        reload_check_s: 1,
-        ..Default::default()
-    };
+    let paths: tapwatch_edge::inference::ModelPaths =
+        std::sync::Arc::new(std::sync::Mutex::new([path.display().to_string(), String::new()]));
     let counters = std::sync::Arc::new(tapwatch_edge::inference::ReloadCounters::default());
     let (tx, rx) = crossbeam_channel::unbounded();
     let (stop, stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let c = counters.clone();
-    let watcher = std::thread::spawn(move || tapwatch_edge::inference::watch(cfg, tx, stop_rx, c));
+    let (c, p) = (counters.clone(), paths.clone());
+    let every = Duration::from_secs(1);
+    let watcher =
+        std::thread::spawn(move || tapwatch_edge::inference::watch(every, p, tx, stop_rx, c));
+    let loaded = |rx: &crossbeam_channel::Receiver<tapwatch_edge::inference::Swap>| match rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a model")
+    {
+        tapwatch_edge::inference::Swap::Load(m) => m,
+        other => panic!("{other:?}"),
+    };
 
     // Unchanged: nothing happens.
     std::thread::sleep(Duration::from_millis(2500));
@@ -185,9 +191,25 @@ fn a_changed_file_is_loaded_again_and_a_bad_one_refused() {
     // A good one again (a new version): handed over.
     let good = altered(dir.path(), "autoencoder.onnx", "version", Some("test.2"));
     std::fs::rename(&good, &path).unwrap();
-    let m = rx.recv_timeout(Duration::from_secs(10)).expect("the new model");
+    let m = loaded(&rx);
     assert_eq!(m.version, "test.2");
     assert_eq!(counters.loaded.load(Ordering::Relaxed), 1);
+
+    // The slot moves to another file (the hub's model, loaded by the configuration's
+    // runtime): the watcher follows it without loading it, and a change to the old file is
+    // not its business any more.
+    let other = dir.path().join("hub.onnx");
+    std::fs::copy(shipped().join("autoencoder.onnx"), &other).unwrap();
+    paths.lock().unwrap()[0] = other.display().to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    let newer = altered(dir.path(), "autoencoder.onnx", "version", Some("test.3"));
+    std::fs::rename(&newer, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(rx.try_recv().is_err());
+    // Its new file changes: loaded.
+    let newest = altered(dir.path(), "autoencoder.onnx", "version", Some("test.4"));
+    std::fs::rename(&newest, &other).unwrap();
+    assert_eq!(loaded(&rx).version, "test.4");
     drop(stop);
     watcher.join().unwrap();
 }

@@ -585,11 +585,46 @@ pub struct ConfigMsg {
     #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
     pub hash: ConfigHash,
     /// Sections of the edge's configuration: `capture` (by interface name, `*` for every
-    /// interface: `rules`, `sample`), `detect`, `store`, each holding only what the hub may set.
+    /// interface: `rules`, `sample`), `detect`, `store`, each holding only what the hub may set,
+    /// and `models` (by slot, the SHA-256 of a model's file; `""` for none).
     pub config: serde_json::Map<std::string::String, serde_json::Value>,
+    /// Where to fetch each model `config` names, with its signature.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub models: std::vec::Vec<ModelRef>,
     /// Ed25519 signature by the hub's key of `tapwatch-config-v1`, device, revision and hash
     /// (NUL between them), base64; empty when the hub has no key. An edge given the hub's
     /// public key takes only what it signed.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub signature: std::string::String,
+}
+
+/// A model a configuration names: where an edge fetches it and its fixture, and what it checks
+/// of them before it runs the model.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ModelRef {
+    /// The slot: `autoencoder` or `classifier`.
+    pub kind: std::string::String,
+    /// SHA-256 of the ONNX file, hex.
+    #[cfg_attr(feature = "schema", schemars(length(min = 64, max = 64)))]
+    pub sha256: std::string::String,
+    /// SHA-256 of its fixture (JSON: rows and the outputs they must give), hex.
+    #[cfg_attr(feature = "schema", schemars(length(min = 64, max = 64)))]
+    pub fixture_sha256: std::string::String,
+    /// Bytes of the ONNX file.
+    pub size: u64,
+    /// The model's name and version, from its metadata.
+    pub name: std::string::String,
+    pub version: std::string::String,
+    /// HTTP(S) address of the file and of the fixture at the hub.
+    #[cfg_attr(feature = "schema", schemars(length(max = 2048)))]
+    pub url: std::string::String,
+    #[cfg_attr(feature = "schema", schemars(length(max = 2048)))]
+    pub fixture_url: std::string::String,
+    /// Ed25519 signature by the hub's key of `tapwatch-model-v1`, kind, sha256 and
+    /// fixture_sha256 (NUL between them), base64; empty when the hub has no key.
     #[cfg_attr(feature = "serde", serde(default))]
     pub signature: std::string::String,
 }

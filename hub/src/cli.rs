@@ -258,6 +258,18 @@ fn run_hub(path: &std::path::Path) -> Result<(), String> {
         let app = crate::http::app(state, Some(api), web_root)
             .into_make_service_with_connect_info::<std::net::SocketAddr>();
         serve_http(&config.http, listener, addr, app).await?;
+        if config.fleet.model_url.is_empty() {
+            let scheme = if config.http.tls_cert_file.as_os_str().is_empty() { "http" } else { "https" };
+            let mut at = addr;
+            if at.ip().is_unspecified() {
+                at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                tracing::warn!(
+                    "fleet.model_url is not set and http.listen is {}: edges are told to fetch models from {scheme}://{at}; set fleet.model_url to the address they reach this hub at",
+                    config.http.listen
+                );
+            }
+            config.fleet.model_url = format!("{scheme}://{at}");
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let ingest = tokio::spawn(crate::ingest::run(config, counters, stop_rx, feed));
         use tokio::signal::unix::{signal, SignalKind};

@@ -30,6 +30,10 @@ pub struct FleetConfig {
     /// public key (`tapwatch-hub fleet-key`, `sync.config_public_key`) take only what it signed.
     /// Empty: configurations go unsigned.
     pub signing_key_file: PathBuf,
+    /// The address edges fetch models from: this hub's HTTP API as they reach it
+    /// (`https://hub.example:8443`). Empty: `http(s)://` and the address `http.listen` bound
+    /// (set it when that is not how edges reach the hub).
+    pub model_url: String,
 }
 
 impl FleetConfig {

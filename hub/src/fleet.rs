@@ -161,7 +161,8 @@ pub async fn save(
     author: &str,
     comment: &str,
 ) -> Result<Revision, SaveError> {
-    let problems = doc::check(document);
+    let mut problems = doc::check(document);
+    problems.extend(crate::models::unknown(tx, document).await?);
     if !problems.is_empty() {
         return Err(SaveError::Invalid(problems));
     }
@@ -256,10 +257,12 @@ pub async fn refresh(c: &impl GenericClient) -> Result<Vec<String>, tokio_postgr
 }
 
 /// Desired configurations not yet handed to the broker: (device, revision, the `config`
-/// message, signed with `key` if there is one).
+/// message, signed with `key` if there is one, with where to fetch the models it names from
+/// `model_base`: the hub's address as edges reach it).
 pub async fn unpublished(
     c: &impl GenericClient,
     key: Option<&ed25519_dalek::SigningKey>,
+    model_base: &str,
 ) -> Result<Vec<(String, i64, Vec<u8>)>, tokio_postgres::Error> {
     let rows = c
         .query(
@@ -269,28 +272,34 @@ pub async fn unpublished(
         )
         .await?;
     let now = crate::ingest::now_us();
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let (device, revision, hash, config): (String, i64, String, Value) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let msg = firmware::proto::ConfigMsg {
-                schema: firmware::proto::SCHEMA_VERSION,
-                device: device.as_str().try_into().ok()?,
-                ts: now,
-                revision: u64::try_from(revision).ok()?,
-                hash: hash.as_str().try_into().ok()?,
-                config: match config {
-                    Value::Object(m) => m,
-                    _ => serde_json::Map::new(),
-                },
-                signature: key
-                    .map(|k| doc::sign(k, &device, revision as u64, &hash))
-                    .unwrap_or_default(),
-            };
-            Some((device, revision, serde_json::to_vec(&msg).ok()?))
-        })
-        .collect())
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (device, revision, hash, config): (String, i64, String, Value) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let models = crate::models::refs(c, &config, model_base, key).await?;
+        let (Ok(id), Ok(rev), Ok(h)) =
+            (device.as_str().try_into(), u64::try_from(revision), hash.as_str().try_into())
+        else {
+            continue;
+        };
+        let msg = firmware::proto::ConfigMsg {
+            schema: firmware::proto::SCHEMA_VERSION,
+            device: id,
+            ts: now,
+            revision: rev,
+            hash: h,
+            config: match config {
+                Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+            models,
+            signature: key.map(|k| doc::sign(k, &device, rev, &hash)).unwrap_or_default(),
+        };
+        if let Ok(payload) = serde_json::to_vec(&msg) {
+            out.push((device, revision, payload));
+        }
+    }
+    Ok(out)
 }
 
 /// A desired revision is with the broker.

@@ -1499,7 +1499,13 @@ pub async fn run(
                     Err(e) => tracing::warn!("fleet: cannot merge the configurations ({e})"),
                 }
             }
-            match crate::fleet::unpublished(ing.client(), fleet_key.as_ref()).await {
+            match crate::fleet::unpublished(
+                ing.client(),
+                fleet_key.as_ref(),
+                &config.fleet.model_url,
+            )
+            .await
+            {
                 Ok(configs) => {
                     for (device, revision, payload) in configs {
                         let Some(t) = firmware::proto::config_topic(&device) else { continue };

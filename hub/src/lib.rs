@@ -20,4 +20,5 @@ pub mod db;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod models;
 pub mod provision;

@@ -1,6 +1,6 @@
 //! The API for people and programs, under `/api/v1`: devices, traffic statistics, flows,
-//! anomalies, analyses, suppression rules, the fleet's configuration, users and tokens, the
-//! audit log, and live push.
+//! anomalies, analyses, suppression rules, the fleet's configuration and models, users and
+//! tokens, the audit log, and live push.
 //!
 //! Every handler is annotated for utoipa; [`router`] collects them with utoipa-axum, so the
 //! OpenAPI document served at `/api/v1/openapi.json` is the routes that exist. Each operation's
@@ -15,6 +15,7 @@ pub mod auth;
 pub mod data;
 pub mod fleet;
 pub mod live;
+pub mod models;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -301,7 +302,7 @@ pub use time::serde::rfc3339;
     tags(
         (name = "auth"), (name = "devices"), (name = "statistics"), (name = "flows"),
         (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "fleet"),
-        (name = "admin"), (name = "live")
+        (name = "models"), (name = "admin"), (name = "live")
     )
 )]
 struct ApiDoc;
@@ -416,6 +417,15 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(fleet::groups, fleet::create_group))
         .routes(routes!(fleet::set_group))
         .routes(routes!(fleet::device))
+        .merge(
+            // An upload is a model and its fixture: more than the default 2 MB body.
+            OpenApiRouter::new()
+                .routes(routes!(models::list, models::upload))
+                .layer(axum::extract::DefaultBodyLimit::max(models::MAX_UPLOAD_BYTES)),
+        )
+        .routes(routes!(models::get_one))
+        .routes(routes!(models::file))
+        .routes(routes!(models::fixture))
         .routes(routes!(live::live))
         .with_state(state)
         .split_for_parts();

@@ -1,5 +1,6 @@
 //! The models on the edge: ONNX files (int8 QDQ, made by `models/train.py`) run with tract, a
-//! batch of flows at a time.
+//! batch of flows at a time. The hub checks a model uploaded to it with this same code before it
+//! offers it to edges ([`Model::from_bytes_any`], [`Model::check_fixture`]).
 //!
 //! A model file says in its metadata (keys `tapwatch.*`) what it is: its name, version and kind
 //! (`autoencoder` or `classifier`), the features it reads in order (names from
@@ -55,6 +56,36 @@ pub enum ModelError {
 }
 
 type Plan = Arc<TypedRunnableModel>;
+
+/// The most rows of a fixture that are run.
+pub const MAX_FIXTURE_ROWS: usize = 4096;
+
+/// How far an output may be from the fixture's (onnxruntime's): the shipped models are within
+/// 1e-4 in tract (`tests/models.rs` in the edge).
+pub const FIXTURE_TOLERANCE: f32 = 1e-3;
+
+/// Rows with the outputs another runtime gave for them (`models/train.py` writes
+/// `fixtures/<model>.json` with onnxruntime's): run on a model before it is put to work.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixture {
+    /// The model file's name where it was made.
+    pub model: String,
+    pub features: Vec<String>,
+    /// Each row's features as the extractor computes them (the model's order).
+    pub raw: Vec<Vec<f64>>,
+    /// The same rows normalised (Python's transform and scaling).
+    pub normalised: Vec<Vec<f32>>,
+    /// The model's outputs for each row.
+    pub outputs: Vec<Vec<f32>>,
+}
+
+/// SHA-256 of some bytes, as hex (how models and fixtures are named at the hub and kept on
+/// the edge).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Batches of this many rows (the default `detect.models.batch`) run on a plan made for that
 /// size, which tract optimises further than the plan for any size (`cargo bench --bench
@@ -296,6 +327,85 @@ impl Model {
         let mut m = Model::from_bytes(&bytes, path, expected)?;
         m.modified = modified;
         Ok(m)
+    }
+
+    /// Load and check a model from the bytes of its file, whichever kind it says it is.
+    pub fn from_bytes_any(bytes: &[u8], path: &Path) -> Result<Model, ModelError> {
+        match Model::from_bytes(bytes, path, ModelKind::Autoencoder) {
+            Err(ModelError::WrongKind { found: "classifier", .. }) => {
+                Model::from_bytes(bytes, path, ModelKind::Classifier)
+            }
+            r => r,
+        }
+    }
+
+    /// Run a fixture's rows (`models/train.py` writes one per model, with onnxruntime's outputs)
+    /// and compare: the same features in the same order, the edge's normalisation of each raw
+    /// row within 1e-4 of Python's, and each output within [`FIXTURE_TOLERANCE`] of
+    /// onnxruntime's. The error names the first row and value that differ.
+    pub fn check_fixture(&self, f: &Fixture) -> Result<(), String> {
+        if f.features != self.features {
+            return Err(format!(
+                "the fixture is for features {:?}..., the model reads {:?}...",
+                f.features.iter().take(4).collect::<Vec<_>>(),
+                self.features.iter().take(4).collect::<Vec<_>>()
+            ));
+        }
+        let rows = f.normalised.len();
+        if rows == 0 || rows > MAX_FIXTURE_ROWS {
+            return Err(format!("the fixture has {rows} rows; 1 to {MAX_FIXTURE_ROWS} are run"));
+        }
+        if f.raw.len() != rows || f.outputs.len() != rows {
+            return Err(format!(
+                "the fixture has {} raw rows, {rows} normalised and {} outputs: one of each a row",
+                f.raw.len(),
+                f.outputs.len()
+            ));
+        }
+        let k = self.features.len();
+        let mut input = Vec::with_capacity(rows * k);
+        for (i, (raw, want)) in f.raw.iter().zip(&f.normalised).enumerate() {
+            if raw.len() != k || want.len() != k {
+                return Err(format!(
+                    "fixture row {i}: {} raw and {} normalised values, the model reads {k}",
+                    raw.len(),
+                    want.len()
+                ));
+            }
+            let mut v = [0f32; N_FEATURES];
+            for (j, x) in raw.iter().enumerate() {
+                v[self.index[j]] = *x as f32;
+            }
+            let at = input.len();
+            self.normalise(&v, &mut input);
+            for (j, (g, w)) in input[at..].iter().zip(want).enumerate() {
+                if !((g - w).abs() <= 1e-4 * w.abs().max(1.0)) {
+                    return Err(format!(
+                        "fixture row {i}, feature {}: normalised to {g} here, {w} in the fixture",
+                        self.features[j]
+                    ));
+                }
+            }
+        }
+        let out = self.run_normalised(input, rows).map_err(|e| e.to_string())?;
+        for (i, want) in f.outputs.iter().enumerate() {
+            if want.len() != self.outputs {
+                return Err(format!(
+                    "fixture row {i}: {} outputs, the model gives {}",
+                    want.len(),
+                    self.outputs
+                ));
+            }
+            let got = &out[i * self.outputs..(i + 1) * self.outputs];
+            for (j, (g, w)) in got.iter().zip(want).enumerate() {
+                if !((g - w).abs() <= FIXTURE_TOLERANCE) {
+                    return Err(format!(
+                        "fixture row {i}, output {j}: {g} here, {w} in the fixture (more than {FIXTURE_TOLERANCE} apart)"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Load and check a model from the bytes of its file (`path` names it in errors).
@@ -576,6 +686,41 @@ mod tests {
                 assert_eq!(op.apply(v), want, "x = {v:e}");
             }
         }
+    }
+
+    #[test]
+    fn test_a_fixture_passes_on_its_model_and_fails_on_a_changed_output_or_another_model() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
+        let read = |name: &str| -> Fixture {
+            let text = std::fs::read_to_string(dir.join(format!("fixtures/{name}.json"))).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let bytes = std::fs::read(dir.join("classifier.onnx")).unwrap();
+        let clf = Model::from_bytes_any(&bytes, Path::new("classifier.onnx")).unwrap();
+        assert_eq!(clf.kind, ModelKind::Classifier);
+        let ae_bytes = std::fs::read(dir.join("autoencoder.onnx")).unwrap();
+        let ae = Model::from_bytes_any(&ae_bytes, Path::new("autoencoder.onnx")).unwrap();
+        assert_eq!(ae.kind, ModelKind::Autoencoder);
+        let f = read("classifier");
+        clf.check_fixture(&f).unwrap();
+        ae.check_fixture(&read("autoencoder")).unwrap();
+
+        let mut changed = f.clone();
+        changed.outputs[5][1] += 0.01;
+        let e = clf.check_fixture(&changed).unwrap_err();
+        assert!(e.contains("fixture row 5, output 1"), "{e}");
+        let mut changed = f.clone();
+        changed.raw[2][0] += 1000.0;
+        assert!(clf.check_fixture(&changed).unwrap_err().contains("fixture row 2"));
+        let mut changed = f.clone();
+        changed.outputs.pop();
+        assert!(clf.check_fixture(&changed).unwrap_err().contains("one of each a row"));
+        // The autoencoder's fixture on the classifier.
+        assert!(clf.check_fixture(&read("autoencoder")).is_err());
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
