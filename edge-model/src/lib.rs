@@ -80,6 +80,11 @@ pub struct Fixture {
     pub outputs: Vec<Vec<f32>>,
 }
 
+/// `got` within `tolerance` of `want` (false when either is NaN).
+fn within(got: f32, want: f32, tolerance: f32) -> bool {
+    (got - want).abs() <= tolerance
+}
+
 /// SHA-256 of some bytes, as hex (how models and fixtures are named at the hub and kept on
 /// the edge).
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -379,7 +384,7 @@ impl Model {
             let at = input.len();
             self.normalise(&v, &mut input);
             for (j, (g, w)) in input[at..].iter().zip(want).enumerate() {
-                if !((g - w).abs() <= 1e-4 * w.abs().max(1.0)) {
+                if !within(*g, *w, 1e-4 * w.abs().max(1.0)) {
                     return Err(format!(
                         "fixture row {i}, feature {}: normalised to {g} here, {w} in the fixture",
                         self.features[j]
@@ -398,7 +403,7 @@ impl Model {
             }
             let got = &out[i * self.outputs..(i + 1) * self.outputs];
             for (j, (g, w)) in got.iter().zip(want).enumerate() {
-                if !((g - w).abs() <= FIXTURE_TOLERANCE) {
+                if !within(*g, *w, FIXTURE_TOLERANCE) {
                     return Err(format!(
                         "fixture row {i}, output {j}: {g} here, {w} in the fixture (more than {FIXTURE_TOLERANCE} apart)"
                     ));

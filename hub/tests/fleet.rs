@@ -106,7 +106,7 @@ async fn test_layers_merge_per_device_and_edges_answer() {
 
     // What goes to the broker: each device's merged document, with its hash, once.
     let sql = hub.sql().await;
-    let out = tapwatch_hub::fleet::unpublished(&sql, None).await.unwrap();
+    let out = tapwatch_hub::fleet::unpublished(&sql, None, "http://hub").await.unwrap();
     assert_eq!(out.len(), 2);
     let mut sent = std::collections::HashMap::new();
     for (device, revision, payload) in &out {
@@ -118,7 +118,7 @@ async fn test_layers_merge_per_device_and_edges_answer() {
         tapwatch_hub::fleet::published(&sql, device, *revision).await.unwrap();
         sent.insert(device.clone(), m);
     }
-    assert!(tapwatch_hub::fleet::unpublished(&sql, None).await.unwrap().is_empty());
+    assert!(tapwatch_hub::fleet::unpublished(&sql, None, "http://hub").await.unwrap().is_empty());
 
     // tap-1 applies its revision; tap-2 refuses its own (an edge with no such interface is
     // no error, so a made-up refusal).

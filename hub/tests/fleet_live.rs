@@ -5,6 +5,9 @@
 //! and the one before keeps running (until the edge's own file is mended and reloaded), as does one put on the broker by someone else (the hub
 //! signs what it sends, the edges take only what it signed); an edge that was offline during two changes applies the newest
 //! when it comes back, and starts with what it had kept; a rollback reaches the captures.
+//! A model uploaded at the hub rolls out to a group and then to every edge; one whose signature
+//! is not the hub's, or whose file does not have its hash, is refused and reported while the
+//! model running keeps running; a rollback empties the slot and brings the model back.
 //!
 //! Needs root (namespaces, capture); TAPWATCH_SKIP_LIVE=1 skips it.
 
@@ -214,6 +217,24 @@ fn udp(to: &str, port: u16) {
     sh(&["bash", "-c", &format!("echo probe > /dev/udp/{to}/{port}")]);
 }
 
+/// A hub that signs what it sends (its key in `dir/fleet.key`), and its public key.
+fn signed_hub(dir: &Path, broker_port: u16, prefix: &str, db_url: &str) -> (Hub, String) {
+    let mut hub = Hub::configure(dir, "hub", broker_port, prefix, db_url);
+    let key_file = dir.join("fleet.key");
+    let toml = std::fs::read_to_string(&hub.config).unwrap();
+    let toml = format!("{toml}[fleet]\nsigning_key_file = \"{}\"\n", key_file.display());
+    std::fs::write(&hub.config, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
+        .args(["fleet-key", "--config"])
+        .arg(&hub.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    hub.restart();
+    (hub, public)
+}
+
 #[test]
 fn test_the_hubs_configuration_reaches_live_edges() {
     if std::env::var_os("TAPWATCH_SKIP_LIVE").is_some() {
@@ -229,19 +250,7 @@ fn test_the_hubs_configuration_reaches_live_edges() {
     let db = Database::create(SHARED_PG);
     let prefix = format!("{}/", unique("f"));
     // The hub signs what it sends; the edges take only what it signed.
-    let mut hub = Hub::configure(dir.path(), "hub", broker.port, &prefix, &db.url());
-    let key_file = dir.path().join("fleet.key");
-    let toml = std::fs::read_to_string(&hub.config).unwrap();
-    let toml = format!("{toml}[fleet]\nsigning_key_file = \"{}\"\n", key_file.display());
-    std::fs::write(&hub.config, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch-hub"))
-        .args(["fleet-key", "--config"])
-        .arg(&hub.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    hub.restart();
+    let (hub, public) = signed_hub(dir.path(), broker.port, &prefix, &db.url());
     let mut ea = Edge::new(dir.path(), "edge-a", &a.host_if, broker.port, &prefix, &public);
     let mut eb = Edge::new(dir.path(), "edge-b", &b.host_if, broker.port, &prefix, &public);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -428,4 +437,176 @@ fn test_the_hubs_configuration_reaches_live_edges() {
         assert_eq!(n, 1, "UDP 9999 flows");
     }
     drop(hub);
+}
+
+/// The `tapwatch_model_info` lines of an edge's metrics.
+fn models_of(e: &Edge) -> String {
+    e.get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("tapwatch_model_info{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn test_models_roll_out_from_the_hub_to_live_edges() {
+    if std::env::var_os("TAPWATCH_SKIP_LIVE").is_some() {
+        eprintln!("skipped: TAPWATCH_SKIP_LIVE is set");
+        return;
+    }
+    let _ = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", "15", "main", "start"])
+        .status();
+    let dir = tempfile::Builder::new().prefix("tapwatch-fleet-models").tempdir().unwrap();
+    let (a, b) = (Link::new(3), Link::new(4));
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("m"));
+    let (hub, public) = signed_hub(dir.path(), broker.port, &prefix, &db.url());
+    let ea = Edge::new(dir.path(), "edge-a", &a.host_if, broker.port, &prefix, &public);
+    let eb = Edge::new(dir.path(), "edge-b", &b.host_if, broker.port, &prefix, &public);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sql = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let mut writer = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let sync_of = |device: &str| {
+        let d = rt.block_on(fleet::fleet(&sql, Some(device))).unwrap();
+        d.into_iter().next().map(|d| (d.sync, d.desired_revision, d.applied_revision, d.error))
+    };
+    let in_sync = |device: &str| sync_of(device).is_some_and(|s| s.0 == "in_sync");
+    wait_for("both edges in sync at the hub", Duration::from_secs(40), || {
+        in_sync("edge-a") && in_sync("edge-b")
+    });
+    // No model on either yet (their files name none).
+    assert_eq!(models_of(&ea), "");
+    psql(&db.url(), "INSERT INTO device_groups (name) VALUES ('canary')");
+    psql(&db.url(), "UPDATE devices SET group_name = 'canary' WHERE id = 'edge-a'");
+    let mut save = |scope: Scope, doc: serde_json::Value| {
+        rt.block_on(async {
+            let tx = writer.transaction().await.unwrap();
+            let r = fleet::save(&tx, &scope, &doc, "test", "").await;
+            if r.is_ok() {
+                tx.commit().await.unwrap();
+            }
+            r.map(|r| r.id)
+        })
+    };
+
+    // The shipped models, uploaded (checked as at the API: tests/models.rs covers the route).
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
+    let upload = |name: &str| {
+        let onnx = std::fs::read(shipped.join(format!("{name}.onnx"))).unwrap();
+        let fixture = std::fs::read(shipped.join(format!("fixtures/{name}.json"))).unwrap();
+        let checked = tapwatch_hub::models::check(&onnx, &fixture).unwrap();
+        rt.block_on(tapwatch_hub::models::save(&sql, &checked, &onnx, &fixture, "test", ""))
+            .unwrap();
+        checked.sha256
+    };
+    let clf = upload("classifier");
+    let ae = upload("autoencoder");
+
+    // To the canary group first: edge-a fetches, checks and runs it; edge-b has none.
+    let t0 = Instant::now();
+    let canary =
+        save(Scope::Group("canary".into()), serde_json::json!({"models": {"classifier": clf}}))
+            .unwrap();
+    wait_for("edge-a running the classifier", Duration::from_secs(10), || {
+        models_of(&ea).contains("slot=\"classifier\"")
+    });
+    eprintln!("saved to the model running on the canary: {:?}", t0.elapsed());
+    wait_for("edge-a in sync", Duration::from_secs(10), || in_sync("edge-a"));
+    assert!(in_sync("edge-b"));
+    assert_eq!(models_of(&eb), "");
+    assert!(ea.dir.join(format!("models/{clf}.onnx")).is_file());
+    assert!(ea.dir.join(format!("models/{clf}.fixture.json")).is_file());
+    // Then everywhere.
+    save(Scope::Global, serde_json::json!({"models": {"classifier": clf}})).unwrap();
+    wait_for("edge-b running the classifier", Duration::from_secs(10), || {
+        models_of(&eb).contains("slot=\"classifier\"")
+    });
+    wait_for("both in sync", Duration::from_secs(10), || in_sync("edge-a") && in_sync("edge-b"));
+
+    // A model whose signature is not the hub's: a configuration the hub signed (read from its
+    // key, as a stolen or replayed message would be) naming the autoencoder with another key's
+    // signature on it. Refused, reported; the classifier keeps running.
+    let key_text = std::fs::read_to_string(dir.path().join("fleet.key")).unwrap();
+    let key = edge_config::fleet::signing_key(&key_text).unwrap();
+    let other =
+        edge_config::fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let (_, desired, _, _) = sync_of("edge-b").unwrap();
+    let doc = serde_json::json!({"models": {"classifier": clf, "autoencoder": ae}});
+    let hash = edge_config::fleet::hash(&doc);
+    let fixture_sha =
+        rt.block_on(tapwatch_hub::models::get(&sql, &ae)).unwrap().unwrap().fixture_sha256;
+    let addr = hub.addr("http");
+    let forged = serde_json::json!({"schema": 1, "device": "edge-b", "ts": 1, "revision": desired + 1000,
+        "hash": hash, "config": doc,
+        "signature": edge_config::fleet::sign(&key, "edge-b", (desired + 1000) as u64, &hash),
+        "models": [{"kind": "autoencoder", "sha256": ae, "fixture_sha256": fixture_sha, "size": 1,
+                    "name": "x", "version": "x",
+                    "url": format!("http://{addr}/api/v1/models/{ae}/file"),
+                    "fixture_url": format!("http://{addr}/api/v1/models/{ae}/fixture"),
+                    "signature": edge_config::fleet::sign_model(&other, "autoencoder", &ae, &fixture_sha)}]});
+    sh(&[
+        "mosquitto_pub",
+        "-p",
+        &broker.port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        &format!("{prefix}tapwatch/v1/edge-b/config"),
+        "-m",
+        &forged.to_string(),
+    ]);
+    wait_for("the bad signature reported", Duration::from_secs(10), || {
+        sync_of("edge-b")
+            .is_some_and(|s| s.3.contains("models.autoencoder") && s.3.contains("not the hub's"))
+    });
+    assert!(!models_of(&eb).contains("autoencoder"));
+    assert!(models_of(&eb).contains("slot=\"classifier\""));
+    assert!(!eb.dir.join(format!("models/{ae}.onnx")).exists(), "nothing kept of it");
+
+    // A file that is not what its hash says (changed in the hub's database): refused by the
+    // canary, reported; its classifier keeps running.
+    psql(
+        &db.url(),
+        &format!("UPDATE models SET onnx = onnx || '\\x00'::bytea WHERE sha256 = '{ae}'"),
+    );
+    save(
+        Scope::Group("canary".into()),
+        serde_json::json!({"models": {"classifier": clf, "autoencoder": ae}}),
+    )
+    .unwrap();
+    wait_for("the wrong hash reported", Duration::from_secs(10), || {
+        sync_of("edge-a").is_some_and(|s| s.0 == "failed" && s.3.contains("SHA-256"))
+    });
+    assert!(models_of(&ea).contains("slot=\"classifier\""));
+    assert!(!models_of(&ea).contains("autoencoder"));
+    // Mended, the canary runs both.
+    psql(
+        &db.url(),
+        &format!(
+            "UPDATE models SET onnx = substring(onnx from 1 for size::int) WHERE sha256 = '{ae}'"
+        ),
+    );
+    // (The same document again would be no new revision: the operator changes something.)
+    let doc = serde_json::json!({"models": {"autoencoder": ae}, "detect": {"quiet_s": 31}});
+    save(Scope::Group("canary".into()), doc).unwrap();
+    wait_for("the canary running both", Duration::from_secs(10), || {
+        let m = models_of(&ea);
+        m.contains("slot=\"autoencoder\"") && m.contains("slot=\"classifier\"")
+    });
+    wait_for("edge-a in sync", Duration::from_secs(10), || in_sync("edge-a"));
+
+    // Rolling back: the global layer to nothing (edge-b's slot empties, as its own file says)
+    // and the group to its first revision (edge-a keeps the classifier, the autoencoder goes).
+    let first = rt.block_on(fleet::revision(&sql, canary)).unwrap().unwrap().1;
+    save(Scope::Global, serde_json::json!({})).unwrap();
+    save(Scope::Group("canary".into()), first.document).unwrap();
+    wait_for("edge-b without a model", Duration::from_secs(10), || models_of(&eb).is_empty());
+    wait_for("edge-a with the classifier alone", Duration::from_secs(10), || {
+        let m = models_of(&ea);
+        !m.contains("autoencoder") && m.contains("slot=\"classifier\"")
+    });
+    wait_for("both in sync", Duration::from_secs(10), || in_sync("edge-a") && in_sync("edge-b"));
+    drop((ea, eb, hub));
 }
