@@ -21,7 +21,9 @@ export interface Me {
 
 async function request<T>(method: string, path: string, body?: unknown): Promise<T> {
   const headers: Record<string, string> = {};
-  if (body !== undefined) headers["content-type"] = "application/json";
+  // A form goes as multipart/form-data (the browser writes the boundary); anything else as JSON.
+  const form = body instanceof FormData;
+  if (body !== undefined && !form) headers["content-type"] = "application/json";
   if (method !== "GET" && csrf) headers["x-csrf-token"] = csrf;
   let res: Response;
   try {
@@ -29,7 +31,7 @@ async function request<T>(method: string, path: string, body?: unknown): Promise
       method,
       headers,
       credentials: "same-origin",
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : form ? (body as FormData) : JSON.stringify(body),
     });
   } catch (e) {
     throw new ApiError(0, `the hub cannot be reached (${(e as Error).message})`);
@@ -274,6 +276,21 @@ export interface FleetLayer {
   scope: string;
   target: string;
   current: FleetRevision | null;
+}
+
+export interface ModelInfo {
+  sha256: string;
+  kind: "autoencoder" | "classifier";
+  name: string;
+  version: string;
+  features: string[];
+  classes: string[];
+  size: number;
+  fixture_sha256: string;
+  fixture_rows: number;
+  author: string;
+  comment: string;
+  created_at: string;
 }
 
 export interface Group {

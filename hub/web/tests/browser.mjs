@@ -1,7 +1,7 @@
 // The dashboard in Debian's Chromium (playwright-core; no downloaded browser), against a real hub
 // seeded through its real ingest: log in, the overview's charts drawn with data, a live anomaly
-// pushed after an injected event, its detail, acknowledge, the evidence pcap downloaded; every
-// page visited without an error shown. Screenshots go to $ARTEFACTS.
+// pushed after an injected event, its detail, acknowledge, the evidence pcap downloaded; the
+// fleet's configuration edited and a model uploaded; every page visited without an error shown. Screenshots go to $ARTEFACTS.
 //
 //   node tests/browser.mjs URL USER PASSWORD 'INJECT COMMAND' 'ANSWER COMMAND'
 //
@@ -150,6 +150,23 @@ try {
   await page.locator("[data-testid=diff] .added").first().waitFor();
   await page.screenshot({ path: `${out}/fleet-layer.png`, fullPage: true });
   step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; a group made and the device put in it; history and diff shown");
+
+  // A model uploaded in the browser: a fixture of another model refused with the reason, the
+  // model and its own fixture checked and listed by hash.
+  const shipped = (f) => new URL(`../../../models/shipped/${f}`, import.meta.url).pathname;
+  await page.goto(`${url}#/fleet`);
+  await page.getByLabel("model file").setInputFiles(shipped("classifier.onnx"));
+  await page.getByLabel("fixture file").setInputFiles(shipped("fixtures/autoencoder.json"));
+  await page.getByRole("button", { name: "Upload" }).click();
+  await page.getByText(/Refused: .*fixture row 0/).waitFor();
+  failures.length = 0; // the 400, as above
+  await page.getByLabel("fixture file").setInputFiles(shipped("fixtures/classifier.json"));
+  await page.getByRole("textbox", { name: "model comment" }).fill("the shipped classifier");
+  await page.getByRole("button", { name: "Upload" }).click();
+  await page.getByText(/Checked and kept: classifier/).waitFor();
+  await page.locator("table[data-testid=models] tbody tr", { hasText: "the shipped classifier" }).waitFor();
+  await page.screenshot({ path: `${out}/fleet-models.png`, fullPage: true });
+  step("fleet: a model uploaded with a fixture not its own refused with the reason; with its own, checked and listed");
   assert.deepEqual(failures, [], "the browser reported errors");
 } finally {
   await browser.close();

@@ -1,8 +1,8 @@
 // Fleet: each device's configuration, desired against applied (in sync, pending, failed,
 // offline), and the layers an operator edits (global, a group's, a device's) with their history,
-// a diff between revisions, and rollback.
+// a diff between revisions, and rollback; the models uploaded for the edges, and their upload.
 
-import { api, ApiError, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group } from "../api";
+import { api, ApiError, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group, ModelInfo } from "../api";
 import type { Page } from "../main";
 import { ago, h, panel, toast } from "../ui";
 
@@ -113,8 +113,10 @@ export function fleetList(p: Page) {
         ];
       },
     );
-  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), box);
+  const models = h("div", { id: "models" });
+  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), box, h("h3", {}, "Models"), models);
   draw();
+  drawModels(models, admin);
   p.live.subscribe((e) => {
     if (e.type === "device" || e.type === "config") draw();
   });
@@ -271,4 +273,88 @@ export function fleetLayer(p: Page, kind: string, target: string) {
   p.live.subscribe((e) => {
     if (e.type === "device" || e.type === "config") drawState();
   });
+}
+
+/** The models uploaded for the edges, and (admins) the upload of another. A layer names a model
+ * by its hash: `{"models": {"classifier": "<sha256>"}}`. */
+function drawModels(box: HTMLElement, admin: boolean) {
+  const upload = () => {
+    const model = h("input", { type: "file", accept: ".onnx", "aria-label": "model file" }) as HTMLInputElement;
+    const fixture = h("input", { type: "file", accept: ".json", "aria-label": "fixture file" }) as HTMLInputElement;
+    const comment = h("input", { "aria-label": "model comment", placeholder: "Why (kept with the model)" }) as HTMLInputElement;
+    const button = h(
+      "button",
+      {
+        onclick: async () => {
+          const [m, f] = [model.files?.[0], fixture.files?.[0]];
+          if (!m || !f) {
+            toast("Choose the model's ONNX file and its fixture (models/train.py writes fixtures/<model>.json)", "error");
+            return;
+          }
+          const form = new FormData();
+          form.append("model", m);
+          form.append("fixture", f);
+          form.append("comment", comment.value);
+          button.disabled = true;
+          try {
+            const info = await api.post<ModelInfo>("/models", form);
+            toast(`Checked and kept: ${info.kind} ${info.name} ${info.version} (${info.sha256.slice(0, 12)})`);
+            drawModels(box, admin);
+          } catch (e) {
+            toast(`Refused: ${(e as Error).message}`, "error");
+          } finally {
+            button.disabled = false;
+          }
+        },
+      },
+      "Upload",
+    ) as HTMLButtonElement;
+    return h(
+      "div",
+      { class: "row" },
+      h("label", {}, "Model (ONNX) ", model),
+      h("label", {}, "Fixture (JSON) ", fixture),
+      comment,
+      button,
+    );
+  };
+  panel(
+    box,
+    () => api.get<ModelInfo[]>("/models"),
+    (list) => [
+      h(
+        "p",
+        {},
+        "A layer names a model by its hash, as ",
+        h("code", {}, '{"models": {"classifier": "<sha256>"}}'),
+        ": set it on a group first, then on the global layer. Edges fetch it, check the hub's signature, the hash and its fixture rows, then swap it in.",
+      ),
+      ...(admin ? [upload()] : []),
+      list.length === 0
+        ? h("p", { class: "empty" }, "No model uploaded yet.")
+        : h(
+            "table",
+            { "data-testid": "models" },
+            h("thead", {}, h("tr", {}, ["Slot", "Name", "Version", "SHA-256", "Size", "Fixture rows", "Uploaded", "Comment"].map((c) => h("th", {}, c)))),
+            h(
+              "tbody",
+              {},
+              list.map((m) =>
+                h(
+                  "tr",
+                  { "data-sha256": m.sha256 },
+                  h("td", {}, m.kind),
+                  h("td", {}, m.name),
+                  h("td", {}, m.version),
+                  h("td", {}, h("code", { class: "hash" }, m.sha256)),
+                  h("td", {}, `${(m.size / 1024).toFixed(1)} KiB`),
+                  h("td", {}, String(m.fixture_rows)),
+                  h("td", {}, `${m.author}, ${ago(m.created_at)}`),
+                  h("td", {}, m.comment),
+                ),
+              ),
+            ),
+          ),
+    ],
+  );
 }
