@@ -86,18 +86,18 @@ pub fn stage(
         let fixture_path = path.with_file_name(format!("{sha}.fixture.json"));
         let bytes = bring(&path, &r.url, &sha, MAX_MODEL_BYTES, ca_file)
             .map_err(|(result, why)| (result, format!("models.{slot}: {why}")))?;
-        let fixture =
+        let fixture_bytes =
             bring(&fixture_path, &r.fixture_url, &r.fixture_sha256, MAX_FIXTURE_BYTES, ca_file)
                 .map_err(|(result, why)| (result, format!("models.{slot}: its fixture: {why}")))?;
         let model = Model::from_bytes(&bytes, &path, kind_of(slot))
             .map_err(|e| refuse(format!("models.{slot}: {e}")))?;
-        let fixture: Fixture = serde_json::from_slice(&fixture)
+        let fixture: Fixture = serde_json::from_slice(&fixture_bytes)
             .map_err(|e| refuse(format!("models.{slot}: its fixture is not one: {e}")))?;
         model.check_fixture(&fixture).map_err(|why| {
             refuse(format!("models.{slot} ({} {}): {why}", model.name, model.version))
         })?;
         keep(&path, &bytes)
-            .and_then(|()| keep(&fixture_path, &serde_json::to_vec(&fixture).unwrap_or_default()))
+            .and_then(|()| keep(&fixture_path, &fixture_bytes))
             .map_err(|e| (ApplyResult::Failed, format!("models.{slot}: cannot keep it: {e}")))?;
         staged.push(Staged { path, model });
     }
@@ -200,5 +200,178 @@ pub fn prune(running: &Config) {
                 tracing::warn!(path = %f.display(), "cannot remove a model no longer used: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn shipped(name: &str) -> Vec<u8> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
+        std::fs::read(dir.join(name)).unwrap()
+    }
+
+    /// An HTTP server on 127.0.0.1 answering each path with its bytes (404 otherwise); its
+    /// address and how many requests it served.
+    fn serve(
+        files: Vec<(String, Vec<u8>)>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", l.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body));
+                    }
+                    None => {
+                        let _ = s.write_all(
+                            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                    }
+                }
+            }
+        });
+        (addr, served)
+    }
+
+    fn edge(dir: &Path, key: &str) -> Config {
+        let mut c = Config::offline(None);
+        c.store.path = dir.join("edge.db");
+        c.sync.config_public_key = key.into();
+        c
+    }
+
+    fn model_ref(base: &str, sha: &str, fixture_sha: &str, signature: String) -> ModelRef {
+        ModelRef {
+            kind: "classifier".into(),
+            sha256: sha.into(),
+            fixture_sha256: fixture_sha.into(),
+            size: 0,
+            name: "classifier".into(),
+            version: "t".into(),
+            url: format!("{base}/m"),
+            fixture_url: format!("{base}/f"),
+            signature,
+        }
+    }
+
+    #[test]
+    fn test_a_model_is_taken_only_signed_whole_and_giving_its_fixtures_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let other = fleet::signing_key("HwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let running = edge(dir.path(), &fleet::public_key_text(&key));
+        let (onnx, fixture) = (shipped("classifier.onnx"), shipped("fixtures/classifier.json"));
+        let (sha, fsha) = (sha256_hex(&onnx), sha256_hex(&fixture));
+        let doc = serde_json::json!({"models": {"classifier": sha}});
+        let sign = |k: &ed25519_dalek::SigningKey| fleet::sign_model(k, "classifier", &sha, &fsha);
+        let (base, served) =
+            serve(vec![("/m".into(), onnx.clone()), ("/f".into(), fixture.clone())]);
+        let ca = Path::new("");
+        let refused = |r: Result<Vec<Staged>, Refusal>| match r {
+            Err((ApplyResult::Refused, why)) => why,
+            other => panic!("{other:?}"),
+        };
+
+        // Named without where to fetch it; signed by another key: refused, nothing fetched.
+        assert!(refused(stage(&running, &doc, &[], ca)).contains("not where to fetch"));
+        let forged = model_ref(&base, &sha, &fsha, sign(&other));
+        assert!(refused(stage(&running, &doc, &[forged], ca)).contains("not the hub's"));
+        assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 0);
+
+        // A file that is not what its hash says (the fixture's bytes where the model is).
+        let (wrong, _) =
+            serve(vec![("/m".into(), fixture.clone()), ("/f".into(), fixture.clone())]);
+        let r = model_ref(&wrong, &sha, &fsha, sign(&key));
+        assert!(refused(stage(&running, &doc, &[r], ca)).contains("SHA-256"));
+        // A fixture whose outputs the model does not give (signed: the hub checked it, yet the
+        // edge runs it again).
+        let mut f: serde_json::Value = serde_json::from_slice(&fixture).unwrap();
+        f["outputs"][0][0] = serde_json::json!(f["outputs"][0][0].as_f64().unwrap() + 0.5);
+        let bad_fixture = serde_json::to_vec(&f).unwrap();
+        let bad_sha = sha256_hex(&bad_fixture);
+        let (odd, _) = serve(vec![("/m".into(), onnx.clone()), ("/f".into(), bad_fixture)]);
+        let r =
+            model_ref(&odd, &sha, &bad_sha, fleet::sign_model(&key, "classifier", &sha, &bad_sha));
+        assert!(refused(stage(&running, &doc, &[r], ca)).contains("fixture row 0"));
+        assert!(!fleet::model_file(&running, &sha).exists(), "nothing kept of a refused model");
+
+        // The hub's: fetched, checked, kept; the next time the kept copy is used.
+        let good = model_ref(&base, &sha, &fsha, sign(&key));
+        let staged = stage(&running, &doc, std::slice::from_ref(&good), ca).unwrap();
+        assert_eq!(staged.len(), 1);
+        assert_eq!(staged[0].path, fleet::model_file(&running, &sha));
+        assert_eq!(std::fs::read(&staged[0].path).unwrap(), onnx);
+        let before = served.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(before, 2);
+        let mut gone = good.clone();
+        gone.url = "http://127.0.0.1:1/m".into();
+        gone.fixture_url = "http://127.0.0.1:1/f".into();
+        assert_eq!(stage(&running, &doc, &[gone.clone()], ca).unwrap().len(), 1);
+        assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), before);
+        // A kept copy that changed on disk is fetched again; the hub out of reach: failed (tried
+        // again later), not refused.
+        std::fs::write(fleet::model_file(&running, &sha), b"changed").unwrap();
+        match stage(&running, &doc, &[gone], ca) {
+            Err((ApplyResult::Failed, why)) => assert!(why.contains("fetching"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // In force already: nothing to do.
+        let (in_force, _) = fleet::apply(&running, &doc).unwrap();
+        assert!(stage(&in_force, &doc, &[], ca).unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_a_fetch_is_http_and_bounded() {
+        for url in ["file:///etc/passwd", "ftp://hub/m", "/api/v1/models/x/file"] {
+            assert!(fetch(url, 10, Path::new("")).unwrap_err().contains("not an http"), "{url}");
+        }
+        let (base, _) = serve(vec![("/big".into(), vec![7u8; 4096])]);
+        assert_eq!(fetch(&format!("{base}/big"), 4096, Path::new("")).unwrap().len(), 4096);
+        let e = fetch(&format!("{base}/big"), 1000, Path::new("")).unwrap_err();
+        assert!(e.contains("at most 1000 bytes"), "{e}");
+        assert!(fetch(&format!("{base}/none"), 1000, Path::new("")).unwrap_err().contains("404"));
+    }
+
+    #[test]
+    fn test_models_no_longer_used_are_pruned_but_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut running = edge(dir.path(), "");
+        let models = fleet::model_dir(&running);
+        std::fs::create_dir_all(&models).unwrap();
+        for i in 0..10u8 {
+            let sha = format!("{i:02x}").repeat(32);
+            std::fs::write(models.join(format!("{sha}.onnx")), [i]).unwrap();
+            std::fs::write(models.join(format!("{sha}.fixture.json")), [i]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        // The oldest is in use.
+        running.detect.models.classifier =
+            models.join(format!("{}.onnx", "00".repeat(32))).display().to_string();
+        prune(&running);
+        let mut left: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy()[..2].to_string())
+            .collect();
+        left.sort();
+        left.dedup();
+        assert_eq!(left, ["00", "04", "05", "06", "07", "08", "09"]);
+        assert_eq!(std::fs::read_dir(&models).unwrap().count(), 14);
     }
 }
