@@ -9,6 +9,7 @@
 //!              "eth1": {"sample": 4}},
 //!  "detect": {"quiet_s": 60, "thresholds": {"port_scan_ports": 80}, "suppress": []},
 //!  "store": {"max_age_hours": 72},
+//!  "sync": {"metrics_interval_s": 30},
 //!  "models": {"classifier": "9f2c...64 hex digits"}}
 //! ```
 //!
@@ -35,6 +36,7 @@ use sha2::Digest as _;
 pub const ALLOWED: &[(&str, &[&str])] = &[
     ("detect", &["quiet_s", "update_s", "thresholds", "suppress"]),
     ("store", &["max_size_mb", "max_age_hours", "evidence_max_packets"]),
+    ("sync", &["metrics_interval_s"]),
 ];
 
 /// The model slots `models` may name (`detect.models`' files).
@@ -455,7 +457,8 @@ mod tests {
         let doc = json!({
             "capture": {"*": {"rules": [{"name": "web", "port": 80}]}, "eth2": {"sample": 3}},
             "detect": {"quiet_s": 45, "thresholds": {"port_scan_ports": 99.0}},
-            "store": {"max_age_hours": 12}
+            "store": {"max_age_hours": 12},
+            "sync": {"metrics_interval_s": 15}
         });
         let (c, notes) = apply(&edge(), &doc).unwrap();
         assert!(notes.is_empty(), "{notes:?}");
@@ -469,6 +472,8 @@ mod tests {
         assert_eq!(c.detect.thresholds.port_scan_ports, 99.0);
         assert_eq!(c.store.max_age_hours, 12);
         assert_eq!(c.store.path, edge().store.path);
+        assert_eq!(c.sync.metrics_interval_s, 15);
+        assert_eq!(c.sync.broker, edge().sync.broker);
         let (_, notes) = apply(&edge(), &json!({"capture": {"eth9": {"sample": 2}}})).unwrap();
         assert_eq!(notes, ["capture.eth9: this edge has no such interface"]);
     }
@@ -476,7 +481,8 @@ mod tests {
     #[test]
     fn test_what_the_hub_may_not_set_is_refused_by_name() {
         for (doc, field) in [
-            (json!({"sync": {"broker": "evil:1883"}}), "sync:"),
+            (json!({"sync": {"broker": "evil:1883"}}), "sync.broker"),
+            (json!({"sync": {"config_public_key": "AAAA"}}), "sync.config_public_key"),
             (json!({"store": {"path": "/etc/passwd"}}), "store.path"),
             (json!({"device": {"id": "other"}}), "device:"),
             (json!({"capture": {"eth1": {"snaplen": 64}}}), "capture.eth1.snaplen"),
@@ -505,6 +511,7 @@ mod tests {
             (json!({"detect": {"quiet_s": "soon"}}), "detect.quiet_s"),
             (json!({"detect": {"suppress": [{"name": "all"}]}}), "detect.suppress[0]"),
             (json!({"store": {"max_size_mb": 1}}), "store.max_size_mb"),
+            (json!({"sync": {"metrics_interval_s": 0}}), "sync.metrics_interval_s"),
         ] {
             let p = check(&doc);
             assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");

@@ -262,11 +262,16 @@ async fn serve(
             .await
     });
     let host_shared = shared.clone();
-    let metrics_every = Duration::from_secs(config.sync.metrics_interval_s.into());
+    shared
+        .metrics_interval_s
+        .store(config.sync.metrics_interval_s.into(), std::sync::atomic::Ordering::Relaxed);
     let host = tokio::spawn(async move {
         let mut probe = HostProbe::new();
         let mut last_metrics = Instant::now();
         loop {
+            // Read each turn: the hub's configuration may change it.
+            let every = host_shared.metrics_interval_s.load(std::sync::atomic::Ordering::Relaxed);
+            let metrics_every = Duration::from_secs(every.max(1));
             let snap = probe.read();
             if let Ok(mut h) = host_shared.host.lock() {
                 *h = snap;

@@ -436,6 +436,10 @@ impl Runtime {
                 c.sample.store(u64::from(iface.sample.max(1)), Ordering::Relaxed);
             }
         }
+        self.parts
+            .shared
+            .metrics_interval_s
+            .store(new.sync.metrics_interval_s.into(), Ordering::Relaxed);
         let settings = Settings::of(&new);
         if settings != Settings::of(&state.running) {
             let _ = self.parts.settings.send(settings);
@@ -465,6 +469,7 @@ impl Runtime {
             (a.detect.quiet_s, a.detect.update_s) = (0, 0);
             (a.store.max_size_mb, a.store.max_age_hours, a.store.evidence_max_packets) = (0, 0, 0);
             (a.detect.models.autoencoder, a.detect.models.classifier) = Default::default();
+            a.sync.metrics_interval_s = 0;
             (a.interfaces, a.flows, a.store, a.stats, a.sync, a.detect)
         };
         if restart(&new) != restart(r) {

@@ -84,6 +84,9 @@ pub struct Shared {
     pub sync: Arc<SyncCounters>,
     /// Model files loaded again, and refused.
     pub model_reloads: Arc<crate::inference::ReloadCounters>,
+    /// How often host and pipeline metrics go to the hub, seconds (`sync.metrics_interval_s`;
+    /// the hub's configuration changes it while running; 0 until the daemon sets it).
+    pub metrics_interval_s: AtomicU64,
 }
 
 impl Shared {
@@ -103,6 +106,7 @@ impl Shared {
             fleet_refused: AtomicU64::new(0),
             fleet_revision: AtomicU64::new(0),
             model_reloads: Arc::default(),
+            metrics_interval_s: AtomicU64::new(0),
         }
     }
 

@@ -585,8 +585,8 @@ pub struct ConfigMsg {
     #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 64)))]
     pub hash: ConfigHash,
     /// Sections of the edge's configuration: `capture` (by interface name, `*` for every
-    /// interface: `rules`, `sample`), `detect`, `store`, each holding only what the hub may set,
-    /// and `models` (by slot, the SHA-256 of a model's file; `""` for none).
+    /// interface: `rules`, `sample`), `detect`, `store`, `sync`, each holding only what the hub
+    /// may set, and `models` (by slot, the SHA-256 of a model's file; `""` for none).
     pub config: serde_json::Map<std::string::String, serde_json::Value>,
     /// Where to fetch each model `config` names, with its signature.
     #[cfg_attr(feature = "serde", serde(default))]

@@ -7,7 +7,8 @@
 //! when it comes back, and starts with what it had kept; a rollback reaches the captures.
 //! A model uploaded at the hub rolls out to a group and then to every edge; one whose signature
 //! is not the hub's, or whose file does not have its hash, is refused and reported while the
-//! model running keeps running; a rollback empties the slot and brings the model back.
+//! model running keeps running; a rollback empties the slot and brings the model back. The
+//! metrics interval set at the hub is applied live.
 //!
 //! Needs root (namespaces, capture); TAPWATCH_SKIP_LIVE=1 skips it.
 
@@ -524,6 +525,19 @@ fn test_models_roll_out_from_the_hub_to_live_edges() {
         models_of(&eb).contains("slot=\"classifier\"")
     });
     wait_for("both in sync", Duration::from_secs(10), || in_sync("edge-a") && in_sync("edge-b"));
+
+    // How often metrics go to the hub, set for every edge (30 s by default): applied live.
+    let metrics = |d: &str| {
+        psql(&db.url(), &format!("SELECT count(*) FROM system_metrics WHERE device = '{d}'"))
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+    };
+    let doc = serde_json::json!({"models": {"classifier": clf}, "sync": {"metrics_interval_s": 1}});
+    save(Scope::Global, doc).unwrap();
+    wait_for("both in sync", Duration::from_secs(10), || in_sync("edge-a") && in_sync("edge-b"));
+    let before = metrics("edge-b");
+    wait_for("metrics every second", Duration::from_secs(15), || metrics("edge-b") >= before + 4);
 
     // A model whose signature is not the hub's: a configuration the hub signed (read from its
     // key, as a stolen or replayed message would be) naming the autoencoder with another key's

@@ -19,7 +19,9 @@ use utoipa::{IntoParams, ToSchema};
 pub struct NewRevision {
     /// Sections of the edge's configuration the hub sets: `capture` (by interface, `*` for
     /// every one: `rules`, `sample`), `detect` (`quiet_s`, `update_s`, `thresholds`,
-    /// `suppress`), `store` (`max_size_mb`, `max_age_hours`, `evidence_max_packets`).
+    /// `suppress`), `store` (`max_size_mb`, `max_age_hours`, `evidence_max_packets`), `sync`
+    /// (`metrics_interval_s`), `models` (`autoencoder`, `classifier`: the SHA-256 of a model
+    /// uploaded to the hub, `""` for none).
     #[schema(value_type = Object)]
     pub document: Value,
     /// Why, for the history (at most 1000 characters).
