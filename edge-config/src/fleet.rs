@@ -89,6 +89,36 @@ fn model_signed_bytes(kind: &str, sha256: &str, fixture_sha256: &str) -> Vec<u8>
     format!("tapwatch-model-v1\0{kind}\0{sha256}\0{fixture_sha256}").into_bytes()
 }
 
+/// What the hub signs of a command: its device, id, command (as the contract names it) and time.
+fn command_signed_bytes(device: &str, id: u64, command: &str, ts: i64) -> Vec<u8> {
+    format!("tapwatch-command-v1\0{device}\0{id}\0{command}\0{ts}").into_bytes()
+}
+
+/// The signature of a command, base64.
+pub fn sign_command(
+    key: &ed25519_dalek::SigningKey,
+    device: &str,
+    id: u64,
+    command: &str,
+    ts: i64,
+) -> String {
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&command_signed_bytes(device, id, command, ts));
+    base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+}
+
+/// Check a command's signature against the hub's public key (base64).
+pub fn verify_command(
+    public_key: &str,
+    device: &str,
+    id: u64,
+    command: &str,
+    ts: i64,
+    signature: &str,
+) -> Result<(), String> {
+    verify_bytes(public_key, &command_signed_bytes(device, id, command, ts), signature, "commands")
+}
+
 /// Where an edge keeps the models the hub sent: beside its store.
 pub fn model_dir(config: &Config) -> std::path::PathBuf {
     config.store.path.with_file_name("models")
@@ -426,6 +456,17 @@ mod tests {
         assert!(verify_model(&public, "classifier", &sha, &sha, &sig).is_err());
         // A configuration's signature is not a model's.
         assert!(verify(&public, "classifier", 0, &sha, &sig).is_err());
+        // A command's covers its device, id, command and time.
+        let c = sign_command(&key, "tap-1", 4, "reload", 99);
+        assert_eq!(verify_command(&public, "tap-1", 4, "reload", 99, &c), Ok(()));
+        for (d, id, cmd, ts) in [
+            ("tap-2", 4, "reload", 99),
+            ("tap-1", 5, "reload", 99),
+            ("tap-1", 4, "retry_config", 99),
+            ("tap-1", 4, "reload", 98),
+        ] {
+            assert!(verify_command(&public, d, id, cmd, ts, &c).is_err(), "{d} {id} {cmd} {ts}");
+        }
         assert!(verify_model(&public, "classifier", &sha, &fx, "").unwrap_err().contains("models"));
     }
 

@@ -211,6 +211,7 @@ fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String>
         // Its status messages name the hub's configuration the daemon last applied here.
         crate::sync::Fleet {
             configs: None,
+            commands: None,
             applied: Some(tokio::sync::watch::channel(crate::fleet::kept_revision(&config)).1),
         },
     ))?;

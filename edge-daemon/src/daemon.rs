@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
@@ -48,6 +48,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
     // It hands the hub's configuration over (the newest) and names the one in force.
     let (sync_stop, sync_stop_rx) = tokio::sync::watch::channel(false);
     let (configs_tx, configs_rx) = tokio::sync::watch::channel::<Option<Vec<u8>>>(None);
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let (applied_tx, applied_rx) = tokio::sync::watch::channel((0u64, String::new()));
     let sync = if config.sync.enabled {
         let (cfg, device, db, counters) = (
@@ -56,7 +57,11 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             config.store.path.clone(),
             shared.sync.clone(),
         );
-        let fleet = crate::sync::Fleet { configs: Some(configs_tx), applied: Some(applied_rx) };
+        let fleet = crate::sync::Fleet {
+            configs: Some(configs_tx),
+            commands: Some(commands_tx),
+            applied: Some(applied_rx),
+        };
         let handle = std::thread::Builder::new()
             .name("sync".into())
             .spawn(move || {
@@ -198,7 +203,8 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let metrics_tx = config.sync.enabled.then(|| writer.tx.clone());
-    let result = runtime.block_on(serve(config, shared.clone(), live, configs_rx, metrics_tx));
+    let result =
+        runtime.block_on(serve(config, shared.clone(), live, configs_rx, commands_rx, metrics_tx));
 
     // Shut down in order: capture, pipeline (records every flow), store.
     for c in &captures {
@@ -227,6 +233,7 @@ async fn serve(
     shared: Arc<Shared>,
     live: Arc<Runtime>,
     mut configs: tokio::sync::watch::Receiver<Option<Vec<u8>>>,
+    mut commands: tokio::sync::mpsc::Receiver<Vec<u8>>,
     metrics_tx: Option<crossbeam_channel::Sender<crate::store::Row>>,
 ) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -313,6 +320,10 @@ async fn serve(
                     let r = live.clone();
                     let _ = tokio::task::spawn_blocking(move || r.take(&payload)).await;
                 }
+            }
+            Some(payload) = commands.recv() => {
+                let r = live.clone();
+                let _ = tokio::task::spawn_blocking(move || r.command(&payload)).await;
             }
             _ = retry.tick() => {
                 let r = live.clone();

@@ -27,7 +27,9 @@ use crate::model::{Model, ModelKind};
 use crate::pipeline::Settings;
 use crate::store::Row;
 use edge_config::fleet;
-use firmware::proto::{ApplyResult, ConfigAppliedMsg, ConfigMsg};
+use firmware::proto::{
+    ApplyResult, Command, CommandMsg, CommandResultMsg, ConfigAppliedMsg, ConfigMsg,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -36,6 +38,21 @@ use std::time::Duration;
 
 /// How often a configuration from the hub that failed to apply is tried again.
 pub const RETRY: Duration = Duration::from_secs(30);
+
+/// How far a command's time may be from the edge's clock.
+pub const COMMAND_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// What a reload did, in a line.
+fn reload_text(r: &ReloadReport) -> String {
+    let mut parts: Vec<String> =
+        r.applied.iter().map(|(i, f)| format!("{i}: filter {f:?}")).collect();
+    parts.extend(r.notes.iter().cloned());
+    if parts.is_empty() {
+        "reloaded; nothing changed".into()
+    } else {
+        format!("reloaded: {}", parts.join("; "))
+    }
+}
 
 /// Capture controls by interface name.
 pub type Controls = Arc<Mutex<Vec<(String, std::sync::mpsc::Sender<Control>)>>>;
@@ -118,6 +135,8 @@ struct State {
     /// again after the next reload that succeeds (the operator fixed the edge's own file), and
     /// every [`RETRY`]; with why it failed (the same failure is not answered again).
     failed: Option<(Vec<u8>, String)>,
+    /// The last command from the hub done (ids only grow: an old one replayed is refused).
+    last_command: u64,
 }
 
 /// The running parts a configuration is applied to.
@@ -154,7 +173,13 @@ impl Runtime {
         parts.applied.send_replace(now);
         Runtime {
             path,
-            state: Mutex::new(State { running, fleet, answered: None, failed: None }),
+            state: Mutex::new(State {
+                running,
+                fleet,
+                answered: None,
+                failed: None,
+                last_command: 0,
+            }),
             parts,
         }
     }
@@ -204,6 +229,15 @@ impl Runtime {
     /// Try again the hub's configuration that failed to apply, if one did; answered only when
     /// the result is not the same failure again.
     pub fn retry(&self) {
+        self.retry_inner(false)
+    }
+
+    /// As [`retry`](Self::retry), answered whatever the result (an operator asked).
+    fn retry_now(&self) {
+        self.retry_inner(true)
+    }
+
+    fn retry_inner(&self, always_answer: bool) {
         let Ok(mut state) = self.state.lock() else { return };
         let Some((payload, before)) = state.failed.take() else { return };
         state.answered = None;
@@ -214,7 +248,7 @@ impl Runtime {
             state.failed = Some((payload, text.clone()));
         }
         drop(state);
-        if !same {
+        if !same || always_answer {
             self.answer(revision, &hash, result, &text);
         }
     }
@@ -229,6 +263,101 @@ impl Runtime {
         state.failed = (result == ApplyResult::Failed).then(|| (payload.to_vec(), text.clone()));
         drop(state);
         self.answer(revision, &hash, result, &text);
+    }
+
+    /// A command from the hub: checked (its device, the hub's signature, an id newer than the
+    /// last done, a time within [`COMMAND_MAX_AGE`] of this clock), done, answered on
+    /// `commands/result`.
+    pub fn command(&self, payload: &[u8]) {
+        let msg: CommandMsg = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("a command from the hub that does not read: {e}");
+                return;
+            }
+        };
+        let (result, detail) = match self.check_command(&msg) {
+            Err(why) => (ApplyResult::Refused, why),
+            Ok(()) => match msg.command {
+                Command::Reload => match self.reload() {
+                    Ok(r) => (ApplyResult::Applied, reload_text(&r)),
+                    Err(problems) => (ApplyResult::Failed, problems.join("; ")),
+                },
+                Command::RetryConfig => {
+                    let before = self.state.lock().map(|s| s.failed.is_some()).unwrap_or(false);
+                    if before {
+                        self.retry_now();
+                        let after = self.state.lock().map(|s| s.failed.clone()).unwrap_or(None);
+                        match after {
+                            None => (
+                                ApplyResult::Applied,
+                                "the hub's configuration tried again: applied".into(),
+                            ),
+                            Some((_, why)) => (ApplyResult::Failed, why),
+                        }
+                    } else {
+                        (
+                            ApplyResult::Applied,
+                            "no configuration from the hub is waiting to be tried again".into(),
+                        )
+                    }
+                }
+            },
+        };
+        if result == ApplyResult::Refused {
+            self.parts.shared.fleet_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = msg.id, command = ?msg.command, "a command from the hub refused: {detail}");
+        } else {
+            tracing::info!(id = msg.id, command = ?msg.command, ?result, "a command from the hub: {detail}");
+        }
+        let answer = CommandResultMsg {
+            schema: 0,
+            device: Default::default(),
+            seq: 0,
+            ts: 0,
+            id: msg.id,
+            command: msg.command,
+            result,
+            detail: firmware::proto::apply_error(&detail),
+        };
+        if self
+            .parts
+            .store
+            .send_timeout(Row::CommandResult(Box::new(answer)), Duration::from_secs(5))
+            .is_err()
+        {
+            self.parts.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(id = msg.id, "the answer to a command could not be queued");
+        }
+    }
+
+    fn check_command(&self, msg: &CommandMsg) -> Result<(), String> {
+        let mut state = self.state.lock().map_err(|_| "internal: state poisoned".to_string())?;
+        if msg.device.as_str() != state.running.device.id {
+            return Err(format!("it is for device {:?}", msg.device.as_str()));
+        }
+        let key = &state.running.sync.config_public_key;
+        if !key.is_empty() {
+            let name = serde_json::to_value(msg.command).unwrap_or_default();
+            let name = name.as_str().unwrap_or_default().to_string();
+            fleet::verify_command(key, &msg.device, msg.id, &name, msg.ts, &msg.signature)?;
+        }
+        let now = crate::daemon::now_us();
+        if (now - msg.ts).abs() > COMMAND_MAX_AGE.as_micros() as i64 {
+            return Err(format!(
+                "it was sent {} s from this edge's clock (more than {} s: replayed, or a clock is wrong)",
+                (now - msg.ts) / 1_000_000,
+                COMMAND_MAX_AGE.as_secs()
+            ));
+        }
+        if msg.id <= state.last_command {
+            return Err(format!(
+                "command {} was done already (the last was {})",
+                msg.id, state.last_command
+            ));
+        }
+        state.last_command = msg.id;
+        Ok(())
     }
 
     /// Count, log and send the answer to a configuration from the hub.
@@ -505,5 +634,87 @@ fn set_filter(
         Ok(Ok(())) => Ok(true),
         Ok(Err(e)) => Err(e),
         Err(_) => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A runtime over `edge.toml` in `dir` with no capture, and where its answers go.
+    fn runtime(dir: &Path, key: &str) -> (Runtime, crossbeam_channel::Receiver<Row>) {
+        let path = dir.join("edge.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[device]\nid = \"tap-1\"\n[store]\npath = \"{}\"\n[sync]\nconfig_public_key = \"{key}\"\n",
+                dir.join("edge.db").display()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let store = Arc::new(crate::store::StoreCounters::default());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let parts = Parts {
+            controls: Arc::default(),
+            shared: Arc::new(Shared::new("tap-1".into(), store)),
+            settings: crossbeam_channel::unbounded().0,
+            store: tx,
+            applied: tokio::sync::watch::channel((0, String::new())).0,
+            models: crossbeam_channel::unbounded().0,
+            model_paths: Arc::default(),
+        };
+        (Runtime::new(path, config, None, parts), rx)
+    }
+
+    fn answer(rx: &crossbeam_channel::Receiver<Row>) -> (u64, ApplyResult, String) {
+        match rx.try_recv().unwrap() {
+            Row::CommandResult(m) => (m.id, m.result, m.detail.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_a_command_is_done_once_signed_fresh_and_for_this_edge() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+        let (rt, rx) = runtime(dir.path(), &fleet::public_key_text(&key));
+        let now = crate::daemon::now_us();
+        let cmd = |device: &str, id: u64, ts: i64, signed: bool| {
+            let signature = if signed {
+                fleet::sign_command(&key, device, id, "reload", ts)
+            } else {
+                String::new()
+            };
+            serde_json::json!({"schema": 1, "device": device, "ts": ts, "id": id,
+                               "command": "reload", "signature": signature})
+            .to_string()
+            .into_bytes()
+        };
+        rt.command(&cmd("tap-1", 1, now, false));
+        let (_, r, why) = answer(&rx);
+        assert_eq!(r, ApplyResult::Refused);
+        assert!(why.contains("not signed"), "{why}");
+        rt.command(&cmd("tap-2", 2, now, true));
+        assert!(answer(&rx).2.contains("for device"));
+        rt.command(&cmd("tap-1", 3, now - 3_600_000_000, true));
+        assert!(answer(&rx).2.contains("from this edge's clock"));
+        rt.command(&cmd("tap-1", 4, now, true));
+        let (id, r, what) = answer(&rx);
+        assert_eq!((id, r), (4, ApplyResult::Applied), "{what}");
+        assert!(what.starts_with("reloaded"), "{what}");
+        assert_eq!(rt.parts.shared.reloads.load(Ordering::Relaxed), 1);
+        // Replayed, or an older id: refused, not done again.
+        for id in [4, 3] {
+            rt.command(&cmd("tap-1", id, now, true));
+            let (_, r, why) = answer(&rx);
+            assert_eq!(r, ApplyResult::Refused);
+            assert!(why.contains("done already"), "{why}");
+        }
+        assert_eq!(rt.parts.shared.reloads.load(Ordering::Relaxed), 1);
+        // Not a command at all: logged, no answer (nothing to answer to).
+        rt.command(b"{\"command\": \"format\"}");
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -244,6 +244,8 @@ pub enum Row {
     /// The answer to a configuration the hub sent (outbox only; `device` and `seq` are set
     /// when it is queued).
     ConfigApplied(Box<firmware::proto::ConfigAppliedMsg>),
+    /// The answer to a command the hub sent (outbox only).
+    CommandResult(Box<firmware::proto::CommandResultMsg>),
 }
 
 impl Row {
@@ -873,6 +875,13 @@ impl Store {
                             None,
                         )?;
                     }
+                    Row::CommandResult(m) => {
+                        queue(
+                            Stream::CommandResult,
+                            &|d, seq| stamped(&**m, d, seq, created),
+                            None,
+                        )?;
+                    }
                     Row::Analysis(a) => {
                         analysis.execute(params![
                             a.ts,
@@ -1261,7 +1270,10 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
                 // A row into the batch: how many it holds now.
                 let mut take = |row: Row| {
-                    urgent |= matches!(row, Row::Anomaly(_) | Row::ConfigApplied(_));
+                    urgent |= matches!(
+                        row,
+                        Row::Anomaly(_) | Row::ConfigApplied(_) | Row::CommandResult(_)
+                    );
                     held += row.flows().len().max(1);
                     batch.push(row);
                     held

@@ -364,6 +364,8 @@ fn topic(prefix: &str, device: &str, stream: Stream) -> String {
 #[derive(Debug, Default)]
 pub struct Fleet {
     pub configs: Option<tokio::sync::watch::Sender<Option<Vec<u8>>>>,
+    /// Commands the hub sent, in order (each is done once; a full queue drops and logs).
+    pub commands: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     pub applied: Option<tokio::sync::watch::Receiver<(u64, String)>>,
 }
 
@@ -643,6 +645,11 @@ pub async fn run(
         cfg.topic_prefix,
         proto::config_topic(&device).map(|t| t.to_string()).unwrap_or_default()
     );
+    let commands_topic = format!(
+        "{}{}",
+        cfg.topic_prefix,
+        proto::commands_topic(&device).map(|t| t.to_string()).unwrap_or_default()
+    );
     let by_hub = cfg.confirm == Confirm::Hub;
     let will = {
         let (t, d, f) = (status_topic.clone(), device.clone(), fleet.clone());
@@ -815,6 +822,11 @@ pub async fn run(
                     {
                         tracing::error!("sync: cannot subscribe to {config_topic}");
                     }
+                    if fleet.commands.is_some()
+                        && client.try_subscribe(&commands_topic, QoS::AtLeastOnce).is_err()
+                    {
+                        tracing::error!("sync: cannot subscribe to {commands_topic}");
+                    }
                     let online =
                         status(&device, DeviceState::Online, seq, started, &fleet.applied());
                     if client.try_publish(&status_topic, QoS::AtLeastOnce, true, online).is_ok() {
@@ -835,6 +847,12 @@ pub async fn run(
                     if t == config_topic {
                         if let Some(configs) = &fleet.configs {
                             configs.send_replace(Some(payload));
+                        }
+                    } else if t == commands_topic {
+                        if let Some(commands) = &fleet.commands {
+                            if commands.try_send(payload).is_err() {
+                                tracing::error!("sync: a command from the hub dropped (queue full)");
+                            }
                         }
                     } else if by_hub && t == ack_topic {
                         if let Err(e) = w.take_ack(&payload, &device, &mut outbox, &counters) {

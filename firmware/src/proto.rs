@@ -46,11 +46,13 @@ pub enum Stream {
     Evidence,
     /// `config/applied`: what became of a configuration the hub sent ([`ConfigAppliedMsg`]).
     ConfigApplied,
+    /// `commands/result`: what became of a command the hub sent ([`CommandResultMsg`]).
+    CommandResult,
 }
 
 impl Stream {
     /// How many streams there are.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [Stream; Stream::COUNT] = [
         Stream::Anomalies,
         Stream::Flows,
@@ -60,6 +62,7 @@ impl Stream {
         Stream::Status,
         Stream::Evidence,
         Stream::ConfigApplied,
+        Stream::CommandResult,
     ];
     pub const fn name(self) -> &'static str {
         match self {
@@ -71,6 +74,7 @@ impl Stream {
             Stream::Status => "status",
             Stream::Evidence => "evidence",
             Stream::ConfigApplied => "config/applied",
+            Stream::CommandResult => "commands/result",
         }
     }
     pub fn from_name(name: &str) -> Option<Stream> {
@@ -124,6 +128,19 @@ pub fn config_topic(device: &str) -> Option<String<128>> {
     }
     let mut t = String::new();
     write!(t, "tapwatch/v1/{}/{}", device, CONFIG_TOPIC_LEAF).ok()?;
+    Some(t)
+}
+
+/// The last topic level the hub sends a device commands on ([`CommandMsg`], not retained).
+pub const COMMANDS_TOPIC_LEAF: &str = "commands";
+
+/// The topic the hub sends a device commands on; `None` if the device id is not valid.
+pub fn commands_topic(device: &str) -> Option<String<128>> {
+    if !valid_device_id(device) {
+        return None;
+    }
+    let mut t = String::new();
+    write!(t, "tapwatch/v1/{}/{}", device, COMMANDS_TOPIC_LEAF).ok()?;
     Some(t)
 }
 
@@ -547,6 +564,35 @@ message! {
     }
 }
 
+/// What the hub may ask an edge to do at once ([`CommandMsg`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Command {
+    /// Read `edge.toml` again and lay the hub's configuration over it (what SIGHUP does).
+    Reload,
+    /// Try the hub's configuration that failed to apply again now (the model the hub could not
+    /// serve is there now), rather than at the next retry.
+    RetryConfig,
+}
+
+message! {
+    /// `commands/result` stream: the edge's answer to a command the hub sent ([`CommandMsg`]).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CommandResultMsg => CommandResult {
+        /// The command's id, as the hub numbered it.
+        pub id: u64,
+        pub command: Command,
+        /// `applied`: done; `refused`: not taken (its signature, its device, an old id);
+        /// `failed`: taken, and it failed.
+        pub result: ApplyResult,
+        /// What it did, or why not.
+        #[cfg_attr(feature = "schema", schemars(with = "std::string::String", length(max = 1024)))]
+        pub detail: String<APPLY_ERROR_MAX>,
+    }
+}
+
 /// `error` text cut to fit [`ConfigAppliedMsg::error`].
 pub fn apply_error(text: &str) -> String<APPLY_ERROR_MAX> {
     let mut end = text.len().min(APPLY_ERROR_MAX);
@@ -594,6 +640,35 @@ pub struct ConfigMsg {
     /// Ed25519 signature by the hub's key of `tapwatch-config-v1`, device, revision and hash
     /// (NUL between them), base64; empty when the hub has no key. An edge given the hub's
     /// public key takes only what it signed.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub signature: std::string::String,
+}
+
+/// `commands` (hub to edge, not retained): something for an edge to do at once. Host-side
+/// only. `id` grows with each command the hub sends the device; an edge does each id once.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CommandMsg {
+    /// Contract version ([`SCHEMA_VERSION`]).
+    pub schema: u16,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::string::String",
+            length(min = 1, max = 64),
+            regex(pattern = r"^[A-Za-z0-9_.-]+$")
+        )
+    )]
+    pub device: DeviceId,
+    /// When the hub sent it, Unix microseconds (an edge refuses one more than 10 minutes from
+    /// its own clock: an old command replayed).
+    pub ts: i64,
+    pub id: u64,
+    pub command: Command,
+    /// Ed25519 signature by the hub's key of `tapwatch-command-v1`, device, id, command and
+    /// ts (NUL between them), base64; empty when the hub has no key.
     #[cfg_attr(feature = "serde", serde(default))]
     pub signature: std::string::String,
 }
@@ -716,6 +791,13 @@ pub fn json_schemas() -> std::vec::Vec<(&'static str, serde_json::Value)> {
         one::<StatusMsg>(),
         one::<EvidenceMsg>(),
         one::<ConfigAppliedMsg>(),
+        one::<CommandResultMsg>(),
+        (COMMANDS_TOPIC_LEAF, {
+            let mut schema =
+                serde_json::to_value(schemars::schema_for!(CommandMsg)).unwrap_or_default();
+            schema["$id"] = "https://tapwatch.invalid/schema/v1/commands.json".into();
+            schema
+        }),
         (CONFIG_TOPIC_LEAF, {
             let mut schema =
                 serde_json::to_value(schemars::schema_for!(ConfigMsg)).unwrap_or_default();

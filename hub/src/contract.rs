@@ -13,8 +13,9 @@
 
 use base64::Engine;
 use firmware::proto::{
-    parse_topic, AnalysisMsg, AnomalyMsg, ConfigAppliedMsg, EvidenceMsg, FlowBatch, Header,
-    Message, MetricsMsg, StatsMsg, StatusMsg, Stream, EVIDENCE_PCAP_MAX, SCHEMA_VERSION,
+    parse_topic, AnalysisMsg, AnomalyMsg, CommandResultMsg, ConfigAppliedMsg, EvidenceMsg,
+    FlowBatch, Header, Message, MetricsMsg, StatsMsg, StatusMsg, Stream, EVIDENCE_PCAP_MAX,
+    SCHEMA_VERSION,
 };
 
 /// Largest payload accepted. A full flow batch (32 flows of 128 features) is about 60 KiB.
@@ -33,6 +34,7 @@ pub enum Decoded {
     /// With the pcap file decoded from base64 (and checked whole).
     Evidence(Box<EvidenceMsg>, Vec<u8>),
     ConfigApplied(Box<ConfigAppliedMsg>),
+    CommandResult(Box<CommandResultMsg>),
 }
 
 impl Decoded {
@@ -46,6 +48,7 @@ impl Decoded {
             Decoded::Status(m) => m.header(),
             Decoded::Evidence(m, _) => m.header(),
             Decoded::ConfigApplied(m) => m.header(),
+            Decoded::CommandResult(m) => m.header(),
         }
     }
     pub fn stream(&self) -> Stream {
@@ -58,6 +61,7 @@ impl Decoded {
             Decoded::Status(_) => StatusMsg::STREAM,
             Decoded::Evidence(..) => EvidenceMsg::STREAM,
             Decoded::ConfigApplied(_) => ConfigAppliedMsg::STREAM,
+            Decoded::CommandResult(_) => CommandResultMsg::STREAM,
         }
     }
 }
@@ -125,6 +129,7 @@ pub fn decode(topic: &str, payload: &[u8], now_us: i64) -> Result<Decoded, Rejec
             serde_json::from_slice(payload).map(|m| Decoded::Evidence(Box::new(m), Vec::new()))
         }
         Stream::ConfigApplied => serde_json::from_slice(payload).map(Decoded::ConfigApplied),
+        Stream::CommandResult => serde_json::from_slice(payload).map(Decoded::CommandResult),
     };
     if let Ok(msg) = typed {
         let schema = msg.header().schema;
@@ -154,6 +159,7 @@ pub fn decode(topic: &str, payload: &[u8], now_us: i64) -> Result<Decoded, Rejec
         Stream::Status => Decoded::Status(shape(stream, v)?),
         Stream::Evidence => Decoded::Evidence(Box::new(shape(stream, v)?), Vec::new()),
         Stream::ConfigApplied => Decoded::ConfigApplied(shape(stream, v)?),
+        Stream::CommandResult => Decoded::CommandResult(shape(stream, v)?),
     };
     accept(device, msg, now_us)
 }
@@ -363,6 +369,7 @@ fn check_numbers(msg: &Decoded) -> Result<(), Reject> {
                 });
             }
         }
+        Decoded::CommandResult(m) => counts.push(("id", m.id, MAX_COUNT)),
     }
     if let Some((field, v, max)) = counts.into_iter().find(|(_, v, max)| v > max) {
         return Err(Reject::Range { stream, field, message: format!("{v} is over {max}") });

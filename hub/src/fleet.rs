@@ -347,6 +347,151 @@ pub async fn record_applied(
     Ok(())
 }
 
+/// A command for a device, as the hub keeps it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CommandRow {
+    pub id: i64,
+    pub device: String,
+    /// `reload` or `retry_config`.
+    pub command: String,
+    pub author: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was handed to the broker; null: not yet.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub published_at: Option<OffsetDateTime>,
+    /// The edge's answer: applied (done), refused or failed; null: none yet.
+    pub result: Option<String>,
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub result_at: Option<OffsetDateTime>,
+}
+
+const COMMAND_SELECT: &str = "SELECT id, device, command, author, created_at, published_at, \
+                              result, detail, result_at FROM device_commands";
+
+fn command_of(r: &tokio_postgres::Row) -> CommandRow {
+    CommandRow {
+        id: r.get(0),
+        device: r.get(1),
+        command: r.get(2),
+        author: r.get(3),
+        created_at: r.get(4),
+        published_at: r.get(5),
+        result: r.get(6),
+        detail: r.get(7),
+        result_at: r.get(8),
+    }
+}
+
+/// Queue a command for a device (the ingest sends it, woken by the live feed); `None` if there
+/// is no such device.
+pub async fn command(
+    c: &impl GenericClient,
+    device: &str,
+    command: firmware::proto::Command,
+    author: &str,
+) -> Result<Option<CommandRow>, tokio_postgres::Error> {
+    let name = serde_json::to_value(command).unwrap_or_default();
+    let q = "INSERT INTO device_commands (device, command, author)
+             SELECT id, $2, $3 FROM devices WHERE id = $1
+             RETURNING id, device, command, author, created_at, published_at, result, detail, result_at";
+    Ok(c.query_opt(q, &[&device, &name.as_str().unwrap_or_default(), &author])
+        .await?
+        .as_ref()
+        .map(command_of))
+}
+
+/// A device's commands, newest first.
+pub async fn commands(
+    c: &impl GenericClient,
+    device: &str,
+    limit: i64,
+) -> Result<Vec<CommandRow>, tokio_postgres::Error> {
+    let q = format!("{COMMAND_SELECT} WHERE device = $1 ORDER BY id DESC LIMIT $2");
+    Ok(c.query(&q, &[&device, &limit]).await?.iter().map(command_of).collect())
+}
+
+/// Commands not yet handed to the broker, oldest first: (id, device, the `commands` message,
+/// signed with `key` if there is one). One older than a minute is not sent: a command is for
+/// now (it is answered `failed` by the hub instead, [`expire_commands`]).
+pub async fn unpublished_commands(
+    c: &impl GenericClient,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> Result<Vec<(i64, String, Vec<u8>)>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT id, device, command FROM device_commands
+             WHERE published_at IS NULL AND created_at > now() - interval '1 minute'
+             ORDER BY id LIMIT 1000",
+            &[],
+        )
+        .await?;
+    let now = crate::ingest::now_us();
+    let mut out = Vec::new();
+    for r in &rows {
+        let (id, device, name): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
+        let Ok(command) = serde_json::from_value(Value::String(name.clone())) else { continue };
+        let Ok(dev) = device.as_str().try_into() else { continue };
+        let msg = firmware::proto::CommandMsg {
+            schema: firmware::proto::SCHEMA_VERSION,
+            device: dev,
+            ts: now,
+            id: id as u64,
+            command,
+            signature: key
+                .map(|k| doc::sign_command(k, &device, id as u64, &name, now))
+                .unwrap_or_default(),
+        };
+        if let Ok(payload) = serde_json::to_vec(&msg) {
+            out.push((id, device, payload));
+        }
+    }
+    Ok(out)
+}
+
+/// A command is with the broker.
+pub async fn command_published(
+    c: &impl GenericClient,
+    id: i64,
+) -> Result<(), tokio_postgres::Error> {
+    c.execute("UPDATE device_commands SET published_at = now() WHERE id = $1", &[&id])
+        .await
+        .map(|_| ())
+}
+
+/// Commands the ingest could not send within a minute (the broker away): answered as failed.
+pub async fn expire_commands(c: &impl GenericClient) -> Result<u64, tokio_postgres::Error> {
+    c.execute(
+        "UPDATE device_commands SET result = 'failed', result_at = now(),
+             detail = 'not sent within a minute (the broker could not be reached); not sent'
+         WHERE published_at IS NULL AND result IS NULL AND created_at <= now() - interval '1 minute'",
+        &[],
+    )
+    .await
+}
+
+/// An edge's answer to a command (the first answer counts: an id is done once).
+pub async fn record_command(
+    c: &impl GenericClient,
+    m: &firmware::proto::CommandResultMsg,
+) -> Result<(), tokio_postgres::Error> {
+    let result = serde_json::to_value(m.result).unwrap_or_default();
+    c.execute(
+        "UPDATE device_commands SET result = $3, detail = $4, result_at = $5
+         WHERE id = $1 AND device = $2 AND result IS NULL",
+        &[
+            &(m.id.min(i64::MAX as u64) as i64),
+            &m.device.as_str(),
+            &result.as_str().unwrap_or("refused"),
+            &m.detail.as_str(),
+            &at(m.ts),
+        ],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// The revision and hash a status message names as in force.
 pub async fn record_status(
     c: &impl GenericClient,

@@ -148,6 +148,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Desired configurations handed to the broker for the edges (retained)",
             &[(vec![], load(&c.configs_published))],
         )?;
+        counter(
+            enc,
+            "tapwatch_fleet_commands_published",
+            "Commands handed to the broker for the edges",
+            &[(vec![], load(&c.commands_published))],
+        )?;
         gauge(
             enc,
             "tapwatch_ingest_seqs_missing",

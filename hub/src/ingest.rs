@@ -91,6 +91,8 @@ pub struct IngestCounters {
     pub acks_published: AtomicU64,
     /// Desired configurations handed to the broker (`tapwatch/v1/{device}/config`, retained).
     pub configs_published: AtomicU64,
+    /// Commands handed to the broker (`tapwatch/v1/{device}/commands`).
+    pub commands_published: AtomicU64,
     /// Seqs missing (never received, later ones were) and lost, summed over the devices
     /// heard from since start.
     pub seqs_missing: AtomicU64,
@@ -723,6 +725,7 @@ impl Ingestor {
                     .await?;
                 }
                 Decoded::ConfigApplied(m) => crate::fleet::record_applied(&tx, m).await?,
+                Decoded::CommandResult(m) => crate::fleet::record_command(&tx, m).await?,
                 Decoded::Status(s) => {
                     crate::fleet::record_status(&tx, s).await?;
                     let state = serde_json::to_value(s.state).unwrap_or_default();
@@ -1238,9 +1241,9 @@ async fn one_by_one(
 
 /// Run the ingest until `stop`: the MQTT loop, batching, commits, acknowledgements, and
 /// retention. Reconnects to the broker and to PostgreSQL as needed.
-/// Wait for a `config` event of the live feed (a device's desired configuration changed, at
-/// this hub or another), so that it goes to the broker now rather than at the next turn; never,
-/// without a feed.
+/// Wait for a `config` or `command` event of the live feed (a device's desired configuration
+/// changed, or a command was queued, at this hub or another), so that it goes to the broker now
+/// rather than at the next turn; never, without a feed.
 async fn config_changed(feed: &mut Option<tokio::sync::broadcast::Receiver<Arc<str>>>) {
     use tokio::sync::broadcast::error::RecvError;
     let Some(rx) = feed.as_mut() else { return std::future::pending().await };
@@ -1249,7 +1252,7 @@ async fn config_changed(feed: &mut Option<tokio::sync::broadcast::Receiver<Arc<s
             Ok(e) => {
                 // PostgreSQL writes `{"type" : "config", ...}`.
                 let event: serde_json::Value = serde_json::from_str(&e).unwrap_or_default();
-                if event["type"] == "config" {
+                if event["type"] == "config" || event["type"] == "command" {
                     return;
                 }
             }
@@ -1523,6 +1526,26 @@ pub async fn run(
                     }
                 }
                 Err(e) => tracing::warn!("fleet: cannot read the configurations to send ({e})"),
+            }
+            // Commands, not retained (a command is for now).
+            match crate::fleet::unpublished_commands(ing.client(), fleet_key.as_ref()).await {
+                Ok(commands) => {
+                    for (id, device, payload) in commands {
+                        let Some(t) = firmware::proto::commands_topic(&device) else { continue };
+                        let topic = format!("{}{t}", config.mqtt.topic_prefix);
+                        if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_ok() {
+                            counters.commands_published.fetch_add(1, Ordering::Relaxed);
+                            if let Err(e) = crate::fleet::command_published(ing.client(), id).await
+                            {
+                                tracing::warn!("fleet: cannot mark command {id} sent ({e})");
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("fleet: cannot read the commands to send ({e})"),
+            }
+            if let Err(e) = crate::fleet::expire_commands(ing.client()).await {
+                tracing::warn!("fleet: cannot expire old commands ({e})");
             }
         }
         if let Some(ing) = ingestor.as_mut() {

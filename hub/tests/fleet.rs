@@ -198,3 +198,83 @@ async fn test_layers_merge_per_device_and_edges_answer() {
         .count();
     assert_eq!(saves, 6, "{audit}");
 }
+
+#[tokio::test]
+async fn test_commands_are_sent_signed_and_their_answers_kept() {
+    let hub = Hub::start(1000).await;
+    let admin = hub.login("ada").await;
+    let (_, analyst) = hub.token(&admin, "ann").await;
+    let (_, viewer) = hub.token(&admin, "vic").await;
+    hub.ingest(&[status("tap-1", 1000, 0, "")]).await;
+    async fn send(hub: &Hub, who: &Who, device: &str, body: Value) -> Reply {
+        let path = format!("/api/v1/fleet/devices/{device}/commands");
+        hub.call(Method::POST, &path, who, Some(body)).await
+    }
+    // Admins only; a device that exists; a command that exists.
+    for who in [&viewer, &analyst] {
+        let r = send(&hub, who, "tap-1", json!({"command": "reload"})).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.json);
+    }
+    let r = send(&hub, &admin, "nobody", json!({"command": "reload"})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.json);
+    let r = send(&hub, &admin, "tap-1", json!({"command": "rm -rf /"})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.json);
+    assert_eq!(r.json["field"], "command", "{}", r.json);
+    let r = send(&hub, &admin, "tap-1", json!({"command": "reload"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let id = r.json["id"].as_i64().unwrap();
+    assert_eq!(r.json["published_at"], Value::Null);
+
+    // What the ingest sends: signed over device, id, command and time.
+    let sql = hub.sql().await;
+    let key =
+        edge_config::fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+    let out = tapwatch_hub::fleet::unpublished_commands(&sql, Some(&key)).await.unwrap();
+    assert_eq!(out.len(), 1);
+    let m: firmware::proto::CommandMsg = serde_json::from_slice(&out[0].2).unwrap();
+    assert_eq!(
+        (m.id as i64, m.device.as_str(), m.command),
+        (id, "tap-1", firmware::proto::Command::Reload)
+    );
+    let public = edge_config::fleet::public_key_text(&key);
+    edge_config::fleet::verify_command(&public, "tap-1", m.id, "reload", m.ts, &m.signature)
+        .unwrap();
+    tapwatch_hub::fleet::command_published(&sql, id).await.unwrap();
+    assert!(tapwatch_hub::fleet::unpublished_commands(&sql, None).await.unwrap().is_empty());
+
+    // The edge's answer, through the ingest; a second answer for the same id changes nothing.
+    let answer = |seq: u64, result: &str, detail: &str| {
+        msg(
+            "tap-1",
+            "commands/result",
+            seq,
+            now_us(),
+            json!({"id": id, "command": "reload", "result": result, "detail": detail}),
+        )
+    };
+    hub.ingest(&[answer(1, "applied", "reloaded; nothing changed")]).await;
+    hub.ingest(&[answer(2, "refused", "replayed")]).await;
+    let list = hub.get("/api/v1/fleet/devices/tap-1/commands", &viewer).await;
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["result"], "applied");
+    assert_eq!(list[0]["detail"], "reloaded; nothing changed");
+    assert!(list[0]["published_at"].is_string());
+
+    // One the broker never got within a minute is answered failed by the hub, not sent late.
+    let r = send(&hub, &admin, "tap-1", json!({"command": "retry_config"})).await;
+    let late = r.json["id"].as_i64().unwrap();
+    sql.execute(
+        "UPDATE device_commands SET created_at = now() - interval '2 minutes' WHERE id = $1",
+        &[&late],
+    )
+    .await
+    .unwrap();
+    assert!(tapwatch_hub::fleet::unpublished_commands(&sql, None).await.unwrap().is_empty());
+    assert_eq!(tapwatch_hub::fleet::expire_commands(&sql).await.unwrap(), 1);
+    let list = hub.get("/api/v1/fleet/devices/tap-1/commands", &viewer).await;
+    assert_eq!(list[0]["result"], "failed");
+    let audit = hub.get("/api/v1/audit?limit=100", &admin).await;
+    let sent =
+        audit["entries"].as_array().unwrap().iter().filter(|a| a["action"] == "command").count();
+    assert_eq!(sent, 2);
+}

@@ -2,7 +2,8 @@
 //! veth pairs into network namespaces made here, Mosquitto, PostgreSQL and `tapwatch-hub run`.
 //! A rule saved at the hub reaches both captures within 5 s while a flow in progress goes on; a
 //! broken BPF is refused at the hub; a configuration an edge cannot apply is reported as failed
-//! and the one before keeps running (until the edge's own file is mended and reloaded), as does one put on the broker by someone else (the hub
+//! and the one before keeps running (until the edge's own file is mended and the hub sends a
+//! `reload` command), as does one put on the broker by someone else (the hub
 //! signs what it sends, the edges take only what it signed); an edge that was offline during two changes applies the newest
 //! when it comes back, and starts with what it had kept; a rollback reaches the captures.
 //! A model uploaded at the hub rolls out to a group and then to every edge; one whose signature
@@ -163,11 +164,6 @@ impl Edge {
             let status = c.wait().unwrap();
             assert!(status.success(), "the edge exited with {status}");
         }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        sh(&["kill", sig, &pid]);
     }
 
     fn get(&self, path: &str) -> String {
@@ -369,10 +365,18 @@ fn test_the_hubs_configuration_reaches_live_edges() {
     });
     wait_for("edge-b in sync", Duration::from_secs(10), || in_sync(&sql, "edge-b"));
     assert!(ea.get("/admin/rules").contains("not (port 9999)"));
-    // Its file mended and reloaded, it applies the change it could not.
+    // Its file mended and reloaded (a command from the hub: what SIGHUP does), it applies the
+    // change it could not.
     std::fs::write(&ea.config, file).unwrap();
-    ea.signal("-HUP");
+    let cmd = rt
+        .block_on(fleet::command(&sql, "edge-a", firmware::proto::Command::Reload, "test"))
+        .unwrap()
+        .unwrap();
     wait_for("edge-a in sync after its reload", Duration::from_secs(5), || in_sync(&sql, "edge-a"));
+    wait_for("the command answered", Duration::from_secs(5), || {
+        let c = rt.block_on(fleet::commands(&sql, "edge-a", 1)).unwrap();
+        c[0].id == cmd.id && c[0].result.as_deref() == Some("applied")
+    });
 
     // edge-b goes offline; two changes; it takes the newest when it is back (and starts with
     // the rule it kept).

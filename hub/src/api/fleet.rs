@@ -361,3 +361,60 @@ pub async fn device(
         .unwrap_or_else(|| (Value::Object(Default::default()), Vec::new()));
     Ok(Json(DeviceConfig { sync, desired, layers }))
 }
+
+/// A command for one edge.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCommand {
+    /// `reload` (read its edge.toml again and lay the hub's configuration over it) or
+    /// `retry_config` (try the hub's configuration that failed to apply again now).
+    #[schema(value_type = String)]
+    pub command: firmware::proto::Command,
+}
+
+/// Send a device a command (at once; not kept for an edge that is offline). Admins.
+#[utoipa::path(post, path = "/fleet/devices/{id}/commands", tag = "fleet", params(("id" = String, Path)),
+    request_body = NewCommand,
+    security(("session" = ["admin"]), ("token" = ["admin"])),
+    responses((status = 202, body = fleet::CommandRow), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn send_command(
+    State(s): State<ApiState>,
+    super::Authed(caller): Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<NewCommand>,
+) -> ApiResult<(StatusCode, Json<fleet::CommandRow>)> {
+    device_id(&id)?;
+    let db = s.pool.get().await?;
+    let row = fleet::command(&**db, &id, req.command, &caller.username)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no device {id:?}")))?;
+    caller
+        .audit(
+            &db,
+            "command",
+            &format!("devices/{id}"),
+            serde_json::json!({"id": row.id, "command": row.command}),
+        )
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(row)))
+}
+
+/// A device's commands and their answers, newest first.
+#[utoipa::path(get, path = "/fleet/devices/{id}/commands", tag = "fleet", params(("id" = String, Path), HistoryQuery),
+    security(("session" = ["viewer"]), ("token" = ["viewer"])),
+    responses((status = 200, body = Vec<fleet::CommandRow>), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn list_commands(
+    State(s): State<ApiState>,
+    _: Viewer,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Vec<fleet::CommandRow>>> {
+    device_id(&id)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::bad("limit", "1 to 500"));
+    }
+    let db = s.pool.get().await?;
+    Ok(Json(fleet::commands(&**db, &id, limit).await?))
+}

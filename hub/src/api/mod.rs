@@ -417,6 +417,7 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(fleet::groups, fleet::create_group))
         .routes(routes!(fleet::set_group))
         .routes(routes!(fleet::device))
+        .routes(routes!(fleet::list_commands, fleet::send_command))
         .merge(
             // An upload is a model and its fixture: more than the default 2 MB body.
             OpenApiRouter::new()
