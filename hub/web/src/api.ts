@@ -278,6 +278,18 @@ export interface FleetLayer {
   current: FleetRevision | null;
 }
 
+export interface DeviceCommand {
+  id: number;
+  device: string;
+  command: "reload" | "retry_config";
+  author: string;
+  created_at: string;
+  published_at: string | null;
+  result: "applied" | "refused" | "failed" | null;
+  detail: string;
+  result_at: string | null;
+}
+
 export interface ModelInfo {
   sha256: string;
   kind: "autoencoder" | "classifier";

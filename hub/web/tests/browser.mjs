@@ -145,11 +145,18 @@ try {
   await page.screenshot({ path: `${out}/fleet-in-sync.png`, fullPage: true });
   await page.goto(`${url}#/fleet/devices/tap-browser`);
   await page.getByText("What the hub wants it to run").waitFor();
+  // A command: queued, then handed to the broker by the hub's ingest (the seeded device never
+  // answers: it stays waiting).
+  await page.getByRole("button", { name: "Reload its edge.toml" }).click();
+  await page.getByText(/Command \d+ \(reload\) sent to tap-browser/).waitFor();
+  const sent = page.locator("table[data-testid=commands] tbody tr").first();
+  await sent.locator("td", { hasText: "ago" }).waitFor({ timeout: 15_000 });
+  assert.equal(await sent.locator("[data-result]").textContent(), "waiting");
   await page.goto(`${url}#/fleet/global/-`);
   await page.locator("table[data-testid=history] tbody tr").first().locator("button", { hasText: "Diff" }).click();
   await page.locator("[data-testid=diff] .added").first().waitFor();
   await page.screenshot({ path: `${out}/fleet-layer.png`, fullPage: true });
-  step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; a group made and the device put in it; history and diff shown");
+  step("fleet: a refused document says why; a saved one makes the device pending, its answer in sync; a group made and the device put in it; a command sent; history and diff shown");
 
   // A model uploaded in the browser: a fixture of another model refused with the reason, the
   // model and its own fixture checked and listed by hash.

@@ -2,7 +2,7 @@
 // offline), and the layers an operator edits (global, a group's, a device's) with their history,
 // a diff between revisions, and rollback; the models uploaded for the edges, and their upload.
 
-import { api, ApiError, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group, ModelInfo } from "../api";
+import { api, ApiError, DeviceCommand, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group, ModelInfo } from "../api";
 import type { Page } from "../main";
 import { ago, h, panel, toast } from "../ui";
 
@@ -160,6 +160,59 @@ export function fleetLayer(p: Page, kind: string, target: string) {
   const state = h("div", {});
   const history = h("div", {});
   let current: FleetRevision | null = null;
+  const commands = h("div", {});
+  const send = async (command: string) => {
+    try {
+      const c = await api.post<DeviceCommand>(`/fleet/devices/${encodeURIComponent(target)}/commands`, { command });
+      toast(`Command ${c.id} (${c.command}) sent to ${target}`);
+      drawCommands();
+    } catch (e) {
+      toast((e as Error).message, "error");
+    }
+  };
+  const drawCommands = () => {
+    if (kind !== "devices") return;
+    panel(
+      commands,
+      () => api.get<DeviceCommand[]>(`/fleet/devices/${encodeURIComponent(target)}/commands?limit=10`),
+      (list) => [
+        h("h3", {}, "Commands"),
+        ...(p.me.role === "admin"
+          ? [
+              h(
+                "div",
+                { class: "row" },
+                h("button", { onclick: () => send("reload") }, "Reload its edge.toml"),
+                h("button", { onclick: () => send("retry_config") }, "Retry the hub's configuration"),
+              ),
+            ]
+          : []),
+        list.length === 0
+          ? h("p", { class: "empty" }, "No command sent yet.")
+          : h(
+              "table",
+              { "data-testid": "commands" },
+              h("thead", {}, h("tr", {}, ["Id", "Command", "By", "Sent", "Result", "Detail"].map((c) => h("th", {}, c)))),
+              h(
+                "tbody",
+                {},
+                list.map((c) =>
+                  h(
+                    "tr",
+                    { "data-command": String(c.id) },
+                    h("td", {}, String(c.id)),
+                    h("td", {}, c.command),
+                    h("td", {}, c.author),
+                    h("td", {}, c.published_at ? ago(c.published_at) : "not yet"),
+                    h("td", { "data-result": c.result ?? "" }, c.result ?? "waiting"),
+                    h("td", { class: c.result && c.result !== "applied" ? "warn" : "" }, c.detail),
+                  ),
+                ),
+              ),
+            ),
+      ],
+    );
+  };
   const drawState = () => {
     if (kind !== "devices") return;
     panel(state, () => api.get<FleetDevice>(`/fleet/devices/${encodeURIComponent(target)}`), (d) =>
@@ -265,13 +318,16 @@ export function fleetLayer(p: Page, kind: string, target: string) {
   p.main.replaceChildren(
     h("header", {}, h("h2", {}, title), h("a", { href: "#/fleet" }, "All devices")),
     state,
+    commands,
     h("section", { class: "card" }, h("h3", {}, "This layer"), editor, h("div", { class: "row" }, comment, save), err),
     h("h3", {}, "History"),
     history,
   );
   load();
+  drawCommands();
   p.live.subscribe((e) => {
     if (e.type === "device" || e.type === "config") drawState();
+    if (e.type === "command") drawCommands();
   });
 }
 
