@@ -28,20 +28,8 @@ async fn upload(hub: &Hub, who: &Who, parts: &[(&str, &[u8])]) -> Reply {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/models")
-        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
-    match who {
-        Who::Nobody => {}
-        Who::Token(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
-        Who::Session { cookie, csrf } => {
-            req = req.header(header::COOKIE, cookie);
-            if let Some(c) = csrf {
-                req = req.header(auth::CSRF_HEADER, c);
-            }
-        }
-    }
+    let req = who.on(Request::builder().method(Method::POST).uri("/api/v1/models"));
+    let req = req.header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
     let mut req = req.body(Body::from(body)).unwrap();
     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
     hub.send(req).await

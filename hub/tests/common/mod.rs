@@ -99,17 +99,7 @@ impl Hub {
 
     /// A request as it would come from 127.0.0.1.
     pub async fn call(&self, method: Method, uri: &str, who: &Who, body: Option<Value>) -> Reply {
-        let mut req = Request::builder().method(method).uri(uri);
-        match who {
-            Who::Nobody => {}
-            Who::Token(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
-            Who::Session { cookie, csrf } => {
-                req = req.header(header::COOKIE, cookie);
-                if let Some(c) = csrf {
-                    req = req.header(auth::CSRF_HEADER, c);
-                }
-            }
-        }
+        let mut req = who.on(Request::builder().method(method).uri(uri));
         let body = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -220,6 +210,23 @@ pub enum Who {
     Nobody,
     Token(String),
     Session { cookie: String, csrf: Option<String> },
+}
+
+impl Who {
+    /// A request with these credentials.
+    pub fn on(&self, mut req: axum::http::request::Builder) -> axum::http::request::Builder {
+        match self {
+            Who::Nobody => {}
+            Who::Token(t) => req = req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+            Who::Session { cookie, csrf } => {
+                req = req.header(header::COOKIE, cookie);
+                if let Some(c) = csrf {
+                    req = req.header(auth::CSRF_HEADER, c);
+                }
+            }
+        }
+        req
+    }
 }
 
 #[derive(Debug)]
