@@ -84,9 +84,15 @@ fn signed_bytes(device: &str, revision: u64, hash: &str) -> Vec<u8> {
     format!("tapwatch-config-v1\0{device}\0{revision}\0{hash}").into_bytes()
 }
 
-/// What the hub signs of a model: its slot, the SHA-256 of its file and of its fixture.
-fn model_signed_bytes(kind: &str, sha256: &str, fixture_sha256: &str) -> Vec<u8> {
-    format!("tapwatch-model-v1\0{kind}\0{sha256}\0{fixture_sha256}").into_bytes()
+/// What the hub signs of a model: its slot, the SHA-256 of its file and of its fixture, and
+/// where to fetch each (so that an edge fetches from nowhere else: a message altered on the
+/// broker cannot send it to another address).
+fn model_signed_bytes(r: &firmware::proto::ModelRef) -> Vec<u8> {
+    format!(
+        "tapwatch-model-v1\0{}\0{}\0{}\0{}\0{}",
+        r.kind, r.sha256, r.fixture_sha256, r.url, r.fixture_url
+    )
+    .into_bytes()
 }
 
 /// What the hub signs of a command: its device, id, command (as the contract names it) and time.
@@ -177,27 +183,16 @@ pub fn verify(
     verify_bytes(public_key, &signed_bytes(device, revision, hash), signature, "configurations")
 }
 
-/// The signature of a model, base64: its slot, its file's and its fixture's SHA-256.
-pub fn sign_model(
-    key: &ed25519_dalek::SigningKey,
-    kind: &str,
-    sha256: &str,
-    fixture_sha256: &str,
-) -> String {
+/// The signature of a model as an edge is told of it, base64 (its `signature` is not signed).
+pub fn sign_model(key: &ed25519_dalek::SigningKey, r: &firmware::proto::ModelRef) -> String {
     use ed25519_dalek::Signer as _;
-    let sig = key.sign(&model_signed_bytes(kind, sha256, fixture_sha256));
+    let sig = key.sign(&model_signed_bytes(r));
     base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
 }
 
 /// Check a model's signature against the hub's public key (base64).
-pub fn verify_model(
-    public_key: &str,
-    kind: &str,
-    sha256: &str,
-    fixture_sha256: &str,
-    signature: &str,
-) -> Result<(), String> {
-    verify_bytes(public_key, &model_signed_bytes(kind, sha256, fixture_sha256), signature, "models")
+pub fn verify_model(public_key: &str, r: &firmware::proto::ModelRef) -> Result<(), String> {
+    verify_bytes(public_key, &model_signed_bytes(r), &r.signature, "models")
 }
 
 fn verify_bytes(public_key: &str, bytes: &[u8], signature: &str, what: &str) -> Result<(), String> {
@@ -445,17 +440,42 @@ mod tests {
             let p = check(&doc);
             assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");
         }
-        // A model's signature covers its slot and both hashes.
+        // A model's signature covers its slot, both hashes and both addresses.
         let key = signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
         let public = public_key_text(&key);
         let fx = "ff".repeat(32);
-        let sig = sign_model(&key, "classifier", &sha, &fx);
-        assert_eq!(verify_model(&public, "classifier", &sha, &fx, &sig), Ok(()));
-        assert!(verify_model(&public, "autoencoder", &sha, &fx, &sig).is_err());
-        assert!(verify_model(&public, "classifier", &fx, &fx, &sig).is_err());
-        assert!(verify_model(&public, "classifier", &sha, &sha, &sig).is_err());
+        let mut r = firmware::proto::ModelRef {
+            kind: "classifier".into(),
+            sha256: sha.clone(),
+            fixture_sha256: fx.clone(),
+            size: 1,
+            name: "c".into(),
+            version: "1".into(),
+            url: "http://hub/m".into(),
+            fixture_url: "http://hub/f".into(),
+            signature: String::new(),
+        };
+        assert!(verify_model(&public, &r).unwrap_err().contains("models"));
+        r.signature = sign_model(&key, &r);
+        assert_eq!(verify_model(&public, &r), Ok(()));
+        let changes: [fn(&mut firmware::proto::ModelRef); 5] = [
+            |r| r.kind = "autoencoder".into(),
+            |r| r.sha256 = r.fixture_sha256.clone(),
+            |r| r.fixture_sha256 = r.sha256.clone(),
+            |r| r.url = "http://169.254.169.254/latest/meta-data".into(),
+            |r| r.fixture_url = "http://hub/m".into(),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut other = r.clone();
+            change(&mut other);
+            assert!(verify_model(&public, &other).is_err(), "change {i}");
+        }
+        // Name, version and size are what the hub says of it, not what is checked.
+        let mut named = r.clone();
+        named.version = "2".into();
+        assert_eq!(verify_model(&public, &named), Ok(()));
         // A configuration's signature is not a model's.
-        assert!(verify(&public, "classifier", 0, &sha, &sig).is_err());
+        assert!(verify(&public, "classifier", 0, &sha, &r.signature).is_err());
         // A command's covers its device, id, command and time.
         let c = sign_command(&key, "tap-1", 4, "reload", 99);
         assert_eq!(verify_command(&public, "tap-1", 4, "reload", 99, &c), Ok(()));
@@ -467,7 +487,6 @@ mod tests {
         ] {
             assert!(verify_command(&public, d, id, cmd, ts, &c).is_err(), "{d} {id} {cmd} {ts}");
         }
-        assert!(verify_model(&public, "classifier", &sha, &fx, "").unwrap_err().contains("models"));
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub fn stage(
         };
         let key = &running.sync.config_public_key;
         if !key.is_empty() {
-            fleet::verify_model(key, slot, &r.sha256, &r.fixture_sha256, &r.signature)
+            fleet::verify_model(key, r)
                 .map_err(|why| refuse(format!("models.{slot} ({}): {why}", short(&sha))))?;
         }
         let fixture_path = path.with_file_name(format!("{sha}.fixture.json"));
@@ -257,8 +257,14 @@ mod tests {
         c
     }
 
-    fn model_ref(base: &str, sha: &str, fixture_sha: &str, signature: String) -> ModelRef {
-        ModelRef {
+    /// A model as the hub names it, fetched from `base`, signed with `key`.
+    fn model_ref(
+        base: &str,
+        sha: &str,
+        fixture_sha: &str,
+        key: &ed25519_dalek::SigningKey,
+    ) -> ModelRef {
+        let mut r = ModelRef {
             kind: "classifier".into(),
             sha256: sha.into(),
             fixture_sha256: fixture_sha.into(),
@@ -267,8 +273,10 @@ mod tests {
             version: "t".into(),
             url: format!("{base}/m"),
             fixture_url: format!("{base}/f"),
-            signature,
-        }
+            signature: String::new(),
+        };
+        r.signature = fleet::sign_model(key, &r);
+        r
     }
 
     #[test]
@@ -280,7 +288,6 @@ mod tests {
         let (onnx, fixture) = (shipped("classifier.onnx"), shipped("fixtures/classifier.json"));
         let (sha, fsha) = (sha256_hex(&onnx), sha256_hex(&fixture));
         let doc = serde_json::json!({"models": {"classifier": sha}});
-        let sign = |k: &ed25519_dalek::SigningKey| fleet::sign_model(k, "classifier", &sha, &fsha);
         let (base, served) =
             serve(vec![("/m".into(), onnx.clone()), ("/f".into(), fixture.clone())]);
         let ca = Path::new("");
@@ -291,14 +298,18 @@ mod tests {
 
         // Named without where to fetch it; signed by another key: refused, nothing fetched.
         assert!(refused(stage(&running, &doc, &[], ca)).contains("not where to fetch"));
-        let forged = model_ref(&base, &sha, &fsha, sign(&other));
+        let forged = model_ref(&base, &sha, &fsha, &other);
         assert!(refused(stage(&running, &doc, &[forged], ca)).contains("not the hub's"));
+        // The hub's, sent elsewhere on the way (an address inside the tap's network).
+        let mut moved = model_ref(&base, &sha, &fsha, &key);
+        moved.url = "http://169.254.169.254/latest/meta-data".into();
+        assert!(refused(stage(&running, &doc, &[moved], ca)).contains("not the hub's"));
         assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 0);
 
         // A file that is not what its hash says (the fixture's bytes where the model is).
         let (wrong, _) =
             serve(vec![("/m".into(), fixture.clone()), ("/f".into(), fixture.clone())]);
-        let r = model_ref(&wrong, &sha, &fsha, sign(&key));
+        let r = model_ref(&wrong, &sha, &fsha, &key);
         assert!(refused(stage(&running, &doc, &[r], ca)).contains("SHA-256"));
         // A fixture whose outputs the model does not give (signed: the hub checked it, yet the
         // edge runs it again).
@@ -307,22 +318,19 @@ mod tests {
         let bad_fixture = serde_json::to_vec(&f).unwrap();
         let bad_sha = sha256_hex(&bad_fixture);
         let (odd, _) = serve(vec![("/m".into(), onnx.clone()), ("/f".into(), bad_fixture)]);
-        let r =
-            model_ref(&odd, &sha, &bad_sha, fleet::sign_model(&key, "classifier", &sha, &bad_sha));
+        let r = model_ref(&odd, &sha, &bad_sha, &key);
         assert!(refused(stage(&running, &doc, &[r], ca)).contains("fixture row 0"));
         assert!(!fleet::model_file(&running, &sha).exists(), "nothing kept of a refused model");
 
         // The hub's: fetched, checked, kept; the next time the kept copy is used.
-        let good = model_ref(&base, &sha, &fsha, sign(&key));
+        let good = model_ref(&base, &sha, &fsha, &key);
         let staged = stage(&running, &doc, std::slice::from_ref(&good), ca).unwrap();
         assert_eq!(staged.len(), 1);
         assert_eq!(staged[0].path, fleet::model_file(&running, &sha));
         assert_eq!(std::fs::read(&staged[0].path).unwrap(), onnx);
         let before = served.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(before, 2);
-        let mut gone = good.clone();
-        gone.url = "http://127.0.0.1:1/m".into();
-        gone.fixture_url = "http://127.0.0.1:1/f".into();
+        let gone = model_ref("http://127.0.0.1:1", &sha, &fsha, &key);
         assert_eq!(stage(&running, &doc, &[gone.clone()], ca).unwrap().len(), 1);
         assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), before);
         // A kept copy that changed on disk is fetched again; the hub out of reach: failed (tried

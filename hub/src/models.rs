@@ -206,20 +206,22 @@ pub async fn refs(
             continue;
         }
         let Some(m) = get(c, &sha).await? else { continue };
-        let url = format!("{}/api/v1/models/{sha}/file", base.trim_end_matches('/'));
-        out.push(firmware::proto::ModelRef {
+        let base = base.trim_end_matches('/');
+        let mut r = firmware::proto::ModelRef {
             kind: slot.to_string(),
-            signature: key
-                .map(|k| edge_config::fleet::sign_model(k, slot, &sha, &m.fixture_sha256))
-                .unwrap_or_default(),
-            fixture_url: format!("{}/api/v1/models/{sha}/fixture", base.trim_end_matches('/')),
-            url,
+            url: format!("{base}/api/v1/models/{sha}/file"),
+            fixture_url: format!("{base}/api/v1/models/{sha}/fixture"),
             sha256: sha,
             fixture_sha256: m.fixture_sha256,
             size: m.size as u64,
             name: m.name,
             version: m.version,
-        });
+            signature: String::new(),
+        };
+        if let Some(k) = key {
+            r.signature = edge_config::fleet::sign_model(k, &r);
+        }
+        out.push(r);
     }
     Ok(out)
 }

@@ -556,14 +556,22 @@ fn test_models_roll_out_from_the_hub_to_live_edges() {
     let fixture_sha =
         rt.block_on(tapwatch_hub::models::get(&sql, &ae)).unwrap().unwrap().fixture_sha256;
     let addr = hub.addr("http");
+    let mut model = firmware::proto::ModelRef {
+        kind: "autoencoder".into(),
+        sha256: ae.clone(),
+        fixture_sha256: fixture_sha,
+        size: 1,
+        name: "x".into(),
+        version: "x".into(),
+        url: format!("http://{addr}/api/v1/models/{ae}/file"),
+        fixture_url: format!("http://{addr}/api/v1/models/{ae}/fixture"),
+        signature: String::new(),
+    };
+    model.signature = edge_config::fleet::sign_model(&other, &model);
     let forged = serde_json::json!({"schema": 1, "device": "edge-b", "ts": 1, "revision": desired + 1000,
         "hash": hash, "config": doc,
         "signature": edge_config::fleet::sign(&key, "edge-b", (desired + 1000) as u64, &hash),
-        "models": [{"kind": "autoencoder", "sha256": ae, "fixture_sha256": fixture_sha, "size": 1,
-                    "name": "x", "version": "x",
-                    "url": format!("http://{addr}/api/v1/models/{ae}/file"),
-                    "fixture_url": format!("http://{addr}/api/v1/models/{ae}/fixture"),
-                    "signature": edge_config::fleet::sign_model(&other, "autoencoder", &ae, &fixture_sha)}]});
+        "models": [model]});
     sh(&[
         "mosquitto_pub",
         "-p",

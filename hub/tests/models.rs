@@ -173,23 +173,12 @@ async fn test_a_model_is_checked_kept_served_and_named_by_the_fleet() {
     assert_eq!(c.url, format!("http://hub.test:8080/api/v1/models/{sha}/file"));
     assert_eq!(c.fixture_url, format!("http://hub.test:8080/api/v1/models/{sha}/fixture"));
     assert_eq!(c.fixture_sha256, edge_model::sha256_hex(&clf_fx));
-    edge_config::fleet::verify_model(
-        &public,
-        "classifier",
-        &c.sha256,
-        &c.fixture_sha256,
-        &c.signature,
-    )
-    .unwrap();
+    edge_config::fleet::verify_model(&public, c).unwrap();
     let a = m.models.iter().find(|r| r.kind == "autoencoder").unwrap();
-    assert!(edge_config::fleet::verify_model(
-        &public,
-        "classifier",
-        &a.sha256,
-        &a.fixture_sha256,
-        &a.signature
-    )
-    .is_err());
+    edge_config::fleet::verify_model(&public, a).unwrap();
+    let mut swapped = a.clone();
+    swapped.kind = "classifier".into();
+    assert!(edge_config::fleet::verify_model(&public, &swapped).is_err());
 
     // The upload is in the audit log (once).
     let log = hub.get("/api/v1/audit?limit=100", &admin).await;
