@@ -698,8 +698,9 @@ pub struct ModelRef {
     pub url: std::string::String,
     #[cfg_attr(feature = "schema", schemars(length(max = 2048)))]
     pub fixture_url: std::string::String,
-    /// Ed25519 signature by the hub's key of `tapwatch-model-v1`, kind, sha256 and
-    /// fixture_sha256 (NUL between them), base64; empty when the hub has no key.
+    /// Ed25519 signature by the hub's key of `tapwatch-model-v1`, kind, sha256,
+    /// fixture_sha256, url and fixture_url (NUL between them), base64; empty when the hub has
+    /// no key.
     #[cfg_attr(feature = "serde", serde(default))]
     pub signature: std::string::String,
 }
