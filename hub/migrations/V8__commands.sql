@@ -21,13 +21,13 @@ CREATE TABLE device_commands (
 CREATE INDEX device_commands_device ON device_commands (device, id DESC);
 CREATE INDEX device_commands_unpublished ON device_commands (id) WHERE published_at IS NULL;
 
--- A new command wakes the ingest (which sends it) and an answer updates dashboards: the live
--- feed's `command` events.
+-- A new command wakes the ingest (which sends it); its sending and its answer update
+-- dashboards: the live feed's `command` events.
 CREATE FUNCTION tapwatch_notify_command() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('tapwatch_live', json_build_object(
         'type', 'command', 'device', NEW.device, 'id', NEW.id)::text);
     RETURN NULL;
 END $$;
-CREATE TRIGGER device_commands_notify AFTER INSERT OR UPDATE OF result ON device_commands
+CREATE TRIGGER device_commands_notify AFTER INSERT OR UPDATE OF published_at, result ON device_commands
     FOR EACH ROW EXECUTE FUNCTION tapwatch_notify_command();
