@@ -331,7 +331,7 @@ mod tests {
         let before = served.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(before, 2);
         let gone = model_ref("http://127.0.0.1:1", &sha, &fsha, &key);
-        assert_eq!(stage(&running, &doc, &[gone.clone()], ca).unwrap().len(), 1);
+        assert_eq!(stage(&running, &doc, std::slice::from_ref(&gone), ca).unwrap().len(), 1);
         assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), before);
         // A kept copy that changed on disk is fetched again; the hub out of reach: failed (tried
         // again later), not refused.
