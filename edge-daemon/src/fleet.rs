@@ -70,6 +70,20 @@ pub fn state_path(config: &Config) -> PathBuf {
     config.store.path.with_file_name("fleet-config.json")
 }
 
+/// Where the id of the last command from the hub done is kept: beside the store's database.
+pub fn commands_path(config: &Config) -> PathBuf {
+    config.store.path.with_file_name("fleet-commands.json")
+}
+
+/// The id of the last command done, as kept (0: none, or the file does not read).
+fn last_command(path: &Path) -> u64 {
+    std::fs::read(path)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["last"].as_u64())
+        .unwrap_or(0)
+}
+
 /// The hub's configuration kept by an earlier run, if there is one and it is whole.
 pub fn kept(config: &Config) -> Option<Applied> {
     let path = state_path(config);
@@ -135,7 +149,8 @@ struct State {
     /// again after the next reload that succeeds (the operator fixed the edge's own file), and
     /// every [`RETRY`]; with why it failed (the same failure is not answered again).
     failed: Option<(Vec<u8>, String)>,
-    /// The last command from the hub done (ids only grow: an old one replayed is refused).
+    /// The last command from the hub done (ids only grow: an old one replayed is refused), kept
+    /// beside the store across restarts ([`commands_path`]).
     last_command: u64,
 }
 
@@ -171,15 +186,10 @@ impl Runtime {
         let now = fleet.as_ref().map(|a| (a.revision, a.hash.clone())).unwrap_or_default();
         parts.shared.fleet_revision.store(now.0, Ordering::Relaxed);
         parts.applied.send_replace(now);
+        let last_command = last_command(&commands_path(&running));
         Runtime {
             path,
-            state: Mutex::new(State {
-                running,
-                fleet,
-                answered: None,
-                failed: None,
-                last_command: 0,
-            }),
+            state: Mutex::new(State { running, fleet, answered: None, failed: None, last_command }),
             parts,
         }
     }
@@ -358,6 +368,13 @@ impl Runtime {
                 msg.id, state.last_command
             ));
         }
+        // Kept before it is done: a command is done at most once, whatever happens next.
+        let path = commands_path(&state.running);
+        let tmp = path.with_extension("json.new");
+        std::fs::write(&tmp, serde_json::json!({"last": msg.id}).to_string())
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot keep its id ({}: {e}); not done", path.display()))?;
         state.last_command = msg.id;
         Ok(())
     }
@@ -718,6 +735,13 @@ mod tests {
             assert!(why.contains("done already"), "{why}");
         }
         assert_eq!(rt.parts.shared.reloads.load(Ordering::Relaxed), 1);
+        // After a restart too (the last id is kept beside the store).
+        drop(rt);
+        let (rt, rx) = runtime(dir.path(), &fleet::public_key_text(&key));
+        rt.command(&cmd("tap-1", 4, now, true));
+        assert!(answer(&rx).2.contains("done already"));
+        rt.command(&cmd("tap-1", 5, now, true));
+        assert_eq!(answer(&rx).1, ApplyResult::Applied);
         // Not a command at all: logged, no answer (nothing to answer to).
         rt.command(b"{\"command\": \"format\"}");
         assert!(rx.try_recv().is_err());
