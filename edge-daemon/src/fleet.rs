@@ -330,14 +330,15 @@ impl Runtime {
             result,
             detail: firmware::proto::apply_error(&detail),
         };
-        if self
-            .parts
-            .store
-            .send_timeout(Row::CommandResult(Box::new(answer)), Duration::from_secs(5))
-            .is_err()
-        {
+        self.queue_answer(Row::CommandResult(Box::new(answer)), &format!("command {}", msg.id));
+    }
+
+    /// Queue an answer to the hub. It waits for room rather than drop (one message per change
+    /// or command); one that still finds none is counted and logged.
+    fn queue_answer(&self, row: Row, to: &str) {
+        if self.parts.store.send_timeout(row, Duration::from_secs(5)).is_err() {
             self.parts.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(id = msg.id, "the answer to a command could not be queued");
+            tracing::error!("the answer to {to} could not be queued");
         }
     }
 
@@ -405,16 +406,8 @@ impl Runtime {
             result,
             error: firmware::proto::apply_error(text),
         };
-        // The answer waits for room rather than drop: it is one message per change.
-        if self
-            .parts
-            .store
-            .send_timeout(Row::ConfigApplied(Box::new(msg)), Duration::from_secs(5))
-            .is_err()
-        {
-            self.parts.shared.store.queue_drops.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(revision, "the answer to the hub's configuration could not be queued");
-        }
+        let to = format!("the hub's configuration revision {revision}");
+        self.queue_answer(Row::ConfigApplied(Box::new(msg)), &to);
     }
 
     /// `None` as the result when this revision was answered already.
