@@ -43,14 +43,6 @@ pub struct Staged {
 /// not be fetched or kept: tried again).
 pub type Refusal = (ApplyResult, String);
 
-fn kind_of(slot: &str) -> ModelKind {
-    if slot == "autoencoder" {
-        ModelKind::Autoencoder
-    } else {
-        ModelKind::Classifier
-    }
-}
-
 /// Bring in every model `doc` names that is not running in `running`: from what is kept, or
 /// from the hub. `ca_file` (PEM) is trusted for an `https` hub; empty: the usual web roots.
 pub fn stage(
@@ -89,7 +81,8 @@ pub fn stage(
         let fixture_bytes =
             bring(&fixture_path, &r.fixture_url, &r.fixture_sha256, MAX_FIXTURE_BYTES, ca_file)
                 .map_err(|(result, why)| (result, format!("models.{slot}: its fixture: {why}")))?;
-        let model = Model::from_bytes(&bytes, &path, kind_of(slot))
+        let kind = ModelKind::parse(slot).unwrap_or(ModelKind::Classifier); // a slot of MODEL_SLOTS
+        let model = Model::from_bytes(&bytes, &path, kind)
             .map_err(|e| refuse(format!("models.{slot}: {e}")))?;
         let fixture: Fixture = serde_json::from_slice(&fixture_bytes)
             .map_err(|e| refuse(format!("models.{slot}: its fixture is not one: {e}")))?;

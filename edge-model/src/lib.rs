@@ -36,6 +36,11 @@ impl ModelKind {
             ModelKind::Classifier => "classifier",
         }
     }
+
+    /// The kind a name (a slot, or a file's `tapwatch.kind`) names.
+    pub fn parse(name: &str) -> Option<ModelKind> {
+        [ModelKind::Autoencoder, ModelKind::Classifier].into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// Why a model file was refused.
@@ -426,17 +431,12 @@ impl Model {
             .map_err(|e| load_err(&format!("{e:#}")))?;
         check_graph(&proto).map_err(|e| load_err(&e))?;
         let model = onnx.model_for_proto_model(&proto).map_err(|e| load_err(&format!("{e:#}")))?;
-        let kind = match meta(&model, path, "kind")?.as_str() {
-            "autoencoder" => ModelKind::Autoencoder,
-            "classifier" => ModelKind::Classifier,
-            other => {
-                return Err(ModelError::Metadata {
-                    path: path.into(),
-                    key: "kind",
-                    problem: format!("`{other}` is neither autoencoder nor classifier"),
-                })
-            }
-        };
+        let name = meta(&model, path, "kind")?;
+        let kind = ModelKind::parse(&name).ok_or_else(|| ModelError::Metadata {
+            path: path.into(),
+            key: "kind",
+            problem: format!("`{name}` is neither autoencoder nor classifier"),
+        })?;
         if kind != expected {
             return Err(ModelError::WrongKind {
                 path: path.into(),
