@@ -8,6 +8,7 @@
 //! checks it with.
 
 pub mod fleet;
+pub mod update;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,6 +46,30 @@ pub struct Config {
     pub sync: SyncConfig,
     #[serde(default)]
     pub detect: DetectConfig,
+    #[serde(default)]
+    pub update: UpdateConfig,
+}
+
+/// `[update]`: signed updates of the edge's own program ([`update`]), from a file
+/// (`tapwatch-edge update install`) into a standby slot, kept only once the new program reports
+/// healthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// The release key's public half (base64; `tapwatch-edge update keygen` prints it). Empty:
+    /// every update is refused.
+    pub public_key: String,
+    /// The new program must be ready, capturing on every interface and connected to the broker
+    /// (when sync is on) within this many seconds of its start, or the slot before it comes back.
+    pub health_deadline_s: u32,
+    /// A bundle over this many MiB is refused.
+    pub max_bundle_mb: u32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig { public_key: String::new(), health_deadline_s: 120, max_bundle_mb: 256 }
+    }
 }
 
 /// `[detect]`: the window detectors (scans, sweeps, floods, ARP and DHCP abuse) and anomaly
@@ -517,6 +542,7 @@ impl Config {
             http: HttpConfig::default(),
             sync: SyncConfig::default(),
             detect: DetectConfig::default(),
+            update: UpdateConfig::default(),
         }
     }
 
@@ -681,6 +707,21 @@ impl Config {
                 "sync.config_public_key: not 32 bytes of base64 (tapwatch-hub fleet-key prints it)"
                     .into(),
             );
+        }
+        let u = &self.update;
+        if !u.public_key.is_empty()
+            && fleet::verify(&u.public_key, "", 0, "", "").is_err_and(|e| e.contains("public key"))
+        {
+            p.push(
+                "update.public_key: not 32 bytes of base64 (tapwatch-edge update keygen prints it)"
+                    .into(),
+            );
+        }
+        if !(5..=3600).contains(&u.health_deadline_s) {
+            p.push(format!("update.health_deadline_s {}: must be 5 to 3600", u.health_deadline_s));
+        }
+        if !(1..=4096).contains(&u.max_bundle_mb) {
+            p.push(format!("update.max_bundle_mb {}: must be 1 to 4096", u.max_bundle_mb));
         }
         if y.keepalive_s < 5 {
             p.push(format!("sync.keepalive_s {}: must be at least 5", y.keepalive_s));

@@ -47,6 +47,9 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Signed updates of this program into a standby slot (A/B), kept only once healthy.
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Write an anomaly's evidence packets as a pcap file.
     ExportPcap {
         /// The edge database.
@@ -67,6 +70,54 @@ pub enum ConfigCommand {
     Example,
     /// Check a configuration file and print every problem found.
     Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Make a release key: its secret seed goes to OUT (mode 0600, keep it offline), its
+    /// public half, for `update.public_key`, to stdout.
+    Keygen {
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Make a signed bundle of a program (the first file, installed as tapwatch-edge) and any
+    /// files that travel with it.
+    Pack {
+        /// The release key (from `update keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The release's version.
+        #[arg(long)]
+        version: String,
+        /// The architecture it is built for (default: this machine's).
+        #[arg(long, default_value = std::env::consts::ARCH)]
+        arch: String,
+        /// The bundle to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Check a bundle against update.public_key and put it in the standby slot; the next start
+    /// of the service runs it on trial.
+    Install {
+        #[arg(long, short)]
+        config: PathBuf,
+        bundle: PathBuf,
+    },
+    /// Print the slots' state: the active program, any update on trial, the last outcome.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Go back to the factory program (the package's); the package does this when installed.
+    Reset {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Why, kept as the last outcome.
+        #[arg(long, default_value = "reset by hand")]
+        reason: String,
+    },
 }
 
 /// What `analyze` writes.
@@ -125,11 +176,21 @@ pub fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Analyze(args) => run_on_pipeline_thread(move || analyze(&args)),
-        Command::Run { config } => match crate::daemon::run(config) {
+        Command::Run { config } => match crate::update::launch(&config) {
+            crate::update::Launch::Exit(code) => code,
+            crate::update::Launch::Continue => match crate::daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tapwatch-edge: {e}");
+                    ExitCode::from(78)
+                }
+            },
+        },
+        Command::Update(cmd) => match update(cmd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tapwatch-edge: {e}");
-                ExitCode::from(78)
+                ExitCode::FAILURE
             }
         },
         Command::Sync { config, db } => match sync_drain(&config, db) {
@@ -169,6 +230,52 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn update(cmd: UpdateCommand) -> Result<(), String> {
+    let slots = |config: &std::path::Path| {
+        Config::load(config).map(|c| (crate::update::Slots::new(&c), c)).map_err(|e| e.to_string())
+    };
+    match cmd {
+        UpdateCommand::Keygen { out } => {
+            let public = crate::update::keygen(&out)?;
+            eprintln!("tapwatch-edge: release key written to {}; its public half:", out.display());
+            println!("{public}");
+        }
+        UpdateCommand::Pack { key, version, arch, out, files } => {
+            let m = crate::update::pack(&key, &version, &arch, &files, &out)?;
+            eprintln!(
+                "tapwatch-edge: {} {} for {}: {} files, {} bytes",
+                out.display(),
+                m.version,
+                m.arch,
+                m.files.len(),
+                m.size()
+            );
+        }
+        UpdateCommand::Install { config, bundle } => {
+            let (s, c) = slots(&config)?;
+            let t = s.install(&bundle, &c, &config)?;
+            eprintln!(
+                "tapwatch-edge: {} ({}) is in slot {}; the next start of the service runs it on \
+                 trial (systemctl restart tapwatch-edge)",
+                t.version,
+                t.sha256,
+                t.slot.name()
+            );
+        }
+        UpdateCommand::Status { config } => {
+            let (s, _) = slots(&config)?;
+            let state = s.load()?;
+            println!("{}", serde_json::to_string_pretty(&state).map_err(|e| e.to_string())?);
+        }
+        UpdateCommand::Reset { config, reason } => {
+            let (s, _) = slots(&config)?;
+            s.reset(&reason)?;
+            eprintln!("tapwatch-edge: the factory program runs from the next start");
+        }
+    }
+    Ok(())
 }
 
 /// Logs go to stderr; `TAPWATCH_LOG` sets the filter (tracing's env-filter syntax, default

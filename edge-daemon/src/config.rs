@@ -42,6 +42,7 @@ mod tests {
             http: HttpConfig::default(),
             sync: SyncConfig::default(),
             detect: DetectConfig::default(),
+            update: UpdateConfig::default(),
         };
         assert_eq!(example, defaults);
         // Every key the defaults serialize to is written out in the example, not left implicit.

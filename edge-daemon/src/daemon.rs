@@ -301,6 +301,8 @@ async fn serve(
     let interfaces = shared.interfaces.read().map_or(0, |i| i.len());
     crate::supervise::ready(&format!("running; capturing on {interfaces} interfaces"));
     let watchdog = tokio::spawn(crate::supervise::watchdog(shared.clone()));
+    // On trial after an update: say whether it is healthy, for the launcher to keep it.
+    let health = tokio::spawn(crate::update::report_health(config.clone(), shared.clone()));
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -338,6 +340,7 @@ async fn serve(
     let _ = stop_tx.send(true);
     host.abort();
     watchdog.abort();
+    health.abort();
     let _ = server.await;
     Ok(())
 }

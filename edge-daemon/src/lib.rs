@@ -22,6 +22,7 @@ pub mod ring;
 pub mod store;
 pub mod supervise;
 pub mod sync;
+pub mod update;
 
 use firmware::engine::Engine;
 use firmware::flow::HeapShards;
