@@ -25,6 +25,10 @@
 //! it and its fixture by those hashes, checks both and the signature ([`verify_model`]), keeps
 //! them in [`model_dir`] and runs the fixture before it swaps the model in; [`apply`] puts the
 //! kept file's path in `detect.models`.
+//!
+//! `update` names an update bundle of the edge program by its SHA-256 (`""`: none), one
+//! uploaded to the hub ([`update`], [`sign_update`]); the edge fetches it, checks the release
+//! key's signature and installs it on trial (`tapwatch-edge`'s `update` module).
 
 use crate::{Config, DeviceConfig, InterfaceConfig};
 use base64::Engine as _;
@@ -93,6 +97,30 @@ fn model_signed_bytes(r: &firmware::proto::ModelRef) -> Vec<u8> {
         r.kind, r.sha256, r.fixture_sha256, r.url, r.fixture_url
     )
     .into_bytes()
+}
+
+/// What the hub signs of an update it names: the bundle's hash, its version and where to fetch
+/// it (the bundle itself is signed by the release key).
+fn update_signed_bytes(r: &firmware::proto::UpdateRef) -> Vec<u8> {
+    format!("tapwatch-update-ref-v1\0{}\0{}\0{}", r.sha256, r.version, r.url).into_bytes()
+}
+
+/// The hub's signature of an update it names, base64.
+pub fn sign_update(key: &ed25519_dalek::SigningKey, r: &firmware::proto::UpdateRef) -> String {
+    use ed25519_dalek::Signer as _;
+    let sig = key.sign(&update_signed_bytes(r));
+    base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+}
+
+/// Check the hub's signature of an update it names.
+pub fn verify_update(public_key: &str, r: &firmware::proto::UpdateRef) -> Result<(), String> {
+    verify_bytes(public_key, &update_signed_bytes(r), &r.signature, "updates")
+}
+
+/// The update a document names: the SHA-256 of a bundle kept at the hub; `None` when it names
+/// none (or `""`).
+pub fn update(doc: &Value) -> Option<String> {
+    doc.get("update").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 /// What the hub signs of a command: its device, id, command (as the contract names it) and time.
@@ -251,6 +279,16 @@ pub fn shape(doc: &Value) -> Vec<String> {
             }
             continue;
         }
+        if section == "update" {
+            if !(v.is_null() || v.as_str().is_some_and(|s| s.is_empty() || is_sha256(s))) {
+                p.push(
+                    "update: the SHA-256 of an update bundle uploaded to the hub (64 hex digits, \
+                     lower case), or \"\" for none"
+                        .into(),
+                );
+            }
+            continue;
+        }
         if section == "models" {
             let Some(slots) = v.as_object() else {
                 if !v.is_null() {
@@ -274,7 +312,7 @@ pub fn shape(doc: &Value) -> Vec<String> {
         }
         let Some((_, keys)) = ALLOWED.iter().find(|(s, _)| s == section) else {
             p.push(format!(
-                "{section}: not a section the hub sets (it sets capture, models, {}); the rest is the \
+                "{section}: not a section the hub sets (it sets capture, models, update, {}); the rest is the \
                  edge's own edge.toml",
                 ALLOWED.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(", ")
             ));
@@ -310,7 +348,7 @@ pub fn apply(base: &Config, doc: &Value) -> Result<(Config, Vec<String>), Vec<St
     let empty = Map::new();
     let top = doc.as_object().unwrap_or(&empty);
     for (section, patch) in top {
-        if section == "capture" || section == "models" {
+        if section == "capture" || section == "models" || section == "update" {
             continue;
         }
         json_patch::merge(&mut v[section.as_str()], patch);
@@ -436,10 +474,18 @@ mod tests {
             (json!({"models": {"classifier": 7}}), "models.classifier"),
             (json!({"models": {"detector": sha}}), "models.detector"),
             (json!({"models": [sha]}), "models:"),
+            (json!({"update": "../x"}), "update:"),
+            (json!({"update": 7}), "update:"),
         ] {
             let p = check(&doc);
             assert!(p.iter().any(|p| p.contains(field)), "{doc}: {p:?}");
         }
+        // An update is named by hash; it changes nothing of edge.toml.
+        let doc = json!({"update": sha});
+        assert!(check(&doc).is_empty(), "{:?}", check(&doc));
+        assert_eq!(apply(&edge(), &doc).unwrap().0, edge());
+        assert_eq!(update(&doc), Some(sha.clone()));
+        assert_eq!(update(&json!({"update": ""})), None);
         // A model's signature covers its slot, both hashes and both addresses.
         let key = signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
         let public = public_key_text(&key);
@@ -456,6 +502,19 @@ mod tests {
             signature: String::new(),
         };
         assert!(verify_model(&public, &r).unwrap_err().contains("models"));
+        // An update's covers its hash, version and address.
+        let mut u = firmware::proto::UpdateRef {
+            sha256: sha.clone(),
+            version: "1.0".into(),
+            size: 9,
+            url: "http://hub:8080/api/v1/updates/x/file".into(),
+            signature: String::new(),
+        };
+        u.signature = sign_update(&key, &u);
+        assert_eq!(verify_update(&public, &u), Ok(()));
+        let mut moved = u.clone();
+        moved.url = "http://169.254.169.254/".into();
+        assert!(verify_update(&public, &moved).is_err());
         r.signature = sign_model(&key, &r);
         assert_eq!(verify_model(&public, &r), Ok(()));
         let changes: [fn(&mut firmware::proto::ModelRef); 5] = [

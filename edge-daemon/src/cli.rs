@@ -179,7 +179,8 @@ pub fn main() -> ExitCode {
         Command::Run { config } => match crate::update::launch(&config) {
             crate::update::Launch::Exit(code) => code,
             crate::update::Launch::Continue => match crate::daemon::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(crate::daemon::Stopped::Asked) => ExitCode::SUCCESS,
+                Ok(crate::daemon::Stopped::Relaunch) => crate::update::relaunch(),
                 Err(e) => {
                     eprintln!("tapwatch-edge: {e}");
                     ExitCode::from(78)

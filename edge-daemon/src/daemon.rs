@@ -23,8 +23,18 @@ pub(crate) fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
-/// Run until SIGTERM or SIGINT.
-pub fn run(path: PathBuf) -> Result<(), String> {
+/// Why the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT.
+    Asked,
+    /// An update from the hub was installed: launch again to try it
+    /// ([`crate::update::relaunch`]).
+    Relaunch,
+}
+
+/// Run until SIGTERM or SIGINT, or until an update from the hub asks for a new launch.
+pub fn run(path: PathBuf) -> Result<Stopped, String> {
     let file = Config::load(&path).map_err(|e| e.to_string())?;
     // With the hub's configuration an earlier run kept laid over it.
     let (config, kept) = crate::fleet::startup(file);
@@ -143,6 +153,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
             .map_err(|e| format!("cannot start the model watcher: {e}"))?
     };
     let (settings_tx, settings_rx) = crossbeam_channel::unbounded();
+    let (relaunch_tx, relaunch_rx) = tokio::sync::watch::channel(false);
     let parts = crate::fleet::Parts {
         controls: controls.clone(),
         shared: shared.clone(),
@@ -151,6 +162,7 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         applied: applied_tx,
         models: reload_tx,
         model_paths,
+        relaunch: relaunch_tx,
     };
     let live = Arc::new(Runtime::new(path, config.clone(), kept, parts));
     let pipe_shared = shared.clone();
@@ -203,8 +215,15 @@ pub fn run(path: PathBuf) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let metrics_tx = config.sync.enabled.then(|| writer.tx.clone());
-    let result =
-        runtime.block_on(serve(config, shared.clone(), live, configs_rx, commands_rx, metrics_tx));
+    let result = runtime.block_on(serve(
+        config,
+        shared.clone(),
+        live,
+        configs_rx,
+        commands_rx,
+        metrics_tx,
+        relaunch_rx,
+    ));
 
     // Shut down in order: capture, pipeline (records every flow), store.
     for c in &captures {
@@ -235,7 +254,8 @@ async fn serve(
     mut configs: tokio::sync::watch::Receiver<Option<Vec<u8>>>,
     mut commands: tokio::sync::mpsc::Receiver<Vec<u8>>,
     metrics_tx: Option<crossbeam_channel::Sender<crate::store::Row>>,
-) -> Result<(), String> {
+    mut relaunch: tokio::sync::watch::Receiver<bool>,
+) -> Result<Stopped, String> {
     use tokio::signal::unix::{signal, SignalKind};
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -308,6 +328,7 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     // A configuration from the hub that failed to apply (a model the hub did not serve) is
     // tried again this often.
+    let mut stopped = Stopped::Asked;
     let mut retry = tokio::time::interval(crate::fleet::RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -331,6 +352,13 @@ async fn serve(
                 let r = live.clone();
                 let _ = tokio::task::spawn_blocking(move || r.retry()).await;
             }
+            Ok(()) = relaunch.changed() => {
+                if *relaunch.borrow_and_update() {
+                    tracing::info!("an update from the hub is installed: stopping to launch again");
+                    stopped = Stopped::Relaunch;
+                    break;
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -342,5 +370,5 @@ async fn serve(
     watchdog.abort();
     health.abort();
     let _ = server.await;
-    Ok(())
+    Ok(stopped)
 }

@@ -170,6 +170,8 @@ pub struct Parts {
     pub models: crossbeam_channel::Sender<Swap>,
     /// The model files in force, which the model watcher follows.
     pub model_paths: ModelPaths,
+    /// Set when an update from the hub is installed: the daemon stops and launches again.
+    pub relaunch: tokio::sync::watch::Sender<bool>,
 }
 
 /// What applies changes to the running daemon.
@@ -444,9 +446,25 @@ impl Runtime {
                 return refused(revision, hash, why);
             }
         }
+        // The update it names, if any: what became of it after a restart is part of the answer.
+        let update = match crate::update::from_hub(&state.running, &self.path, msg.update.as_ref())
+        {
+            Ok(u) => u,
+            Err((result, why)) => return (revision, hash, Some((result, why))),
+        };
+        let update_note = match &update {
+            crate::update::FromHub::Nothing => None,
+            crate::update::FromHub::Running(n) | crate::update::FromHub::Relaunch(n) => {
+                Some(n.clone())
+            }
+        };
+        let relaunch = matches!(update, crate::update::FromHub::Relaunch(_));
         if state.fleet.as_ref().is_some_and(|a| a.revision == revision && a.hash == hash) {
             // In force already (kept from an earlier run): said so again, nothing to do.
-            return (revision, hash, Some((ApplyResult::Applied, String::new())));
+            if relaunch {
+                self.parts.relaunch.send_replace(true);
+            }
+            return (revision, hash, Some((ApplyResult::Applied, update_note.unwrap_or_default())));
         }
         let file = match Config::load(&self.path) {
             Ok(f) => f,
@@ -477,6 +495,11 @@ impl Runtime {
         state.fleet = Some(a);
         self.parts.shared.fleet_revision.store(revision, Ordering::Relaxed);
         self.parts.applied.send_replace((revision, hash.clone()));
+        notes.extend(update_note);
+        if relaunch {
+            // After the answer is queued: the daemon stops as on SIGTERM and launches again.
+            self.parts.relaunch.send_replace(true);
+        }
         (revision, hash, Some((ApplyResult::Applied, notes.join("; "))))
     }
 
@@ -676,6 +699,7 @@ mod tests {
             applied: tokio::sync::watch::channel((0, String::new())).0,
             models: crossbeam_channel::unbounded().0,
             model_paths: Arc::default(),
+            relaunch: tokio::sync::watch::channel(false).0,
         };
         (Runtime::new(path, config, None, parts), rx)
     }

@@ -448,6 +448,90 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
     path.parent().map_or(Ok(()), sync_dir)
 }
 
+/// What a configuration from the hub that names an update asks of this program.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromHub {
+    /// It names none.
+    Nothing,
+    /// It names the program that runs (a note for the answer).
+    Running(String),
+    /// It is installed, on trial from the next start: launch again once the configuration is
+    /// answered (a note for the answer).
+    Relaunch(String),
+}
+
+/// The update a configuration from the hub names ([`firmware::proto::UpdateRef`]): the hub's
+/// signature checked (with `sync.config_public_key`), then, unless it runs already, is on
+/// trial, or was refused or rolled back before, fetched (bounded by `update.max_bundle_mb`),
+/// its hash checked and installed as [`Slots::install`] does (the release key's signature
+/// first). An update refused or rolled back fails the configuration with its reason, until the
+/// hub names another.
+pub fn from_hub(
+    config: &Config,
+    config_path: &Path,
+    r: Option<&firmware::proto::UpdateRef>,
+) -> Result<FromHub, (firmware::proto::ApplyResult, String)> {
+    use firmware::proto::ApplyResult::{Failed, Refused};
+    let Some(r) = r else { return Ok(FromHub::Nothing) };
+    let v = &r.version;
+    let key = &config.sync.config_public_key;
+    if !key.is_empty() {
+        edge_config::fleet::verify_update(key, r)
+            .map_err(|e| (Refused, format!("update {v}: {e}")))?;
+    }
+    let slots = Slots::new(config);
+    let state = slots.load().map_err(|e| (Failed, format!("update {v}: {e}")))?;
+    if state.active_sha256 == r.sha256 {
+        return Ok(FromHub::Running(format!("update {v} runs (slot {})", state.active.name())));
+    }
+    if let Some(t) = state.trial.as_ref().filter(|t| t.sha256 == r.sha256) {
+        return Ok(FromHub::Relaunch(format!(
+            "update {v} is in slot {}; starting again to try it",
+            t.slot.name()
+        )));
+    }
+    if let Some(o) = state.last.as_ref().filter(|o| o.sha256 == r.sha256) {
+        let what = match o.result {
+            Verdict::RolledBack => Some("rolled back"),
+            Verdict::Refused => Some("refused"),
+            Verdict::Installed | Verdict::Reset => None,
+        };
+        if let Some(what) = what {
+            return Err((
+                Failed,
+                format!("update {v} {what}: {}; the program before it runs", o.reason),
+            ));
+        }
+    }
+    let max = u64::from(config.update.max_bundle_mb) << 20;
+    let bytes = crate::hub_models::fetch(&r.url, max, Path::new(&config.sync.ca_file))
+        .map_err(|e| (Failed, format!("update {v}: {e}")))?;
+    let sha = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(&bytes);
+        hex(h)
+    };
+    if sha != r.sha256 {
+        return Err((
+            Refused,
+            format!("update {v}: the bundle fetched has SHA-256 {sha}, not {}", r.sha256),
+        ));
+    }
+    create_dir(slots.root()).map_err(|e| (Failed, e))?;
+    let incoming = slots.root().join("incoming.twu");
+    write_whole(&incoming, &bytes).map_err(|e| (Failed, format!("update {v}: {e}")))?;
+    let result = slots.install(&incoming, config, config_path);
+    let _ = std::fs::remove_file(&incoming);
+    match result {
+        Ok(t) => Ok(FromHub::Relaunch(format!(
+            "update {v} installed in slot {}; starting again to try it",
+            t.slot.name()
+        ))),
+        Err(e) => Err((Refused, format!("update {v} refused: {e}"))),
+    }
+}
+
 /// What `run` does after the launcher.
 #[derive(Debug)]
 pub enum Launch {

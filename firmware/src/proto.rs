@@ -637,6 +637,9 @@ pub struct ConfigMsg {
     /// Where to fetch each model `config` names, with its signature.
     #[cfg_attr(feature = "serde", serde(default))]
     pub models: std::vec::Vec<ModelRef>,
+    /// The update of the edge program `config` names (`update`), if any.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub update: Option<UpdateRef>,
     /// Ed25519 signature by the hub's key of `tapwatch-config-v1`, device, revision and hash
     /// (NUL between them), base64; empty when the hub has no key. An edge given the hub's
     /// public key takes only what it signed.
@@ -701,6 +704,32 @@ pub struct ModelRef {
     /// Ed25519 signature by the hub's key of `tapwatch-model-v1`, kind, sha256,
     /// fixture_sha256, url and fixture_url (NUL between them), base64; empty when the hub has
     /// no key.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub signature: std::string::String,
+}
+
+/// An update of the edge program a configuration names: where an edge fetches the bundle.
+/// The bundle carries its own signature, by the release key (`update.public_key`), which the
+/// edge checks before it installs anything; the hub's `signature` covers the hash, version and
+/// address, so that a message altered on the broker sends no edge elsewhere.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct UpdateRef {
+    /// SHA-256 of the bundle file, hex.
+    #[cfg_attr(feature = "schema", schemars(length(min = 64, max = 64)))]
+    pub sha256: std::string::String,
+    /// The release's version, from its manifest.
+    #[cfg_attr(feature = "schema", schemars(length(max = 32)))]
+    pub version: std::string::String,
+    /// Bytes of the bundle.
+    pub size: u64,
+    /// HTTP(S) address of the bundle at the hub.
+    #[cfg_attr(feature = "schema", schemars(length(max = 2048)))]
+    pub url: std::string::String,
+    /// Ed25519 signature by the hub's key of `tapwatch-update-ref-v1`, sha256, version and url
+    /// (NUL between them), base64; empty when the hub has no key.
     #[cfg_attr(feature = "serde", serde(default))]
     pub signature: std::string::String,
 }

@@ -179,6 +179,7 @@ pub fn api_state(config: &Config) -> Result<crate::api::ApiState, String> {
         )),
         live,
         counters: std::sync::Arc::default(),
+        update_key: config.fleet.update_public_key.trim().into(),
     })
 }
 

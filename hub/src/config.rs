@@ -34,6 +34,10 @@ pub struct FleetConfig {
     /// (`https://hub.example:8443`). Empty: `http(s)://` and the address `http.listen` bound
     /// (set it when that is not how edges reach the hub).
     pub model_url: String,
+    /// The release key's public half (base64, `tapwatch-edge update keygen`): an update bundle
+    /// uploaded must be signed by it, as the edges will check. Empty: the hub checks a bundle's
+    /// format and hashes only, and the edges refuse one not signed.
+    pub update_public_key: String,
 }
 
 impl FleetConfig {
@@ -384,6 +388,13 @@ impl Config {
             p.push(
                 "broker.segment_mb, broker.segments and broker.max_connections: at least 1".into(),
             );
+        }
+        let k = &self.fleet.update_public_key;
+        if !k.is_empty()
+            && edge_config::update::read(&[][..], Some(k), None, None)
+                .is_err_and(|e| e.to_string().contains("update.public_key"))
+        {
+            p.push("fleet.update_public_key: not 32 bytes of base64 (tapwatch-edge update keygen prints it)".into());
         }
         let m = &self.mqtt;
         if let Err(e) = m.broker_addr() {

@@ -163,6 +163,7 @@ pub async fn save(
 ) -> Result<Revision, SaveError> {
     let mut problems = doc::check(document);
     problems.extend(crate::models::unknown(tx, document).await?);
+    problems.extend(crate::updates::unknown(tx, document).await?);
     if !problems.is_empty() {
         return Err(SaveError::Invalid(problems));
     }
@@ -277,6 +278,7 @@ pub async fn unpublished(
         let (device, revision, hash, config): (String, i64, String, Value) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
         let models = crate::models::refs(c, &config, model_base, key).await?;
+        let update = crate::updates::update_ref(c, &config, model_base, key).await?;
         let (Ok(id), Ok(rev), Ok(h)) =
             (device.as_str().try_into(), u64::try_from(revision), hash.as_str().try_into())
         else {
@@ -293,6 +295,7 @@ pub async fn unpublished(
                 _ => serde_json::Map::new(),
             },
             models,
+            update,
             signature: key.map(|k| doc::sign(k, &device, rev, &hash)).unwrap_or_default(),
         };
         if let Ok(payload) = serde_json::to_vec(&msg) {

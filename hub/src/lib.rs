@@ -22,3 +22,4 @@ pub mod http;
 pub mod ingest;
 pub mod models;
 pub mod provision;
+pub mod updates;

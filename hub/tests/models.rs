@@ -12,27 +12,8 @@ fn shipped(name: &str) -> Vec<u8> {
     std::fs::read(p).unwrap()
 }
 
-/// A multipart/form-data upload of `parts` (name, bytes).
 async fn upload(hub: &Hub, who: &Who, parts: &[(&str, &[u8])]) -> Reply {
-    let boundary = "tapwatch-test-boundary-7d3f";
-    let mut body = Vec::new();
-    for (name, bytes) in parts {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
-                 filename=\"{name}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let req = who.on(Request::builder().method(Method::POST).uri("/api/v1/models"));
-    let req = req.header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
-    let mut req = req.body(Body::from(body)).unwrap();
-    req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-    hub.send(req).await
+    hub.multipart("/api/v1/models", who, parts).await
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ pub mod data;
 pub mod fleet;
 pub mod live;
 pub mod models;
+pub mod updates;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -41,6 +42,9 @@ pub struct ApiState {
     pub limiter: Arc<auth::LoginLimiter>,
     pub live: live::Live,
     pub counters: Arc<ApiCounters>,
+    /// `fleet.update_public_key`: uploaded update bundles must be signed by it (empty: not
+    /// checked here; the edges check).
+    pub update_key: Arc<str>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -302,7 +306,7 @@ pub use time::serde::rfc3339;
     tags(
         (name = "auth"), (name = "devices"), (name = "statistics"), (name = "flows"),
         (name = "anomalies"), (name = "analyses"), (name = "suppressions"), (name = "fleet"),
-        (name = "models"), (name = "admin"), (name = "live")
+        (name = "models"), (name = "updates"), (name = "admin"), (name = "live")
     )
 )]
 struct ApiDoc;
@@ -425,6 +429,13 @@ pub fn router(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
                 .layer(axum::extract::DefaultBodyLimit::max(models::MAX_UPLOAD_BYTES)),
         )
         .routes(routes!(models::get_one))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(updates::list, updates::upload))
+                .layer(axum::extract::DefaultBodyLimit::max(updates::MAX_UPLOAD_BYTES)),
+        )
+        .routes(routes!(updates::get_one))
+        .routes(routes!(updates::file))
         .routes(routes!(models::file))
         .routes(routes!(models::fixture))
         .routes(routes!(live::live))

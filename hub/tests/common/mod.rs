@@ -112,6 +112,30 @@ impl Hub {
         self.send(req).await
     }
 
+    /// A multipart/form-data POST of `parts` (name, bytes), as from 127.0.0.1.
+    pub async fn multipart(&self, uri: &str, who: &Who, parts: &[(&str, &[u8])]) -> Reply {
+        let boundary = "tapwatch-test-boundary-7d3f";
+        let mut body = Vec::new();
+        for (name, bytes) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; \
+                     filename=\"{name}.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let req = who.on(Request::builder().method(Method::POST).uri(uri));
+        let req =
+            req.header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"));
+        let mut req = req.body(Body::from(body)).unwrap();
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        self.send(req).await
+    }
+
     pub async fn get(&self, uri: &str, who: &Who) -> Value {
         let r = self.call(Method::GET, uri, who, None).await;
         assert_eq!(r.status, StatusCode::OK, "GET {uri}: {}", r.json);
