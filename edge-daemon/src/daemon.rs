@@ -257,6 +257,11 @@ async fn serve(
     mut relaunch: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Stopped, String> {
     use tokio::signal::unix::{signal, SignalKind};
+    // First: a SIGTERM from now on stops the daemon cleanly, even one sent the moment it
+    // says it listens.
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
@@ -323,9 +328,6 @@ async fn serve(
     let watchdog = tokio::spawn(crate::supervise::watchdog(shared.clone()));
     // On trial after an update: say whether it is healthy, for the launcher to keep it.
     let health = tokio::spawn(crate::update::report_health(config.clone(), shared.clone()));
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     // A configuration from the hub that failed to apply (a model the hub did not serve) is
     // tried again this often.
     let mut stopped = Stopped::Asked;

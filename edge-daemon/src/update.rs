@@ -485,6 +485,10 @@ pub fn from_hub(
         return Ok(FromHub::Running(format!("update {v} runs (slot {})", state.active.name())));
     }
     if let Some(t) = state.trial.as_ref().filter(|t| t.sha256 == r.sha256) {
+        if t.started.is_some() {
+            // This program is that trial (or its launcher is about to judge it).
+            return Ok(FromHub::Running(format!("update {v} on trial (slot {})", t.slot.name())));
+        }
         return Ok(FromHub::Relaunch(format!(
             "update {v} is in slot {}; starting again to try it",
             t.slot.name()

@@ -636,3 +636,144 @@ fn test_models_roll_out_from_the_hub_to_live_edges() {
     wait_for("both in sync", Duration::from_secs(10), || in_sync("edge-a") && in_sync("edge-b"));
     drop((ea, eb, hub));
 }
+
+/// A shell script as an update's program, in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+#[test]
+fn test_an_update_from_the_hub_goes_live_and_a_bad_one_is_rolled_back_and_reported() {
+    if std::env::var_os("TAPWATCH_SKIP_LIVE").is_some() {
+        eprintln!("skipped: TAPWATCH_SKIP_LIVE is set");
+        return;
+    }
+    let _ = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", "15", "main", "start"])
+        .status();
+    let dir = tempfile::Builder::new().prefix("tapwatch-fleet-update").tempdir().unwrap();
+    let link = Link::new(5);
+    let broker = Broker::start(dir.path());
+    let db = Database::create(SHARED_PG);
+    let prefix = format!("{}/", unique("u"));
+    let (_hub, public) = signed_hub(dir.path(), broker.port, &prefix, &db.url());
+    let mut edge = Edge::new(dir.path(), "edge-u", &link.host_if, broker.port, &prefix, &public);
+    // The release key, which only the edge's configuration knows (the hub never holds it).
+    let release = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    edge.stop();
+    let mut toml = std::fs::read_to_string(&edge.config).unwrap();
+    toml.push_str(&format!(
+        "[update]\npublic_key = \"{}\"\nhealth_deadline_s = 10\n",
+        edge_config::fleet::public_key_text(&release)
+    ));
+    std::fs::write(&edge.config, toml).unwrap();
+    edge.start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let sql = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let mut writer = rt.block_on(tapwatch_hub::db::connect(&db.url())).unwrap();
+    let sync_of = |device: &str| {
+        let d = rt.block_on(fleet::fleet(&sql, Some(device))).unwrap();
+        d.into_iter().next().map(|d| (d.sync, d.desired_revision, d.applied_revision, d.error))
+    };
+    wait_for("the edge in sync", Duration::from_secs(40), || {
+        sync_of("edge-u").is_some_and(|s| s.0 == "in_sync")
+    });
+    let mut save = |doc: serde_json::Value| {
+        rt.block_on(async {
+            let tx = writer.transaction().await.unwrap();
+            let r = fleet::save(&tx, &Scope::Global, &doc, "test", "").await.unwrap();
+            tx.commit().await.unwrap();
+            r.id
+        })
+    };
+    let state = || -> serde_json::Value {
+        std::fs::read(edge.dir.join("update/state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    // A bundle signed with the release key, uploaded as at the API (tests/updates.rs covers
+    // the route).
+    let upload = |program: &Path, version: &str| {
+        let mut bytes = Vec::new();
+        edge_config::update::pack(
+            &release,
+            version,
+            std::env::consts::ARCH,
+            1,
+            &[("tapwatch-edge".into(), program)],
+            &mut bytes,
+        )
+        .unwrap();
+        let checked = tapwatch_hub::updates::check(&bytes, None).unwrap();
+        rt.block_on(tapwatch_hub::updates::save(&sql, &checked, &bytes, "test", "")).unwrap();
+        checked.sha256
+    };
+
+    // A good update: a program that runs this build (so that it is ready, captures and
+    // connects). Fetched, installed, launched on trial, kept.
+    let good = script(dir.path(), "good", &format!("exec {} \"$@\"", edge_binary().display()));
+    let good_sha = upload(&good, "9.1.0-hub");
+    let t0 = Instant::now();
+    save(serde_json::json!({"update": good_sha}));
+    let log = || std::fs::read_to_string(edge.dir.join("log")).unwrap_or_default();
+    let t1 = Instant::now();
+    while state()["active_sha256"] != good_sha.as_str() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(60),
+            "the update not kept: {}\n{}",
+            state(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("saved to the update kept: {:?}", t0.elapsed());
+    assert_eq!(state()["active"], "a");
+    assert_eq!(state()["last"]["result"], "installed");
+    wait_for("the edge in sync", Duration::from_secs(30), || {
+        sync_of("edge-u").is_some_and(|s| s.0 == "in_sync")
+    });
+
+    let failed_with = |what: &str| {
+        sync_of("edge-u").map(|s| (s.0 == "failed", s.3)).filter(|(f, e)| *f && e.contains(what))
+    };
+    // One that does not even read the tap's configuration (`config check` fails): refused at
+    // install, nothing changes, the reason is at the hub.
+    let broken = script(dir.path(), "broken", "echo 'no such section' >&2; exit 2");
+    let broken_sha = upload(&broken, "9.1.5-broken");
+    save(serde_json::json!({"update": broken_sha}));
+    wait_for("the refusal reported at the hub", Duration::from_secs(30), || {
+        failed_with("refuses this configuration").is_some()
+    });
+    assert_eq!(state()["active_sha256"], good_sha.as_str());
+    assert_eq!(state()["last"]["result"], "refused");
+
+    // A bad one: reads the configuration, crashes at start. Installed into the other slot,
+    // launched, rolled back to the good one, and the reason is at the hub.
+    let bad = script(
+        dir.path(),
+        "bad",
+        "if [ \"$1\" = config ]; then exit 0; fi\necho 'cannot start' >&2; exit 3",
+    );
+    let bad_sha = upload(&bad, "9.2.0-bad");
+    save(serde_json::json!({"update": bad_sha}));
+    let t1 = Instant::now();
+    while !(state()["last"]["sha256"] == bad_sha.as_str()
+        && state()["last"]["result"] == "rolled_back")
+    {
+        assert!(t1.elapsed() < Duration::from_secs(60), "not rolled back: {}\n{}", state(), log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state()["active_sha256"], good_sha.as_str());
+    wait_for("the failure reported at the hub", Duration::from_secs(30), || {
+        sync_of("edge-u").is_some_and(|s| s.0 == "failed" && s.3.contains("rolled back"))
+    });
+    let (_, _, _, error) = sync_of("edge-u").unwrap();
+    assert!(error.contains("9.2.0-bad") && error.contains("exit status: 3"), "{error}");
+    // The good one runs on: a SIGTERM stops it cleanly.
+    edge.stop();
+}
