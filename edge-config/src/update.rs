@@ -233,7 +233,8 @@ pub fn read(
         entries
             .next()
             .ok_or_else(|| format_err(format!("it ends before {what}")))?
-            .map_err(|e| format_err(format!("cannot read it ({e}) before {what}")))
+            // tar's message quotes the bytes it read: not echoed back.
+            .map_err(|_| format_err(format!("not a tar archive, or cut short, before {what}")))
     };
     let small = |e: &mut tar::Entry<'_, _>, name: &str| -> Result<Vec<u8>, BundleError> {
         let path = e.path().map_err(|e| format_err(e.to_string()))?.to_string_lossy().into_owned();
@@ -264,7 +265,8 @@ pub fn read(
     }
     let mut seen = vec![false; manifest.files.len()];
     for entry in entries {
-        let mut e = entry.map_err(|e| format_err(format!("cannot read it: {e}")))?;
+        let mut e =
+            entry.map_err(|_| format_err("not a tar archive, or cut short, after its manifest"))?;
         let path = e.path().map_err(|e| format_err(e.to_string()))?.to_string_lossy().into_owned();
         let Some(i) = manifest.files.iter().position(|f| f.name == path) else {
             return Err(format_err(format!("it holds {path:?}, which its manifest does not name")));

@@ -305,6 +305,17 @@ export interface ModelInfo {
   created_at: string;
 }
 
+export interface UpdateInfo {
+  sha256: string;
+  version: string;
+  arch: string;
+  size: number;
+  manifest: { files: { name: string; size: number; mode: number; sha256: string }[] };
+  author: string;
+  comment: string;
+  created_at: string;
+}
+
 export interface Group {
   name: string;
   comment: string;

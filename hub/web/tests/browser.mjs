@@ -1,7 +1,7 @@
 // The dashboard in Debian's Chromium (playwright-core; no downloaded browser), against a real hub
 // seeded through its real ingest: log in, the overview's charts drawn with data, a live anomaly
 // pushed after an injected event, its detail, acknowledge, the evidence pcap downloaded; the
-// fleet's configuration edited and a model uploaded; every page visited without an error shown. Screenshots go to $ARTEFACTS.
+// fleet's configuration edited, a model and an update uploaded; every page visited without an error shown. Screenshots go to $ARTEFACTS.
 //
 //   node tests/browser.mjs URL USER PASSWORD 'INJECT COMMAND' 'ANSWER COMMAND'
 //
@@ -164,16 +164,30 @@ try {
   await page.goto(`${url}#/fleet`);
   await page.getByLabel("model file").setInputFiles(shipped("classifier.onnx"));
   await page.getByLabel("fixture file").setInputFiles(shipped("fixtures/autoencoder.json"));
-  await page.getByRole("button", { name: "Upload" }).click();
+  await page.locator("#models").getByRole("button", { name: "Upload" }).click();
   await page.getByText(/Refused: .*fixture row 0/).waitFor();
   failures.length = 0; // the 400, as above
   await page.getByLabel("fixture file").setInputFiles(shipped("fixtures/classifier.json"));
   await page.getByRole("textbox", { name: "model comment" }).fill("the shipped classifier");
-  await page.getByRole("button", { name: "Upload" }).click();
+  await page.locator("#models").getByRole("button", { name: "Upload" }).click();
   await page.getByText(/Checked and kept: classifier/).waitFor();
   await page.locator("table[data-testid=models] tbody tr", { hasText: "the shipped classifier" }).waitFor();
   await page.screenshot({ path: `${out}/fleet-models.png`, fullPage: true });
   step("fleet: a model uploaded with a fixture not its own refused with the reason; with its own, checked and listed");
+
+  // An update of the edge program: what is not a bundle refused with the reason; a bundle
+  // checked and listed.
+  await page.getByLabel("update bundle").setInputFiles(shipped("fixtures/classifier.json"));
+  await page.locator("#updates").getByRole("button", { name: "Upload" }).click();
+  await page.getByText(/Refused: .*not a valid update bundle/).waitFor();
+  failures.length = 0; // the 400
+  await page.getByLabel("update bundle").setInputFiles(process.env.UPDATE_BUNDLE);
+  await page.getByRole("textbox", { name: "update comment" }).fill("0.2.0 for the canary");
+  await page.locator("#updates").getByRole("button", { name: "Upload" }).click();
+  await page.getByText(/Checked and kept: 0.2.0-browser for aarch64/).waitFor();
+  await page.locator("table[data-testid=updates] tbody tr", { hasText: "0.2.0 for the canary" }).waitFor();
+  await page.screenshot({ path: `${out}/fleet-updates.png`, fullPage: true });
+  step("fleet: a file that is not an update bundle refused with the reason; a bundle checked and listed");
   assert.deepEqual(failures, [], "the browser reported errors");
 } finally {
   await browser.close();

@@ -1,8 +1,9 @@
 // Fleet: each device's configuration, desired against applied (in sync, pending, failed,
 // offline), and the layers an operator edits (global, a group's, a device's) with their history,
-// a diff between revisions, and rollback; the models uploaded for the edges, and their upload.
+// a diff between revisions, and rollback; the models and the updates of the edge program uploaded
+// for the edges, and their upload.
 
-import { api, ApiError, DeviceCommand, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group, ModelInfo } from "../api";
+import { api, ApiError, DeviceCommand, DeviceSync, FleetDevice, FleetLayer, FleetRevision, Group, ModelInfo, UpdateInfo } from "../api";
 import type { Page } from "../main";
 import { ago, h, panel, toast } from "../ui";
 
@@ -114,9 +115,18 @@ export function fleetList(p: Page) {
       },
     );
   const models = h("div", { id: "models" });
-  p.main.replaceChildren(h("header", {}, h("h2", {}, "Fleet configuration")), box, h("h3", {}, "Models"), models);
+  const updates = h("div", { id: "updates" });
+  p.main.replaceChildren(
+    h("header", {}, h("h2", {}, "Fleet configuration")),
+    box,
+    h("h3", {}, "Models"),
+    models,
+    h("h3", {}, "Updates of the edge program"),
+    updates,
+  );
   draw();
   drawModels(models, admin);
+  drawUpdates(updates, admin);
   p.live.subscribe((e) => {
     if (e.type === "device" || e.type === "config") draw();
   });
@@ -407,6 +417,80 @@ function drawModels(box: HTMLElement, admin: boolean) {
                   h("td", {}, String(m.fixture_rows)),
                   h("td", {}, `${m.author}, ${ago(m.created_at)}`),
                   h("td", {}, m.comment),
+                ),
+              ),
+            ),
+          ),
+    ],
+  );
+}
+
+/** The update bundles uploaded for the edges, and (admins) the upload of another. A layer names
+ * one by its hash: `{"update": "<sha256>"}`. */
+function drawUpdates(box: HTMLElement, admin: boolean) {
+  const upload = () => {
+    const bundle = h("input", { type: "file", accept: ".twu", "aria-label": "update bundle" }) as HTMLInputElement;
+    const comment = h("input", { "aria-label": "update comment", placeholder: "Why (kept with the update)" }) as HTMLInputElement;
+    const button = h(
+      "button",
+      {
+        onclick: async () => {
+          const b = bundle.files?.[0];
+          if (!b) {
+            toast("Choose a bundle (tapwatch-edge update pack makes one)", "error");
+            return;
+          }
+          const form = new FormData();
+          form.append("bundle", b);
+          form.append("comment", comment.value);
+          button.disabled = true;
+          try {
+            const info = await api.post<UpdateInfo>("/updates", form);
+            toast(`Checked and kept: ${info.version} for ${info.arch} (${info.sha256.slice(0, 12)})`);
+            drawUpdates(box, admin);
+          } catch (e) {
+            toast(`Refused: ${(e as Error).message}`, "error");
+          } finally {
+            button.disabled = false;
+          }
+        },
+      },
+      "Upload",
+    ) as HTMLButtonElement;
+    return h("div", { class: "row" }, h("label", {}, "Bundle ", bundle), comment, button);
+  };
+  panel(
+    box,
+    () => api.get<UpdateInfo[]>("/updates"),
+    (list) => [
+      h(
+        "p",
+        {},
+        "A layer names an update by its hash, as ",
+        h("code", {}, '{"update": "<sha256>"}'),
+        ": set it on a group first. Edges fetch it, check the release key's signature and install it on trial; one not healthy in time is rolled back, and the device's answer above says why.",
+      ),
+      ...(admin ? [upload()] : []),
+      list.length === 0
+        ? h("p", { class: "empty" }, "No update uploaded yet.")
+        : h(
+            "table",
+            { "data-testid": "updates" },
+            h("thead", {}, h("tr", {}, ["Version", "Architecture", "SHA-256", "Size", "Files", "Uploaded", "Comment"].map((c) => h("th", {}, c)))),
+            h(
+              "tbody",
+              {},
+              list.map((u) =>
+                h(
+                  "tr",
+                  { "data-sha256": u.sha256 },
+                  h("td", {}, u.version),
+                  h("td", {}, u.arch),
+                  h("td", {}, h("code", { class: "hash" }, u.sha256)),
+                  h("td", {}, u.size < 1048576 ? `${(u.size / 1024).toFixed(1)} KiB` : `${(u.size / 1048576).toFixed(1)} MiB`),
+                  h("td", {}, u.manifest.files.map((f) => f.name).join(", ")),
+                  h("td", {}, `${u.author}, ${ago(u.created_at)}`),
+                  h("td", {}, u.comment),
                 ),
               ),
             ),
