@@ -205,16 +205,21 @@ pub fn main() -> ExitCode {
             print!("{}", crate::config::EXAMPLE);
             ExitCode::SUCCESS
         }
-        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
+        // The active slot's program judges, when there is one; the packaged one's yes is enough
+        // too (the launcher falls back to it when the slot's does not start).
+        Command::Config(ConfigCommand::Check { file }) => {
+            match crate::update::check_with_active(&file) {
+                Some((true, said)) => {
+                    println!("{said}");
+                    ExitCode::SUCCESS
+                }
+                Some((false, said)) => {
+                    eprintln!("tapwatch-edge: the active slot's program refused it: {said}");
+                    check_config(&file)
+                }
+                None => check_config(&file),
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(78)
-            }
-        },
+        }
         Command::ExportPcap { db, anomaly, output } => {
             let cfg = crate::config::StoreConfig { path: db, ..Default::default() };
             let result = Store::open(&cfg, Arc::new(StoreCounters::default()))
@@ -229,6 +234,20 @@ pub fn main() -> ExitCode {
                     ExitCode::from(65)
                 }
             }
+        }
+    }
+}
+
+/// `config check FILE` by this program.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(78)
         }
     }
 }

@@ -25,7 +25,9 @@
 //!    trial found started at launch (power lost, the launcher killed) is rolled back too: the
 //!    new program never proved itself.
 //! 4. **Active**: a committed slot is started by `exec` (same process, same systemd main PID).
-//!    One whose program cannot be started falls back to the factory program, with the reason.
+//!    One whose program cannot be started, or that starts [`MAX_FAILED_STARTS`] times in a row
+//!    without capturing (counted before each start, cleared by the program once it captures),
+//!    falls back to the factory program, with the reason.
 //!
 //! `update reset` (the package's postinst) goes back to the factory program: a package the
 //! operator installed wins over a slot.
@@ -124,7 +126,15 @@ pub struct State {
     pub active_sha256: String,
     pub trial: Option<Trial>,
     pub last: Option<Outcome>,
+    /// Starts of the active slot in a row that never got as far as capturing: at
+    /// [`MAX_FAILED_STARTS`] the launcher goes back to the factory program.
+    pub failed_starts: u32,
 }
+
+/// Starts of a committed slot in a row that never capture, before the factory program is
+/// started instead (a slot that worked on trial and broke later: a library it needs removed, a
+/// disk fault).
+pub const MAX_FAILED_STARTS: u32 = 3;
 
 /// What the trial's program says of itself, each second (`health.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +348,17 @@ impl Slots {
         result
     }
 
+    /// The active slot's program captures: its failed starts go back to 0.
+    pub fn started_well(&self) -> Result<(), String> {
+        let _lock = self.lock()?;
+        let mut state = self.load()?;
+        if state.failed_starts != 0 {
+            state.failed_starts = 0;
+            self.save(&state)?;
+        }
+        Ok(())
+    }
+
     /// Back to the factory program; the slots stay until the next install.
     pub fn reset(&self, reason: &str) -> Result<State, String> {
         let _lock = self.lock()?;
@@ -346,6 +367,7 @@ impl Slots {
         state.active = Slot::Factory;
         state.active_version.clear();
         state.active_sha256.clear();
+        state.failed_starts = 0;
         state.trial = None;
         state.last = Some(Outcome {
             version,
@@ -383,7 +405,8 @@ fn check_config(program: &Path, config: &Path) -> Result<(), String> {
     let mut child = std::process::Command::new(program)
         .args(["config", "check"])
         .arg(config)
-        .env_remove(SLOT_ENV)
+        // It judges for itself, not the active slot's program.
+        .env(SLOT_ENV, "new")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -536,6 +559,41 @@ pub fn from_hub(
     }
 }
 
+/// `config check FILE` by the active slot's program, when one is kept: a configuration may use
+/// what only the newer program reads, and the service checks before each start with the
+/// packaged program. `None` when there is no slot program (or this is one); otherwise whether it
+/// accepted the file, and what it said. Only `store.path` is read here, to find the slots.
+pub fn check_with_active(file: &Path) -> Option<(bool, String)> {
+    if std::env::var_os(SLOT_ENV).is_some() {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
+    let table: toml::Table = toml::from_str(&text).ok()?;
+    let store = table
+        .get("store")
+        .and_then(|s| s.get("path"))
+        .and_then(|p| p.as_str())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::config::StoreConfig::default().path);
+    let slots = Slots { root: store.with_file_name("update") };
+    let state = slots.load().ok()?;
+    let program = slots.program(state.active)?;
+    let out = std::process::Command::new(&program)
+        .args(["config", "check"])
+        .arg(file)
+        .env(SLOT_ENV, state.active.name())
+        .output();
+    Some(match out {
+        Ok(o) => (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+                .trim()
+                .to_string(),
+        ),
+        Err(e) => (false, format!("{}: {e}", program.display())),
+    })
+}
+
 /// What `run` does after the launcher.
 #[derive(Debug)]
 pub enum Launch {
@@ -603,8 +661,26 @@ pub fn launch(config_path: &Path) -> Launch {
 
 /// Start the active slot's program in this process (exec), or go on as the factory program.
 fn launch_active(slots: &Slots) -> Launch {
-    let Ok(state) = slots.load() else { return Launch::Continue };
+    let Ok(lock) = slots.lock() else { return Launch::Continue };
+    let Ok(mut state) = slots.load() else { return Launch::Continue };
     let Some(program) = slots.program(state.active) else { return Launch::Continue };
+    if state.failed_starts >= MAX_FAILED_STARTS {
+        let reason = format!(
+            "slot {}'s program started {} times in a row without capturing",
+            state.active.name(),
+            state.failed_starts
+        );
+        tracing::error!("update: {reason}; running the factory program");
+        drop(lock);
+        let _ = slots.reset(&reason);
+        return Launch::Continue;
+    }
+    // Counted before it starts; the program sets it back to 0 once it captures.
+    state.failed_starts += 1;
+    if let Err(e) = slots.save(&state) {
+        tracing::error!("update: {e}");
+    }
+    drop(lock);
     tracing::info!(slot = state.active.name(), version = %state.active_version, "update: starting the active slot");
     let e = exec(&program, state.active);
     let reason = format!("slot {}'s program cannot be started: {e}", state.active.name());
@@ -672,6 +748,7 @@ fn commit(slots: &Slots, trial: &Trial) -> Result<(), String> {
     state.active = trial.slot;
     state.active_version = trial.version.clone();
     state.active_sha256 = trial.sha256.clone();
+    state.failed_starts = 0;
     state.trial = None;
     state.last = Some(Outcome {
         version: trial.version.clone(),
@@ -814,7 +891,24 @@ async fn supervise_async(slots: &Slots, trial: &Trial) -> Supervised {
 /// and is connected (when sync is on). Returns at once when not on trial.
 pub async fn report_health(config: Config, shared: std::sync::Arc<crate::metrics::Shared>) {
     use std::sync::atomic::Ordering;
-    let Some(path) = std::env::var_os(TRIAL_ENV).map(PathBuf::from) else { return };
+    let Some(path) = std::env::var_os(TRIAL_ENV).map(PathBuf::from) else {
+        // A committed slot's program: once it captures, its failed starts are forgotten.
+        if std::env::var_os(SLOT_ENV).is_some() {
+            loop {
+                let capturing = shared.interfaces.read().is_ok_and(|v| {
+                    !v.is_empty() && v.iter().all(|c| c.up.load(Ordering::Relaxed) == 1)
+                });
+                if capturing {
+                    if let Err(e) = Slots::new(&config).started_well() {
+                        tracing::warn!("update: {e}");
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        return;
+    };
     loop {
         let capturing = shared
             .interfaces

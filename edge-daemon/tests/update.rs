@@ -440,3 +440,51 @@ fn test_a_trial_cut_short_by_kill_9_is_rolled_back_at_the_next_start() {
     assert!(s["last"]["reason"].as_str().unwrap().contains("cut short"), "{s}");
     assert_eq!(run.programs(), vec![bin()]);
 }
+
+#[test]
+fn test_a_kept_slot_that_no_longer_starts_falls_back_to_the_factory_program() {
+    if skip() {
+        return;
+    }
+    let tap = Tap::new("broken", 60);
+    let program = tap.script("wrapper", &format!("exec {BIN} \"$@\""));
+    let b = tap.pack("wrapper.twu", &tap.key(), "4.0.0", &[&program]);
+    ok(&tap.install(&b));
+    let run = Running::start(&tap);
+    wait_until(Duration::from_secs(60), "update installed", || tap.status()["active"] == "a");
+    run.stop();
+    // Starts well: nothing counted against it.
+    let run = Running::start(&tap);
+    run.wait_log("capturing", Duration::from_secs(30));
+    wait_until(Duration::from_secs(10), "its start counted good", || {
+        tap.status()["failed_starts"] == 0
+    });
+    drop(run);
+    // `config check` (the service's ExecStartPre) asks the kept slot's program.
+    let reads = format!(
+        "#!/bin/sh\nif [ \"$1\" = config ]; then echo \"slot $TAPWATCH_SLOT read it\"; exit 0; fi\nexec {BIN} \"$@\"\n"
+    );
+    std::fs::write(tap.slot_program("a"), reads).unwrap();
+    assert_eq!(ok(&edge(&["config", "check", tap.cfg()])), "slot a read it");
+    // Later its program breaks (a library gone, a disk fault): each start fails at once, and
+    // `config check` falls back to the packaged program's word.
+    let broken = "#!/bin/sh\necho 'libpcap.so.0.8: not found' >&2\nexit 127\n";
+    std::fs::write(tap.slot_program("a"), broken).unwrap();
+    let out = edge(&["config", "check", tap.cfg()]);
+    assert!(ok(&out).ends_with(": ok"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("libpcap.so.0.8: not found"));
+    for n in 1..=3 {
+        let mut run = Running::start(&tap);
+        let status = run.child.wait().unwrap();
+        assert_eq!(status.code(), Some(127), "start {n}");
+        assert_eq!(tap.status()["failed_starts"], n);
+    }
+    // The next start runs the factory program, and says why.
+    let run = Running::start(&tap);
+    run.wait_log("listening on", Duration::from_secs(30));
+    assert_eq!(run.programs(), vec![bin()]);
+    let s = tap.status();
+    assert_eq!(s["active"], "factory");
+    assert_eq!(s["last"]["result"], "reset");
+    assert_eq!(s["last"]["reason"], "slot a's program started 3 times in a row without capturing");
+}
