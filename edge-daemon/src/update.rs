@@ -530,6 +530,10 @@ pub fn from_hub(
             ));
         }
     }
+    if let Some(t) = state.trial.as_ref().filter(|t| t.started.is_some()) {
+        // Failed, not refused: tried again every 30 s, until that trial has its outcome.
+        return Err((Failed, format!("update {v} waits: update {} is on trial", t.version)));
+    }
     let max = u64::from(config.update.max_bundle_mb) << 20;
     let bytes = crate::hub_models::fetch(&r.url, max, Path::new(&config.sync.ca_file))
         .map_err(|e| (Failed, format!("update {v}: {e}")))?;
