@@ -319,6 +319,7 @@ fn sync_drain(path: &std::path::Path, db: Option<PathBuf>) -> Result<(), String>
     if !config.sync.enabled {
         return Err(format!("{}: sync.enabled is false", path.display()));
     }
+    let _claim = crate::store::claim(&config.store.path)?;
     // Open once with the writer's code: the schema is created or migrated.
     let store = Arc::new(StoreCounters::default());
     Store::open(&config.store, store.clone()).map_err(|e| e.to_string())?;

@@ -43,6 +43,7 @@ pub fn run(path: PathBuf) -> Result<Stopped, String> {
     }
     let names: Vec<Arc<str>> =
         config.interfaces.iter().map(|i| Arc::from(i.name.as_str())).collect();
+    let _claim = crate::store::claim(&config.store.path)?;
     let store_counters = Arc::new(StoreCounters::default());
     let mut store =
         Store::open(&config.store, store_counters.clone()).map_err(|e| e.to_string())?;

@@ -390,6 +390,26 @@ pub struct Store {
     ring_rows: std::collections::HashMap<Arc<str>, u64>,
 }
 
+/// Hold the store for this process alone (`<store>.lock`, flock): a second `run` or `sync` on
+/// the same store would send the same outbox twice and number its messages twice. Held while
+/// the returned file is open.
+pub fn claim(path: &std::path::Path) -> Result<std::fs::File, String> {
+    let lock = path.with_extension("lock");
+    if let Some(dir) = lock.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let f = std::fs::File::create(&lock).map_err(|e| format!("{}: {e}", lock.display()))?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
+            "store.path {} is in use by another tapwatch-edge (run or sync: {} is held)",
+            path.display(),
+            lock.display()
+        )),
+        Err(e) => Err(format!("{}: {e}", lock.display())),
+    }
+}
+
 impl Store {
     /// Open (creating if needed) and migrate the database.
     pub fn open(config: &StoreConfig, counters: Arc<StoreCounters>) -> Result<Store, StoreError> {

@@ -5,7 +5,8 @@
 //! program that starts.
 //!
 //! Needs root (capture on `lo`) and Mosquitto at 127.0.0.1:1883 (each test its own topic
-//! prefix). CI runs as root; elsewhere set TAPWATCH_SKIP_LIVE=1 to skip these tests.
+//! prefix). CI runs as root; elsewhere set TAPWATCH_SKIP_LIVE=1 to skip these tests. Also: a
+//! second program on a store in use is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
@@ -487,4 +488,26 @@ fn test_a_kept_slot_that_no_longer_starts_falls_back_to_the_factory_program() {
     assert_eq!(s["active"], "factory");
     assert_eq!(s["last"]["result"], "reset");
     assert_eq!(s["last"]["reason"], "slot a's program started 3 times in a row without capturing");
+}
+
+/// Two programs on one store would send its outbox twice: whatever launches them (a service
+/// manager and a hand, a launcher and a program it failed to stop), the second is refused.
+#[test]
+fn test_a_second_daemon_on_the_same_store_is_refused_with_the_reason() {
+    if skip() {
+        return;
+    }
+    let tap = Tap::new("twice", 60);
+    let first = Running::start(&tap);
+    first.wait_log("listening on", Duration::from_secs(30));
+    let second = edge(&["run", "--config", tap.cfg()]);
+    assert_eq!(second.status.code(), Some(78));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("is in use by another tapwatch-edge"), "{said}");
+    let sync = edge(&["sync", "--config", tap.cfg()]);
+    assert!(String::from_utf8_lossy(&sync.stderr).contains("is in use"), "{sync:?}");
+    assert!(first.stop().success());
+    // Once it stopped, the store is free again.
+    let again = Running::start(&tap);
+    again.wait_log("listening on", Duration::from_secs(30));
 }
