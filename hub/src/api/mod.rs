@@ -290,6 +290,50 @@ pub fn time_range(
 /// Serde for `OffsetDateTime` fields in responses.
 pub use time::serde::rfc3339;
 
+/// A SHA-256 in a path (a model's, an update's): 64 lower-case hex digits.
+fn sha256_param(sha: &str) -> ApiResult<()> {
+    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(Problem::bad("sha256", "64 hex digits, lower case"))
+    }
+}
+
+/// The parts of a multipart/form-data upload: each of `files` by name (the last if sent twice)
+/// and `comment` (UTF-8, at most 1000 characters; "" if not sent). Any other part is refused,
+/// naming the parts there are.
+async fn upload_parts(
+    multipart: Result<axum::extract::Multipart, axum::extract::multipart::MultipartRejection>,
+    files: &[&str],
+) -> ApiResult<(std::collections::HashMap<String, axum::body::Bytes>, String)> {
+    let mut multipart = multipart.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+    let (mut parts, mut comment) = (std::collections::HashMap::new(), String::new());
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(Problem::new(e.status(), e.body_text())),
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(|e| Problem::new(e.status(), e.body_text()))?;
+        if name == "comment" {
+            comment = String::from_utf8(bytes.to_vec())
+                .map_err(|_| Problem::bad("comment", "not UTF-8"))?;
+            if comment.chars().count() > 1000 {
+                return Err(Problem::bad("comment", "at most 1000 characters"));
+            }
+        } else if files.contains(&name.as_str()) {
+            parts.insert(name, bytes);
+        } else {
+            return Err(Problem::bad(
+                "multipart",
+                format!("unknown part {name:?}: the parts are {} and comment", files.join(", ")),
+            ));
+        }
+    }
+    Ok((parts, comment))
+}
+
 /// The OpenAPI document's frame: title, security schemes, tags. The paths come from the router.
 #[derive(OpenApi)]
 #[openapi(

@@ -29,14 +29,6 @@ pub struct Upload {
     comment: Option<String>,
 }
 
-fn sha256_param(sha: &str) -> ApiResult<()> {
-    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        Ok(())
-    } else {
-        Err(Problem::bad("sha256", "64 hex digits, lower case"))
-    }
-}
-
 /// The models uploaded, newest first.
 #[utoipa::path(get, path = "/models", tag = "models",
     security(("session" = ["viewer"]), ("token" = ["viewer"])),
@@ -60,36 +52,12 @@ pub async fn upload(
     super::Authed(caller): Admin,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<ModelInfo>)> {
-    let mut multipart = multipart.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-    let (mut onnx, mut fixture, mut comment) = (None, None, String::new());
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Err(Problem::new(e.status(), e.body_text())),
-        };
-        let name = field.name().unwrap_or_default().to_string();
-        let bytes = field.bytes().await.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-        match name.as_str() {
-            "model" => onnx = Some(bytes),
-            "fixture" => fixture = Some(bytes),
-            "comment" => {
-                comment = String::from_utf8(bytes.to_vec())
-                    .map_err(|_| Problem::bad("comment", "not UTF-8"))?;
-                if comment.chars().count() > 1000 {
-                    return Err(Problem::bad("comment", "at most 1000 characters"));
-                }
-            }
-            other => {
-                return Err(Problem::bad(
-                    "multipart",
-                    format!("unknown part {other:?}: the parts are model, fixture and comment"),
-                ))
-            }
-        }
-    }
-    let onnx = onnx.ok_or_else(|| Problem::bad("model", "missing: the ONNX file"))?;
-    let fixture = fixture.ok_or_else(|| Problem::bad("fixture", "missing: the model's fixture"))?;
+    let (mut parts, comment) = super::upload_parts(multipart, &["model", "fixture"]).await?;
+    let onnx =
+        parts.remove("model").ok_or_else(|| Problem::bad("model", "missing: the ONNX file"))?;
+    let fixture = parts
+        .remove("fixture")
+        .ok_or_else(|| Problem::bad("fixture", "missing: the model's fixture"))?;
     let (o, f) = (onnx.clone(), fixture.clone());
     let checked = tokio::task::spawn_blocking(move || models::check(&o, &f))
         .await
@@ -123,13 +91,13 @@ pub async fn get_one(
     _: Viewer,
     ApiPath(sha): ApiPath<String>,
 ) -> ApiResult<Json<ModelInfo>> {
-    sha256_param(&sha)?;
+    super::sha256_param(&sha)?;
     let db = s.pool.get().await?;
     models::get(&**db, &sha).await?.map(Json).ok_or_else(|| Problem::not_found("no such model"))
 }
 
 async fn serve(s: &ApiState, sha: &str, fixture: bool) -> ApiResult<Response> {
-    sha256_param(sha)?;
+    super::sha256_param(sha)?;
     let db = s.pool.get().await?;
     let bytes = models::bytes(&**db, sha, fixture)
         .await?

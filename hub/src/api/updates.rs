@@ -26,14 +26,6 @@ pub struct Upload {
     comment: Option<String>,
 }
 
-fn sha256_param(sha: &str) -> ApiResult<()> {
-    if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        Ok(())
-    } else {
-        Err(Problem::bad("sha256", "64 hex digits, lower case"))
-    }
-}
-
 /// The update bundles uploaded, newest first.
 #[utoipa::path(get, path = "/updates", tag = "updates",
     security(("session" = ["viewer"]), ("token" = ["viewer"])),
@@ -58,34 +50,10 @@ pub async fn upload(
     super::Authed(caller): Admin,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<UpdateInfo>)> {
-    let mut multipart = multipart.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-    let (mut bundle, mut comment) = (None, String::new());
-    loop {
-        let field = match multipart.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => return Err(Problem::new(e.status(), e.body_text())),
-        };
-        let name = field.name().unwrap_or_default().to_string();
-        let bytes = field.bytes().await.map_err(|e| Problem::new(e.status(), e.body_text()))?;
-        match name.as_str() {
-            "bundle" => bundle = Some(bytes),
-            "comment" => {
-                comment = String::from_utf8(bytes.to_vec())
-                    .map_err(|_| Problem::bad("comment", "not UTF-8"))?;
-                if comment.chars().count() > 1000 {
-                    return Err(Problem::bad("comment", "at most 1000 characters"));
-                }
-            }
-            other => {
-                return Err(Problem::bad(
-                    "multipart",
-                    format!("unknown part {other:?}: the parts are bundle and comment"),
-                ))
-            }
-        }
-    }
-    let bundle = bundle.ok_or_else(|| Problem::bad("bundle", "missing: the update bundle"))?;
+    let (mut parts, comment) = super::upload_parts(multipart, &["bundle"]).await?;
+    let bundle = parts
+        .remove("bundle")
+        .ok_or_else(|| Problem::bad("bundle", "missing: the update bundle"))?;
     let (b, key) = (bundle.clone(), s.update_key.clone());
     let checked =
         tokio::task::spawn_blocking(move || updates::check(&b, (!key.is_empty()).then_some(&*key)))
@@ -121,7 +89,7 @@ pub async fn get_one(
     _: Viewer,
     ApiPath(sha): ApiPath<String>,
 ) -> ApiResult<Json<UpdateInfo>> {
-    sha256_param(&sha)?;
+    super::sha256_param(&sha)?;
     let db = s.pool.get().await?;
     updates::get(&**db, &sha).await?.map(Json).ok_or_else(|| Problem::not_found("no such update"))
 }
@@ -132,7 +100,7 @@ pub async fn get_one(
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn file(State(s): State<ApiState>, ApiPath(sha): ApiPath<String>) -> ApiResult<Response> {
-    sha256_param(&sha)?;
+    super::sha256_param(&sha)?;
     let db = s.pool.get().await?;
     let bytes =
         updates::bytes(&**db, &sha).await?.ok_or_else(|| Problem::not_found("no such update"))?;
