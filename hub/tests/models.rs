@@ -131,23 +131,7 @@ async fn test_a_model_is_checked_kept_served_and_named_by_the_fleet() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
 
     // Sent to a device with where to fetch each model, signed with the hub's key.
-    hub.ingest(&[msg(
-        "tap-1",
-        "status",
-        1000,
-        now_us(),
-        json!({"state": "online", "version": "0.1.0", "uptime_s": 1}),
-    )])
-    .await;
-    let sql = hub.sql().await;
-    tapwatch_hub::fleet::refresh(&sql).await.unwrap();
-    let key =
-        edge_config::fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
-    let public = edge_config::fleet::public_key_text(&key);
-    let out =
-        tapwatch_hub::fleet::unpublished(&sql, Some(&key), "http://hub.test:8080/").await.unwrap();
-    assert_eq!(out.len(), 1);
-    let m: firmware::proto::ConfigMsg = serde_json::from_slice(&out[0].2).unwrap();
+    let (m, public) = hub.config_sent().await;
     assert_eq!(m.models.len(), 2);
     let c = m.models.iter().find(|r| r.kind == "classifier").unwrap();
     assert_eq!(c.sha256, sha);

@@ -116,23 +116,7 @@ async fn test_an_update_is_checked_kept_served_and_named_by_the_fleet() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.json);
 
     // Sent to a device with where to fetch it, signed with the hub's key.
-    hub.ingest(&[msg(
-        "tap-1",
-        "status",
-        1000,
-        now_us(),
-        json!({"state": "online", "version": "0.1.0", "uptime_s": 1}),
-    )])
-    .await;
-    let sql = hub.sql().await;
-    tapwatch_hub::fleet::refresh(&sql).await.unwrap();
-    let hub_key =
-        edge_config::fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
-    let public = edge_config::fleet::public_key_text(&hub_key);
-    let out = tapwatch_hub::fleet::unpublished(&sql, Some(&hub_key), "http://hub.test:8080/")
-        .await
-        .unwrap();
-    let m: firmware::proto::ConfigMsg = serde_json::from_slice(&out[0].2).unwrap();
+    let (m, public) = hub.config_sent().await;
     let u = m.update.unwrap();
     assert_eq!(u.sha256, sha);
     assert_eq!(u.version, "0.2.0");

@@ -112,6 +112,29 @@ impl Hub {
         self.send(req).await
     }
 
+    /// The configuration the hub sends `tap-1` once it comes online, signed with a fixed key
+    /// (returned as its public half); edges fetch from `http://hub.test:8080/`.
+    pub async fn config_sent(&self) -> (firmware::proto::ConfigMsg, String) {
+        self.ingest(&[msg(
+            "tap-1",
+            "status",
+            1000,
+            now_us(),
+            json!({"state": "online", "version": "0.1.0", "uptime_s": 1}),
+        )])
+        .await;
+        let sql = self.sql().await;
+        tapwatch_hub::fleet::refresh(&sql).await.unwrap();
+        let key = edge_config::fleet::signing_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .unwrap();
+        let out = tapwatch_hub::fleet::unpublished(&sql, Some(&key), "http://hub.test:8080/")
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        let m = serde_json::from_slice(&out[0].2).unwrap();
+        (m, edge_config::fleet::public_key_text(&key))
+    }
+
     /// A multipart/form-data POST of `parts` (name, bytes), as from 127.0.0.1.
     pub async fn multipart(&self, uri: &str, who: &Who, parts: &[(&str, &[u8])]) -> Reply {
         let boundary = "tapwatch-test-boundary-7d3f";
