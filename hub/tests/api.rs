@@ -55,11 +55,13 @@ async fn test_every_route_needs_credentials_and_its_role() {
     // The document's roles are the policy: admins alone manage users, tokens and the audit
     // log; every change but logging in and out needs an analyst.
     for (m, path, need) in &ops {
-        // Logging in, and the model files edges fetch by hash (checked against the hash and
-        // signature in the configuration the hub sent them: tests/models.rs).
+        // Logging in, and the model files and update bundles edges fetch by hash (checked
+        // against the hash and signature in the configuration the hub sent them, and a bundle
+        // against the release key: tests/models.rs, tests/updates.rs).
         if path.ends_with("/auth/login")
             || (path.starts_with("/api/v1/models/")
                 && (path.ends_with("/file") || path.ends_with("/fixture")))
+            || (path.starts_with("/api/v1/updates/") && path.ends_with("/file"))
         {
             assert_eq!(*need, None, "{m} {path}");
             continue;
