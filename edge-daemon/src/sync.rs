@@ -388,7 +388,8 @@ fn status(
         seq,
         ts: now_us(),
         state,
-        version: env!("CARGO_PKG_VERSION").try_into().unwrap_or_default(),
+        // The release: an update's version when running from a slot.
+        version: crate::update::running_version().as_str().try_into().unwrap_or_default(),
         uptime_s: started.elapsed().as_secs(),
         config_revision: applied.0,
         config_hash: applied.1.as_str().try_into().unwrap_or_default(),

@@ -48,6 +48,9 @@ pub const SLOT_ENV: &str = "TAPWATCH_SLOT";
 pub const TRIAL_ENV: &str = "TAPWATCH_TRIAL";
 /// The launcher's path, for a slot program that asks to be launched again.
 pub const LAUNCHER_ENV: &str = "TAPWATCH_LAUNCHER";
+/// Set by the launcher in a slot program's environment: the release it runs (the bundle's
+/// version), which the program reports to the hub.
+pub const RELEASE_ENV: &str = "TAPWATCH_RELEASE";
 /// A program's exit status that asks its launcher to launch again (an update was installed).
 pub const RELAUNCH: u8 = 75;
 
@@ -686,7 +689,7 @@ fn launch_active(slots: &Slots) -> Launch {
     }
     drop(lock);
     tracing::info!(slot = state.active.name(), version = %state.active_version, "update: starting the active slot");
-    let e = exec(&program, state.active);
+    let e = exec(&program, state.active, &state.active_version);
     let reason = format!("slot {}'s program cannot be started: {e}", state.active.name());
     tracing::error!("update: {reason}; running the factory program");
     let _ = slots.reset(&reason);
@@ -703,12 +706,21 @@ fn launcher() -> OsString {
         .unwrap_or_else(|| "/usr/bin/tapwatch-edge".into())
 }
 
+/// The release this program runs: its slot's bundle version, or the packaged program's own.
+pub fn running_version() -> String {
+    std::env::var(RELEASE_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+}
+
 /// Replace this process with `program` (returns only on failure).
-fn exec(program: &Path, slot: Slot) -> io::Error {
+fn exec(program: &Path, slot: Slot, release: &str) -> io::Error {
     use std::os::unix::process::CommandExt as _;
     std::process::Command::new(program)
         .args(args())
         .env(SLOT_ENV, slot.name())
+        .env(RELEASE_ENV, release)
         .env(LAUNCHER_ENV, launcher())
         .env_remove(TRIAL_ENV)
         .exec()
@@ -725,6 +737,7 @@ pub fn relaunch() -> ! {
     let e = std::process::Command::new(launcher())
         .args(args())
         .env_remove(SLOT_ENV)
+        .env_remove(RELEASE_ENV)
         .env_remove(TRIAL_ENV)
         .exec();
     tracing::error!("update: cannot launch again ({e}); exiting for the service manager to");
@@ -801,6 +814,7 @@ async fn supervise_async(slots: &Slots, trial: &Trial) -> Supervised {
         .args(args())
         .env(SLOT_ENV, trial.slot.name())
         .env(TRIAL_ENV, slots.health_path())
+        .env(RELEASE_ENV, &trial.version)
         .env(LAUNCHER_ENV, launcher())
         .spawn()
     {

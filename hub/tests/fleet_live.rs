@@ -734,6 +734,10 @@ fn test_an_update_from_the_hub_goes_live_and_a_bad_one_is_rolled_back_and_report
     eprintln!("saved to the update kept: {:?}", t0.elapsed());
     assert_eq!(state()["active"], "a");
     assert_eq!(state()["last"]["result"], "installed");
+    // The edge says which release it runs.
+    wait_for("the new release in the device's status", Duration::from_secs(30), || {
+        psql(&db.url(), "SELECT version FROM devices WHERE id = 'edge-u'").trim() == "9.1.0-hub"
+    });
     wait_for("the edge in sync", Duration::from_secs(30), || {
         sync_of("edge-u").is_some_and(|s| s.0 == "in_sync")
     });
