@@ -31,6 +31,11 @@
 //!
 //! `update reset` (the package's postinst) goes back to the factory program: a package the
 //! operator installed wins over a slot.
+//!
+//! A slot's program is told its slot (`TAPWATCH_SLOT`), its release (`TAPWATCH_RELEASE`, the
+//! bundle's version, which its status reports to the hub) and its launcher
+//! (`TAPWATCH_LAUNCHER`, which it execs to launch again after installing an update from the
+//! hub, [`relaunch`]).
 
 use crate::config::Config;
 use edge_config::update as bundle;
