@@ -55,6 +55,7 @@ pub fn run(path: PathBuf) -> Result<Stopped, String> {
     }
     let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
+    let _ = shared.update_root.set(crate::update::Slots::new(&config).root().to_path_buf());
     // The link to the hub: a thread of its own (it reads the outbox with blocking SQLite calls).
     // It hands the hub's configuration over (the newest) and names the one in force.
     let (sync_stop, sync_stop_rx) = tokio::sync::watch::channel(false);

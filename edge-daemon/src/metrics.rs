@@ -87,6 +87,8 @@ pub struct Shared {
     /// How often host and pipeline metrics go to the hub, seconds (`sync.metrics_interval_s`;
     /// the hub's configuration changes it while running; 0 until the daemon sets it).
     pub metrics_interval_s: AtomicU64,
+    /// The update slots' folder (set by the daemon): their state is read for each scrape.
+    pub update_root: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -107,6 +109,7 @@ impl Shared {
             fleet_revision: AtomicU64::new(0),
             model_reloads: Arc::default(),
             metrics_interval_s: AtomicU64::new(0),
+            update_root: std::sync::OnceLock::new(),
         }
     }
 
@@ -510,6 +513,38 @@ impl prometheus_client::collector::Collector for Collector {
             })
             .collect();
         gauge(enc, "tapwatch_model_info", "The models running, by slot", &info)?;
+        let slot = std::env::var(crate::update::SLOT_ENV).unwrap_or_else(|_| "factory".into());
+        let release = crate::update::running_version();
+        gauge(
+            enc,
+            "tapwatch_update_info",
+            "The program running: its slot (factory: the packaged one) and release",
+            &[(vec![("slot", slot.as_str()), ("release", release.as_str())], 1.0)],
+        )?;
+        if let Some(state) =
+            s.update_root.get().and_then(|r| crate::update::Slots::at(r).load().ok())
+        {
+            if let Some(o) = &state.last {
+                let result = serde_json::to_value(o.result).unwrap_or_default();
+                let result = result.as_str().unwrap_or_default().to_string();
+                gauge(
+                    enc,
+                    "tapwatch_update_last",
+                    "When the last update was installed, rolled back, refused or reset (Unix \
+                     seconds; its reason: tapwatch-edge update status)",
+                    &[(
+                        vec![("result", result.as_str()), ("version", o.version.as_str())],
+                        o.at as f64,
+                    )],
+                )?;
+            }
+            gauge(
+                enc,
+                "tapwatch_update_failed_starts",
+                "Starts of the active slot in a row that never captured (3: back to the packaged program)",
+                &one(f64::from(state.failed_starts)),
+            )?;
+        }
         counter(
             enc,
             "tapwatch_model_reloads",

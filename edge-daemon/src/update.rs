@@ -189,6 +189,11 @@ impl Slots {
         Slots { root: config.store.path.with_file_name("update") }
     }
 
+    /// The slots in `root` (an update folder).
+    pub fn at(root: &Path) -> Slots {
+        Slots { root: root.to_path_buf() }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

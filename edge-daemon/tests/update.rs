@@ -179,6 +179,20 @@ impl Running {
         panic!("no {what:?} in {within:?}; log:\n{}", self.log.lock().unwrap().join("\n"));
     }
 
+    /// `/metrics` of the program listening (the newest "listening on" logged).
+    fn metrics(&self) -> String {
+        let base = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|l| l.split("listening on ").nth(1).map(|b| b.trim().to_string()))
+            .unwrap();
+        let out = Command::new("curl").args(["-s", "-m", "5", &format!("{base}/metrics")]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    }
+
     /// How many times a line holding `what` was logged.
     fn count(&self, what: &str) -> usize {
         self.log.lock().unwrap().iter().filter(|l| l.contains(what)).count()
@@ -364,6 +378,13 @@ fn test_an_update_that_crashes_at_start_is_rolled_back_and_the_old_program_captu
     assert!(reason.contains("exit status: 3") && reason.contains("never reported"), "{reason}");
     assert_eq!(run.programs(), vec![bin()]);
     assert_eq!(run.count("capturing"), 1);
+    // And says so to Prometheus.
+    let m = run.metrics();
+    assert!(m.contains("tapwatch_update_info{slot=\"factory\",release=\""), "{m}");
+    assert!(
+        m.contains("tapwatch_update_last{result=\"rolled_back\",version=\"7.0.0-crash\"}"),
+        "{m}"
+    );
 }
 
 #[test]
