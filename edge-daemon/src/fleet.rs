@@ -128,12 +128,8 @@ pub fn startup(file: Config) -> (Config, Option<Applied>) {
 
 /// Write `a` to `path` whole or not at all (a new file renamed over the old).
 fn keep(path: &Path, a: &Applied) -> Result<(), String> {
-    let tmp = path.with_extension("json.new");
     let text = serde_json::to_vec_pretty(a).map_err(|e| e.to_string())?;
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    crate::write_whole(path, &text)
 }
 
 #[derive(Debug)]
@@ -373,11 +369,8 @@ impl Runtime {
         }
         // Kept before it is done: a command is done at most once, whatever happens next.
         let path = commands_path(&state.running);
-        let tmp = path.with_extension("json.new");
-        std::fs::write(&tmp, serde_json::json!({"last": msg.id}).to_string())
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot keep its id ({}: {e}); not done", path.display()))?;
+        crate::write_whole(&path, serde_json::json!({"last": msg.id}).to_string().as_bytes())
+            .map_err(|e| format!("cannot keep its id ({e}); not done"))?;
         state.last_command = msg.id;
         Ok(())
     }

@@ -164,11 +164,7 @@ fn keep(path: &Path, bytes: &[u8]) -> Result<(), String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(at)?;
     }
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(at)
+    crate::write_whole(path, bytes)
 }
 
 /// Remove kept models (and their fixtures) that `running` does not use, but the newest

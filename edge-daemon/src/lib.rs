@@ -24,6 +24,23 @@ pub mod supervise;
 pub mod sync;
 pub mod update;
 
+/// Write a file so that a reader sees the old bytes or the new ones, never part: a temporary
+/// file beside it, fsync, rename, fsync of the folder.
+pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display())),
+        None => Ok(()),
+    }
+}
+
 use firmware::engine::Engine;
 use firmware::flow::HeapShards;
 

@@ -229,7 +229,7 @@ impl Slots {
     /// Write the state whole: a kill at any moment leaves the old one or the new one.
     pub fn save(&self, state: &State) -> Result<(), String> {
         let text = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-        write_whole(&self.state_path(), &text)
+        crate::write_whole(&self.state_path(), &text)
     }
 
     /// One change at a time (an install and a launch, two installs).
@@ -474,16 +474,6 @@ fn sync_dir(dir: &Path) -> Result<(), String> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Write a file so that a reader sees the old bytes or the new ones, never part.
-fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension("tmp");
-    let err = |e: io::Error| format!("{}: {e}", path.display());
-    let mut f = File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    path.parent().map_or(Ok(()), sync_dir)
-}
-
 /// What a configuration from the hub that names an update asks of this program.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FromHub {
@@ -550,12 +540,7 @@ pub fn from_hub(
     let max = u64::from(config.update.max_bundle_mb) << 20;
     let bytes = crate::hub_models::fetch(&r.url, max, Path::new(&config.sync.ca_file))
         .map_err(|e| (Failed, format!("update {v}: {e}")))?;
-    let sha = {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        h.update(&bytes);
-        hex(h)
-    };
+    let sha = edge_model::sha256_hex(&bytes);
     if sha != r.sha256 {
         return Err((
             Refused,
@@ -564,7 +549,7 @@ pub fn from_hub(
     }
     create_dir(slots.root()).map_err(|e| (Failed, e))?;
     let incoming = slots.root().join("incoming.twu");
-    write_whole(&incoming, &bytes).map_err(|e| (Failed, format!("update {v}: {e}")))?;
+    crate::write_whole(&incoming, &bytes).map_err(|e| (Failed, format!("update {v}: {e}")))?;
     let result = slots.install(&incoming, config, config_path);
     let _ = std::fs::remove_file(&incoming);
     match result {
@@ -915,6 +900,15 @@ async fn supervise_async(slots: &Slots, trial: &Trial) -> Supervised {
     }
 }
 
+/// Every interface open and capturing.
+fn capturing(shared: &crate::metrics::Shared) -> bool {
+    use std::sync::atomic::Ordering;
+    shared
+        .interfaces
+        .read()
+        .is_ok_and(|v| !v.is_empty() && v.iter().all(|c| c.up.load(Ordering::Relaxed) == 1))
+}
+
 /// In a program on trial: say each second whether it is ready, captures on every interface
 /// and is connected (when sync is on). Returns at once when not on trial.
 pub async fn report_health(config: Config, shared: std::sync::Arc<crate::metrics::Shared>) {
@@ -923,9 +917,7 @@ pub async fn report_health(config: Config, shared: std::sync::Arc<crate::metrics
         // A committed slot's program: once it captures, its failed starts are forgotten.
         if std::env::var_os(SLOT_ENV).is_some() {
             loop {
-                let capturing = shared.interfaces.read().is_ok_and(|v| {
-                    !v.is_empty() && v.iter().all(|c| c.up.load(Ordering::Relaxed) == 1)
-                });
+                let capturing = capturing(&shared);
                 if capturing {
                     if let Err(e) = Slots::new(&config).started_well() {
                         tracing::warn!("update: {e}");
@@ -938,10 +930,7 @@ pub async fn report_health(config: Config, shared: std::sync::Arc<crate::metrics
         return;
     };
     loop {
-        let capturing = shared
-            .interfaces
-            .read()
-            .is_ok_and(|v| !v.is_empty() && v.iter().all(|c| c.up.load(Ordering::Relaxed) == 1));
+        let capturing = capturing(&shared);
         let h = Health {
             pid: std::process::id(),
             ready: true,
@@ -949,7 +938,7 @@ pub async fn report_health(config: Config, shared: std::sync::Arc<crate::metrics
             connected: !config.sync.enabled || shared.sync.connected.load(Ordering::Relaxed) == 1,
         };
         if let Ok(text) = serde_json::to_vec(&h) {
-            if let Err(e) = write_whole(&path, &text) {
+            if let Err(e) = crate::write_whole(&path, &text) {
                 tracing::warn!("update: cannot report health: {e}");
             }
         }
