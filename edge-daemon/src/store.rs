@@ -6,6 +6,12 @@
 //! in WAL mode with `synchronous = NORMAL`: a killed process loses no committed transaction.
 //! Schema changes are versioned migrations (`migrations/*.sql`). Retention by age and by size
 //! deletes the oldest rows first, and every deleted row is counted by table and reason.
+//!
+//! Every `LIMIT ?N` of a cached statement (here and in `sync.rs`) is written `LIMIT ?N + 0`:
+//! SQLite reads a bare parameter's value when it plans a LIMIT and marks the statement to be
+//! compiled again whenever that parameter is bound, which rusqlite does at every execution (the
+//! evidence marking compiled its two statements for every episode: a sixth of the store
+//! thread's time in `analyze --models --db`). An expression is not read; the plan is the same.
 
 use crate::config::StoreConfig;
 use base64::Engine as _;
@@ -351,7 +357,7 @@ fn hold_ring(
     let n = conn
         .prepare_cached(
             "DELETE FROM packets WHERE id IN (SELECT id FROM packets
-             WHERE interface = ?1 AND anomaly_id IS NULL ORDER BY id LIMIT ?2)",
+             WHERE interface = ?1 AND anomaly_id IS NULL ORDER BY id LIMIT ?2 + 0)",
         )?
         .execute(params![interface, (held - keep) as i64])? as u64;
     Ok((held - n, n))
@@ -492,7 +498,7 @@ impl Store {
         {
             let mut stmt = tx.prepare(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-                 ORDER BY stream = 'anomalies', id LIMIT ?1) RETURNING stream",
+                 ORDER BY stream = 'anomalies', id LIMIT ?1 + 0) RETURNING stream",
             )?;
             let rows = stmt.query_map([(depth - max) as i64], |r| r.get::<_, String>(0))?;
             for r in rows {
@@ -679,15 +685,17 @@ impl Store {
             )?;
             // A host's ring packets by source, then by destination (each on its own partial
             // index: an OR of the two would walk the time index), oldest first, up to what the
-            // episode may still keep.
+            // episode may still keep (`+ 0`: see the module's note on LIMIT).
             let mut by_src = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
-                 WHERE anomaly_id IS NULL AND src = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
+                 WHERE anomaly_id IS NULL AND src = ?3 AND ts_us >= ?2 ORDER BY ts_us
+                 LIMIT ?4 + 0)
                  RETURNING ts_us, link_type, wire_len, data, interface",
             )?;
             let mut by_dst = tx.prepare_cached(
                 "UPDATE packets SET anomaly_id = ?1 WHERE id IN (SELECT id FROM packets
-                 WHERE anomaly_id IS NULL AND dst = ?3 AND ts_us >= ?2 ORDER BY ts_us LIMIT ?4)
+                 WHERE anomaly_id IS NULL AND dst = ?3 AND ts_us >= ?2 ORDER BY ts_us
+                 LIMIT ?4 + 0)
                  RETURNING ts_us, link_type, wire_len, data, interface",
             )?;
             let mut left_behind = tx.prepare_cached(
@@ -1400,6 +1408,23 @@ mod tests {
             packets: 3,
             bytes: 180,
             features: [1.5; N_FEATURES],
+        }
+    }
+
+    /// The module's note on LIMIT, held: no statement binds a bare parameter as its limit.
+    #[test]
+    fn test_no_limit_is_a_bare_parameter() {
+        let needle = concat!("LIMIT ", "?");
+        for (name, src) in
+            [("store.rs", include_str!("store.rs")), ("sync.rs", include_str!("sync.rs"))]
+        {
+            for (at, _) in src.match_indices(needle) {
+                let rest = &src[at + needle.len()..];
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                if digits > 0 {
+                    assert!(rest[digits..].starts_with(" + 0"), "{name}: {}", &src[at..at + 16]);
+                }
+            }
         }
     }
 

@@ -206,19 +206,20 @@ impl OutboxReader {
         first_time: bool,
     ) -> Result<Vec<Outgoing1>, StoreError> {
         let rows: Vec<OutboxRow> = {
-            // The anomalies by the (stream, seq) index; the rest by id, skipping them.
+            // The anomalies by the (stream, seq) index; the rest by id, skipping them. (`+ 0`: see
+            // `store`'s note on LIMIT.)
             let mut stmt = self.conn.prepare_cached(match lane {
                 Lane::Any => {
                     "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
-                     WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3"
+                     WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3 + 0"
                 }
                 Lane::Bulk => {
                     "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
-                     WHERE id > ?1 AND id <= ?2 AND stream <> 'anomalies' ORDER BY id LIMIT ?3"
+                     WHERE id > ?1 AND id <= ?2 AND stream <> 'anomalies' ORDER BY id LIMIT ?3 + 0"
                 }
                 Lane::Anomalies => {
                     "SELECT id, stream, seq, created_us, payload, first_row, last_row FROM outbox
-                     WHERE stream = 'anomalies' AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+                     WHERE stream = 'anomalies' AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3 + 0"
                 }
             })?;
             let rows = stmt.query_map(params![after, until, n as i64], |r| {
