@@ -33,12 +33,14 @@ pub fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
     let mut f = std::fs::File::create(&tmp).map_err(err)?;
     f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)?;
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| format!("{}: {e}", dir.display())),
-        None => Ok(()),
-    }
+    path.parent().filter(|d| !d.as_os_str().is_empty()).map_or(Ok(()), sync_dir)
+}
+
+/// fsync a folder: what was renamed or created in it survives a power cut.
+pub fn sync_dir(dir: &std::path::Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 use firmware::engine::Engine;

@@ -345,7 +345,7 @@ impl Slots {
             check_config(&new.join(bundle::BINARY), config_path).map_err(named)?;
             remove_dir(&dir).map_err(named)?;
             std::fs::rename(&new, &dir).map_err(|e| named(format!("{}: {e}", dir.display())))?;
-            sync_dir(&self.root).map_err(named)?;
+            crate::sync_dir(&self.root).map_err(named)?;
             Ok(Trial {
                 slot,
                 version: manifest.version,
@@ -468,10 +468,6 @@ fn remove_dir(dir: &Path) -> Result<(), String> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(format!("{}: {e}", dir.display())),
         _ => Ok(()),
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), String> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// What a configuration from the hub that names an update asks of this program.
