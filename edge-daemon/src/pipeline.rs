@@ -90,28 +90,34 @@ type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 /// a row each woke the writer for each flow.
 const FLOW_CHUNK: usize = 64;
 
-/// A finished flow: its row to the store (in `chunk`, sent when full) and its features to the
-/// models, computed once.
+/// A finished flow, ended at packet time `now_us`: its row to the store (in `chunk`, sent when
+/// full) and its features to the models, computed once; a full batch leaves for the models at
+/// once, so that the many flows one call ends (a timeout sweep, a full table's evictions, the
+/// end of input) run in batches of the configured size, not as one batch of them all.
 fn sink_flow(
     store: &StoreLink,
     blocking: bool,
     models: &mut Option<Box<ModelWorker>>,
     chunk: &mut Vec<FlowRow>,
     f: &FinishedFlow,
-) -> bool {
+    now_us: i64,
+) {
     let to_models = models.as_ref().is_some_and(|m| m.active());
     if store.is_none() && !to_models {
-        return false;
+        return;
     }
     let row = FlowRow::from(f);
-    let full = models.as_mut().is_some_and(|m| m.push(f, &row.features));
+    if let Some(m) = models.as_mut() {
+        if m.push(f, &row.features) {
+            m.send(now_us);
+        }
+    }
     if store.is_some() {
         chunk.push(row);
         if chunk.len() >= FLOW_CHUNK {
             send_row(store, blocking, Row::Flows(std::mem::take(chunk)));
         }
     }
-    full
 }
 
 /// How long an anomaly or its evidence waits for room in a full store queue, live, before it is
@@ -580,20 +586,16 @@ impl Pipeline {
         self.roll_interval(p.ts_us);
         let ts = Instant::from_micros(p.ts_us);
         let mut ended = 0u64;
-        let mut full = false;
         let (store, blocking, models, chunk) =
             (&self.store, self.blocking, &mut self.models, &mut self.flow_rows);
         let mut sink = |f: &FinishedFlow| {
             ended += 1;
-            full |= sink_flow(store, blocking, models, chunk, f);
+            sink_flow(store, blocking, models, chunk, f, p.ts_us);
             out(f)
         };
         let started_before = self.engine.flow_counters().created;
         let result = self.engine.process(p.link, ts, p.wire_len, p.data, &mut sink);
         let started = self.engine.flow_counters().created - started_before;
-        if full {
-            self.send_models(p.ts_us);
-        }
         self.detect(p.ts_us, false);
         if let Err(e) = &result {
             if let Some(row) = self.iface_errors.get_mut(p.iface) {
@@ -768,7 +770,7 @@ impl Pipeline {
         let mut ended = 0;
         self.engine.tick(Instant::from_micros(now_us), &mut |f| {
             ended += 1;
-            sink_flow(store, blocking, models, chunk, f);
+            sink_flow(store, blocking, models, chunk, f, now_us);
             out(f)
         });
         if let Some(iv) = self.stats.as_mut() {
@@ -793,9 +795,10 @@ impl Pipeline {
         let (store, blocking, models, chunk) =
             (&self.store, self.blocking, &mut self.models, &mut self.flow_rows);
         let mut ended = 0;
+        let now_us = last.unwrap_or_default();
         self.engine.reset(&mut |f| {
             ended += 1;
-            sink_flow(store, blocking, models, chunk, f);
+            sink_flow(store, blocking, models, chunk, f, now_us);
             out(f)
         });
         self.send_flows();
