@@ -822,6 +822,55 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// An Ethernet frame of one UDP datagram from 10.64.0.`host` to 10.1.0.1:53.
+    fn udp_frame(host: u8, sport: u16) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 8, 0];
+        f.extend([0x45, 0, 0, 46, 0, 1, 0, 0, 64, 17, 0, 0, 10, 64, 0, host, 10, 1, 0, 1]);
+        f.extend(sport.to_be_bytes());
+        f.extend([0, 53, 0, 26, 0, 0]);
+        f.extend([0; 18]);
+        f
+    }
+
+    #[test]
+    fn test_the_flows_one_call_ends_run_in_batches_of_the_configured_size() {
+        // The pipeline's own stack, as it runs on its thread.
+        let t = std::thread::Builder::new().stack_size(crate::PIPELINE_STACK);
+        t.spawn(flows_one_call_ends_run_in_batches).unwrap().join().unwrap();
+    }
+
+    fn flows_one_call_ends_run_in_batches() {
+        let config = Config::parse("[device]\nid = \"t\"\n", "t.toml").unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/shipped");
+        let load = |f: &str, k| crate::model::Model::load(&dir.join(f), k).unwrap();
+        let stage = ModelStage::new(
+            Some(load("autoencoder.onnx", crate::model::ModelKind::Autoencoder)),
+            Some(load("classifier.onnx", crate::model::ModelKind::Classifier)),
+            8,
+            3,
+            10_000_000,
+        );
+        let mut p =
+            Pipeline::new(&config, vec![Arc::from("eth0")], None).blocking().with_models(stage);
+        // 100 flows, all open until the end of input ends them in one call.
+        for i in 0..100u16 {
+            let data = udp_frame((i % 50) as u8 + 1, 1024 + i);
+            let input = PacketIn {
+                iface: 0,
+                link: LinkType::Ethernet,
+                dlt: 1,
+                ts_us: 1_700_000_000_000_000 + i64::from(i) * 50,
+                wire_len: data.len() as u32,
+                data: &data,
+            };
+            p.packet(input, &mut |_| {});
+        }
+        p.finish(&mut |_| {});
+        let c = p.models().unwrap().counters();
+        assert_eq!(c.rows, 100);
+        assert_eq!(c.batches, 13, "twelve batches of 8 and one of 4, not one of 100");
+    }
+
     #[test]
     fn test_a_full_queue_drops_bulk_rows_but_holds_evidence_until_the_writer_takes_room() {
         let (tx, rx) = crossbeam_channel::bounded::<Row>(1);
