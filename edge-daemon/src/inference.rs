@@ -19,6 +19,7 @@ use firmware::features::FeatureVector;
 use firmware::proto::{AnalysisMsg, AnomalyKind};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 /// What drove one model verdict (the detail of an episode the models opened).
 #[derive(Debug, Clone, PartialEq)]
@@ -556,22 +557,82 @@ enum Runner {
         counters: std::sync::Arc<std::sync::Mutex<InferenceCounters>>,
         thread: Option<std::thread::JoinHandle<()>>,
     },
-    /// On the pipeline's own thread (offline), each batch's trips held until due: there a
-    /// capture's packet time runs far ahead of the clock, the pipeline would wait for nearly
-    /// every batch, and the hand-offs cost more than the thread saved (`analyze --models`:
-    /// 0.56 s inline, 0.65 s on a thread, on the bench capture).
-    Inline(Box<Inline>),
+    /// Offline: a helper thread runs the batches as they leave, and the pipeline, when a
+    /// batch's trips are due and the helper has not run it, runs it itself rather than wait
+    /// for the helper to be scheduled. Packet time runs far ahead of the clock there, so
+    /// nearly every batch is due soon after it left: waiting on a thread (`Thread`) cost more
+    /// than it saved on 2 cores (`analyze --models`, merged public captures: 0.36 s on the
+    /// pipeline's thread alone, 0.48 s waiting on a thread).
+    Shared {
+        shared: std::sync::Arc<Shared>,
+        /// Wakes the helper (a token: a full channel means it is awake already).
+        wake: Option<crossbeam_channel::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        /// Batches whose trips were taken.
+        taken: u64,
+    },
 }
 
-struct Inline {
+/// The stage both the pipeline and the helper thread run (offline): whoever holds `stage`
+/// runs the queued jobs, strictly in order, so the batches' verdicts and trips are what one
+/// thread running them in order gives.
+struct Shared {
+    jobs: Mutex<VecDeque<Job>>,
+    stage: Mutex<SharedStage>,
+    /// Each batch's trips, in the order the batches left.
+    done: Mutex<VecDeque<Vec<ModelTrip>>>,
+}
+
+struct SharedStage {
     stage: ModelStage,
     analysis: Box<dyn FnMut(AnalysisMsg) + Send>,
-    done: VecDeque<Vec<ModelTrip>>,
+    /// Batches run.
+    batches: u64,
 }
 
-impl std::fmt::Debug for Inline {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inline").field("stage", &self.stage).finish_non_exhaustive()
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Queue a job for the shared stage and wake its helper.
+    fn queue(&self, job: Job) {
+        if let Runner::Shared { shared, wake, .. } = self {
+            lock(&shared.jobs).push_back(job);
+            if let Some(w) = wake {
+                let _ = w.try_send(());
+            }
+        }
+    }
+}
+
+/// A lock, whether or not a thread panicked holding it (the edge aborts on a panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Run the queued jobs in order, until `until` batches have run in all (or every job).
+    fn run_queued(&self, st: &mut SharedStage, until: u64) {
+        while st.batches < until {
+            let Some(job) = lock(&self.jobs).pop_front() else { return };
+            match job {
+                Job::Batch(rows) => {
+                    let mut trips = Vec::new();
+                    st.stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
+                    st.batches += 1;
+                    lock(&self.done).push_back(trips);
+                }
+                Job::Swap(s) => st.stage.swap(s),
+                Job::Analyses(now_us) => {
+                    for a in st.stage.take_analyses(now_us) {
+                        (st.analysis)(a);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -588,16 +649,30 @@ impl ModelWorker {
         }
     }
 
-    /// Run `stage` on the caller's thread, with the same timing of trips as on a thread of its
-    /// own (a batch's trips are taken a flush interval after it left); its analysis messages go
-    /// to `analysis`.
-    pub fn inline(stage: ModelStage, analysis: impl FnMut(AnalysisMsg) + Send + 'static) -> Self {
+    /// Run `stage` offline: on a helper thread as batches leave, and on the caller's thread
+    /// when a batch is due before the helper ran it, with the same timing of trips as on a
+    /// thread of its own (a batch's trips are taken a flush interval after it left); its
+    /// analysis messages go to `analysis` (from either thread, in order).
+    pub fn shared(
+        stage: ModelStage,
+        analysis: impl FnMut(AnalysisMsg) + Send + 'static,
+    ) -> std::io::Result<ModelWorker> {
         let new = ModelWorker::new(&stage);
-        new(Runner::Inline(Box::new(Inline {
-            stage,
-            analysis: Box::new(analysis),
-            done: VecDeque::new(),
-        })))
+        let shared = std::sync::Arc::new(Shared {
+            jobs: Mutex::new(VecDeque::new()),
+            stage: Mutex::new(SharedStage { stage, analysis: Box::new(analysis), batches: 0 }),
+            done: Mutex::new(VecDeque::new()),
+        });
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+        let helper = shared.clone();
+        let thread = std::thread::Builder::new().name("models".into()).spawn(move || {
+            // Until the pipeline is done with the stage, then what is left in the queue.
+            while woken.recv().is_ok() {
+                helper.run_queued(&mut lock(&helper.stage), u64::MAX);
+            }
+            helper.run_queued(&mut lock(&helper.stage), u64::MAX);
+        })?;
+        Ok(new(Runner::Shared { shared, wake: Some(wake), thread: Some(thread), taken: 0 }))
     }
 
     /// Start the thread that runs `stage`; its analysis messages go to `analysis`.
@@ -645,7 +720,7 @@ impl ModelWorker {
     /// The counters as of the last batch the models ran.
     pub fn counters(&self) -> InferenceCounters {
         match &self.runner {
-            Runner::Inline(i) => *i.stage.counters(),
+            Runner::Shared { shared, .. } => *lock(&shared.stage).stage.counters(),
             Runner::Thread { counters, .. } => counters.lock().map(|c| *c).unwrap_or_default(),
         }
     }
@@ -666,10 +741,8 @@ impl ModelWorker {
         }
         let rows = std::mem::replace(&mut self.pending, Vec::with_capacity(self.batch));
         let sent = match &mut self.runner {
-            Runner::Inline(i) => {
-                let mut trips = Vec::new();
-                i.stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
-                i.done.push_back(trips);
+            Runner::Shared { .. } => {
+                self.runner.queue(Job::Batch(rows));
                 true
             }
             Runner::Thread { jobs, .. } => {
@@ -694,7 +767,7 @@ impl ModelWorker {
         }
         self.active = !self.loaded.is_empty();
         match &mut self.runner {
-            Runner::Inline(i) => i.stage.swap(s),
+            Runner::Shared { .. } => self.runner.queue(Job::Swap(s)),
             Runner::Thread { jobs, .. } => {
                 if let Some(j) = jobs {
                     let _ = j.send(Job::Swap(s));
@@ -712,11 +785,7 @@ impl ModelWorker {
     /// after the batches sent before).
     pub fn analyses(&mut self, now_us: i64) {
         match &mut self.runner {
-            Runner::Inline(i) => {
-                for a in i.stage.take_analyses(now_us) {
-                    (i.analysis)(a);
-                }
-            }
+            Runner::Shared { .. } => self.runner.queue(Job::Analyses(now_us)),
             Runner::Thread { jobs, .. } => {
                 if let Some(j) = jobs {
                     let _ = j.send(Job::Analyses(now_us));
@@ -731,8 +800,26 @@ impl ModelWorker {
         let mut out = Vec::new();
         while let Some(&left) = self.in_flight.front() {
             let trips = match &mut self.runner {
-                Runner::Inline(_) if left > due_us && !ready => break,
-                Runner::Inline(i) => i.done.pop_front(),
+                Runner::Shared { shared, taken, .. } => {
+                    let mut trips = lock(&shared.done).pop_front();
+                    if trips.is_none() && left <= due_us {
+                        // Due and not run yet: run it here (after the helper's batch in hand).
+                        shared.run_queued(&mut lock(&shared.stage), *taken + 1);
+                        trips = lock(&shared.done).pop_front();
+                    }
+                    match trips {
+                        Some(t) if left <= due_us || ready => {
+                            *taken += 1;
+                            Some(t)
+                        }
+                        Some(t) => {
+                            // Run, not due yet: kept for its time.
+                            lock(&shared.done).push_front(t);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 Runner::Thread { done, .. } if left <= due_us => done.recv().ok(),
                 Runner::Thread { done, .. } if ready => match done.try_recv() {
                     Ok(t) => Some(t),
@@ -750,10 +837,18 @@ impl ModelWorker {
 impl Drop for ModelWorker {
     fn drop(&mut self) {
         // The thread ends when its queue closes, after the jobs in it (the last analyses).
-        if let Runner::Thread { jobs, thread, .. } = &mut self.runner {
-            *jobs = None;
-            if let Some(t) = thread.take() {
-                let _ = t.join();
+        match &mut self.runner {
+            Runner::Thread { jobs, thread, .. } => {
+                *jobs = None;
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Runner::Shared { wake, thread, .. } => {
+                *wake = None;
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
             }
         }
     }
@@ -884,7 +979,7 @@ mod tests {
     }
 
     #[test]
-    fn the_model_thread_gives_what_running_inline_gives_and_when() {
+    fn the_model_thread_gives_what_the_shared_stage_gives_and_when() {
         let rows = fixture_rows();
         assert!(rows.len() >= 8, "the fixture has rows");
         let mut results = Vec::new();
@@ -895,7 +990,7 @@ mod tests {
             let mut w = if threaded {
                 ModelWorker::spawn(stage(), analysis).unwrap()
             } else {
-                ModelWorker::inline(stage(), analysis)
+                ModelWorker::shared(stage(), analysis).unwrap()
             };
             assert!(w.active());
             w.pending = rows.clone();
@@ -914,7 +1009,51 @@ mod tests {
             results.push((trips, analyses.iter().map(|a| (a.rows, a.flagged)).collect::<Vec<_>>()));
         }
         assert!(!results[0].0.is_empty(), "the fixture's attack rows trip");
-        assert_eq!(results[0], results[1], "inline and on a thread alike");
+        assert_eq!(results[0], results[1], "shared and on a thread alike");
+    }
+
+    #[test]
+    fn the_shared_stage_gives_what_the_model_thread_gives_batch_by_batch() {
+        // Many small batches, each taken as soon as it is due: offline, the pipeline runs a
+        // due batch itself when the helper has not, and the trips must not depend on who ran it.
+        let rows = fixture_rows();
+        let mut results = Vec::new();
+        for threaded in [false, true] {
+            let analyses: Arc<Mutex<Vec<AnalysisMsg>>> = Arc::default();
+            let sink = analyses.clone();
+            let analysis = move |a| sink.lock().unwrap().push(a);
+            let mut w = if threaded {
+                ModelWorker::spawn(stage(), analysis).unwrap()
+            } else {
+                ModelWorker::shared(stage(), analysis).unwrap()
+            };
+            let mut trips = Vec::new();
+            for (i, chunk) in rows.chunks(3).enumerate() {
+                let now = (i as i64 + 1) * 1_000_000;
+                w.pending = chunk.to_vec();
+                w.send(now);
+                for (s, t, at, _) in w.take(now - 1_000_000, false) {
+                    trips.push((i, s, t.kind, at));
+                }
+                if i % 4 == 3 {
+                    w.analyses(now);
+                }
+            }
+            trips.extend(
+                w.take(i64::MAX, false).into_iter().map(|(s, t, at, _)| (99, s, t.kind, at)),
+            );
+            w.analyses(i64::MAX);
+            let c = w.counters();
+            drop(w);
+            let analyses = analyses.lock().unwrap().clone();
+            assert_eq!(c.rows, rows.len() as u64);
+            results.push((
+                trips,
+                analyses.iter().map(|a| (a.ts, a.rows, a.flagged)).collect::<Vec<_>>(),
+            ));
+        }
+        assert!(!results[0].0.is_empty(), "the fixture's attack rows trip");
+        assert_eq!(results[0], results[1], "shared and on a thread alike, batch by batch");
     }
 
     #[test]

@@ -296,13 +296,14 @@ impl Pipeline {
         if self.detector.is_some() {
             let (store, blocking) = (self.store.clone(), self.blocking);
             let analysis = move |a| send_row(&store, blocking, Row::Analysis(Box::new(a)));
-            if blocking {
-                self.models = Some(Box::new(ModelWorker::inline(stage, analysis)));
+            let worker = if blocking {
+                ModelWorker::shared(stage, analysis)
             } else {
-                match ModelWorker::spawn(stage, analysis) {
-                    Ok(w) => self.models = Some(Box::new(w)),
-                    Err(e) => tracing::error!("cannot start the model thread, models off: {e}"),
-                }
+                ModelWorker::spawn(stage, analysis)
+            };
+            match worker {
+                Ok(w) => self.models = Some(Box::new(w)),
+                Err(e) => tracing::error!("cannot start the model thread, models off: {e}"),
             }
         }
         self
