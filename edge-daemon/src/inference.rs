@@ -577,11 +577,22 @@ enum Runner {
 /// runs the queued jobs, strictly in order, so the batches' verdicts and trips are what one
 /// thread running them in order gives.
 struct Shared {
-    jobs: Mutex<VecDeque<Job>>,
+    jobs: Mutex<Queue>,
     stage: Mutex<SharedStage>,
     /// Each batch's trips, in the order the batches left.
     done: Mutex<VecDeque<Vec<ModelTrip>>>,
 }
+
+/// Jobs not yet run, and the rows of their batches.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    rows: usize,
+}
+
+/// Rows queued before the helper thread is woken: waking it for every small batch (live-like
+/// traffic ends a dozen flows a second) cost more in hand-offs than running them here.
+const WAKE_ROWS: usize = 64;
 
 struct SharedStage {
     stage: ModelStage,
@@ -597,11 +608,18 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Runner {
-    /// Queue a job for the shared stage and wake its helper.
+    /// Queue a job for the shared stage, and wake its helper once [`WAKE_ROWS`] rows wait.
     fn queue(&self, job: Job) {
         if let Runner::Shared { shared, wake, .. } = self {
-            lock(&shared.jobs).push_back(job);
-            if let Some(w) = wake {
+            let rows = {
+                let mut q = lock(&shared.jobs);
+                if let Job::Batch(rows) = &job {
+                    q.rows += rows.len();
+                }
+                q.jobs.push_back(job);
+                q.rows
+            };
+            if let (Some(w), true) = (wake, rows >= WAKE_ROWS) {
                 let _ = w.try_send(());
             }
         }
@@ -617,7 +635,14 @@ impl Shared {
     /// Run the queued jobs in order, until `until` batches have run in all (or every job).
     fn run_queued(&self, st: &mut SharedStage, until: u64) {
         while st.batches < until {
-            let Some(job) = lock(&self.jobs).pop_front() else { return };
+            let job = {
+                let mut q = lock(&self.jobs);
+                let Some(job) = q.jobs.pop_front() else { return };
+                if let Job::Batch(rows) = &job {
+                    q.rows -= rows.len();
+                }
+                job
+            };
             match job {
                 Job::Batch(rows) => {
                     let mut trips = Vec::new();
@@ -659,7 +684,7 @@ impl ModelWorker {
     ) -> std::io::Result<ModelWorker> {
         let new = ModelWorker::new(&stage);
         let shared = std::sync::Arc::new(Shared {
-            jobs: Mutex::new(VecDeque::new()),
+            jobs: Mutex::new(Queue::default()),
             stage: Mutex::new(SharedStage { stage, analysis: Box::new(analysis), batches: 0 }),
             done: Mutex::new(VecDeque::new()),
         });
