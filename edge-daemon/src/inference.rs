@@ -1003,20 +1003,27 @@ mod tests {
         ModelStage::new(Some(ae), Some(clf), 64, 1, 10_000_000)
     }
 
+    /// The stage on a thread of its own (live) or shared with a helper (offline), and the
+    /// analysis messages it gives.
+    fn worker(threaded: bool) -> (ModelWorker, Arc<Mutex<Vec<AnalysisMsg>>>) {
+        let analyses: Arc<Mutex<Vec<AnalysisMsg>>> = Arc::default();
+        let sink = analyses.clone();
+        let analysis = move |a| sink.lock().unwrap().push(a);
+        let w = if threaded {
+            ModelWorker::spawn(stage(), analysis).unwrap()
+        } else {
+            ModelWorker::shared(stage(), analysis).unwrap()
+        };
+        (w, analyses)
+    }
+
     #[test]
     fn the_model_thread_gives_what_the_shared_stage_gives_and_when() {
         let rows = fixture_rows();
         assert!(rows.len() >= 8, "the fixture has rows");
         let mut results = Vec::new();
         for threaded in [false, true] {
-            let analyses: Arc<Mutex<Vec<AnalysisMsg>>> = Arc::default();
-            let sink = analyses.clone();
-            let analysis = move |a| sink.lock().unwrap().push(a);
-            let mut w = if threaded {
-                ModelWorker::spawn(stage(), analysis).unwrap()
-            } else {
-                ModelWorker::shared(stage(), analysis).unwrap()
-            };
+            let (mut w, analyses) = worker(threaded);
             assert!(w.active());
             w.pending = rows.clone();
             w.send(1_000_000);
@@ -1044,14 +1051,7 @@ mod tests {
         let rows = fixture_rows();
         let mut results = Vec::new();
         for threaded in [false, true] {
-            let analyses: Arc<Mutex<Vec<AnalysisMsg>>> = Arc::default();
-            let sink = analyses.clone();
-            let analysis = move |a| sink.lock().unwrap().push(a);
-            let mut w = if threaded {
-                ModelWorker::spawn(stage(), analysis).unwrap()
-            } else {
-                ModelWorker::shared(stage(), analysis).unwrap()
-            };
+            let (mut w, analyses) = worker(threaded);
             let mut trips = Vec::new();
             for (i, chunk) in rows.chunks(3).enumerate() {
                 let now = (i as i64 + 1) * 1_000_000;
