@@ -410,9 +410,10 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
                 Ok(s)
             });
             match opened {
-                Ok(store) => {
-                    Some((spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Off), counters))
-                }
+                Ok(store) => Some((
+                    spawn_writer(store, crate::STORE_QUEUE_MESSAGES, AgeClock::Off),
+                    counters,
+                )),
                 Err(e) => {
                     eprintln!("tapwatch-edge: {e}");
                     return ExitCode::from(73);

@@ -53,7 +53,7 @@ pub fn run(path: PathBuf) -> Result<Stopped, String> {
             .map_err(|e| e.to_string())?;
         store.set_evidence_limit(u64::from(config.sync.evidence_max_mb) << 20);
     }
-    let writer = spawn_writer(store, crate::STORE_QUEUE_ROWS, AgeClock::Wall);
+    let writer = spawn_writer(store, crate::STORE_QUEUE_MESSAGES, AgeClock::Wall);
     let shared = Arc::new(Shared::new(config.device.id.clone(), store_counters.clone()));
     let _ = shared.update_root.set(crate::update::Slots::new(&config).root().to_path_buf());
     // The link to the hub: a thread of its own (it reads the outbox with blocking SQLite calls).

@@ -52,10 +52,17 @@ pub use edge_config::{
 /// Slots for source hosts with window counters (a power of two; 7/8 of them are held at once).
 pub const MAX_HOSTS: usize = 1 << 13;
 
-/// Rows waiting for the store writer at most (a row is a flow with its features, about half a
-/// KiB): two batches of the writer, 2 MiB of memory; it absorbs commit latency, not sustained
-/// overload (which is counted in tapwatch_store_queue_drops_total).
-pub const STORE_QUEUE_ROWS: usize = 4_096;
+/// Finished flows go to the store in chunks of this many at most (and at every judgement): a
+/// message each woke the writer for each flow.
+pub const STORE_FLOW_CHUNK: usize = 64;
+
+/// Messages waiting for the store writer at most: a chunk of [`STORE_FLOW_CHUNK`] flows is one,
+/// as are an anomaly, an interval's statistics and a ring write. Full chunks of flows are 4,096
+/// rows (a row is a flow with its features, about half a KiB): two batches of the writer, 2 MiB
+/// of memory; it absorbs commit latency, not sustained overload (which is counted in
+/// tapwatch_store_queue_drops_total). (Counted in rows while flows were chunked, the queue held
+/// 4,096 chunks: 128 MiB at the end of a capture of a million flows.)
+pub const STORE_QUEUE_MESSAGES: usize = 4_096 / STORE_FLOW_CHUNK;
 
 /// The engine the daemon runs.
 pub type EdgeEngine = Engine<FLOWS_PER_SHARD, MAX_HOSTS, HeapShards<FLOWS_PER_SHARD, FLOW_SHARDS>>;

@@ -86,9 +86,7 @@ pub struct PipelineCounters {
 
 type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
 
-/// Finished flows go to the store in chunks of this many at most (and at every judgement):
-/// a row each woke the writer for each flow.
-const FLOW_CHUNK: usize = 64;
+use crate::STORE_FLOW_CHUNK as FLOW_CHUNK;
 
 /// A finished flow, ended at packet time `now_us`: its row to the store (in `chunk`, sent when
 /// full) and its features to the models, computed once; a full batch leaves for the models at

@@ -1276,8 +1276,8 @@ pub struct Writer {
 /// Start the writer: rows from the returned sender are written in batches of `batch_rows`, at
 /// least every `flush_interval_ms`, with retention every ten seconds; the ring of each interface
 /// a batch wrote packets for is trimmed to `evidence_ring_packets`. It ends when every sender is
-/// dropped, after a last flush. `queue` bounds the rows waiting; live senders use `try_send` and
-/// count a full queue.
+/// dropped, after a last flush. `queue` bounds the messages waiting (a row, or a chunk of
+/// them); live senders use `try_send` and count a full queue.
 pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
     let (tx, rx) = crossbeam_channel::bounded::<Row>(queue);
     let handle = std::thread::Builder::new()
