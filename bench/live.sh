@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Live capture at fixed packet rates: tcpreplay replays a capture from inside a network namespace
-# over a veth pair, tapwatch-edge captures the other end, and /metrics gives the kernel and queue
-# drops at each rate. Needs root, iproute2 and tcpreplay.
+# over a veth pair, tapwatch-edge captures the other end, and /metrics gives the kernel, capture
+# queue, interface and store queue drops at each rate. Needs root, iproute2 and tcpreplay.
 #
 # The daemon as deployed: the store, the shipped models (MODELS, default models/shipped; MODELS=
 # for none) and sync to the broker at BROKER (default 127.0.0.1:1883, a topic prefix of its own;
@@ -75,11 +75,12 @@ metric() {
 
 # CPU seconds (user and system) the daemon has used so far.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$pid/stat"; }
-printf '%-10s %12s %12s %14s %12s %12s %14s\n' "target" "sent pps" "captured" "kernel drops" \
-  "queue drops" "if drops" "CPU s / Mpkt"
+printf '%-10s %12s %12s %14s %12s %12s %12s %14s\n' "target" "sent pps" "captured" "kernel drops" \
+  "queue drops" "if drops" "store drops" "CPU s / Mpkt"
 for rate in $rates; do
   c0=$(metric tapwatch_capture_packets_total); k0=$(metric tapwatch_capture_kernel_drops_total)
   q0=$(metric tapwatch_queue_drops_total); i0=$(metric tapwatch_capture_interface_drops_total)
+  s0=$(metric tapwatch_store_queue_drops_total)
   u0=$(cpu)
   ip netns exec "$ns" tcpreplay -q -i "twb1$$" --pps="$rate" --limit=$((rate * secs)) --loop=0 "$pcap" \
     > "$out/tcpreplay.txt" 2>&1
@@ -87,9 +88,11 @@ for rate in $rates; do
   sleep 2 # let the capture drain and the kernel counters update
   c1=$(metric tapwatch_capture_packets_total); k1=$(metric tapwatch_capture_kernel_drops_total)
   q1=$(metric tapwatch_queue_drops_total); i1=$(metric tapwatch_capture_interface_drops_total)
+  s1=$(metric tapwatch_store_queue_drops_total)
   u1=$(cpu)
   captured=$(echo "$c1 - $c0" | bc)
   per=$(echo "if ($captured > 0) ($u1 - $u0) * 1000000 / $captured else 0" | bc -l)
-  printf '%-10s %12s %12.0f %14.0f %12.0f %12.0f %14.2f\n' "$rate" "${sent:-?}" "$captured" \
-    "$(echo "$k1 - $k0" | bc)" "$(echo "$q1 - $q0" | bc)" "$(echo "$i1 - $i0" | bc)" "$per"
+  printf '%-10s %12s %12.0f %14.0f %12.0f %12.0f %12.0f %14.2f\n' "$rate" "${sent:-?}" "$captured" \
+    "$(echo "$k1 - $k0" | bc)" "$(echo "$q1 - $q0" | bc)" "$(echo "$i1 - $i0" | bc)" \
+    "$(echo "$s1 - $s0" | bc)" "$per"
 done
