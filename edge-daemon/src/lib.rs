@@ -57,12 +57,14 @@ pub const MAX_HOSTS: usize = 1 << 13;
 pub const STORE_FLOW_CHUNK: usize = 64;
 
 /// Messages waiting for the store writer at most: a chunk of [`STORE_FLOW_CHUNK`] flows is one,
-/// as are an anomaly, an interval's statistics and a ring write. Full chunks of flows are 4,096
-/// rows (a row is a flow with its features, about half a KiB): two batches of the writer, 2 MiB
-/// of memory; it absorbs commit latency, not sustained overload (which is counted in
-/// tapwatch_store_queue_drops_total). (Counted in rows while flows were chunked, the queue held
-/// 4,096 chunks: 128 MiB at the end of a capture of a million flows.)
-pub const STORE_QUEUE_MESSAGES: usize = 4_096 / STORE_FLOW_CHUNK;
+/// as are an anomaly, an interval's statistics and a ring write. Full chunks of flows are 16,384
+/// rows (a row is a flow with its features, about half a KiB): eight batches of the writer,
+/// 8 MiB of memory; it absorbs commit latency, not sustained overload (which is counted in
+/// tapwatch_store_queue_drops_total). Counted in rows while flows came in chunks, the queue held
+/// 4,096 chunks: 128 MiB at the end of a capture of a million flows (`bench/memory.sh 1000000`:
+/// 0.48 KiB a flow, 0.36 now). A queue of 4,096 rows cost `analyze --db` a tenth of its speed
+/// (the pipeline waited on the writer's commits); 16,384 cost nothing.
+pub const STORE_QUEUE_MESSAGES: usize = 16_384 / STORE_FLOW_CHUNK;
 
 /// The engine the daemon runs.
 pub type EdgeEngine = Engine<FLOWS_PER_SHARD, MAX_HOSTS, HeapShards<FLOWS_PER_SHARD, FLOW_SHARDS>>;
