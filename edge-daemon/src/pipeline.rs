@@ -8,6 +8,7 @@ use crate::inference::{Detail, ModelStage, ModelWorker};
 use crate::ring::{Ring, RingPacket};
 use crate::store::{FlowRow, PacketRow, Row, StoreCounters};
 use crate::EdgeEngine;
+use crate::STORE_FLOW_CHUNK as FLOW_CHUNK;
 use firmware::detect::{Episode, EpisodeEvent};
 use firmware::engine::FinishedFlow;
 use firmware::proto::{AnomalyKind, AnomalyMsg, HostCount, PortCount, StatsMsg};
@@ -85,8 +86,6 @@ pub struct PipelineCounters {
 }
 
 type StoreLink = Option<(crossbeam_channel::Sender<Row>, Arc<StoreCounters>)>;
-
-use crate::STORE_FLOW_CHUNK as FLOW_CHUNK;
 
 /// A finished flow, ended at packet time `now_us`: its row to the store (in `chunk`, sent when
 /// full) and its features to the models, computed once; a full batch leaves for the models at
