@@ -236,6 +236,30 @@ impl ModelStage {
         self.flush(trip);
     }
 
+    /// Do one job of a [`ModelWorker`], on whichever thread runs the stage: a batch gives its
+    /// trips; analysis messages go to `analysis`.
+    fn run_job(
+        &mut self,
+        job: Job,
+        analysis: &mut impl FnMut(AnalysisMsg),
+    ) -> Option<Vec<ModelTrip>> {
+        match job {
+            Job::Batch(rows) => {
+                let mut trips = Vec::new();
+                self.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
+                Some(trips)
+            }
+            Job::Swap(s) => {
+                self.swap(s);
+                None
+            }
+            Job::Analyses(now_us) => {
+                self.take_analyses(now_us).into_iter().for_each(analysis);
+                None
+            }
+        }
+    }
+
     /// Flows of one kind one source needs within the host window.
     pub fn set_min_flows(&mut self, kind: AnomalyKind, n: u32) {
         self.min_flows_per_kind.insert(kind, n.max(1));
@@ -643,19 +667,9 @@ impl Shared {
                 }
                 job
             };
-            match job {
-                Job::Batch(rows) => {
-                    let mut trips = Vec::new();
-                    st.stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
-                    st.batches += 1;
-                    lock(&self.done).push_back(trips);
-                }
-                Job::Swap(s) => st.stage.swap(s),
-                Job::Analyses(now_us) => {
-                    for a in st.stage.take_analyses(now_us) {
-                        (st.analysis)(a);
-                    }
-                }
+            if let Some(trips) = st.stage.run_job(job, &mut st.analysis) {
+                st.batches += 1;
+                lock(&self.done).push_back(trips);
             }
         }
     }
@@ -712,21 +726,12 @@ impl ModelWorker {
         let shared = counters.clone();
         let thread = std::thread::Builder::new().name("models".into()).spawn(move || {
             for job in rx {
-                match job {
-                    Job::Batch(rows) => {
-                        let mut trips = Vec::new();
-                        stage.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
-                        if let Ok(mut c) = shared.lock() {
-                            *c = *stage.counters();
-                        }
-                        if done_tx.send(trips).is_err() {
-                            return;
-                        }
-                    }
-                    Job::Swap(s) => stage.swap(s),
-                    Job::Analyses(now_us) => {
-                        stage.take_analyses(now_us).into_iter().for_each(&mut analysis)
-                    }
+                let Some(trips) = stage.run_job(job, &mut analysis) else { continue };
+                if let Ok(mut c) = shared.lock() {
+                    *c = *stage.counters();
+                }
+                if done_tx.send(trips).is_err() {
+                    return;
                 }
             }
         })?;
