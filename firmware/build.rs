@@ -51,4 +51,31 @@ fn main() {
     );
     let dest = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it")).join("features_gen.rs");
     fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
+    sketch_estimates();
+}
+
+/// A distinct-count sketch's estimate by the number of its bits set (`hosts::Sketch`): m ln(m /
+/// zeros), with the same `libm::logf` the core uses, so that a table read gives the very value
+/// the formula does (a host's features are taken at every flow's end: the logarithm was a
+/// twentieth of the pipeline's time).
+fn sketch_estimates() {
+    const BITS: u32 = 512;
+    let m = BITS as f32;
+    let values: Vec<String> = (0..=BITS)
+        .map(|ones| {
+            if ones == 0 {
+                return format!("{:?}", 0.0f32);
+            }
+            let zeros = (BITS - ones).max(1) as f32;
+            format!("{:?}", m * libm::logf(m / zeros))
+        })
+        .collect();
+    let out = format!(
+        "/// `Sketch::estimate` by bits set (build.rs).\n\
+         static ESTIMATES: [f32; {}] = [{}];\n",
+        values.len(),
+        values.join(", ")
+    );
+    let dest = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it")).join("sketch_gen.rs");
+    fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
 }

@@ -52,17 +52,15 @@ impl Sketch {
         s
     }
 
-    /// Estimated number of distinct values: m ln(m / zeros).
+    /// Estimated number of distinct values: m ln(m / zeros), read from a table by the bits set.
     pub fn estimate(&self) -> f32 {
-        let m = Self::BITS as f32;
         let ones: u32 = self.0.iter().map(|w| w.count_ones()).sum();
-        if ones == 0 {
-            return 0.0;
-        }
-        let zeros = (Self::BITS - ones).max(1) as f32;
-        m * libm::logf(m / zeros)
+        ESTIMATES[ones as usize]
     }
 }
+
+include!(concat!(env!("OUT_DIR"), "/sketch_gen.rs"));
+const _: () = assert!(ESTIMATES.len() == Sketch::BITS as usize + 1);
 
 /// A 64-bit finaliser (splitmix64's) that spreads small, similar values over the sketch.
 fn mix(mut z: u64) -> u64 {
@@ -485,6 +483,20 @@ impl<const N: usize> HostTable<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_the_sketchs_table_is_its_formula_for_every_count_of_bits_set() {
+        let m = Sketch::BITS as f32;
+        let mut s = Sketch::default();
+        assert_eq!(s.estimate().to_bits(), 0.0f32.to_bits());
+        for ones in 1..=Sketch::BITS {
+            let i = ones - 1;
+            s.0[(i / 64) as usize] |= 1 << (i % 64);
+            let zeros = (Sketch::BITS - ones).max(1) as f32;
+            let formula = m * libm::logf(m / zeros);
+            assert_eq!(s.estimate().to_bits(), formula.to_bits(), "{ones} bits set");
+        }
+    }
 
     #[test]
     fn test_sketch_estimates() {
