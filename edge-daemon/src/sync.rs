@@ -286,8 +286,16 @@ impl OutboxReader {
             let parse_ip = |s: String| s.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
             let blob: Vec<u8> = r.get(9)?;
             let mut features = heapless::Vec::new();
-            for c in blob.chunks_exact(4).take(N_FEATURES) {
-                let _ = features.push(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            match crate::store::decode_features(&blob) {
+                Some(v) => {
+                    let _ = features.extend_from_slice(&v);
+                }
+                // Not a vector of this feature set: its values as they are, as many as fit.
+                None => {
+                    for c in blob.chunks_exact(4).take(N_FEATURES) {
+                        let _ = features.push(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    }
+                }
             }
             let reason: String = r.get(8)?;
             let flow = FlowMsg {
