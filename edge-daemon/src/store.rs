@@ -1330,6 +1330,10 @@ pub struct Writer {
 /// a batch wrote packets for is trimmed to `evidence_ring_packets`. It ends when every sender is
 /// dropped, after a last flush. `queue` bounds the messages waiting (a row, or a chunk of
 /// them); live senders use `try_send` and count a full queue.
+/// How often the writer takes the rows that join an open batch ([`spawn_writer`]): an urgent
+/// row (an anomaly) waits this long at most before its batch is written.
+const POLL: Duration = Duration::from_millis(2);
+
 pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
     let (tx, rx) = crossbeam_channel::bounded::<Row>(queue);
     let handle = std::thread::Builder::new()
@@ -1346,8 +1350,16 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
             // alert waits for nothing but the rows queued before it); so is the answer to the
             // hub's configuration (the operator waits for it).
             let mut urgent = false;
+            // The last wait or poll took rows.
+            let mut busy = false;
             loop {
                 let timeout = interval.saturating_sub(last_flush.elapsed());
+                // While a batch is open and rows keep coming, those that join it are taken
+                // every POLL rather than as each comes: a receiver waiting on the queue is woken
+                // by every send (a system call on the sender's side, a switch on ours), and a
+                // busy pipeline sends thousands of rows a second. A poll that finds nothing
+                // goes back to waiting.
+                let polling = busy && !batch.is_empty();
                 // A row into the batch: how many it holds now.
                 let mut take = |row: Row| {
                     urgent |= matches!(
@@ -1358,7 +1370,20 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                     batch.push(row);
                     held
                 };
-                let (more, closed) = match rx.recv_timeout(timeout) {
+                let first = if polling {
+                    std::thread::sleep(timeout.min(POLL));
+                    rx.try_recv().map_err(|e| match e {
+                        crossbeam_channel::TryRecvError::Empty => {
+                            crossbeam_channel::RecvTimeoutError::Timeout
+                        }
+                        crossbeam_channel::TryRecvError::Disconnected => {
+                            crossbeam_channel::RecvTimeoutError::Disconnected
+                        }
+                    })
+                } else {
+                    rx.recv_timeout(timeout)
+                };
+                let (more, closed) = match first {
                     Ok(row) => {
                         let mut n = take(row);
                         // What else is waiting, without a clock read per row.
@@ -1373,12 +1398,15 @@ pub fn spawn_writer(mut store: Store, queue: usize, age: AgeClock) -> Writer {
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => (false, false),
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => (false, true),
                 };
+                busy = more;
                 if batch.is_empty() && !more {
                     // Idle: the next wait is a whole interval, not zero (which would spin).
                     last_flush = Instant::now();
                 }
                 let full = held >= cfg.batch_rows;
-                if (full || urgent || !more || closed || last_flush.elapsed() >= interval)
+                // A wait on the queue that ended with nothing: the interval is over.
+                let waited = !more && !polling;
+                if (full || urgent || waited || closed || last_flush.elapsed() >= interval)
                     && !batch.is_empty()
                 {
                     urgent = false;
