@@ -56,8 +56,7 @@ fn main() {
 
 /// A distinct-count sketch's estimate by the number of its bits set (`hosts::Sketch`): m ln(m /
 /// zeros), with the same `libm::logf` the core uses, so that a table read gives the very value
-/// the formula does (a host's features are taken at every flow's end: the logarithm was a
-/// twentieth of the pipeline's time).
+/// the formula does (a host's features, five estimates, are taken at every flow's end).
 fn sketch_estimates() {
     const BITS: u32 = 512;
     let m = BITS as f32;

@@ -1512,7 +1512,8 @@ mod tests {
     fn test_a_feature_vector_comes_back_as_it_went_in_sparse_or_plain() {
         let mut blob = Vec::new();
         let mut cases = vec![[0.0f32; N_FEATURES], [1.5; N_FEATURES]];
-        // A third set, the odd ones signed zeros, infinities and NaN (kept by their bits).
+        // A third: every third value a signed zero, an infinity, a NaN or a tiny one (each
+        // kept by its bits).
         let mut v = [0.0f32; N_FEATURES];
         for (i, x) in v.iter_mut().enumerate().step_by(3) {
             *x = [-0.0, 2.5, f32::INFINITY, f32::NAN, f32::MIN_POSITIVE][i % 5];
