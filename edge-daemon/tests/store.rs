@@ -84,7 +84,8 @@ fn database_matches_the_json_output() {
         });
         let row = found.unwrap_or_else(|| panic!("flow not stored: {f}"));
         assert_eq!(row.5, f["bytes"].as_u64().unwrap());
-        let dur = f32::from_le_bytes(row.6[8..12].try_into().unwrap());
+        // flow_duration, the third feature.
+        let dur = tapwatch_edge::store::decode_features(&row.6).unwrap()[2];
         assert_eq!(f64::from(dur), f["features"]["flow_duration"].as_f64().unwrap());
     }
 }
