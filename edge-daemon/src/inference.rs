@@ -229,13 +229,6 @@ impl ModelStage {
         self.pending.len() >= self.batch
     }
 
-    /// Run a batch made elsewhere (by a [`ModelWorker`]'s pipeline) as [`flush`](Self::flush)
-    /// runs its own.
-    fn run_batch(&mut self, rows: Vec<Pending>, trip: &mut impl FnMut(IpAddr, Trip, i64, Detail)) {
-        self.pending = rows;
-        self.flush(trip);
-    }
-
     /// Do one job of a [`ModelWorker`], on whichever thread runs the stage: a batch gives its
     /// trips; analysis messages go to `analysis`.
     fn run_job(
@@ -245,8 +238,10 @@ impl ModelStage {
     ) -> Option<Vec<ModelTrip>> {
         match job {
             Job::Batch(rows) => {
+                // A batch made by the worker's pipeline runs as the stage's own would.
+                self.pending = rows;
                 let mut trips = Vec::new();
-                self.run_batch(rows, &mut |src, t, at, d| trips.push((src, t, at, d)));
+                self.flush(&mut |src, t, at, d| trips.push((src, t, at, d)));
                 Some(trips)
             }
             Job::Swap(s) => {

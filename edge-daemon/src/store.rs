@@ -407,9 +407,8 @@ pub fn encode_features(features: &[f32; N_FEATURES], out: &mut Vec<u8>) {
 /// is neither (a vector of another feature set, or damage).
 pub fn decode_features(blob: &[u8]) -> Option<[f32; N_FEATURES]> {
     let mut out = [0.0f32; N_FEATURES];
-    let value = |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     if blob.len() == 4 * N_FEATURES {
-        blob.chunks_exact(4).zip(out.iter_mut()).for_each(|(c, o)| *o = value(c));
+        out.iter_mut().zip(plain_values(blob)).for_each(|(o, v)| *o = v);
         return Some(out);
     }
     let (map, values) = blob.split_at_checked(FEATURE_MAP_BYTES)?;
@@ -419,13 +418,19 @@ pub fn decode_features(blob: &[u8]) -> Option<[f32; N_FEATURES]> {
     if values.len() != 4 * set || map[FEATURE_MAP_BYTES - 1].leading_zeros() < spare {
         return None;
     }
-    let mut values = values.chunks_exact(4);
+    let mut values = plain_values(values);
     for (i, o) in out.iter_mut().enumerate() {
         if map[i / 8] & (1 << (i % 8)) != 0 {
-            *o = value(values.next()?);
+            *o = values.next()?;
         }
     }
     Some(out)
+}
+
+/// Bytes read as little-endian f32s, in order: a vector stored plainly, the values after a
+/// sparse one's map.
+pub fn plain_values(blob: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 fn ip_bytes(ip: &IpAddr) -> Vec<u8> {

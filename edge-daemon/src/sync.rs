@@ -292,8 +292,8 @@ impl OutboxReader {
                 }
                 // Not a vector of this feature set: its values as they are, as many as fit.
                 None => {
-                    for c in blob.chunks_exact(4).take(N_FEATURES) {
-                        let _ = features.push(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                    for v in crate::store::plain_values(&blob).take(N_FEATURES) {
+                        let _ = features.push(v);
                     }
                 }
             }
