@@ -271,12 +271,14 @@ pub struct RuleConfig {
 pub struct FlowsConfig {
     pub tcp_idle_timeout_s: u32,
     pub idle_timeout_s: u32,
+    /// At most an hour (`firmware::flow::MAX_ACTIVE_TIMEOUT`).
     pub active_timeout_s: u32,
     pub closed_linger_s: u32,
     /// Length of a host window (scan, sweep and flood counters).
     pub host_window_s: u32,
     /// Flows tracked at once (rounded up to whole shards of 65,536). A full table ends its
-    /// oldest flow to make room (counted). Memory: about 0.3 KiB a flow, taken as flows come.
+    /// oldest flow to make room (counted). Memory: about 0.3 KiB a flow (284 bytes of table),
+    /// taken as flows come.
     /// Read at start; a reload keeps the table it has.
     pub max_flows: u64,
 }
@@ -646,6 +648,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        let most = firmware::flow::MAX_ACTIVE_TIMEOUT.secs();
+        if u64::from(f.active_timeout_s) > most {
+            p.push(format!(
+                "flows.active_timeout_s {}: must be at most {most} (a flow's times are 32-bit \
+                 microseconds from its start)",
+                f.active_timeout_s
+            ));
         }
         if f.max_flows == 0 || f.max_flows > LIMIT_MAX_FLOWS as u64 {
             p.push(format!(

@@ -158,6 +158,17 @@ mod tests {
         assert_eq!(err.problems.len(), 8, "{all}");
     }
 
+    /// An hour is the longest active timeout (a flow's times are 32-bit microseconds); an hour
+    /// is taken, a second more is refused by name.
+    #[test]
+    fn test_the_active_timeout_is_an_hour_at_most() {
+        let at = |s: u32| format!("[device]\nid = \"e1\"\n[flows]\nactive_timeout_s = {s}\n");
+        Config::parse(&at(3600), "edge.toml").unwrap();
+        let err = Config::parse(&at(3601), "edge.toml").unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{:?}", err.problems);
+        assert!(err.problems[0].contains("flows.active_timeout_s 3601: must be at most 3600"));
+    }
+
     #[test]
     fn test_rules_compile_to_one_filter() {
         let rule = |name: &str, action, bpf: Option<&str>, port, dir| RuleConfig {

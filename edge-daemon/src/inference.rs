@@ -62,7 +62,7 @@ impl Pending {
             dst_port,
             protocol: r.key.protocol,
             responder_heavier: r.flow.bwd.wire_bytes > r.flow.fwd.wire_bytes,
-            end_us: r.flow.last.total_micros(),
+            end_us: r.flow.last().total_micros(),
         }
     }
 }

@@ -62,7 +62,7 @@ pub const STORE_FLOW_CHUNK: usize = 64;
 /// 8 MiB of memory; it absorbs commit latency, not sustained overload (which is counted in
 /// tapwatch_store_queue_drops_total). Counted in rows while flows came in chunks, the queue held
 /// 4,096 chunks: 128 MiB at the end of a capture of a million flows (`bench/memory.sh 1000000`:
-/// 0.48 KiB a flow, 0.36 now). A queue of 4,096 rows cost `analyze --db` a tenth of its speed
+/// 0.48 KiB a flow, 0.36 with this bound). A queue of 4,096 rows cost `analyze --db` a tenth of its speed
 /// (the pipeline waited on the writer's commits); 16,384 cost nothing.
 pub const STORE_QUEUE_MESSAGES: usize = 16_384 / STORE_FLOW_CHUNK;
 

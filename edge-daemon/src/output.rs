@@ -73,7 +73,7 @@ impl FlowRecordOut {
             protocol: protocol_name(flow.protocol),
             vlan: f.record.vlan(),
             start_us: flow.start.total_micros(),
-            end_us: flow.last.total_micros(),
+            end_us: flow.last().total_micros(),
             end_reason: f.record.reason.name(),
             packets: flow.packets(),
             bytes: flow.fwd.wire_bytes + flow.bwd.wire_bytes,

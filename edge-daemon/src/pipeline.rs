@@ -785,7 +785,7 @@ impl Pipeline {
     /// End of input (end of a file, or shutdown): every flow, the last interval and the ring.
     pub fn finish(&mut self, out: &mut impl FnMut(&FinishedFlow)) {
         // The last second of the input is judged, then what is open ends with it.
-        let last = self.engine.flows().iter().map(|(_, f)| f.last.total_micros()).max();
+        let last = self.engine.flows().iter().map(|(_, f)| f.last().total_micros()).max();
         let last = last.or((self.next_eval_us > i64::MIN).then(|| self.next_eval_us - EVAL_US));
         if let Some(last) = last {
             self.detect(last, true);

@@ -190,7 +190,7 @@ impl From<&FinishedFlow> for FlowRow {
         let flow = &f.record.flow;
         FlowRow {
             start_us: flow.start.total_micros(),
-            end_us: flow.last.total_micros(),
+            end_us: flow.last().total_micros(),
             src_ip: f.record.src(),
             src_port: f.record.src_port(),
             dst_ip: f.record.dst(),

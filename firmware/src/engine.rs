@@ -304,7 +304,7 @@ impl<const F: usize, const H: usize, M: FlowShards<F>> Engine<F, H, M> {
         let (hosts, an) = (&mut self.hosts, &mut self.analyzers);
         let now = self.last_sweep.unwrap_or(Instant::from_micros(0));
         let now =
-            self.flows.iter().map(|(_, f)| f.last).fold(now, |a, b| if b > a { b } else { a });
+            self.flows.iter().map(|(_, f)| f.last()).fold(now, |a, b| if b > a { b } else { a });
         self.flows.flush(&mut |rec| Self::finish(hosts, an, rec, now, out));
     }
 

@@ -6,7 +6,7 @@
 
 use crate::flow::{FlowRecord, FIRST_PACKETS};
 use crate::hosts::HostFeatures;
-use crate::Moments;
+use crate::{Int, Moments};
 
 include!(concat!(env!("OUT_DIR"), "/features_gen.rs"));
 
@@ -35,7 +35,12 @@ fn ratio(a: f64, b: f64) -> f32 {
 }
 
 /// Maximum, minimum, mean and standard deviation of `n` samples into the four features named.
-fn put_stats(v: &mut FeatureVector, s: &Moments, n: u32, [max, min, mean, std]: [usize; 4]) {
+fn put_stats<T: Int, S: Int>(
+    v: &mut FeatureVector,
+    s: &Moments<T, S>,
+    n: u32,
+    [max, min, mean, std]: [usize; 4],
+) {
     v[max] = s.max() as f32;
     v[min] = s.min() as f32;
     v[mean] = s.mean(n) as f32;
@@ -50,7 +55,7 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     // (and fails `test_every_feature_is_computed`) instead of a silent 0.
     let mut v = [f32::NAN; N_FEATURES];
     let (f, b) = (&flow.fwd, &flow.bwd);
-    let duration = (flow.last - flow.start).total_micros() as f64;
+    let duration = (flow.last() - flow.start).total_micros() as f64;
     let fwd_payload = f.payload.sum();
     let bwd_payload = b.payload.sum();
     let packets = f64::from(flow.packets());
@@ -83,7 +88,7 @@ pub fn compute(record: &FlowRecord, host: &HostFeatures) -> FeatureVector {
     v[FWD_PKTS_S] = per_sec(f64::from(f.packets), duration);
     v[BWD_PKTS_S] = per_sec(f64::from(b.packets), duration);
 
-    let all = f.payload.merged(&b.payload);
+    let all = f.payload.merged(&b.payload, f.packets, b.packets);
     let n = flow.packets();
     put_stats(&mut v, &all, n, [PKT_LEN_MAX, PKT_LEN_MIN, PKT_LEN_MEAN, PKT_LEN_STD]);
     v[PKT_LEN_VAR] = all.variance(n) as f32;

@@ -12,7 +12,7 @@
 //! Capacity is fixed at compile time (`heapless`), so memory is known before the first packet.
 
 use crate::wire::{IpInfo, PacketMeta, TcpFlags, L4};
-use crate::{Duration, Instant, Moments};
+use crate::{Duration, Gaps, Instant, Sizes};
 use core::hash::{Hash, Hasher};
 use core::net::IpAddr;
 use heapless::index_map::IndexMap;
@@ -24,7 +24,8 @@ pub struct FlowConfig {
     pub tcp_idle_timeout: Duration,
     /// Any other flow with no packet for this long ends.
     pub idle_timeout: Duration,
-    /// A flow older than this is recorded and continues in a new record.
+    /// A flow older than this is recorded and continues in a new record. At most
+    /// [`MAX_ACTIVE_TIMEOUT`]: a flow table holds a longer one to that.
     pub active_timeout: Duration,
     /// How long a TCP flow closed by FIN or RST waits for its last packets before it is recorded.
     pub closed_linger: Duration,
@@ -33,6 +34,10 @@ pub struct FlowConfig {
     /// a microcontroller) ignores it.
     pub max_flows: usize,
 }
+
+/// The longest active timeout a flow table takes: a flow's times are kept in 32-bit
+/// microseconds from its start (71 minutes), which saves 24 bytes a flow.
+pub const MAX_ACTIVE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Default for FlowConfig {
     fn default() -> Self {
@@ -181,11 +186,12 @@ pub struct DirStats {
     /// Frame bytes on the wire (what tshark's conversation table counts).
     pub wire_bytes: u64,
     /// Upper-layer payload size per packet (`packets` of them).
-    pub payload: Moments,
+    pub payload: Sizes,
     /// Inter-arrival times in this direction, microseconds (one fewer than `packets`).
-    pub iat: Moments,
-    /// Time of the last packet this way, Unix microseconds; `i64::MIN` before the first.
-    pub last_us: i64,
+    pub iat: Gaps,
+    /// Time of the last packet this way, microseconds after the flow's start (a packet stamped
+    /// before the start counts as at the start).
+    pub last: u32,
     /// Transport header bytes (saturating).
     pub header_bytes: u32,
     pub psh: u32,
@@ -203,9 +209,9 @@ impl Default for DirStats {
         DirStats {
             packets: 0,
             wire_bytes: 0,
-            payload: Moments::new(),
-            iat: Moments::new(),
-            last_us: i64::MIN,
+            payload: Sizes::new(),
+            iat: Gaps::new(),
+            last: 0,
             header_bytes: 0,
             psh: 0,
             urg: 0,
@@ -222,16 +228,17 @@ impl DirStats {
         self.packets.saturating_sub(1)
     }
 
-    fn add(&mut self, ts: Instant, wire_len: u32, ip: &IpInfo) {
-        if self.last_us != i64::MIN {
-            self.iat.push(micros_between(Instant::from_micros(self.last_us), ts));
+    /// Account a packet at `at` microseconds after the flow's start.
+    fn add(&mut self, at: u32, wire_len: u32, ip: &IpInfo) {
+        if self.packets > 0 {
+            self.iat.push(u64::from(at.saturating_sub(self.last)), self.packets);
         }
-        self.last_us = ts.total_micros();
+        self.last = at;
         let payload = ip.l4.payload_len();
         let header = ip.l4.header_len();
         self.packets = self.packets.saturating_add(1);
         self.wire_bytes += u64::from(wire_len);
-        self.payload.push(f64::from(payload));
+        self.payload.push(u64::from(payload), self.packets);
         self.header_bytes = self.header_bytes.saturating_add(header);
         if payload > 0 {
             self.data_packets += 1;
@@ -294,8 +301,15 @@ pub struct DnsStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpStats {
     pub state: TcpState,
-    /// Counts of FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, both directions.
-    pub flag_counts: [u32; 8],
+    /// Counts of the flags of [`TcpStats::COUNTED`], both directions. PSH and URG are counted
+    /// by direction already ([`DirStats`]); [`Flow::flag_counts`] gives all eight.
+    pub flag_counts: [u32; 6],
+}
+
+impl TcpStats {
+    /// The flags `flag_counts` counts, in its order: FIN, SYN, RST, ACK, ECE, CWR.
+    pub const COUNTED: [u8; 6] =
+        [TcpFlags::FIN, TcpFlags::SYN, TcpFlags::RST, TcpFlags::ACK, TcpFlags::ECE, TcpFlags::CWR];
 }
 
 /// What a flow keeps of its transport protocol, chosen by the key's protocol: a flow carries the
@@ -333,11 +347,12 @@ pub struct Flow {
     pub lo_is_src: bool,
     pub protocol: u8,
     pub start: Instant,
-    pub last: Instant,
     pub fwd: DirStats,
     pub bwd: DirStats,
-    /// Inter-arrival times over both directions, microseconds (one fewer than the packets).
-    pub iat: Moments,
+    /// Inter-arrival times over both directions, microseconds (one fewer than the packets): a
+    /// packet stamped before the latest one seen adds a gap of 0, so they add up to the time
+    /// from the first packet to the latest ([`Flow::last`]).
+    pub iat: Gaps,
     pub transport: Transport,
     /// Upper-layer payload sizes of the first packets, negative for the responder's.
     /// (Clamped to +-32767: a larger payload, from segmentation offload, reads as 32767.)
@@ -389,10 +404,9 @@ impl Flow {
             lo_is_src: (src, sport) == (key.lo, key.lo_port),
             protocol: ip.protocol,
             start: meta.ts,
-            last: meta.ts,
             fwd: DirStats::default(),
             bwd: DirStats::default(),
-            iat: Moments::new(),
+            iat: Gaps::new(),
             transport: Transport::of(ip.protocol),
             first_sizes: [0; FIRST_PACKETS],
             fragments: 0,
@@ -418,6 +432,11 @@ impl Flow {
         self.fwd.packets.saturating_add(self.bwd.packets)
     }
 
+    /// Time of the latest packet.
+    pub fn last(&self) -> Instant {
+        Instant::from_micros(self.start.total_micros() + self.iat.sum() as i64)
+    }
+
     /// How many inter-arrival times `iat` holds.
     pub fn gaps(&self) -> u32 {
         self.packets().saturating_sub(1)
@@ -431,10 +450,16 @@ impl Flow {
         }
     }
 
-    /// TCP flag counts, in the order of [`TcpStats::flag_counts`] (zero for other protocols).
+    /// TCP flag counts, both directions, in the order of the flags' bits: FIN, SYN, RST, PSH,
+    /// ACK, URG, ECE, CWR (zero for other protocols).
     pub fn flag_counts(&self) -> [u32; 8] {
         match self.transport {
-            Transport::Tcp(t) => t.flag_counts,
+            Transport::Tcp(t) => {
+                let [fin, syn, rst, ack, ece, cwr] = t.flag_counts;
+                let psh = self.fwd.psh.saturating_add(self.bwd.psh);
+                let urg = self.fwd.urg.saturating_add(self.bwd.urg);
+                [fin, syn, rst, psh, ack, urg, ece, cwr]
+            }
             _ => [0; 8],
         }
     }
@@ -462,21 +487,22 @@ impl Flow {
 
     fn add(&mut self, meta: &PacketMeta, ip: &IpInfo, key: &FlowKey) -> Direction {
         let dir = self.direction(key, ip);
-        let n = self.packets() as usize;
+        let n = self.packets();
+        // Microseconds after the start: the flow table ends a flow before it is
+        // MAX_ACTIVE_TIMEOUT old, so this fits (a packet stamped before the start counts as at it).
+        let at = (meta.ts.total_micros() - self.start.total_micros()).clamp(0, i64::from(u32::MAX));
         if n > 0 {
-            self.iat.push(micros_between(self.last, meta.ts));
-        }
-        if meta.ts > self.last {
-            self.last = meta.ts;
+            // The gap from the latest packet, which `iat`'s sum is the time to.
+            self.iat.push((at as u64).saturating_sub(self.iat.sum() as u64), n);
         }
         let payload = ip.l4.payload_len() as i32;
-        if n < FIRST_PACKETS {
+        if (n as usize) < FIRST_PACKETS {
             let size = payload.min(i32::from(i16::MAX)) as i16;
-            self.first_sizes[n] = if dir == Direction::Forward { size } else { -size };
+            self.first_sizes[n as usize] = if dir == Direction::Forward { size } else { -size };
         }
         match dir {
-            Direction::Forward => self.fwd.add(meta.ts, meta.wire_len, ip),
-            Direction::Backward => self.bwd.add(meta.ts, meta.wire_len, ip),
+            Direction::Forward => self.fwd.add(at as u32, meta.wire_len, ip),
+            Direction::Backward => self.bwd.add(at as u32, meta.wire_len, ip),
         }
         if ip.fragment() {
             self.fragments += 1;
@@ -486,8 +512,8 @@ impl Flow {
         }
         match (ip.l4, &mut self.transport) {
             (L4::Tcp(t), Transport::Tcp(stats)) => {
-                for (i, c) in stats.flag_counts.iter_mut().enumerate() {
-                    if t.flags.0 & (1 << i) != 0 {
+                for (c, flag) in stats.flag_counts.iter_mut().zip(TcpStats::COUNTED) {
+                    if t.flags.has(flag) {
                         *c += 1;
                     }
                 }
@@ -545,15 +571,6 @@ impl Flow {
             _ => {}
         }
         dir
-    }
-}
-
-fn micros_between(a: Instant, b: Instant) -> f64 {
-    let d = b.total_micros() - a.total_micros();
-    if d > 0 {
-        d as f64
-    } else {
-        0.0
     }
 }
 
@@ -695,7 +712,7 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
     pub fn new(config: FlowConfig) -> Self {
         FlowTable {
             maps: M::create(config.max_flows.div_ceil(Self::HIGH_WATER)),
-            config,
+            config: Self::held(config),
             counters: FlowCounters::default(),
             now: Instant::from_micros(0),
             next_deadline: i64::MAX,
@@ -718,7 +735,16 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
         &self.config
     }
     pub fn set_config(&mut self, config: FlowConfig) {
-        self.config = config;
+        self.config = Self::held(config);
+    }
+    /// `config` with its active timeout held to [`MAX_ACTIVE_TIMEOUT`].
+    fn held(config: FlowConfig) -> FlowConfig {
+        let active_timeout = if config.active_timeout > MAX_ACTIVE_TIMEOUT {
+            MAX_ACTIVE_TIMEOUT
+        } else {
+            config.active_timeout
+        };
+        FlowConfig { active_timeout, ..config }
     }
     pub fn counters(&self) -> &FlowCounters {
         &self.counters
@@ -755,9 +781,9 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
         out(FlowRecord { key, flow, reason });
     }
 
-    /// Why a flow that has seen no packet since `flow.last` should end at `now`, if it should.
+    /// Why a flow that has seen no packet since `flow.last()` should end at `now`, if it should.
     fn expiry(config: &FlowConfig, flow: &Flow, now: Instant) -> Option<EndReason> {
-        let idle = now - flow.last;
+        let idle = now - flow.last();
         if flow.closed() && idle >= config.closed_linger {
             return Some(if flow.tcp().rst { EndReason::Rst } else { EndReason::Fin });
         }
@@ -773,7 +799,7 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
 
     /// When `flow` times out if no packet comes (Unix microseconds).
     fn deadline(config: &FlowConfig, flow: &Flow) -> i64 {
-        let last = flow.last.total_micros();
+        let last = flow.last().total_micros();
         if flow.closed() {
             return last + config.closed_linger.total_micros() as i64;
         }
@@ -927,12 +953,13 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
         if self.maps.shard(s).len() < Self::HIGH_WATER {
             return;
         }
-        let oldest = self.maps.shard(s).values().map(|f| f.last.total_micros()).min().unwrap_or(0);
+        let oldest =
+            self.maps.shard(s).values().map(|f| f.last().total_micros()).min().unwrap_or(0);
         let cutoff = oldest + (now.total_micros() - oldest) / 8;
         self.remove_where(
             s,
             (N / 8).max(1),
-            |flow| (flow.last.total_micros() <= cutoff).then_some(EndReason::Evicted),
+            |flow| (flow.last().total_micros() <= cutoff).then_some(EndReason::Evicted),
             out,
         );
     }
@@ -1140,11 +1167,45 @@ mod tests {
         assert_eq!(t.counters().created, t.len() as u64 + t.counters().ended_total());
     }
 
-    /// The flow slot is most of the daemon's memory (100,000 flows at 304 bytes are 29 MiB, and
-    /// `bench/memory.sh` has 64 MiB for everything): growing it should be a decision.
+    /// The flow slot is most of the daemon's memory (a million flows at 232 bytes are 221 MiB,
+    /// 284 bytes a slot with its key and index): growing it should be a decision.
     #[test]
     fn test_flow_slot_stays_small() {
-        assert!(core::mem::size_of::<Flow>() <= 304, "{}", core::mem::size_of::<Flow>());
+        assert!(core::mem::size_of::<Flow>() <= 232, "{}", core::mem::size_of::<Flow>());
+        let slot = core::mem::size_of::<FlowMap<1024>>() / 1024;
+        assert!(slot <= 284, "{slot}");
+    }
+
+    /// Times are kept from the flow's start in 32 bits: a table holds the active timeout to
+    /// what they can count, and a packet stamped before the start counts as at it.
+    #[test]
+    fn test_a_flows_times_fit_its_32_bits() {
+        let config = FlowConfig {
+            active_timeout: Duration::from_secs(100_000),
+            idle_timeout: Duration::from_secs(100_000),
+            ..Default::default()
+        };
+        let mut t = FlowTable::<16>::new(config);
+        assert_eq!(t.config().active_timeout, MAX_ACTIVE_TIMEOUT);
+        t.set_config(config);
+        assert_eq!(t.config().active_timeout, MAX_ACTIVE_TIMEOUT);
+        let mut out = Vec::new();
+        // 10 s, then 4 s earlier than the start, then 3,599 s: one flow, and its last packet
+        // is 3,599 s after its first.
+        feed(&mut t, udp(10_000, A, 1, B, 2), &mut out);
+        feed(&mut t, udp(6_000, B, 2, A, 1), &mut out);
+        feed(&mut t, udp(3_609_000, A, 1, B, 2), &mut out);
+        assert!(out.is_empty());
+        let r = only(&t);
+        assert_eq!(r.flow.packets(), 3);
+        assert_eq!(r.flow.last() - r.flow.start, Duration::from_secs(3_599));
+        assert_eq!(r.flow.iat.max(), 3_599e6);
+        assert_eq!((r.flow.bwd.last, r.flow.fwd.last), (0, 3_599_000_000));
+        assert_eq!(r.flow.fwd.iat.sum(), 3_599e6);
+        // One more second and it is an hour old: a new record.
+        feed(&mut t, udp(3_610_000, A, 1, B, 2), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, EndReason::ActiveTimeout);
     }
 
     #[test]

@@ -31,4 +31,4 @@ pub mod victims;
 pub mod wire;
 
 pub use smoltcp::time::{Duration, Instant};
-pub(crate) use stats::Moments;
+pub use stats::{Gaps, Int, Moments, Sizes};

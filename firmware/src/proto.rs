@@ -269,7 +269,7 @@ impl FlowMsg {
             protocol: r.flow.protocol,
             vlan: r.vlan(),
             start: r.flow.start.total_micros(),
-            end: r.flow.last.total_micros(),
+            end: r.flow.last().total_micros(),
             end_reason: r.reason,
             features,
         }

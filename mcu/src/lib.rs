@@ -139,7 +139,7 @@ pub fn run<P: Publish>(
     }
     // The end of the input: its last moment (the last flow's last packet, as the daemon takes
     // it) is judged, then every flow ends (their batch is sent) and every episode closes.
-    let end = engine.flows().iter().map(|(_, f)| f.last.total_micros()).max().unwrap_or(last_us);
+    let end = engine.flows().iter().map(|(_, f)| f.last().total_micros()).max().unwrap_or(last_us);
     s.messages += judge(engine, detector, up, end, false, &mut s.anomalies)?;
     let (mut rest, mut sent) = (0, 0);
     let mut failed = Ok(());
