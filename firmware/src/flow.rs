@@ -180,7 +180,7 @@ impl EndReason {
 }
 
 /// Per-direction accumulators.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct DirStats {
     pub packets: u32,
     /// Frame bytes on the wire (what tshark's conversation table counts).
@@ -202,24 +202,6 @@ pub struct DirStats {
     pub data_packets: u32,
     /// Smallest transport header seen.
     pub min_header: u16,
-}
-
-impl Default for DirStats {
-    fn default() -> Self {
-        DirStats {
-            packets: 0,
-            wire_bytes: 0,
-            payload: Sizes::new(),
-            iat: Gaps::new(),
-            last: 0,
-            header_bytes: 0,
-            psh: 0,
-            urg: 0,
-            init_window: None,
-            data_packets: 0,
-            min_header: 0,
-        }
-    }
 }
 
 impl DirStats {
