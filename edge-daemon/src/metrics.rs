@@ -718,6 +718,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Flow records deleted by store retention before they could be sent",
             &one(load(&y.flows_lost_retention)),
         )?;
+        counter(
+            enc,
+            "tapwatch_sync_flow_features_withheld",
+            "Flow records sent without their features: stored as another feature set's vectors",
+            &one(load(&y.flow_features_withheld)),
+        )?;
         gauge(
             enc,
             "tapwatch_sync_connected",

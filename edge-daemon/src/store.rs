@@ -429,7 +429,7 @@ pub fn decode_features(blob: &[u8]) -> Option<[f32; N_FEATURES]> {
 
 /// Bytes read as little-endian f32s, in order: a vector stored plainly, the values after a
 /// sparse one's map.
-pub fn plain_values(blob: &[u8]) -> impl Iterator<Item = f32> + '_ {
+fn plain_values(blob: &[u8]) -> impl Iterator<Item = f32> + '_ {
     blob.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 

@@ -36,7 +36,6 @@
 
 use crate::config::{Confirm, SyncConfig};
 use crate::store::{stream_index, write_transaction, StoreError};
-use firmware::features::N_FEATURES;
 use firmware::flow::EndReason;
 use firmware::proto::{
     self, AckMsg, DeviceState, FlowBatch, FlowMsg, StatusMsg, Stream, FLOW_BATCH_MAX,
@@ -75,6 +74,10 @@ pub struct SyncCounters {
     pub flows_acked: AtomicU64,
     /// Flow records a batch named but store retention had deleted before they were sent.
     pub flows_lost_retention: AtomicU64,
+    /// Flow records sent without their features: stored by a daemon of another feature set
+    /// (before an upgrade), or as a blob that reads as no vector; the batch's feature set would
+    /// mislabel them.
+    pub flow_features_withheld: AtomicU64,
     /// 1 while connected.
     pub connected: AtomicU64,
     /// Connections made, and lost.
@@ -238,12 +241,15 @@ impl OutboxReader {
             match (payload, first, last) {
                 (Some(payload), _, _) => out.push(Outgoing1 { id, stream, seq, payload, flows: 0 }),
                 (None, Some(first), Some(last)) => {
-                    let (payload, flows) = self.flow_batch(seq, created, first, last)?;
+                    let (payload, flows, withheld) = self.flow_batch(seq, created, first, last)?;
                     let named = (last - first + 1).max(0) as u64;
                     if first_time || flows == 0 {
                         self.counters
                             .flows_lost_retention
                             .fetch_add(named - flows, Ordering::Relaxed);
+                    }
+                    if first_time {
+                        self.counters.flow_features_withheld.fetch_add(withheld, Ordering::Relaxed);
                     }
                     if flows == 0 {
                         gone.push(id);
@@ -260,17 +266,18 @@ impl OutboxReader {
         Ok(out)
     }
 
-    /// The `flows` message of rows `first..=last` of traffic_features, and how many it holds.
+    /// The `flows` message of rows `first..=last` of traffic_features, how many it holds, and
+    /// how many of them go without their features (stored as another feature set's).
     fn flow_batch(
         &mut self,
         seq: u64,
         ts: i64,
         first: i64,
         last: i64,
-    ) -> Result<(Vec<u8>, u64), StoreError> {
+    ) -> Result<(Vec<u8>, u64, u64), StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT start_us, end_us, src_ip, src_port, dst_ip, dst_port, protocol, vlan,
-                    end_reason, features
+                    end_reason, features, feature_set
              FROM traffic_features WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
         )?;
         let mut batch = Box::new(FlowBatch {
@@ -281,21 +288,22 @@ impl OutboxReader {
             feature_set: firmware::features::FEATURE_SET_VERSION,
             flows: heapless::Vec::new(),
         });
+        let mut withheld = 0;
         let mut rows = stmt.query(params![first, last])?;
         while let Some(r) = rows.next()? {
             let parse_ip = |s: String| s.parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
             let blob: Vec<u8> = r.get(9)?;
+            let set: i64 = r.get(10)?;
             let mut features = heapless::Vec::new();
-            match crate::store::decode_features(&blob) {
+            // The batch says its vectors are of this daemon's feature set: one of another
+            // set goes without (the flow itself is sent; counted).
+            match crate::store::decode_features(&blob)
+                .filter(|_| set == i64::from(firmware::features::FEATURE_SET_VERSION))
+            {
                 Some(v) => {
                     let _ = features.extend_from_slice(&v);
                 }
-                // Not a vector of this feature set: its values as they are, as many as fit.
-                None => {
-                    for v in crate::store::plain_values(&blob).take(N_FEATURES) {
-                        let _ = features.push(v);
-                    }
-                }
+                None => withheld += 1,
             }
             let reason: String = r.get(8)?;
             let flow = FlowMsg {
@@ -315,7 +323,7 @@ impl OutboxReader {
             }
         }
         let n = batch.flows.len() as u64;
-        Ok((serde_json::to_vec(&*batch).unwrap_or_default(), n))
+        Ok((serde_json::to_vec(&*batch).unwrap_or_default(), n, withheld))
     }
 
     /// The hub has committed seqs 1..=`upto` of `stream`: delete them. `None` (nothing
@@ -952,6 +960,7 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
     use crate::store::{Store, StoreCounters};
+    use firmware::features::N_FEATURES;
 
     #[test]
     fn test_anomalies_go_ahead_of_what_was_queued_before_them() {
@@ -990,5 +999,59 @@ mod tests {
         // A resend finds an anomaly by its id.
         let again = outbox.again(urgent[0].id).unwrap().unwrap();
         assert_eq!((again.stream, again.seq), (Stream::Anomalies, 1));
+    }
+
+    /// A flow stored as another feature set's vector (an upgrade changed the set) or as a blob
+    /// that reads as none is sent without its features, counted once; never as values the
+    /// batch's feature set would mislabel.
+    #[test]
+    fn test_a_flow_of_another_feature_set_goes_without_its_features() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.db");
+        let cfg = StoreConfig { path: path.clone(), max_size_mb: 8, ..StoreConfig::default() };
+        let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
+        store.enable_outbox("tap-1", 1_000_000).unwrap();
+        let set = i64::from(firmware::features::FEATURE_SET_VERSION);
+        let mut ours = Vec::new();
+        let mut v = [0.0f32; N_FEATURES];
+        v[3] = 7.5;
+        crate::store::encode_features(&v, &mut ours);
+        let plain: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        for (feature_set, blob) in [(set, ours), (set - 1, plain), (set, vec![1, 2, 3])] {
+            store
+                .connection()
+                .execute(
+                    "INSERT INTO traffic_features (start_us, end_us, src_ip, src_port, dst_ip,
+                     dst_port, protocol, vlan, end_reason, packets, bytes, feature_set, features)
+                     VALUES (1, 2, '10.0.0.1', 1000, '10.0.0.2', 80, 6, 0, 'fin', 3, 180, ?1, ?2)",
+                    params![feature_set, blob],
+                )
+                .unwrap();
+        }
+        store
+            .connection()
+            .execute(
+                "INSERT INTO outbox (stream, seq, created_us, first_row, last_row)
+                 VALUES ('flows', 1, 0, 1, 3)",
+                [],
+            )
+            .unwrap();
+        let counters = Arc::new(SyncCounters::default());
+        let mut outbox = OutboxReader::open(&path, "tap-1", counters.clone()).unwrap();
+        let sent = outbox.next(0, 10).unwrap();
+        assert_eq!(sent.len(), 1);
+        let batch: serde_json::Value = serde_json::from_slice(&sent[0].payload).unwrap();
+        let lens: Vec<usize> = batch["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["features"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(lens, [N_FEATURES, 0, 0]);
+        assert_eq!(batch["flows"][0]["features"][3], 7.5);
+        assert_eq!(counters.flow_features_withheld.load(Ordering::Relaxed), 2);
+        // Sent again, it is not counted again.
+        outbox.again(sent[0].id).unwrap().unwrap();
+        assert_eq!(counters.flow_features_withheld.load(Ordering::Relaxed), 2);
     }
 }
