@@ -234,13 +234,15 @@ pub async fn refresh(c: &impl GenericClient) -> Result<Vec<String>, tokio_postgr
         .flatten()
         .collect();
         let merged = doc::merge(parts.iter().map(|(_, v)| v));
+        // Unchanged: it was checked when it became the desired one. (A check compiles every
+        // capture rule's BPF: done for every device every refresh, it grew with the fleet.)
+        let hash = doc::hash(&merged);
+        if had.as_deref() == Some(hash.as_str()) {
+            continue;
+        }
         let p = doc::check(&merged);
         if !p.is_empty() {
             problems.extend(p.into_iter().map(|p| format!("device {id}: {p}")));
-            continue;
-        }
-        let hash = doc::hash(&merged);
-        if had.as_deref() == Some(hash.as_str()) {
             continue;
         }
         let ids: Vec<i64> = parts.iter().map(|(i, _)| *i).collect();
