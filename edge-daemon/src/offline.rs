@@ -116,7 +116,8 @@ pub fn read_file(
 // `time_t` and `suseconds_t` are 32 bits wide on some targets (32-bit ARM), 64 on others.
 #[allow(clippy::useless_conversion)]
 pub fn timeval_micros(tv: libc::timeval) -> i64 {
-    i64::from(tv.tv_sec) * 1_000_000 + i64::from(tv.tv_usec)
+    // Saturating: a pcapng timestamp of 64 bits can be seconds past what i64 microseconds hold.
+    i64::from(tv.tv_sec).saturating_mul(1_000_000).saturating_add(i64::from(tv.tv_usec))
 }
 
 /// Packets per batch at most.
@@ -237,5 +238,19 @@ fn walk_pcapng(r: &mut (impl Read + Seek), index: u64) -> std::io::Result<Option
             return Ok(Some(offset));
         }
         offset += u64::from(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A timestamp's seconds past what i64 microseconds hold read as the latest time, not as a
+    /// wrapped one (a pcapng timestamp has 64 bits of units).
+    #[test]
+    fn test_a_timestamp_past_i64_microseconds_saturates() {
+        let tv = |tv_sec, tv_usec| libc::timeval { tv_sec, tv_usec };
+        assert_eq!(timeval_micros(tv(1_700_000_000, 5)), 1_700_000_000_000_005);
+        assert_eq!(timeval_micros(tv(i64::MAX / 1000, 999_999)), i64::MAX);
     }
 }

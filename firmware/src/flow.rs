@@ -416,7 +416,7 @@ impl Flow {
 
     /// Time of the latest packet.
     pub fn last(&self) -> Instant {
-        Instant::from_micros(self.start.total_micros() + self.iat.sum() as i64)
+        Instant::from_micros(self.start.total_micros().saturating_add(self.iat.sum() as i64))
     }
 
     /// How many inter-arrival times `iat` holds.
@@ -472,7 +472,8 @@ impl Flow {
         let n = self.packets();
         // Microseconds after the start: the flow table ends a flow before it is
         // MAX_ACTIVE_TIMEOUT old, so this fits (a packet stamped before the start counts as at it).
-        let at = (meta.ts.total_micros() - self.start.total_micros()).clamp(0, i64::from(u32::MAX));
+        let at = (meta.ts.total_micros().saturating_sub(self.start.total_micros()))
+            .clamp(0, i64::from(u32::MAX));
         if n > 0 {
             // The gap from the latest packet, which `iat`'s sum is the time to.
             self.iat.push((at as u64).saturating_sub(self.iat.sum() as u64), n);
