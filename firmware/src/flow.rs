@@ -722,12 +722,7 @@ impl<const N: usize, M: FlowShards<N>> FlowTable<N, M> {
     }
     /// `config` with its active timeout held to [`MAX_ACTIVE_TIMEOUT`].
     fn held(config: FlowConfig) -> FlowConfig {
-        let active_timeout = if config.active_timeout > MAX_ACTIVE_TIMEOUT {
-            MAX_ACTIVE_TIMEOUT
-        } else {
-            config.active_timeout
-        };
-        FlowConfig { active_timeout, ..config }
+        FlowConfig { active_timeout: config.active_timeout.min(MAX_ACTIVE_TIMEOUT), ..config }
     }
     pub fn counters(&self) -> &FlowCounters {
         &self.counters
