@@ -10,7 +10,8 @@ spoofing, DHCP flood, brute force; lateral movement by a file name that says smb
 begins with urgent11_cve_; fragment evasion by a folder named ipv6-malformed-fragments-N, and
 IPv6 evasion by ipv6-covert-dstopts and ipv6-atomic-fragments-toobig; web attacks: SQL injection, web attack, web RCE, Log4Shell) it prints, per kind and repository,
 captures named with the right kind out of captures, and for benign captures how many raised any
-alert. Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
+alert and how many of their flows an alert names (an end of the flow is the alert's source or
+victim while the flow ran). Missed attack captures go to stderr. A first step to issue 15's labelled corpus.
 
 With --repo, only that repository's captures (models/loro.py's held-out fold). With --models DIR the models run too (`analyze --models DIR`). Each alert is put down to its
 detector: `classifier` or `autoencoder` (the record's `detector`), else by the counter that
@@ -100,14 +101,27 @@ if write_tsv:
     n = collections.Counter('benign' if c[2] == 'benign' else 'attack' for c in corpus)
     print(f'{write_tsv}: {n["attack"]} attack and {n["benign"]} benign captures')
     sys.exit(0)
+# A benign flow is flagged when an alert names one of its ends (as its source or its victim)
+# while the flow ran: from a host window (10 s) before the episode's first sight to its last.
+WINDOW_US = 10_000_000
+def flagged(flow, alerts):
+    ends = {flow['src_ip'], flow['dst_ip']}
+    return any(ends & {a.get('src_ip'), a.get('dst_ip')} - {None}
+               and flow['end_us'] >= a['first_seen_us'] - WINDOW_US
+               and flow['start_us'] <= a['last_seen_us'] for a in alerts)
 res = collections.defaultdict(lambda: [0, 0]); benign = [0, 0]; fa = []
+benign_flows = [0, 0]  # flagged, all
 for repo, path, k, label in corpus:
     f = os.path.join(root, repo, path)
-    cmd = [edge, 'analyze', '--emit', 'anomalies'] + (['--models', models] if models else []) + [f]
+    emit = 'flows,anomalies' if k == 'benign' else 'anomalies'
+    cmd = [edge, 'analyze', '--emit', emit] + (['--models', models] if models else []) + [f]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     alerts = [json.loads(l) for l in out.splitlines() if '"record":"anomaly"' in l]
     kinds = [a['kind'] for a in alerts]
     if k == 'benign':
+        flows = [json.loads(l) for l in out.splitlines() if '"record":"flow"' in l]
+        benign_flows[1] += len(flows)
+        benign_flows[0] += sum(flagged(x, alerts) for x in flows) if alerts else 0
         benign[1] += 1
         if kinds: benign[0] += 1; fa.append((repo, path, sorted({(a['kind'], detector(a)) for a in alerts})))
         for d in {detector(a) for a in alerts}: by_detector[d][2] += 1
@@ -127,5 +141,7 @@ caught = sum(a for a, _ in res.values()); total = sum(b for _, b in res.values()
 print(f'attack captures named with the right kind: {caught}/{total}')
 print(f'benign captures with any alert: {benign[0]}/{benign[1]}' + (f' (models: {models})' if models else ' (no models)'))
 for x in fa: print('  ', x)
+share = 100 * benign_flows[0] / max(benign_flows[1], 1)
+print(f'benign flows with an end an alert names: {benign_flows[0]}/{benign_flows[1]} ({share:.2f}%)')
 print('detector\tright\tright alone\tbenign captures raised')
 for d in DETECTORS: print(d, *by_detector[d], sep='\t')

@@ -178,6 +178,18 @@ pub struct Trip {
     pub by_victim: bool,
 }
 
+/// Flows to many hosts, each on a port of its own: a peer-to-peer client meeting its peers
+/// (gnutella's, BitTorrent's), not a scan of anyone's ports nor a sweep for a service. The
+/// ports are as many as half the hosts (a sweep tries a few ports over many hosts), and the
+/// distinct (host, port) pairs exceed the hosts by less than half of them or half `scan_ports`
+/// (a scan tries many ports of a host, each a pair more; a client tries some peers on a second
+/// port: gnutella's 202 peers of one window took 279 pairs). A port scan of one of 100 peers
+/// in a window is still named once it tries 50 ports more than that; a scanner that tries one
+/// random port on each random host is not.
+pub fn peer_shaped(ports: f32, hosts: f32, pairs: f32, scan_ports: f32) -> bool {
+    ports >= 0.5 * hosts && pairs - hosts < (0.5 * scan_ports).max(0.5 * hosts)
+}
+
 impl Thresholds {
     /// SYNs at a flood's rate from a new source port each: a flood over however many ports,
     /// not a scan of them (one alert, the flood).
@@ -193,14 +205,15 @@ impl Thresholds {
             }
         };
         let flood = self.flood_shaped(f);
-        if !flood {
+        let peers = peer_shaped(f.dst_ports, f.dst_hosts, f.dst_pairs, self.port_scan_ports);
+        if !flood && !peers {
             trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
         }
         let protocols = (f.protocols, self.protocol_scan_protocols);
         trip(AnomalyKind::PortScan, "host_ip_protocols", protocols.0, protocols.1);
         let probes =
             f.dst_hosts > 0.0 && f.packets / f.dst_hosts <= self.host_sweep_packets_per_host;
-        if probes && f.dst_hosts >= self.host_sweep_hosts {
+        if probes && !peers && f.dst_hosts >= self.host_sweep_hosts {
             trip(AnomalyKind::HostSweep, "host_dst_hosts", f.dst_hosts, self.host_sweep_hosts);
         } else {
             // A sweep of the local network by ARP alone (nmap -sn on a LAN): no IP flow at all.
@@ -691,8 +704,12 @@ impl<const E: usize> WindowDetector<E> {
         // minute are no slow scan: a flood's refused SYNs (the host window names the flood,
         // and keeps naming it as it ends while this window still holds them).
         for (ip, w) in a.scans().iter() {
-            let (ports, hosts, src_ports) = w.spread();
-            if !live(w.last) || src_ports >= self.thresholds.syn_flood_src_ports {
+            let s = w.spread();
+            let (ports, hosts) = (s.ports, s.hosts);
+            if !live(w.last)
+                || s.src_ports >= self.thresholds.syn_flood_src_ports
+                || peer_shaped(ports, hosts, s.pairs, self.thresholds.port_scan_ports)
+            {
                 continue;
             }
             let th = &self.thresholds;
@@ -1004,6 +1021,35 @@ mod tests {
             (e.kind, e.src, e.counter),
             (AnomalyKind::PortScan, scanner.into(), "slow_dst_ports")
         );
+    }
+
+    /// A peer-to-peer client meets its peers: UDP from one port to 300 hosts in 30 s, each on a
+    /// port of its own, hardly any answering (gnutella's, in ntop-nDPI's capture, was raised
+    /// as a port scan, a host sweep and a slow scan). Nothing. The same client trying 100 ports
+    /// on one of them is a scan; one port on 300 hosts, a sweep.
+    #[test]
+    fn test_a_peer_to_peer_client_is_no_scan_and_no_sweep() {
+        let client = [10, 0, 0, 15];
+        let peer = |i: u32| [172, 16, (i / 200) as u8, (i % 200) as u8 + 1];
+        let peers: Vec<PacketMeta> = (0..300u32)
+            .map(|i| packet(i64::from(i) * 100, client, peer(i), udp(28681, 1024 + i as u16 * 7)))
+            .collect();
+        let events = run(&peers, 120_000);
+        assert!(events.is_empty(), "{events:?}");
+        let scan: Vec<PacketMeta> = (0..100u16)
+            .map(|p| packet(i64::from(p) * 100, client, peer(1), udp(28681, 2000 + p)))
+            .collect();
+        let kinds = |events: Vec<(Episode, EpisodeEvent)>| -> Vec<AnomalyKind> {
+            events.iter().filter(|e| e.1 == EpisodeEvent::Opened).map(|e| e.0.kind).collect()
+        };
+        let mut both = [peers.clone(), scan].concat();
+        both.sort_by_key(|p| p.ts.total_millis());
+        // (Its peers are then no longer peer-shaped: they count as the sweep they look like.)
+        assert_eq!(kinds(run(&both, 60_000)), [AnomalyKind::PortScan, AnomalyKind::HostSweep]);
+        let sweep: Vec<PacketMeta> = (0..300u32)
+            .map(|i| packet(i64::from(i) * 100, client, peer(i), udp(28681, 6346)))
+            .collect();
+        assert_eq!(kinds(run(&sweep, 60_000)), [AnomalyKind::HostSweep]);
     }
 
     fn tcp(src_port: u16, dst_port: u16, flags: u8) -> L4 {

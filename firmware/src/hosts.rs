@@ -74,6 +74,11 @@ pub(crate) fn ip_bits(ip: IpAddr) -> u64 {
     (w as u64) ^ ((w >> 64) as u64).rotate_left(17)
 }
 
+/// A destination host and port as one word, for a sketch of distinct pairs.
+pub(crate) fn pair_bits(ip: IpAddr, port: u16) -> u64 {
+    ip_bits(ip) ^ u64::from(port).rotate_right(16)
+}
+
 /// What a [`WindowTable`] is keyed by: a host address, or a host and something of it (a domain
 /// it queries), each folded into one word to hash.
 pub trait TableKey: Copy + Eq {
@@ -139,6 +144,9 @@ pub struct Window {
     pub dhcp: u32,
     pub dst_ports: Sketch,
     pub dst_hosts: Sketch,
+    /// Distinct (host, port) pairs it reached ([`pair_bits`]): as many as its hosts when each
+    /// host is reached on one port of its own (a peer-to-peer client meeting its peers).
+    pub dst_pairs: Sketch,
     pub dhcp_macs: Sketch,
     /// Distinct addresses it asked for in ARP requests (a local sweep sends no IP at all).
     pub arp_targets: Sketch,
@@ -236,6 +244,8 @@ impl<W: Tumbling> Windows<W> {
 pub struct HostFeatures {
     pub dst_ports: f32,
     pub dst_hosts: f32,
+    /// Distinct (host, port) pairs, for the window detectors.
+    pub dst_pairs: f32,
     pub flows: f32,
     pub failed: f32,
     pub syn_synack_ratio: f32,
@@ -277,6 +287,7 @@ impl HostWindow {
         HostFeatures {
             dst_ports: c.dst_ports.union(&p.dst_ports).estimate(),
             dst_hosts: c.dst_hosts.union(&p.dst_hosts).estimate(),
+            dst_pairs: c.dst_pairs.union(&p.dst_pairs).estimate(),
             flows: slide(c.flows, p.flows),
             failed: slide(c.failed, p.failed),
             syn_synack_ratio: syns / (slide(c.syn_acks, p.syn_acks) + 1.0),
@@ -464,6 +475,7 @@ impl<const N: usize> HostTable<N> {
             w.flows += 1;
             if let Some(p) = dst_port {
                 w.dst_ports.insert(u64::from(p));
+                w.dst_pairs.insert(pair_bits(dst, p));
             }
             w.dst_hosts.insert(ip_bits(dst));
         }

@@ -224,6 +224,8 @@ pub struct ScanWindow {
     pub failed: u32,
     pub ports: Sketch,
     pub hosts: Sketch,
+    /// Distinct (host, port) pairs of the failed flows.
+    pub pairs: Sketch,
     /// Distinct source ports of the failed flows.
     pub src_ports: Sketch,
 }
@@ -231,13 +233,28 @@ pub struct ScanWindow {
 crate::hosts::tumbling!(ScanWindow);
 
 impl crate::hosts::Windows<ScanWindow> {
-    /// Distinct destination ports, destination hosts and source ports of the failed flows,
-    /// over the sliding window.
-    pub fn spread(&self) -> (f32, f32, f32) {
+    /// Distinct destination ports, destination hosts, (host, port) pairs and source ports of
+    /// the failed flows, over the sliding window.
+    pub fn spread(&self) -> Spread {
         let (c, p) = (&self.cur, &self.prev);
         let n = |a: &Sketch, b: &Sketch| a.union(b).estimate();
-        (n(&c.ports, &p.ports), n(&c.hosts, &p.hosts), n(&c.src_ports, &p.src_ports))
+        Spread {
+            ports: n(&c.ports, &p.ports),
+            hosts: n(&c.hosts, &p.hosts),
+            pairs: n(&c.pairs, &p.pairs),
+            src_ports: n(&c.src_ports, &p.src_ports),
+        }
     }
+}
+
+/// What a [`ScanWindow`] read: distinct destination ports, hosts, (host, port) pairs and
+/// source ports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub ports: f32,
+    pub hosts: f32,
+    pub pairs: f32,
+    pub src_ports: f32,
 }
 
 /// The web requests one client made, or one server received, over [`FLOOD_WINDOW`]: an HTTP
@@ -440,6 +457,7 @@ impl Analyzers {
             w.failed += 1;
             if let Some((sport, dport)) = ports {
                 w.ports.insert(u64::from(dport));
+                w.pairs.insert(crate::hosts::pair_bits(dst, dport));
                 w.src_ports.insert(u64::from(sport));
             }
             w.hosts.insert(crate::hosts::ip_bits(dst));
