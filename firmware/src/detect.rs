@@ -197,15 +197,16 @@ impl Thresholds {
         f.syn_rate * f.burst >= self.syn_flood_rate && f.syn_src_ports >= self.syn_flood_src_ports
     }
 
-    /// Every detector a host's window trips, in a fixed order.
-    pub fn trips(&self, f: &HostFeatures, out: &mut impl FnMut(Trip)) {
+    /// Every detector a host's window trips, in a fixed order (`pairs`: the distinct (host, port)
+    /// pairs it reached, [`crate::hosts::HostWindow::dst_pairs`]).
+    pub fn trips(&self, f: &HostFeatures, pairs: f32, out: &mut impl FnMut(Trip)) {
         let mut trip = |kind, counter, value: f32, threshold: f32| {
             if value >= threshold {
                 out(Trip { kind, counter, value, threshold, by_victim: false });
             }
         };
         let flood = self.flood_shaped(f);
-        let peers = peer_shaped(f.dst_ports, f.dst_hosts, f.dst_pairs, self.port_scan_ports);
+        let peers = peer_shaped(f.dst_ports, f.dst_hosts, pairs, self.port_scan_ports);
         if !flood && !peers {
             trip(AnomalyKind::PortScan, "host_dst_ports", f.dst_ports, self.port_scan_ports);
         }
@@ -611,7 +612,7 @@ impl<const E: usize> WindowDetector<E> {
             }
             let f = h.features(now, window);
             let mut trips: heapless::Vec<Trip, 8> = heapless::Vec::new();
-            self.thresholds.trips(&f, &mut |t| {
+            self.thresholds.trips(&f, h.dst_pairs(), &mut |t| {
                 let _ = trips.push(t);
             });
             // The victim of a reflection seems to sweep its reflectors (their answers come back

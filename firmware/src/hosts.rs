@@ -244,8 +244,6 @@ impl<W: Tumbling> Windows<W> {
 pub struct HostFeatures {
     pub dst_ports: f32,
     pub dst_hosts: f32,
-    /// Distinct (host, port) pairs, for the window detectors.
-    pub dst_pairs: f32,
     pub flows: f32,
     pub failed: f32,
     pub syn_synack_ratio: f32,
@@ -277,6 +275,12 @@ pub struct HostFeatures {
 }
 
 impl HostWindow {
+    /// Distinct (host, port) pairs it reached over the sliding window, for the window detectors
+    /// (not a feature: it is read at a judgement, not for every flow that ends).
+    pub fn dst_pairs(&self) -> f32 {
+        self.cur.dst_pairs.union(&self.prev.dst_pairs).estimate()
+    }
+
     /// Features at `now`.
     pub fn features(&self, now: Instant, window: Duration) -> HostFeatures {
         let (weight, secs) = self.slide(now, window);
@@ -287,7 +291,6 @@ impl HostWindow {
         HostFeatures {
             dst_ports: c.dst_ports.union(&p.dst_ports).estimate(),
             dst_hosts: c.dst_hosts.union(&p.dst_hosts).estimate(),
-            dst_pairs: c.dst_pairs.union(&p.dst_pairs).estimate(),
             flows: slide(c.flows, p.flows),
             failed: slide(c.failed, p.failed),
             syn_synack_ratio: syns / (slide(c.syn_acks, p.syn_acks) + 1.0),
