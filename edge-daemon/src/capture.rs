@@ -51,6 +51,13 @@ impl Batch {
             bytes: Vec::with_capacity(bytes),
         }
     }
+
+    /// This batch emptied for packets of `iface`, its room kept.
+    pub fn reused(mut self, iface: usize, link: LinkType, dlt: i32) -> Batch {
+        self.packets.clear();
+        self.bytes.clear();
+        Batch { iface, link, dlt, ..self }
+    }
 }
 
 /// Counters of one interface, written by its capture thread.

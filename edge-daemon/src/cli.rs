@@ -449,11 +449,13 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
         // (as live capture does), this thread runs the pipeline.
         let result = std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<crate::capture::Batch>(16);
+            // Batches done with go back to the reader to be filled again.
+            let (back, spare) = crossbeam_channel::bounded::<crate::capture::Batch>(4);
             let filter = args.filter.as_deref();
             let reader = std::thread::Builder::new()
                 .name("reader".into())
                 .spawn_scoped(scope, move || {
-                    crate::offline::read_file_batched(path, filter, iface, &tx)
+                    crate::offline::read_file_batched(path, filter, iface, &tx, &spare)
                 })
                 .map_err(|e| crate::offline::CaptureFileError::Open {
                     path: path.clone(),
@@ -461,6 +463,7 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
                 })?;
             for b in rx {
                 pipeline.batch(&b, &mut sink);
+                let _ = back.try_send(b);
             }
             reader.join().unwrap_or_else(|_| {
                 Err(crate::offline::CaptureFileError::Open {

@@ -127,12 +127,16 @@ const FILE_BATCH: usize = 512;
 const FILE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Read `path` and send its packets to `tx` in batches (as live capture does, with `iface` as
-/// the interface index), in file order. Stops early, without an error, if the receiver goes away.
+/// the interface index), in file order, filling the batches `spare` gives back before new ones
+/// (a new batch is 320 KiB of pages the kernel may have to fault in and zero again: on the
+/// merged public captures 7% fewer page faults and 2-4% less CPU, five runs each). Stops early,
+/// without an error, if the receiver goes away.
 pub fn read_file_batched(
     path: &Path,
     filter: Option<&str>,
     iface: usize,
     tx: &crossbeam_channel::Sender<crate::capture::Batch>,
+    spare: &crossbeam_channel::Receiver<crate::capture::Batch>,
 ) -> Result<FileSummary, CaptureFileError> {
     let mut batch: Option<crate::capture::Batch> = None;
     let mut gone = false;
@@ -142,14 +146,15 @@ pub fn read_file_batched(
         }
         // Whole at once: grown from small, a batch was copied seven times on its way to
         // 256 KiB, and each copy touched fresh pages (a tenth of `analyze`'s time).
-        let b = batch.get_or_insert_with(|| {
-            crate::capture::Batch::with_capacity(
+        let b = batch.get_or_insert_with(|| match spare.try_recv() {
+            Ok(b) => b.reused(iface, p.link, p.dlt),
+            Err(_) => crate::capture::Batch::with_capacity(
                 iface,
                 p.link,
                 p.dlt,
                 FILE_BATCH,
                 FILE_BATCH_BYTES + usize::from(u16::MAX),
-            )
+            ),
         });
         let start = b.bytes.len();
         b.bytes.extend_from_slice(p.data);
