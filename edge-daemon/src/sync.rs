@@ -962,13 +962,19 @@ mod tests {
     use crate::store::{Store, StoreCounters};
     use firmware::features::N_FEATURES;
 
-    #[test]
-    fn test_anomalies_go_ahead_of_what_was_queued_before_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("edge.db");
+    /// A store in `dir` with the outbox of device tap-1, and its path.
+    fn store_with_outbox(dir: &std::path::Path) -> (Store, std::path::PathBuf) {
+        let path = dir.join("edge.db");
         let cfg = StoreConfig { path: path.clone(), max_size_mb: 8, ..StoreConfig::default() };
         let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
         store.enable_outbox("tap-1", 1_000_000).unwrap();
+        (store, path)
+    }
+
+    #[test]
+    fn test_anomalies_go_ahead_of_what_was_queued_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, path) = store_with_outbox(dir.path());
         // A flood's statistics, then an anomaly, then its evidence.
         let queue = |stream: &str, seq: i64| {
             store
@@ -1007,10 +1013,7 @@ mod tests {
     #[test]
     fn test_a_flow_of_another_feature_set_goes_without_its_features() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("edge.db");
-        let cfg = StoreConfig { path: path.clone(), max_size_mb: 8, ..StoreConfig::default() };
-        let mut store = Store::open(&cfg, Arc::new(StoreCounters::default())).unwrap();
-        store.enable_outbox("tap-1", 1_000_000).unwrap();
+        let (mut store, path) = store_with_outbox(dir.path());
         let set = i64::from(firmware::features::FEATURE_SET_VERSION);
         let mut ours = Vec::new();
         let mut v = [0.0f32; N_FEATURES];
