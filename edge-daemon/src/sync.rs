@@ -1013,7 +1013,7 @@ mod tests {
     #[test]
     fn test_a_flow_of_another_feature_set_goes_without_its_features() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut store, path) = store_with_outbox(dir.path());
+        let (store, path) = store_with_outbox(dir.path());
         let set = i64::from(firmware::features::FEATURE_SET_VERSION);
         let mut ours = Vec::new();
         let mut v = [0.0f32; N_FEATURES];
