@@ -55,17 +55,20 @@ fn bench(c: &mut Criterion) {
             m.normalise(v, &mut rows);
         }
         let n = rows.len() / m.features.len();
-        let per = 64 * m.features.len();
-        g.bench_function(format!("{name} in tract only, batch 64"), |b| {
-            b.iter(|| {
-                let mut total = 0.0f32;
-                for chunk in rows.chunks(per) {
-                    let out = m.run_normalised(chunk.to_vec(), chunk.len() / m.features.len());
-                    total += out.map_or(0.0, |o| o[0]);
-                }
-                std::hint::black_box((total, n))
-            })
-        });
+        // A run's fixed cost shows at a few rows a run: offline, flows end a dozen a batch.
+        for batch in [1usize, 13, 64] {
+            let per = batch * m.features.len();
+            g.bench_function(format!("{name} in tract only, batch {batch}"), |b| {
+                b.iter(|| {
+                    let mut total = 0.0f32;
+                    for chunk in rows.chunks(per) {
+                        let out = m.run_normalised(chunk.to_vec(), chunk.len() / m.features.len());
+                        total += out.map_or(0.0, |o| o[0]);
+                    }
+                    std::hint::black_box((total, n))
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -6,7 +6,18 @@ use std::path::{Path, PathBuf};
 use tapwatch_edge::config::Config;
 use tapwatch_edge::pipeline::{PacketIn, Pipeline};
 
+/// The finished flows, made on a thread with the pipeline's stack (the engine is larger than
+/// a main thread's default stack).
 pub fn finished_flows() -> Vec<FinishedFlow> {
+    std::thread::Builder::new()
+        .stack_size(tapwatch_edge::PIPELINE_STACK)
+        .spawn(finished_flows_here)
+        .expect("a thread for the pipeline")
+        .join()
+        .expect("the pipeline's thread")
+}
+
+fn finished_flows_here() -> Vec<FinishedFlow> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let files: Vec<PathBuf> = match std::env::var_os("TAPWATCH_BENCH_PCAP") {
         Some(p) => vec![p.into()],
