@@ -392,9 +392,9 @@ pub(crate) fn fnv(bytes: &[u8]) -> u32 {
 }
 
 /// The first place `needle` occurs in `hay` (none for an empty needle). memchr's substring
-/// search: a request's headers were searched window by window, a comparison a byte, and the
-/// web analyzers' searches (User-Agents against 22 tool names, headers by name) were a sixth of
-/// the analyzers' instructions on the merged public captures.
+/// search: searched window by window (a comparison a byte), the web analyzers (User-Agents
+/// against 22 tool names, attack patterns, headers by name) were 30% of the analyzers'
+/// instructions on the merged public captures, and are 17% so (callgrind).
 pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() {
         return None;
