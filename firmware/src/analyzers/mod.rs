@@ -725,3 +725,25 @@ impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
         self.map.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::find;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn find_is_the_first_place_a_needle_occurs(
+            // A small alphabet, so that needles occur, overlap and nearly occur.
+            hay in proptest::collection::vec(b'a'..=b'c', 0..300),
+            needle in proptest::collection::vec(b'a'..=b'c', 0..6),
+        ) {
+            let naive = if needle.is_empty() {
+                None
+            } else {
+                hay.windows(needle.len()).position(|w| w == needle.as_slice())
+            };
+            prop_assert_eq!(find(&hay, &needle), naive);
+        }
+    }
+}
