@@ -12,7 +12,7 @@
 //! from one client is guessing whatever the answers were.
 
 use super::{
-    auth_failure, find, fnv, guess, web_request, Service, Side, SourceWindow, Web, SOURCES,
+    auth_failure, find, find_ci, fnv, guess, web_request, Service, Side, SourceWindow, Web, SOURCES,
 };
 use crate::hosts::WindowTable;
 use crate::Instant;
@@ -100,10 +100,6 @@ fn is_account_field(name: &[u8]) -> bool {
         || find_ci(name, b"login").is_some()
         || find_ci(name, b"mail").is_some()
         || name.eq_ignore_ascii_case(b"log")
-}
-
-fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn ends_with_ci(hay: &[u8], suffix: &[u8]) -> bool {

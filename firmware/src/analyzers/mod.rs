@@ -402,6 +402,14 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(hay, needle)
 }
 
+/// The first place `needle` occurs in `hay`, ASCII case aside (none for an empty needle).
+pub(crate) fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The request target of an HTTP request (`segment` begins with its request line), and what
 /// follows the line (its headers, from the line's CRLF on).
 pub(crate) fn request_target(segment: &[u8]) -> (&[u8], &[u8]) {

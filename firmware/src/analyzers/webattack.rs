@@ -194,7 +194,7 @@ pub fn classify(segment: &[u8]) -> WebAttack {
 /// A JNDI lookup URL (`${jndi:ldap://...}`, or as a bare value), case aside.
 fn jndi(s: &[u8]) -> bool {
     let mut at = 0;
-    while let Some(p) = s[at..].windows(5).position(|w| w.eq_ignore_ascii_case(b"jndi:")) {
+    while let Some(p) = super::find_ci(&s[at..], b"jndi:") {
         let rest = &s[at + p + 5..];
         let scheme = |w: &[u8]| rest.len() >= w.len() && rest[..w.len()].eq_ignore_ascii_case(w);
         if [&b"ldap"[..], b"rmi:", b"dns:", b"iiop:", b"corba:", b"nds:", b"nis:"]
