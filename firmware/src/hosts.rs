@@ -463,7 +463,8 @@ impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
         }
         let key = |h: &Windows<W>| h.last.map_or(0, |l| l.total_micros());
         let oldest = self.map.values().map(key).min().unwrap_or(0);
-        let cutoff = oldest + (now.total_micros() - oldest) / 8;
+        // (A packet stamped before the oldest host still makes room: the oldest go.)
+        let cutoff = oldest + (now.total_micros() - oldest).max(0) / 8;
         let n = self.remove_where((N / 8).max(1), |h| key(h) <= cutoff);
         self.counters.evicted += n as u64;
     }

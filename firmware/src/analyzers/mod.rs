@@ -660,7 +660,8 @@ pub(crate) fn auth_attempt(
 }
 
 /// A bounded map of small per-connection (or per-address) state, each entry with when it was
-/// last touched: full, it evicts its oldest entry (counted); entries untouched for `max_age` go.
+/// last touched: full ([`Self::HIGH_WATER`] of its `N` slots), it evicts its oldest entries
+/// (counted); entries untouched for `max_age` go.
 #[derive(Debug)]
 pub struct Recent<K, V, const N: usize> {
     map: crate::flow::Map<crate::hosts::HostKey<K>, (V, Instant), N>,
@@ -669,6 +670,11 @@ pub struct Recent<K, V, const N: usize> {
 }
 
 impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
+    /// Entries held at most: 7/8 of the slots, as the window tables hold
+    /// ([`WindowTable::HIGH_WATER`]): a hash index filled to its last slot has runs as long as
+    /// the table, walked by every miss and removal.
+    pub const HIGH_WATER: usize = if N >= 8 { N - N / 8 } else { N };
+
     pub fn new(max_age: Duration) -> Self {
         Recent { map: crate::flow::Map::new(), max_age, evicted: 0 }
     }
@@ -699,21 +705,42 @@ impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
     pub fn entry(&mut self, k: K, v: V, now: Instant) -> Option<&mut V> {
         let key = crate::hosts::HostKey(k);
         if !self.map.contains_key(&key) {
-            if self.map.is_full() {
+            if self.map.len() >= Self::HIGH_WATER {
                 self.expire(now);
             }
-            if self.map.is_full() {
-                let oldest =
-                    self.map.iter().min_by_key(|(_, (_, at))| at.total_micros()).map(|(k, _)| *k);
-                if let Some(o) = oldest {
-                    self.map.swap_remove(&o);
-                    self.evicted += 1;
-                }
+            if self.map.len() >= Self::HIGH_WATER {
+                self.evict(now);
             }
             self.map.insert(key, (v, now)).ok()?;
         }
         self.get_mut(&k, now)
     }
+    /// Make room in a full table: its oldest entries go, up to an eighth of the slots at once,
+    /// those touched in the oldest eighth of the time since the oldest was (as the window
+    /// tables make room). One at a time, a table kept full by a stream of new keys scanned all
+    /// its entries twice (to expire, then for the oldest) at every new key: the merged public
+    /// captures' fragmented datagrams (43,000, 41,000 of them evicted) made `Recent::entry` 14%
+    /// of `analyze --emit stats` (`callgrind`: 2,168 million instructions in all, 2,092 million
+    /// with this and [`Self::HIGH_WATER`]).
+    fn evict(&mut self, now: Instant) {
+        let at = |e: &(V, Instant)| e.1.total_micros();
+        let Some(oldest) = self.map.values().map(at).min() else { return };
+        // (A packet stamped before the oldest entry still makes room: the oldest goes.)
+        let cutoff = oldest + (now.total_micros() - oldest).max(0) / 8;
+        let mut left = (N / 8).max(1);
+        let mut i = self.map.len();
+        while i > 0 && left > 0 {
+            i -= 1;
+            let Some((k, e)) = self.map.get_index(i) else { continue };
+            if at(e) <= cutoff {
+                let k = *k;
+                self.map.swap_remove(&k);
+                self.evicted += 1;
+                left -= 1;
+            }
+        }
+    }
+
     pub fn remove(&mut self, k: &K) {
         self.map.swap_remove(&crate::hosts::HostKey(*k));
     }
@@ -736,8 +763,41 @@ impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
 
 #[cfg(test)]
 mod tests {
-    use super::find;
+    use super::{find, Recent};
+    use crate::{Duration, Instant};
     use proptest::prelude::*;
+
+    #[test]
+    fn a_full_recent_table_evicts_its_oldest_entries_first_and_counts_them() {
+        type T = Recent<core::net::IpAddr, u32, 64>;
+        let mut t = T::new(Duration::from_secs(3600));
+        let at = |s: u64| Instant::from_micros(s as i64 * 1_000_000);
+        let ip = |k: u32| core::net::IpAddr::from(k.to_be_bytes());
+        // Keys 0.. touched a second apart: each new key past the high water makes room.
+        for k in 0..200u32 {
+            assert!(t.entry(ip(k), k, at(u64::from(k))).is_some());
+            assert!(t.len() <= T::HIGH_WATER, "{} held at key {k}", t.len());
+        }
+        assert_eq!(T::HIGH_WATER, 56);
+        assert_eq!(t.evicted() + t.len() as u64, 200, "every key held or counted");
+        // What is held is the newest keys, each with its value.
+        let oldest_held = 200 - t.len() as u32;
+        for k in 0..200u32 {
+            assert_eq!(t.get(&ip(k)).copied(), (k >= oldest_held).then_some(k), "key {k}");
+        }
+        // A key touched again is not among the oldest any more (those go, up to an eighth of
+        // the slots at once, from the oldest eighth of the time since the oldest).
+        let survivor = oldest_held;
+        assert!(t.get_mut(&ip(survivor), at(1000)).is_some());
+        for k in 200..210u32 {
+            t.entry(ip(k), k, at(1000 + u64::from(k)));
+        }
+        assert_eq!(t.get(&ip(survivor)), Some(&survivor));
+        assert!((200..210u32).all(|k| t.get(&ip(k)) == Some(&k)), "the new keys are held");
+        assert_eq!(t.evicted() + t.len() as u64, 210);
+        // A key stamped before every entry (packets out of order) still finds room.
+        assert_eq!(t.entry(ip(999), 999, at(0)).copied(), Some(999));
+    }
 
     proptest! {
         #[test]
