@@ -282,7 +282,7 @@ fn run(
                     c.packets.fetch_add(1, Ordering::Relaxed);
                     c.bytes.fetch_add(u64::from(p.header.len), Ordering::Relaxed);
                     seen += 1;
-                    if sample > 1 && seen % sample != 0 {
+                    if sample > 1 && !seen.is_multiple_of(sample) {
                         c.sampled_out.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }

@@ -213,7 +213,7 @@ impl Edge {
             }]))
             .unwrap();
             self.produced_flows += 1;
-            if self.produced_flows % 100 == 0 {
+            if self.produced_flows.is_multiple_of(100) {
                 let s = self.produced_stats as i64;
                 tx.send(Row::Stats(Box::new(firmware::proto::StatsMsg {
                     schema: 1,

@@ -182,7 +182,7 @@ fn alone(f: &Frag) -> FragAnomaly {
         FragAnomaly::SplitHeader
     } else if f.offset.saturating_add(f.len) > 65_535 {
         FragAnomaly::Oversized
-    } else if f.more && (f.len == 0 || f.len % 8 != 0) {
+    } else if f.more && (f.len == 0 || !f.len.is_multiple_of(8)) {
         FragAnomaly::BadLength
     } else {
         FragAnomaly::None
