@@ -78,8 +78,8 @@ pub fn new_engine(config: firmware::engine::EngineConfig) -> Box<EdgeEngine> {
     // The flow shards are allocations of their own (HeapShards), built in place. The rest (the
     // host, victim and analyzer tables, 9 MB) is written where it lives, into an allocation
     // made first: `Box::new(Engine::new(..))` must make the shards before the box, so it built
-    // the engine on the stack and copied it over, 18 MB resident from the start (the stack's
-    // copy and the box's) where the tables' pages should stay untouched until hosts fill them
+    // the engine on the stack and copied it over, both copies' pages resident from the start
+    // where the tables' pages should stay untouched until hosts fill them
     // (`bench/memory.sh`: one flow's run 30.9 -> 15.4 MiB; a million flows' 318.9 -> 305.8).
     // A release build writes it in place: the call's result is the box's memory.
     Box::write(Box::new_uninit(), Engine::new(config))

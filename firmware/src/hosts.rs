@@ -463,11 +463,18 @@ impl<W: Tumbling, const N: usize, K: TableKey> WindowTable<W, N, K> {
         }
         let key = |h: &Windows<W>| h.last.map_or(0, |l| l.total_micros());
         let oldest = self.map.values().map(key).min().unwrap_or(0);
-        // (A packet stamped before the oldest host still makes room: the oldest go.)
-        let cutoff = oldest + (now.total_micros() - oldest).max(0) / 8;
+        let cutoff = oldest_eighth(oldest, now);
         let n = self.remove_where((N / 8).max(1), |h| key(h) <= cutoff);
         self.counters.evicted += n as u64;
     }
+}
+
+/// How a full table makes room: its entries last touched by this time (µs), the oldest eighth
+/// of the time from the oldest entry's (`oldest_us`) to `now`, go, up to an eighth of its
+/// slots at once, so that the scans for them are made once per many new keys. A packet stamped
+/// before the oldest entry still makes room: the oldest go.
+pub(crate) fn oldest_eighth(oldest_us: i64, now: Instant) -> i64 {
+    oldest_us + (now.total_micros() - oldest_us).max(0) / 8
 }
 
 impl<const N: usize> HostTable<N> {

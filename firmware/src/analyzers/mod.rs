@@ -715,18 +715,16 @@ impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
         }
         self.get_mut(&k, now)
     }
-    /// Make room in a full table: its oldest entries go, up to an eighth of the slots at once,
-    /// those touched in the oldest eighth of the time since the oldest was (as the window
-    /// tables make room). One at a time, a table kept full by a stream of new keys scanned all
-    /// its entries twice (to expire, then for the oldest) at every new key: the merged public
-    /// captures' fragmented datagrams (43,000, 41,000 of them evicted) made `Recent::entry` 14%
-    /// of `analyze --emit stats` (`callgrind`: 2,168 million instructions in all, 2,092 million
+    /// Make room in a full table as the window tables do ([`crate::hosts::oldest_eighth`]).
+    /// One at a time, a table kept full by a stream of new keys scanned all its entries twice
+    /// (to expire, then for the oldest) at every new key: the merged public captures'
+    /// fragmented datagrams (43,000, 41,000 of them evicted) made `Recent::entry` 14% of
+    /// `analyze --emit stats` (`callgrind`: 2,168 million instructions in all, 2,092 million
     /// with this and [`Self::HIGH_WATER`]).
     fn evict(&mut self, now: Instant) {
         let at = |e: &(V, Instant)| e.1.total_micros();
         let Some(oldest) = self.map.values().map(at).min() else { return };
-        // (A packet stamped before the oldest entry still makes room: the oldest goes.)
-        let cutoff = oldest + (now.total_micros() - oldest).max(0) / 8;
+        let cutoff = crate::hosts::oldest_eighth(oldest, now);
         let mut left = (N / 8).max(1);
         let mut i = self.map.len();
         while i > 0 && left > 0 {
