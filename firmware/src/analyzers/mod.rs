@@ -718,9 +718,9 @@ impl<K: TableKey, V: Copy, const N: usize> Recent<K, V, N> {
     /// Make room in a full table as the window tables do ([`crate::hosts::oldest_eighth`]).
     /// One at a time, a table kept full by a stream of new keys scanned all its entries twice
     /// (to expire, then for the oldest) at every new key: the merged public captures' 43,000
-    /// fragments (floods of fragmented UDP among them: 41,000 datagrams evicted) made
-    /// `Recent::entry` 14% of `analyze --emit stats` (`callgrind`: 2,168 million instructions in
-    /// all, 2,092 million with this and [`Self::HIGH_WATER`]).
+    /// fragments (40,000 of them IPv6's, behind hop-by-hop options; 41,000 datagrams evicted)
+    /// made `Recent::entry` 14% of `analyze --emit stats` (`callgrind`: 2,168 million
+    /// instructions in all, 2,092 million with this and [`Self::HIGH_WATER`]).
     fn evict(&mut self, now: Instant) {
         let at = |e: &(V, Instant)| e.1.total_micros();
         let Some(oldest) = self.map.values().map(at).min() else { return };
