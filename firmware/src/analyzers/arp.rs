@@ -16,12 +16,13 @@ use crate::wire::{ArpInfo, PacketMeta};
 use crate::{Duration, Instant};
 use core::net::{IpAddr, Ipv4Addr};
 
-/// Bindings kept (IPv4 address to MAC), least recently seen evicted first.
+/// Slots for bindings (IPv4 address to MAC; 7/8 of them held, `Recent::HIGH_WATER`), least
+/// recently seen evicted first.
 pub const BINDINGS: usize = 512;
 /// A binding not seen again for this long is forgotten: a new MAC after it is a new host.
 pub const BINDING_AGE: Duration = Duration::from_secs(600);
-/// Requests remembered (who asked for which address), to tell an answer from a reply nobody
-/// asked for; a host answers within milliseconds.
+/// Slots for requests remembered (who asked for which address; 7/8 held), to tell an answer
+/// from a reply nobody asked for; a host answers within milliseconds.
 pub const ASKED: usize = 256;
 pub const ASKED_AGE: Duration = Duration::from_secs(3);
 

@@ -33,7 +33,7 @@ use crate::wire::{Frag, IpInfo, L4};
 use crate::{Duration, Instant};
 use core::net::IpAddr;
 
-/// Datagrams being seen in fragments at once.
+/// Slots for datagrams being seen in fragments at once (7/8 held, `Recent::HIGH_WATER`).
 pub const DATAGRAMS: usize = 64;
 /// Separate pieces of one datagram kept (fragments that touch are one piece).
 pub const RANGES: usize = 8;

@@ -14,7 +14,7 @@ use super::{auth_attempt, auth_failure, find, Recent, Service, Side, SourceWindo
 use crate::hosts::WindowTable;
 use crate::Instant;
 
-/// Connections with a bind to svcctl, the endpoint mapper or Netlogon, kept at most.
+/// Slots for connections with a bind to svcctl, the endpoint mapper or Netlogon (7/8 held).
 pub const BINDS: usize = 64;
 
 /// The interface a connection is bound to, of those the analyzer follows.

@@ -17,7 +17,7 @@ use super::{auth_failure, Recent, Service, Side, SourceWindow, SOURCES};
 use crate::hosts::WindowTable;
 use crate::Instant;
 
-/// SSH connections followed at once.
+/// Slots for the SSH connections followed at once (7/8 held, `Recent::HIGH_WATER`).
 pub const CONNECTIONS: usize = 128;
 
 /// Server segments of other sizes a session of refused logins may show besides its run: the

@@ -11,6 +11,7 @@ use super::{web_request, Recent, Side, SourceWindow, Web, SOURCES};
 use crate::hosts::WindowTable;
 use crate::Instant;
 
+/// Slots for the TLS connections followed at once (7/8 held, `Recent::HIGH_WATER`).
 pub const CONNECTIONS: usize = 256;
 
 const CHANGE_CIPHER_SPEC: u8 = 20;
