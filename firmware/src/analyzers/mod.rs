@@ -797,6 +797,39 @@ mod tests {
         assert_eq!(t.entry(ip(999), 999, at(0)).copied(), Some(999));
     }
 
+    #[test]
+    fn keys_that_differ_only_in_their_words_top_bits_want_different_slots() {
+        use core::hash::BuildHasher;
+        let b = hash32::BuildHasherDefault::<crate::flow::WordHasher>::default();
+        // heapless keeps the hash's low 16 bits and a table of 64 slots its low six.
+        let slots = |keys: &mut dyn Iterator<Item = u64>| {
+            keys.map(|h| h as u16 & 63).collect::<std::collections::BTreeSet<_>>().len()
+        };
+        // One client's connections to one server, by client port (the port sits at the top of
+        // the key's word).
+        let conns = (0..64u16).map(|i| {
+            let c = super::Conn {
+                client: [10, 0, 0, 1].into(),
+                server: [10, 0, 0, 2].into(),
+                client_port: 40000 + i,
+                server_port: 443,
+            };
+            b.hash_one(crate::hosts::HostKey(c))
+        });
+        assert!(slots(&mut conns.into_iter()) >= 32);
+        // IPv6 fragments of one pair whose ids differ only in their high half.
+        let frags = (0..64u32).map(|i| {
+            let k = super::frag::DatagramKey {
+                src: "2001:db8:1::2".parse().unwrap(),
+                dst: "2001:db8:1::1".parse().unwrap(),
+                id: i.wrapping_mul(0x0b0c) << 16,
+                protocol: 58,
+            };
+            b.hash_one(crate::hosts::HostKey(k))
+        });
+        assert!(slots(&mut frags.into_iter()) >= 32);
+    }
+
     proptest! {
         #[test]
         fn find_is_the_first_place_a_needle_occurs(
