@@ -358,8 +358,9 @@ impl Conn {
 
 impl TableKey for Conn {
     fn word(&self) -> u128 {
+        // The ports in the top 32 bits (a shift past 96 lost the client port's high bits).
         let ports = (u128::from(self.client_port) << 16) | u128::from(self.server_port);
-        self.client.word() ^ self.server.word().rotate_left(61) ^ (ports << 100)
+        self.client.word() ^ self.server.word().rotate_left(61) ^ (ports << 96)
     }
 }
 
