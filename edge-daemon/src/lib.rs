@@ -91,6 +91,16 @@ pub const PIPELINE_STACK: usize = 8
         + std::mem::size_of::<firmware::flow::FlowMap<FLOWS_PER_SHARD>>())
     + (64 << 20);
 
+/// Run `f` on a thread with the pipeline's stack, as the pipeline runs (tests that build an
+/// engine), and give back its panic if it panics.
+#[cfg(test)]
+pub(crate) fn on_pipeline_stack(f: impl FnOnce() + Send + 'static) {
+    let t = std::thread::Builder::new().stack_size(PIPELINE_STACK);
+    if let Err(panic) = t.spawn(f).expect("spawning a test thread").join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,19 +112,14 @@ mod tests {
 
     #[test]
     fn test_the_flow_table_is_as_large_as_configured() {
-        std::thread::Builder::new()
-            .stack_size(PIPELINE_STACK)
-            .spawn(|| {
-                for (max_flows, capacity) in
-                    [(None, DEFAULT_MAX_FLOWS), (Some(1), 57_344), (Some(1_000_000), 1_032_192)]
-                {
-                    let engine = new_engine(with_max_flows(max_flows).unwrap().engine());
-                    assert_eq!(engine.flows().capacity(), capacity, "max_flows {max_flows:?}");
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        on_pipeline_stack(|| {
+            for (max_flows, capacity) in
+                [(None, DEFAULT_MAX_FLOWS), (Some(1), 57_344), (Some(1_000_000), 1_032_192)]
+            {
+                let engine = new_engine(with_max_flows(max_flows).unwrap().engine());
+                assert_eq!(engine.flows().capacity(), capacity, "max_flows {max_flows:?}");
+            }
+        });
         for max_flows in [0, LIMIT_MAX_FLOWS as u64 + 1] {
             let e = with_max_flows(Some(max_flows)).unwrap_err().to_string();
             assert!(e.contains("flows.max_flows"), "{e}");

@@ -438,9 +438,7 @@ mod tests {
 
     #[test]
     fn test_flow_lines_are_byte_for_byte_what_serde_json_writes_of_the_record() {
-        // The pipeline's own stack, as it runs on its thread.
-        let t = std::thread::Builder::new().stack_size(crate::PIPELINE_STACK);
-        t.spawn(flow_lines_are_serde_jsons).unwrap().join().unwrap();
+        crate::on_pipeline_stack(flow_lines_are_serde_jsons);
     }
 
     fn flow_lines_are_serde_jsons() {

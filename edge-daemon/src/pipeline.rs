@@ -832,9 +832,7 @@ mod tests {
 
     #[test]
     fn test_the_flows_one_call_ends_run_in_batches_of_the_configured_size() {
-        // The pipeline's own stack, as it runs on its thread.
-        let t = std::thread::Builder::new().stack_size(crate::PIPELINE_STACK);
-        t.spawn(flows_one_call_ends_run_in_batches).unwrap().join().unwrap();
+        crate::on_pipeline_stack(flows_one_call_ends_run_in_batches);
     }
 
     fn flows_one_call_ends_run_in_batches() {
