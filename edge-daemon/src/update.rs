@@ -735,9 +735,11 @@ pub fn relaunch() -> ! {
     std::process::exit(i32::from(RELAUNCH));
 }
 
+/// Record the trial as rolled back, then say so: whoever reads the log line and then the state
+/// (an operator, `update status`) finds the outcome there.
 fn roll_back(slots: &Slots, state: &mut State, reason: &str) {
     let Some(trial) = state.trial.take() else { return };
-    tracing::error!(version = %trial.version, "update rolled back: {reason}");
+    let version = trial.version.clone();
     state.last = Some(Outcome {
         version: trial.version,
         sha256: trial.sha256,
@@ -748,6 +750,7 @@ fn roll_back(slots: &Slots, state: &mut State, reason: &str) {
     if let Err(e) = slots.save(state) {
         tracing::error!("update: {e}");
     }
+    tracing::error!(%version, "update rolled back: {reason}");
 }
 
 fn commit(slots: &Slots, trial: &Trial) -> Result<(), String> {
