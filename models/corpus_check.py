@@ -50,6 +50,15 @@ RELABEL = {
     # each, every offset sent four times with other bytes (tshark: 313 offsets, 4 distinct
     # payloads each), the first too small for a TCP header. What fragment evasion is made of.
     ('ntop-nDPI', 'tests/cfgs/default/pcap/ip_fragmented_garbage.pcap'): 'evasion',
+    # esnet's TCP control-flag captures ("BENIGN (protocol/app sample; verify)" in MANIFEST.md):
+    # made with Scapy (the folder's README), one host sending a lone segment to port 80 of one
+    # server from a new source port for each of 63 flag combinations (tshark: 63 ports, 63
+    # combinations), NULL, SYN+FIN and FIN+PSH+URG among them; in the two-way one, 3,969
+    # connections, every combination answered with every combination. No stack sends these:
+    # they are the probes of nmap's NULL, FIN and Xmas scans and of its OS detection, which is
+    # what an operator who sees them on a network is looking at, whoever made them.
+    ('esnet-curated-pcaps', 'tcp/control/one_way_all_flags.pcap'): 'scan',
+    ('esnet-curated-pcaps', 'tcp/control/two_way_all_flags.pcap'): 'scan',
 }
 rows = []
 for repo in sorted(os.listdir(root)):

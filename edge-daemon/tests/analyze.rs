@@ -480,6 +480,9 @@ fn one_source_attacks_are_named_by_their_shape() {
         ("activeosfingerprinting.pcapng", "os_fingerprint", "172.16.16.128", "host_crafted_probes"),
         // nmap -sO: every IP protocol number to one host.
         ("nmap_ip_protocol_scan.pcap", "port_scan", "192.168.1.10", "host_ip_protocols"),
+        // Scapy: a lone segment to port 80 for each of 63 flag combinations, NULL, SYN+FIN and
+        // FIN+PSH+URG among them, each from a new source port.
+        ("tcp_all_flags_one_way.pcap", "os_fingerprint", "10.0.0.10", "host_crafted_probes"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);
