@@ -335,10 +335,6 @@ fn outbox_floors(
     Ok(floors)
 }
 
-/// A transaction that writes, holding the write lock from its start (IMMEDIATE), for every
-/// connection to the store (the writer's and the sync task's). A deferred one that read first
-/// (the outbox's floors, the evidence budget) and wrote after another connection's commit failed
-/// at once with SQLITE_BUSY, past the busy timeout, and its batch was lost.
 /// Hold the ring of `interface` to `keep` packets, oldest out first; `known` is how many it
 /// holds if known (else they are counted, walking the ring once). Returns what it holds after,
 /// and how many were rotated out.
@@ -368,6 +364,10 @@ fn hold_ring(
     Ok((held - n, n))
 }
 
+/// A transaction that writes, holding the write lock from its start (IMMEDIATE), for every
+/// connection to the store (the writer's and the sync task's). A deferred one that read first
+/// (the outbox's floors, the evidence budget) and wrote after another connection's commit failed
+/// at once with SQLITE_BUSY, past the busy timeout, and its batch was lost.
 pub fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
 }
