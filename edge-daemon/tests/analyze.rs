@@ -483,6 +483,8 @@ fn one_source_attacks_are_named_by_their_shape() {
         // Scapy: a lone segment to port 80 for each of 63 flag combinations, NULL, SYN+FIN and
         // FIN+PSH+URG among them, each from a new source port.
         ("tcp_all_flags_one_way.pcap", "os_fingerprint", "10.0.0.10", "host_crafted_probes"),
+        // THC-IPv6's rsmurf6: 1,000 echo requests from the all-nodes address to it in 8 ms.
+        ("ipv6_rsmurf.pcap", "icmp_flood", "ff02::1", "host_icmp_echo_rate"),
     ];
     for (file, kind, src, counter) in cases {
         let a = one_anomaly(file);
