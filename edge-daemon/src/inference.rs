@@ -701,38 +701,37 @@ impl Shared {
     /// rows (or the first batch, if larger), each judged as it would be alone.
     fn run_queued(&self, st: &mut SharedStage, until: u64) {
         while st.batches < until {
-            let mut batches = Vec::new();
-            let job = {
+            // The next batch with those queued right behind it, or the next other job.
+            let next = {
                 let mut q = lock(&self.jobs);
-                let mut rows = 0;
-                while let Some(Job::Batch(next)) = q.jobs.front() {
-                    if !batches.is_empty() && rows + next.len() > RUN_ROWS {
-                        break;
+                match q.jobs.pop_front() {
+                    None => return,
+                    Some(Job::Batch(first)) => {
+                        let mut rows = first.len();
+                        let mut batches = vec![first];
+                        while matches!(q.jobs.front(),
+                            Some(Job::Batch(b)) if rows + b.len() <= RUN_ROWS)
+                        {
+                            if let Some(Job::Batch(b)) = q.jobs.pop_front() {
+                                rows += b.len();
+                                batches.push(b);
+                            }
+                        }
+                        q.rows -= rows;
+                        Ok(batches)
                     }
-                    rows += next.len();
-                    if let Some(Job::Batch(b)) = q.jobs.pop_front() {
-                        batches.push(b);
-                    }
-                }
-                q.rows -= rows;
-                if batches.is_empty() {
-                    let Some(job) = q.jobs.pop_front() else { return };
-                    Some(job)
-                } else {
-                    None
+                    Some(job) => Err(job),
                 }
             };
-            match job {
-                None => {
+            match next {
+                Ok(batches) => {
                     let trips = st.stage.run_batches(&batches);
                     st.batches += trips.len() as u64;
                     lock(&self.done).extend(trips);
                 }
-                Some(job) => {
-                    if let Some(trips) = st.stage.run_job(job, &mut st.analysis) {
-                        st.batches += 1;
-                        lock(&self.done).push_back(trips);
-                    }
+                // A swap or the analyses: no trips.
+                Err(job) => {
+                    st.stage.run_job(job, &mut st.analysis);
                 }
             }
         }
